@@ -1,0 +1,42 @@
+"""hamjax: make neural networks smaller and faster in JAX.
+
+Every optimization is a pure function over a params pytree or an apply
+function, so it composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+A model is a pair ``(apply_fn, params)``; see :func:`functional`.
+"""
+
+from hamjax import checkpoint, data, measure, models, recipes, report, train
+from hamjax._base import (
+    ApplyFn,
+    ChainState,
+    IdentityState,
+    Transform,
+    chain,
+    functional,
+    identity,
+    linen_functional,
+)
+from hamjax.train import TrainConfig, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplyFn",
+    "ChainState",
+    "IdentityState",
+    "TrainConfig",
+    "Transform",
+    "__version__",
+    "chain",
+    "checkpoint",
+    "data",
+    "fit",
+    "functional",
+    "identity",
+    "linen_functional",
+    "measure",
+    "models",
+    "recipes",
+    "report",
+    "train",
+]

@@ -1,0 +1,166 @@
+"""Before/after reports: one row per stage (dense, pruned, int8, onnx, ...).
+
+A :class:`Stage` is the small interface every later step implements to add
+a row: a name, a way to build a :class:`hamjax.measure.Runner` and the bytes
+the model needs. :func:`measure_stages` measures them all the same way and
+:func:`write_report` writes ``report.json`` and ``report.md`` atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hamjax import measure
+
+COLUMNS = ("stage", "params", "size MB", "latency p50 @1 (ms)", "throughput @256 (samples/s)", "test accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A model worth a row in the report.
+
+    Attributes:
+      name: the row's label (``"dense"``, ``"pruned"``, ``"onnx int8"``).
+      make_runner: builds the :class:`~hamjax.measure.Runner` that runs it.
+      params: its params pytree, for the parameter count (``None`` if not
+        meaningful, for example an ONNX file).
+      size_bytes: bytes of its stored weights; defaults to the params' bytes.
+      notes: a short remark shown in the markdown report.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax.report import Stage
+      >>> s = Stage.from_model("dense", lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))})
+      >>> s.size_bytes
+      24
+    """
+
+    name: str
+    make_runner: Callable[[], Any]
+    params: Any = None
+    size_bytes: int | None = None
+    notes: str = ""
+
+    def __post_init__(self):
+        if self.size_bytes is None and self.params is not None:
+            object.__setattr__(self, "size_bytes", measure.param_bytes(self.params))
+
+    @classmethod
+    def from_model(cls, name: str, apply_fn, params, *, size_bytes: int | None = None, notes: str = "") -> Stage:
+        """A stage that runs ``(apply_fn, params)`` under ``jax.jit``."""
+        return cls(name, lambda: measure.JaxRunner(apply_fn, params, name=name), params, size_bytes, notes)
+
+
+def measure_stages(
+    stages: Sequence[Stage],
+    x_test,
+    y_test,
+    *,
+    latency_batch: int = 1,
+    throughput_batch: int = 256,
+    runs: int = 50,
+) -> list[measure.Measurement]:
+    """Measure every stage on the same data with the same settings.
+
+    Args:
+      stages: the :class:`Stage` values, in report order.
+      x_test, y_test: test inputs and integer labels.
+      latency_batch: the batch size of the latency column.
+      throughput_batch: the batch size of the throughput column.
+      runs: timed calls per latency and throughput figure (after warm-up).
+
+    Returns:
+      One :class:`~hamjax.measure.Measurement` per stage.
+    """
+    if not stages:
+        raise ValueError("measure_stages: no stages to measure")
+    out = []
+    for stage in stages:
+        runner = stage.make_runner()
+        out.append(
+            measure.measure(
+                runner,
+                name=stage.name,
+                params=stage.params,
+                size_bytes=stage.size_bytes,
+                example=x_test[:1],
+                x_test=x_test,
+                y_test=y_test,
+                latency_batch=latency_batch,
+                throughput_batches=(throughput_batch,),
+                runs=runs,
+            )
+        )
+    return out
+
+
+def rows(measurements: Sequence[measure.Measurement]) -> list[list[str]]:
+    """The table cells, formatted, one row per measurement, in ``COLUMNS`` order."""
+    table = []
+    for m in measurements:
+        table.append(
+            [
+                m.name,
+                f"{m.params:,}" if m.params else "-",
+                f"{m.size_bytes / 1e6:.3f}",
+                f"{m.latency.p50_ms:.3f}" if m.latency else "-",
+                f"{m.throughput[0].samples_per_s:,.0f}" if m.throughput else "-",
+                f"{m.accuracy:.4f}" if m.accuracy is not None else "-",
+            ]
+        )
+    return table
+
+
+def markdown(measurements: Sequence[measure.Measurement], *, title: str = "hamjax report", notes: str = "") -> str:
+    """A markdown report: a title, optional notes and the table."""
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += [notes, ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join(" --- " for _ in COLUMNS) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in rows(measurements)]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(measurements: Sequence[measure.Measurement], *, title: str = "hamjax report") -> None:
+    """Print the table to the terminal with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(COLUMNS):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for r in rows(measurements):
+        table.add_row(*r)
+    Console().print(table)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(out_dir: str | os.PathLike, measurements: Sequence[measure.Measurement], meta: dict) -> Path:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` (each atomically).
+
+    Args:
+      out_dir: the output directory (created if absent).
+      measurements: the rows.
+      meta: run facts for the JSON (model, data, recipe, seed, versions).
+
+    Returns:
+      The directory written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "columns": list(COLUMNS), "stages": [m.to_dict() for m in measurements]}
+    _atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
+    facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))
+    _atomic_write(out / "report.md", markdown(measurements, notes=facts))
+    return out

@@ -1,0 +1,386 @@
+"""Jitted training and evaluation on optax, with early stopping and exact resume.
+
+Training works on any model of the contract, ``(apply_fn, params)``: an
+:class:`~hamjax.ApplyFn` from :func:`~hamjax.functional` (NNX) or
+:func:`~hamjax.linen_functional` (Linen), whose batch-norm statistics are
+updated and whose dropout draws from a per-step key, or a plain
+``apply_fn(params, x)``.
+
+Everything that decides the result is a function of the seed and the step
+number: the batch at step ``t`` is :func:`hamjax.data.batch_at` of ``t``,
+and the dropout key is ``fold_in(key(seed), t)``. A checkpoint therefore
+needs only the train state and the early-stopping record, and a run killed
+and resumed ends with bit-identical params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hamjax import data as data_lib
+from hamjax._base import call_model, trainable, with_trainable
+
+Params = Any
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What :func:`fit` does.
+
+    Attributes:
+      epochs: passes over the training split (> 0).
+      batch_size: examples per step (> 0, at most the training split).
+      learning_rate: peak learning rate (> 0).
+      optimizer: one of ``OPTIMIZERS``.
+      weight_decay: decoupled weight decay (``adamw``) or L2 added to the
+        gradient (others); >= 0.
+      warmup_steps: linear warm-up steps before cosine decay; 0 keeps the
+        learning rate constant.
+      eval_every: steps between validations; ``None`` is once per epoch.
+      patience: stop after this many validations without improvement;
+        ``None`` never stops early.
+      checkpoint_every: steps between checkpoints (with ``checkpoint_dir``);
+        ``None`` is once per epoch.
+      seed: everything random (data order, dropout) derives from it.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    eval_every: int | None = None
+    patience: int | None = None
+    checkpoint_every: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"TrainConfig.weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, {self.warmup_steps}"
+            )
+        for name in ("eval_every", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value!r}")
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax optimizer that ``config`` names, with its learning-rate schedule.
+
+    Args:
+      config: a :class:`TrainConfig`.
+      total_steps: the number of steps the schedule spans.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Examples:
+      >>> from hamjax.train import TrainConfig, make_optimizer
+      >>> opt = make_optimizer(TrainConfig(optimizer="sgd"), total_steps=100)
+    """
+    if config.warmup_steps:
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, config.warmup_steps, max(total_steps, config.warmup_steps + 1)
+        )
+    else:
+        lr = config.learning_rate
+    if config.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=config.weight_decay)
+    base = {"adam": optax.adam, "sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9)}
+    opt = base[config.optimizer](lr)
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    return opt
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of ``logits`` (N, C) against integer ``labels`` (N,)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+
+
+class TrainState(NamedTuple):
+    """What one training step carries: params, optimizer state and step."""
+
+    params: Params
+    opt_state: Any
+    step: jax.Array
+
+
+def make_train_step(
+    apply_fn,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
+    seed: int = 0,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """Build a jitted ``step(state, x, y) -> (state, metrics)``.
+
+    Gradients flow into :func:`~hamjax._base.trainable` params only; batch
+    statistics come back through the training protocol; dropout uses
+    ``fold_in(key(seed), step)``.
+
+    Args:
+      apply_fn: the model's apply function.
+      optimizer: an optax transformation over the trainable params.
+      loss_fn: ``loss_fn(logits, labels) -> scalar``.
+      seed: the seed of the dropout keys.
+
+    Returns:
+      The jitted step; ``metrics`` has ``loss`` and ``accuracy`` of the batch.
+    """
+    base_key = jax.random.key(seed)
+
+    def step(state: TrainState, x, y):
+        rng = jax.random.fold_in(base_key, state.step)
+
+        def loss_of(train_params):
+            params = with_trainable(apply_fn, state.params, train_params)
+            logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
+            return loss_fn(logits, y), (logits, new_params)
+
+        (loss, (logits, new_params)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            trainable(apply_fn, state.params)
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable(apply_fn, state.params))
+        new_trainable = optax.apply_updates(trainable(apply_fn, state.params), updates)
+        params = with_trainable(apply_fn, new_params, new_trainable)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        return TrainState(params, opt_state, state.step + 1), {"loss": loss, "accuracy": accuracy}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(apply_fn, *, loss_fn=cross_entropy) -> Callable:
+    """Build a jitted ``eval(params, x, y, n_valid) -> (loss_sum, correct)`` over padded batches."""
+
+    def evaluate(params, x, y, n_valid):
+        logits, _ = call_model(apply_fn, params, x)
+        valid = jnp.arange(x.shape[0]) < n_valid
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        correct = (jnp.argmax(logits, -1) == y) & valid
+        return jnp.sum(jnp.where(valid, per_example, 0.0)), jnp.sum(correct)
+
+    return jax.jit(evaluate)
+
+
+def evaluate(apply_fn, params, split: data_lib.Split, *, batch_size: int = 256, eval_step=None) -> dict:
+    """Loss and accuracy of the model on a whole split.
+
+    The last partial batch is padded to ``batch_size``, so one shape compiles.
+
+    Args:
+      apply_fn: the model's apply function.
+      params: its params.
+      split: a :class:`hamjax.data.Split`.
+      batch_size: examples per evaluation call.
+      eval_step: a step from :func:`make_eval_step`, reused across calls.
+
+    Returns:
+      ``{"loss": float, "accuracy": float}``.
+    """
+    n = len(split.y)
+    if n == 0:
+        raise ValueError("evaluate: the split is empty")
+    eval_step = eval_step or make_eval_step(apply_fn)
+    batch_size = min(batch_size, n)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        valid = len(y)
+        if valid < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - valid, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(batch_size - valid, y.dtype)])
+        l_sum, c = eval_step(params, x, y, valid)
+        loss_sum += float(l_sum)
+        correct += int(c)
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+class TrainResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the best params by validation accuracy (the last if no
+        validation ran).
+      state: the final :class:`TrainState`.
+      history: one dict per validation: ``step``, ``train_loss``,
+        ``val_loss``, ``val_accuracy``.
+      best_step: the step of the returned params.
+      stopped_early: whether patience ran out.
+      resumed_from: the checkpoint step this run resumed from, or ``None``.
+    """
+
+    params: Params
+    state: TrainState
+    history: list
+    best_step: int
+    stopped_early: bool
+    resumed_from: int | None
+
+
+def fit(
+    apply_fn,
+    params: Params,
+    dataset: data_lib.Dataset,
+    config: TrainConfig = TrainConfig(),
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    loss_fn: Callable = cross_entropy,
+    checkpoint_dir: str | None = None,
+    progress: bool = True,
+    callback: Callable[[int, TrainState, dict], None] | None = None,
+) -> TrainResult:
+    """Train ``(apply_fn, params)`` on ``dataset.train``, validating on ``dataset.val``.
+
+    With ``checkpoint_dir``, the run saves every ``checkpoint_every`` steps
+    and, when the directory already holds a checkpoint of this run, resumes
+    from it: same params, optimizer state, step, data order and early
+    stopping record, so the result equals an uninterrupted run's.
+
+    Args:
+      apply_fn: the model's apply function (any kind of the contract).
+      params: its initial params.
+      dataset: a :class:`hamjax.data.Dataset`.
+      config: a :class:`TrainConfig`.
+      optimizer: overrides the optimizer ``config`` names (for example an
+        optax chain that keeps pruning masks).
+      loss_fn: ``loss_fn(logits, labels) -> scalar``.
+      checkpoint_dir: where to save and resume; ``None`` keeps no checkpoint.
+      progress: show a progress bar.
+      callback: called as ``callback(step, state, metrics)`` after each
+        step, after any checkpoint of that step is written.
+
+    Returns:
+      A :class:`TrainResult`.
+
+    Examples:
+      >>> import hamjax
+      >>> ds = hamjax.data.load("digits")
+      >>> apply_fn, params = hamjax.functional(hamjax.models.build("mlp", input_shape=(8, 8, 1)))
+      >>> result = hamjax.train.fit(apply_fn, params, ds, hamjax.TrainConfig(epochs=2), progress=False)
+      >>> result.history[-1]["val_accuracy"] > 0.5
+      True
+    """
+    train = dataset.train
+    if config.batch_size > len(train.y):
+        raise ValueError(f"TrainConfig.batch_size={config.batch_size} exceeds the {len(train.y)} training examples")
+    per_epoch = data_lib.steps_per_epoch(len(train.y), config.batch_size)
+    total = per_epoch * config.epochs
+    eval_every = config.eval_every or per_epoch
+    optimizer = optimizer or make_optimizer(config, total)
+    # Copies: the train step donates its state, and the caller's arrays must survive.
+    params = jax.tree.map(jnp.array, params)
+    state = TrainState(params, optimizer.init(trainable(apply_fn, params)), jnp.asarray(0, jnp.int32))
+    record = {"history": [], "best_accuracy": -math.inf, "best_step": 0, "bad_evals": 0, "stopped_early": False}
+    best_params = jax.tree.map(jnp.copy, params)
+
+    ckpt, resumed_from = None, None
+    if checkpoint_dir is not None:
+        from hamjax.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(checkpoint_dir, every=config.checkpoint_every or per_epoch)
+        restored = ckpt.restore_latest({"state": state, "best_params": best_params})
+        if restored is not None:
+            resumed_from, tree, meta = restored
+            if meta.get("config") != dataclasses.asdict(config):
+                raise ValueError(
+                    f"checkpoint in {checkpoint_dir} was written with config {meta.get('config')}, "
+                    f"not {dataclasses.asdict(config)}; use another directory"
+                )
+            state, best_params, record = tree["state"], tree["best_params"], meta["record"]
+
+    train_step = make_train_step(apply_fn, optimizer, loss_fn=loss_fn, seed=config.seed)
+    eval_step = make_eval_step(apply_fn, loss_fn=loss_fn)
+    start = int(state.step)
+    bar = _Progress(progress, total, start)
+    losses = []
+    try:
+        for step in range(start, total):
+            if record["stopped_early"]:
+                break
+            x, y = data_lib.batch_at(train, config.batch_size, step, seed=config.seed)
+            state, metrics = train_step(state, x, y)
+            losses.append(metrics["loss"])
+            done = step + 1
+            if done % eval_every == 0 or done == total:
+                val = evaluate(apply_fn, state.params, dataset.val, eval_step=eval_step)
+                train_loss = float(np.mean(jax.device_get(losses)))
+                losses = []
+                record["history"].append(
+                    {"step": done, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+                )
+                if val["accuracy"] > record["best_accuracy"]:
+                    record.update(best_accuracy=val["accuracy"], best_step=done, bad_evals=0)
+                    best_params = jax.tree.map(jnp.copy, state.params)
+                else:
+                    record["bad_evals"] += 1
+                    if config.patience is not None and record["bad_evals"] >= config.patience:
+                        record["stopped_early"] = True
+                bar.describe(train_loss, val["accuracy"])
+            bar.advance(done)
+            if ckpt is not None:
+                ckpt.maybe_save(done, {"state": state, "best_params": best_params}, _meta(config, record))
+            if callback is not None:
+                callback(done, state, metrics)
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    if not record["history"]:
+        best_params = state.params
+    return TrainResult(
+        best_params, state, record["history"], record["best_step"], record["stopped_early"], resumed_from
+    )
+
+
+def _meta(config, record):
+    return {"config": dataclasses.asdict(config), "record": record}
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, start: int):
+        self._progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._task = self._progress.add_task("train", total=total, completed=start, info="")
+        self._progress.start()
+
+    def advance(self, completed: int):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed)
+
+    def describe(self, loss: float, accuracy: float):
+        if self._progress is not None:
+            self._progress.update(self._task, info=f"loss {loss:.4f} val acc {accuracy:.4f}")
+
+    def close(self):
+        if self._progress is not None:
+            self._progress.stop()

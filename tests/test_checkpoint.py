@@ -1,0 +1,48 @@
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hamjax.checkpoint import Checkpointer, load_tree, save_tree
+
+
+def test_checkpointer_round_trips_optimizer_state_structure(tmp_path):
+    params = {"a": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "b": jnp.ones(3)}
+    opt_state = optax.adam(1e-3).init(params)
+    tree = {"params": params, "opt": opt_state, "step": jnp.asarray(7, jnp.int32)}
+    with Checkpointer(tmp_path, every=5) as ckpt:
+        assert ckpt.restore_latest(tree) is None
+        assert not ckpt.maybe_save(3, tree)
+        assert ckpt.maybe_save(5, tree, {"history": [1.5]})
+        step, restored, meta = ckpt.restore_latest(tree)
+    assert step == 5 and meta == {"history": [1.5]}
+    assert type(restored["opt"][0]) is type(opt_state[0])
+    np.testing.assert_array_equal(restored["params"]["a"]["kernel"], params["a"]["kernel"])
+    assert int(restored["step"]) == 7
+
+
+def test_checkpointer_keeps_the_newest_and_rejects_mismatched_trees(tmp_path):
+    with Checkpointer(tmp_path, every=1, max_to_keep=2) as ckpt:
+        for step in range(1, 5):
+            ckpt.save(step, {"w": jnp.full(2, float(step))})
+        step, tree, _ = ckpt.restore_latest({"w": jnp.zeros(2)})
+        assert step == 4 and tree["w"].tolist() == [4.0, 4.0]
+        with pytest.raises(ValueError, match="step 4"):
+            ckpt.restore_latest({"w": jnp.zeros(2), "extra": jnp.zeros(1)})
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["3", "4"]
+
+
+def test_checkpointer_validates_arguments(tmp_path):
+    with pytest.raises(ValueError, match="every"):
+        Checkpointer(tmp_path, every=0)
+    with pytest.raises(ValueError, match="max_to_keep"):
+        Checkpointer(tmp_path, max_to_keep=0)
+
+
+def test_save_and_load_tree(tmp_path):
+    tree = {"w": jnp.arange(4, dtype=jnp.int8), "s": jnp.float32(2.5)}
+    save_tree(tmp_path / "t", tree)
+    out = load_tree(tmp_path / "t", tree)
+    assert out["w"].dtype == jnp.int8 and out["w"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_tree(tmp_path / "missing")

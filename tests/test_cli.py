@@ -1,0 +1,62 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import hamjax
+from hamjax import cli
+
+
+def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["optimize", "--model", "mlp", "--data", "digits", "--out", str(out), "--quiet", "--seed", "1"])
+    assert rc == 0
+    payload = json.loads((out / "report.json").read_text())
+    (dense,) = payload["stages"]
+    assert dense["name"] == "dense" and dense["accuracy"] > 0.9
+    assert dense["params"] == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+    assert payload["meta"]["recipe"] == "baseline" and payload["meta"]["seed"] == 1
+    printed = capsys.readouterr().out
+    for col in ("stage", "params", "size MB", "test accuracy"):
+        assert col in printed
+    assert "report.md" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["optimize", "--model", "resnet"], "invalid choice: 'resnet'"),
+        (["optimize", "--seed", "x"], "invalid int value"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_one_line(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err
+
+
+def test_bad_recipe_is_one_line_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[[steps]]\nkind = "train"\nepochs = 0\n')
+    assert cli.main(["optimize", "--recipe", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "steps[0].epochs must be >= 1" in err and "Traceback" not in err and "\n" not in err
+
+
+def test_recipes_lists_and_checks(capsys):
+    assert cli.main(["recipes", "--fields"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "learning_rate" in out
+
+
+def test_console_script_help():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.dirname(os.path.dirname(hamjax.__file__))}
+    r = subprocess.run(
+        [sys.executable, "-m", "hamjax.cli", "optimize", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0 and "--recipe" in r.stdout and "--model" in r.stdout

@@ -1,0 +1,177 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hamjax
+from hamjax.train import TrainConfig, evaluate, fit
+
+FAST = TrainConfig(epochs=4, batch_size=64, learning_rate=3e-3)
+
+
+def _plain_mlp(seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    params = {
+        "w1": jax.random.normal(k1, (64, 64)) / 8.0,
+        "b1": jnp.zeros(64),
+        "w2": jax.random.normal(k2, (64, 10)) / 8.0,
+        "b2": jnp.zeros(10),
+    }
+
+    def apply_fn(p, x):
+        # explicit [None] broadcasts: the suite runs with jax_numpy_rank_promotion="raise"
+        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
+        return h @ p["w2"] + p["b2"][None]
+
+    return apply_fn, params
+
+
+class _LinenMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(64)(x)))
+        x = nn.Dropout(0.1, deterministic=not train)(x)
+        return nn.Dense(10)(x)
+
+
+def _three_kinds():
+    nnx_pair = hamjax.functional(hamjax.models.build("cnn", input_shape=(8, 8, 1), channels=(8, 16), dense=(32,)))
+    model = _LinenMLP()
+    linen_pair = hamjax.linen_functional(model, model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1))))
+    return {"nnx": nnx_pair, "linen": linen_pair, "plain": _plain_mlp()}
+
+
+@pytest.mark.parametrize("kind", ["nnx", "linen", "plain"])
+def test_all_three_kinds_of_model_train(kind, digits):
+    apply_fn, params = _three_kinds()[kind]
+    before = evaluate(apply_fn, params, digits.test)["accuracy"]
+    result = fit(apply_fn, params, digits, FAST, progress=False)
+    after = evaluate(apply_fn, result.params, digits.test)["accuracy"]
+    assert before < 0.3 and after > 0.85, (before, after)
+    assert len(result.history) == FAST.epochs
+    if kind != "plain":
+        assert "batch_stats" in result.params
+        assert not np.allclose(
+            jax.tree.leaves(result.params["batch_stats"])[0], jax.tree.leaves(params["batch_stats"])[0]
+        )
+
+
+def test_fit_is_deterministic_for_a_seed_and_differs_across_seeds(digits):
+    apply_fn, params = _plain_mlp()
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    a = fit(apply_fn, params, digits, cfg, progress=False).params
+    b = fit(apply_fn, params, digits, cfg, progress=False).params
+    c = fit(apply_fn, params, digits, TrainConfig(epochs=1, batch_size=64, seed=1), progress=False).params
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a["w1"], c["w1"])
+    # the caller's params survive buffer donation
+    assert np.isfinite(np.asarray(params["w1"])).all()
+
+
+def test_early_stopping_returns_the_best_params(digits):
+    apply_fn, params = _plain_mlp()
+    cfg = TrainConfig(epochs=50, batch_size=64, learning_rate=1e-9, eval_every=2, patience=2)
+    result = fit(apply_fn, params, digits, cfg, progress=False)
+    assert result.stopped_early
+    assert len(result.history) == 3  # the first validation is the best; two more without improvement
+    assert result.best_step == 2
+    assert int(result.state.step) == 6
+
+
+def test_bad_config_and_data_are_named():
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be > 0, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(optimizer="rmsprop9")
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)
+
+
+def test_batch_larger_than_the_split_is_refused(digits):
+    apply_fn, params = _plain_mlp()
+    with pytest.raises(ValueError, match="batch_size=100000 exceeds"):
+        fit(apply_fn, params, digits, TrainConfig(batch_size=100000), progress=False)
+
+
+def test_weight_decay_and_warmup_optimizers_train(digits):
+    apply_fn, params = _plain_mlp()
+    for opt, lr in (("adamw", 3e-3), ("sgd", 0.5), ("momentum", 0.1)):
+        cfg = TrainConfig(epochs=3, batch_size=64, optimizer=opt, learning_rate=lr, weight_decay=1e-4, warmup_steps=5)
+        result = fit(apply_fn, params, digits, cfg, progress=False)
+        assert result.history[-1]["val_accuracy"] > 0.7, opt
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import jax
+    import hamjax
+    from hamjax.train import TrainConfig, fit
+
+    ckpt, kill_at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ds = hamjax.data.load("digits", seed=0)
+    apply_fn, params = hamjax.functional(
+        hamjax.models.build("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 10), dropout_rate=0.2))
+    cfg = TrainConfig(epochs=3, batch_size=64, checkpoint_every=7, eval_every=11, patience=50)
+
+    def callback(step, state, metrics):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    result = fit(apply_fn, params, ds, cfg, checkpoint_dir=ckpt if ckpt != "-" else None,
+                 progress=False, callback=callback)
+    leaves = jax.tree.leaves((result.params, result.state))
+    np.savez(out, resumed=-1 if result.resumed_from is None else result.resumed_from,
+             *[np.asarray(jax.random.key_data(l)) if jax.dtypes.issubdtype(l.dtype, jax.dtypes.prng_key)
+               else np.asarray(l) for l in leaves])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.dirname(os.path.dirname(hamjax.__file__))}
+
+    def run(ckpt, kill_at, out):
+        return subprocess.run(
+            [sys.executable, str(script), ckpt, str(kill_at), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    straight = run("-", -1, tmp_path / "straight.npz")
+    assert straight.returncode == 0, straight.stderr
+    ckpt = tmp_path / "ckpt"
+    killed = run(str(ckpt), 17, tmp_path / "never.npz")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "never.npz").exists()
+    resumed = run(str(ckpt), -1, tmp_path / "resumed.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
+    assert int(b["resumed"]) == 14  # the last checkpoint before the kill at step 17
+    assert int(a["resumed"]) == -1
+    keys = [k for k in a.files if k != "resumed"]
+    assert keys and len(keys) == len(b.files) - 1
+    for k in keys:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, digits):
+    apply_fn, params = _plain_mlp()
+    fit(apply_fn, params, digits, TrainConfig(epochs=1, batch_size=64), checkpoint_dir=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="written with config"):
+        fit(
+            apply_fn, params, digits, TrainConfig(epochs=2, batch_size=32), checkpoint_dir=str(tmp_path), progress=False
+        )
