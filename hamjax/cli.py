@@ -42,11 +42,18 @@ def _optimize(args) -> int:
     module = models.build(args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
     apply_fn, params = functional(module)
     started = time.perf_counter()
-    context = recipes.Context(apply_fn, params, dataset, seed=args.seed, workdir=args.out, progress=not args.quiet)
+    context = recipes.Context(
+        apply_fn,
+        params,
+        dataset,
+        seed=args.seed,
+        workdir=args.out,
+        progress=not args.quiet,
+        config=models.config_of(module),
+    )
     context = recipes.run(recipe, context)
     train_seconds = time.perf_counter() - started
-    stages = [report.Stage.from_model(name, fn, p) for name, fn, p in context.stages]
-    measurements = report.measure_stages(stages, dataset.test.x, dataset.test.y)
+    measurements = report.measure_stages(context.stages, dataset.test.x, dataset.test.y)
     meta = {
         "model": args.model,
         "data": args.data,
@@ -54,6 +61,7 @@ def _optimize(args) -> int:
         "seed": args.seed,
         "run_seconds": round(train_seconds, 2),
         "env": _versions(),
+        "notes": [f"{s.name}: {s.notes}" for s in context.stages if s.notes],
     }
     report.print_table(measurements, title=f"hamjax optimize: {args.model} on {args.data}, recipe {recipe.name}")
     out = report.write_report(args.out, measurements, meta)

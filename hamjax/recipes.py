@@ -29,8 +29,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hamjax import train as train_lib
-
 RECIPE_SUFFIX = ".toml"
 _TOP_KEYS = {"name", "description", "steps"}
 
@@ -118,10 +116,13 @@ class Context:
       apply_fn, params: the current model.
       dataset: a :class:`hamjax.data.Dataset`.
       seed: the run's seed.
-      stages: ``(name, apply_fn, params)`` for each model worth measuring,
-        in order; steps append to it.
+      stages: a :class:`hamjax.report.Stage` for each model worth
+        measuring, in order; steps append to it.
       workdir: a directory for checkpoints, or ``None``.
       progress: show progress bars.
+      config: the reference model's config (from
+        :func:`hamjax.models.config_of`) when the model is one; steps that
+        need the architecture (structured pruning, shrink) require it.
       extras: anything a step leaves for later steps (for example pruning
         masks), keyed by name.
     """
@@ -133,6 +134,7 @@ class Context:
     stages: list = dataclasses.field(default_factory=list)
     workdir: str | None = None
     progress: bool = True
+    config: Any = None
     extras: dict = dataclasses.field(default_factory=dict)
 
 
@@ -355,29 +357,5 @@ def run(recipe: Recipe, context: Context) -> Context:
     return context
 
 
-_TRAIN_FIELDS = {
-    "epochs": Field(int, 10, low=1, doc="passes over the training split"),
-    "batch_size": Field(int, 128, low=1, doc="examples per step"),
-    "learning_rate": Field(float, 1e-3, above=0.0, doc="peak learning rate"),
-    "optimizer": Field(str, "adam", choices=train_lib.OPTIMIZERS, doc="optax optimizer"),
-    "weight_decay": Field(float, 0.0, low=0.0, doc="weight decay"),
-    "warmup_steps": Field(int, 0, low=0, doc="linear warm-up then cosine decay; 0 keeps the rate constant"),
-    "eval_every": Field(int, None, low=1, doc="steps between validations (default: each epoch)"),
-    "patience": Field(int, None, low=1, doc="early stopping after this many validations without improvement"),
-    "stage": Field(str, "dense", doc="name of the row this step adds to the report"),
-}
-
-
-def _run_train(params: dict, context: Context) -> Context:
-    stage = params.pop("stage")
-    config = train_lib.TrainConfig(seed=context.seed, **params)
-    ckpt = os.path.join(context.workdir, f"checkpoints-{len(context.stages)}-{stage}") if context.workdir else None
-    result = train_lib.fit(
-        context.apply_fn, context.params, context.dataset, config, checkpoint_dir=ckpt, progress=context.progress
-    )
-    context.params = result.params
-    context.stages.append((stage, context.apply_fn, result.params))
-    return context
-
-
-register_step("train", _TRAIN_FIELDS, _run_train, doc="train the current model with optax")
+# The built-in step kinds register themselves on import; they need the names above.
+from hamjax import recipe_steps  # noqa: E402, F401

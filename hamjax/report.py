@@ -30,6 +30,8 @@ class Stage:
       params: its params pytree, for the parameter count (``None`` if not
         meaningful, for example an ONNX file).
       size_bytes: bytes of its stored weights; defaults to the params' bytes.
+      param_count: the parameter count to report; defaults to every element
+        of ``params`` (a pruned stage reports its nonzeros).
       notes: a short remark shown in the markdown report.
 
     Examples:
@@ -44,6 +46,7 @@ class Stage:
     make_runner: Callable[[], Any]
     params: Any = None
     size_bytes: int | None = None
+    param_count: int | None = None
     notes: str = ""
 
     def __post_init__(self):
@@ -51,9 +54,9 @@ class Stage:
             object.__setattr__(self, "size_bytes", measure.param_bytes(self.params))
 
     @classmethod
-    def from_model(cls, name: str, apply_fn, params, *, size_bytes: int | None = None, notes: str = "") -> Stage:
-        """A stage that runs ``(apply_fn, params)`` under ``jax.jit``."""
-        return cls(name, lambda: measure.JaxRunner(apply_fn, params, name=name), params, size_bytes, notes)
+    def from_model(cls, name: str, apply_fn, params, **kw) -> Stage:
+        """A stage that runs ``(apply_fn, params)`` under ``jax.jit``; ``kw`` sets the other fields."""
+        return cls(name, lambda: measure.JaxRunner(apply_fn, params, name=name), params, **kw)
 
 
 def measure_stages(
@@ -82,20 +85,21 @@ def measure_stages(
     out = []
     for stage in stages:
         runner = stage.make_runner()
-        out.append(
-            measure.measure(
-                runner,
-                name=stage.name,
-                params=stage.params,
-                size_bytes=stage.size_bytes,
-                example=x_test[:1],
-                x_test=x_test,
-                y_test=y_test,
-                latency_batch=latency_batch,
-                throughput_batches=(throughput_batch,),
-                runs=runs,
-            )
+        m = measure.measure(
+            runner,
+            name=stage.name,
+            params=stage.params,
+            size_bytes=stage.size_bytes,
+            example=x_test[:1],
+            x_test=x_test,
+            y_test=y_test,
+            latency_batch=latency_batch,
+            throughput_batches=(throughput_batch,),
+            runs=runs,
         )
+        if stage.param_count is not None:
+            m = dataclasses.replace(m, params=stage.param_count)
+        out.append(m)
     return out
 
 
@@ -161,6 +165,7 @@ def write_report(out_dir: str | os.PathLike, measurements: Sequence[measure.Meas
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "columns": list(COLUMNS), "stages": [m.to_dict() for m in measurements]}
     _atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
-    facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))
-    _atomic_write(out / "report.md", markdown(measurements, notes=facts))
+    facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict | list))
+    notes = [facts, *meta.get("notes", [])]
+    _atomic_write(out / "report.md", markdown(measurements, notes="\n\n".join(n for n in notes if n)))
     return out

@@ -86,6 +86,6 @@ def test_run_trains_and_records_a_stage(digits):
     apply_fn, params = hamjax.functional(hamjax.models.build("mlp", input_shape=(8, 8, 1)))
     r = recipes.validate(_raw(epochs=3, stage="trained"))
     ctx = recipes.run(r, recipes.Context(apply_fn, params, digits, progress=False))
-    assert [s[0] for s in ctx.stages] == ["trained"]
+    assert [s.name for s in ctx.stages] == ["trained"]
     acc = hamjax.train.evaluate(apply_fn, ctx.params, digits.test)["accuracy"]
     assert acc > 0.85
