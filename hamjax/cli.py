@@ -7,7 +7,6 @@ recipe and reports every stage; ``hamjax recipes`` lists and checks recipes.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 
@@ -19,22 +18,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    import jax
-
-    out = {"python": platform.python_version(), "device": str(jax.devices()[0].device_kind)}
-    for pkg in ("hamjax", "jax", "flax", "optax", "orbax-checkpoint", "onnxruntime"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _optimize(args) -> int:
-    from hamjax import data, models, recipes, report
+    from hamjax import data, measure, models, recipes, report
     from hamjax._base import functional
 
     recipe = recipes.load(args.recipe)
@@ -60,7 +45,7 @@ def _optimize(args) -> int:
         "recipe": recipe.name,
         "seed": args.seed,
         "run_seconds": round(train_seconds, 2),
-        "env": _versions(),
+        "env": measure.environment(),
         "notes": [f"{s.name}: {s.notes}" for s in context.stages if s.notes],
     }
     report.print_table(measurements, title=f"hamjax optimize: {args.model} on {args.data}, recipe {recipe.name}")
@@ -104,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt.add_argument("--model", choices=models.MODELS, default="mlp", help="reference model (default: mlp)")
     opt.add_argument("--data", choices=data.DATASETS, default="mnist", help="bundled dataset (default: mnist)")
-    opt.add_argument("--recipe", default="baseline", help="bundled recipe name or .toml path (default: baseline)")
+    opt.add_argument("--recipe", default="default", help="bundled recipe name or .toml path (default: default)")
     opt.add_argument("--out", default="hamjax-out", help="output directory (default: hamjax-out)")
     opt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     opt.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -493,3 +493,34 @@ def measure(
         accuracy=acc,
         peak_memory_bytes=peak() if callable(peak) else None,
     )
+
+
+def environment() -> dict:
+    """Versions and device facts to store beside measured figures.
+
+    Returns:
+      ``{"python", "platform", "cpu_count", "device", "hamjax", "jax", "jaxlib", "flax", "optax",
+      "orbax-checkpoint", "onnxruntime"}`` (``None`` for a package that is not installed).
+
+    Examples:
+      >>> from hamjax.measure import environment
+      >>> "jax" in environment()
+      True
+    """
+    import os
+    import platform
+    from importlib import metadata
+
+    device = jax.devices()[0]
+    out = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": f"{device.platform}:{device.device_kind}",
+    }
+    for pkg in ("hamjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out

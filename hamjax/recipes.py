@@ -71,6 +71,7 @@ class StepKind:
     fields: Mapping[str, Field]
     run: Callable[[dict, Context], Context]
     doc: str = ""
+    check: Callable[[dict], str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,13 @@ class Context:
 _STEP_KINDS: dict[str, StepKind] = {}
 
 
-def register_step(name: str, fields: Mapping[str, Field], run: Callable[[dict, Context], Context], doc: str = ""):
+def register_step(
+    name: str,
+    fields: Mapping[str, Field],
+    run: Callable[[dict, Context], Context],
+    doc: str = "",
+    check: Callable[[dict], str | None] | None = None,
+):
     """Register a step kind so recipes can use it.
 
     Args:
@@ -149,13 +156,15 @@ def register_step(name: str, fields: Mapping[str, Field], run: Callable[[dict, C
       fields: the step's fields.
       run: ``run(params, context) -> context``.
       doc: a one-line description.
+      check: ``check(params) -> message or None`` for rules across fields
+        (``n <= m``); a message fails validation.
 
     Raises:
       ValueError: if ``name`` is already registered.
     """
     if name in _STEP_KINDS:
         raise ValueError(f"register_step: step kind {name!r} is already registered")
-    _STEP_KINDS[name] = StepKind(name, dict(fields), run, doc)
+    _STEP_KINDS[name] = StepKind(name, dict(fields), run, doc, check)
 
 
 def step_kinds() -> dict[str, StepKind]:
@@ -260,6 +269,9 @@ def validate(raw: Mapping) -> Recipe:
                 raise RecipeError(f"{where}.{fname} is required for kind {kind!r}")
             else:
                 params[fname] = field.default
+        problem = _STEP_KINDS[kind].check(params) if _STEP_KINDS[kind].check else None
+        if problem:
+            raise RecipeError(f"{where}: {problem}")
         raw_search = raw_step.get("search", {})
         if not isinstance(raw_search, Mapping):
             raise RecipeError(f"{where}.search must be a table, got {raw_search!r}")

@@ -14,10 +14,13 @@ def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
     rc = cli.main(["optimize", "--model", "mlp", "--data", "digits", "--out", str(out), "--quiet", "--seed", "1"])
     assert rc == 0
     payload = json.loads((out / "report.json").read_text())
-    (dense,) = payload["stages"]
+    dense, pruned = payload["stages"]
     assert dense["name"] == "dense" and dense["accuracy"] > 0.9
     assert dense["params"] == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
-    assert payload["meta"]["recipe"] == "baseline" and payload["meta"]["seed"] == 1
+    # the default recipe removes half of the hidden neurons and shrinks the model
+    assert pruned["name"] == "pruned" and pruned["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    assert pruned["accuracy"] > dense["accuracy"] - 0.03
+    assert payload["meta"]["recipe"] == "default" and payload["meta"]["seed"] == 1
     printed = capsys.readouterr().out
     for col in ("stage", "params", "size MB", "test accuracy"):
         assert col in printed

@@ -11,6 +11,7 @@ import pytest
 from conformance import check_transform
 
 import hamjax
+from hamjax import prune
 
 
 class ScaleState(NamedTuple):
@@ -31,10 +32,30 @@ def _scale(hp):
     return hamjax.Transform(init, apply)
 
 
+def _with_fixed_grads(t):
+    """Feed ``grads=`` that are a fixed function of params, so grads-reading transforms run in the harness."""
+
+    def apply(params, state, **extra):
+        del extra
+        return t.apply(params, state, grads=jax.tree.map(lambda w: jnp.cos(3 * w).astype(w.dtype), params))
+
+    return hamjax.Transform(t.init, apply)
+
+
+SPARSITY = {"sparsity": jnp.array([0.3, 0.5, 0.8])}
+
 CASES = [
     ("identity", lambda hp: hamjax.identity(), {}),
     ("chain(identity, identity)", lambda hp: hamjax.chain(hamjax.identity(), hamjax.identity()), {}),
     ("chain(scale, scale)", lambda hp: hamjax.chain(_scale(hp), _scale(hp)), {"factor": jnp.array([0.5, 2.0, 3.0])}),
+    ("magnitude_prune", lambda hp: prune.magnitude_prune(hp["sparsity"]), SPARSITY),
+    ("global_magnitude_prune", lambda hp: prune.global_magnitude_prune(hp["sparsity"]), SPARSITY),
+    ("random_prune", lambda hp: prune.random_prune(hp["sparsity"], seed=1), SPARSITY),
+    ("nm_prune(2, 4)", lambda hp: prune.nm_prune(2, 4), {}),
+    ("block_prune", lambda hp: prune.block_prune(hp["sparsity"], block=(4, 4)), SPARSITY),
+    ("block_prune(2, 2)", lambda hp: prune.block_prune(hp["sparsity"], block=(2, 2)), SPARSITY),
+    ("saliency_prune", lambda hp: _with_fixed_grads(prune.saliency_prune(hp["sparsity"])), SPARSITY),
+    ("movement_prune", lambda hp: _with_fixed_grads(prune.movement_prune(hp["sparsity"])), SPARSITY),
 ]
 
 

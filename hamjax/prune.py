@@ -1,0 +1,606 @@
+"""Unstructured pruning: which weights to remove (masks), and the whole family's public names.
+
+A *mask tree* has the structure of ``params``; each leaf is a bool array of
+the param's shape (``True`` keeps the weight) or ``None`` for a leaf that is
+not pruned. Map over it with
+``jax.tree.map(f, masks, params, is_leaf=lambda x: x is None)``.
+
+Every mask function selects leaves with a ``filter(path, leaf) -> bool``
+(:func:`default_filter`: weight matrices and conv kernels) and is
+shape-static: ``sparsity`` may be a traced scalar, so ``jax.vmap`` over a
+batch of sparsities is one compiled call. The number of pruned weights is
+exactly ``floor(sparsity * n)`` per layer (or over all selected layers with
+``scope="global"``); ties are broken by position, lower index first.
+
+The transforms (:func:`magnitude_prune` ...), schedules,
+:func:`masked_optimizer` and :func:`iterative_prune` live in
+:mod:`hamjax.prune_schedule`; every name is available here as
+``hamjax.prune.<name>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hamjax._checks import check_int
+
+Params = Any
+Masks = Any
+Filter = Callable[[tuple, Any], bool]
+
+SCOPES = ("layer", "global")
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def default_filter(path, leaf) -> bool:
+    """Whether a leaf is a weight matrix or kernel that pruning may touch.
+
+    Selected: floating arrays with ``ndim >= 2`` whose last path key does not
+    contain ``"embed"`` (embedding and position tables) and that do not sit
+    in a ``"batch_stats"`` collection. Biases, norm scales and other 1-D
+    leaves are never selected.
+
+    Args:
+      path: a jax key path (``DictKey``, ``GetAttrKey``, ``SequenceKey``...).
+      leaf: the leaf at ``path``.
+
+    Returns:
+      ``True`` if the leaf is prunable.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}, "embedding": jnp.ones((9, 4))}
+      >>> [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(params)
+      ...  if prune.default_filter(p, x)]
+      ["['dense']['kernel']"]
+    """
+    if getattr(leaf, "ndim", 0) < 2 or not jnp.issubdtype(leaf.dtype, jnp.floating):
+        return False
+    names = [_key_name(k) for k in path]
+    if "batch_stats" in names:
+        return False
+    return not (names and "embed" in names[-1].lower())
+
+
+def _resolve_filter(name: str, filter: Filter | None) -> Filter:
+    if filter is None:
+        return default_filter
+    if not callable(filter):
+        raise ValueError(f"{name}: filter must be a callable filter(path, leaf) -> bool or None, got {filter!r}")
+    return filter
+
+
+def _map_selected(name: str, params, filter, fn) -> Any:
+    """A tree like ``params`` with ``fn(path, leaf)`` at selected leaves and ``None`` elsewhere."""
+    filter = _resolve_filter(name, filter)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flags = [bool(filter(path, leaf)) for path, leaf in leaves]
+    if not any(flags):
+        paths = [jax.tree_util.keystr(p) for p, _ in leaves]
+        raise ValueError(f"{name}: filter selects no leaf of params (leaves: {paths[:8]}); expected at least one")
+    out = [fn(path, leaf) if flag else None for (path, leaf), flag in zip(leaves, flags, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def selected(params: Params, filter: Filter | None = None) -> list[str]:
+    """The key paths of the leaves that ``filter`` selects for pruning.
+
+    Args:
+      params: any pytree of arrays.
+      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
+
+    Returns:
+      ``jax.tree_util.keystr`` of every selected leaf, in flattening order.
+
+    Raises:
+      ValueError: if no leaf is selected.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> prune.selected({"w": jnp.ones((2, 2)), "b": jnp.ones(2)})
+      ["['w']"]
+    """
+    tree = _map_selected("selected", params, filter, lambda path, leaf: jax.tree_util.keystr(path))
+    return [s for s in jax.tree.leaves(tree, is_leaf=_is_none) if s is not None]
+
+
+def _sparsity(name: str, value, arg: str = "sparsity") -> jax.Array:
+    """``value`` as a float32 scalar; checked to lie in [0, 1) when concrete."""
+    if isinstance(value, jax.core.Tracer):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name}: {arg} must be a scalar, got a traced array of shape {jnp.shape(value)}")
+        return jnp.asarray(value, jnp.float32)
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or v.ndim != 0 or not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"{name}: {arg} must be a scalar in [0, 1), got {value!r}")
+    return jnp.asarray(value, jnp.float32)
+
+
+def _check_scope(name: str, scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"{name}: scope must be one of {SCOPES}, got {scope!r}")
+
+
+def _keep_top(flat: jax.Array, s: jax.Array) -> jax.Array:
+    """Keep all but the ``floor(s * n)`` lowest entries of a 1-D array; ties prune the lower index first."""
+    n = flat.shape[0]
+    k = jnp.clip(jnp.floor(s * n), 0, n).astype(jnp.int32)
+    order = jnp.argsort(flat, stable=True)
+    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    return rank >= k
+
+
+def _rank_tree(scores: Any, sparsity, scope: str) -> Masks:
+    """Masks that prune the lowest scores; ``scores`` is a tree with ``None`` at untouched leaves."""
+    leaves, treedef = jax.tree.flatten(scores, is_leaf=_is_none)
+    arrays = [a.astype(jnp.float32) for a in leaves if a is not None]
+    if scope == "layer":
+        masks = [_keep_top(a.reshape(-1), sparsity).reshape(a.shape) for a in arrays]
+    else:
+        keep = _keep_top(jnp.concatenate([a.reshape(-1) for a in arrays]), sparsity)
+        cuts = np.cumsum([a.size for a in arrays])[:-1].tolist()
+        masks = [part.reshape(a.shape) for part, a in zip(jnp.split(keep, cuts), arrays, strict=True)]
+    it = iter(masks)
+    return jax.tree.unflatten(treedef, [None if a is None else next(it) for a in leaves])
+
+
+def magnitude_masks(params: Params, sparsity, *, filter: Filter | None = None, scope: str = "layer") -> Masks:
+    """Masks that prune the smallest-magnitude weights.
+
+    For each selected leaf ``w`` with ``n`` entries (``scope="layer"``) the
+    ``k = floor(s n)`` entries of smallest ``|w|`` are pruned; with
+    ``scope="global"`` one ranking runs over all selected leaves together, so
+    layers end up with different sparsities.
+
+    Args:
+      params: any pytree of arrays.
+      sparsity: fraction ``s`` in ``[0, 1)`` to prune; a Python number or a
+        (possibly traced) scalar array. A traced value cannot be checked and
+        is clipped to ``[0, 1]``.
+      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
+      scope: ``"layer"`` or ``"global"``.
+
+    Returns:
+      A mask tree: bool arrays at selected leaves, ``None`` elsewhere.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> masks = prune.magnitude_masks({"w": jnp.array([[1.0, -4.0], [3.0, 0.5]])}, 0.5)
+      >>> masks["w"].tolist()
+      [[False, True], [True, False]]
+
+    References:
+      Han et al., "Learning both Weights and Connections for Efficient Neural
+      Networks", NeurIPS 2015.
+    """
+    _check_scope("magnitude_masks", scope)
+    s = _sparsity("magnitude_masks", sparsity)
+    scores = _map_selected("magnitude_masks", params, filter, lambda path, w: jnp.abs(w))
+    return _rank_tree(scores, s, scope)
+
+
+def random_masks(params: Params, sparsity, key, *, filter: Filter | None = None) -> Masks:
+    """Masks that prune a uniformly random ``floor(s n)`` weights of each selected leaf.
+
+    Args:
+      params: any pytree of arrays.
+      sparsity: fraction in ``[0, 1)`` (possibly traced).
+      key: a ``jax.random`` key (or an int seed).
+      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
+
+    Returns:
+      A mask tree.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> masks = prune.random_masks({"w": jnp.ones((4, 5))}, 0.25, jax.random.key(0))
+      >>> int((~masks["w"]).sum())
+      5
+
+    References:
+      Liu et al., "The Unreasonable Effectiveness of Random Pruning", ICLR 2022.
+    """
+    s = _sparsity("random_masks", sparsity)
+    return _rank_tree(_random_scores("random_masks", params, key, filter), s, "layer")
+
+
+def _random_scores(name: str, params, key, filter) -> Any:
+    """Uniform [0, 1) scores at selected leaves, ``None`` elsewhere."""
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    leaves, treedef = jax.tree.flatten(_map_selected(name, params, filter, lambda p, w: w), is_leaf=_is_none)
+    sizes = [math.prod(w.shape) for w in leaves if w is not None]
+    # One draw for all leaves: a threefry call per shape compiles slowly on CPU.
+    parts = iter(jnp.split(jax.random.uniform(key, (sum(sizes),)), np.cumsum(sizes)[:-1].tolist()))
+    return jax.tree.unflatten(treedef, [None if w is None else next(parts).reshape(w.shape) for w in leaves])
+
+
+def _check_tree(name: str, arg: str, params, tree, *, masks: bool) -> None:
+    """Raise unless ``tree`` matches ``params`` leaf by leaf (``None`` allowed for masks)."""
+    p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    if p_def != t_def:
+        p_paths = [jax.tree_util.keystr(p) for p, _ in p_leaves]
+        t_paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
+        where = next(
+            (
+                f"{a or '(missing)'} in params vs {b or '(missing)'} in {arg}"
+                for a, b in itertools.zip_longest(p_paths, t_paths)
+                if a != b
+            ),
+            f"the container types ({p_def} vs {t_def})",
+        )
+        raise ValueError(f"{name}: {arg} do not match params: first mismatch at {where}")
+    for (path, p), (_, t) in zip(p_leaves, t_leaves, strict=True):
+        if t is None and (masks or p is None):
+            continue
+        want = "a bool array" if masks else "an array"
+        ok = t is not None and p is not None and getattr(t, "shape", None) == getattr(p, "shape", ())
+        if masks:
+            ok = ok and t.dtype == jnp.bool_
+        if not ok:
+            got = f"{getattr(t, 'dtype', type(t).__name__)}{getattr(t, 'shape', '')}"
+            raise ValueError(
+                f"{name}: {arg} do not match params at {jax.tree_util.keystr(path)}: "
+                f"expected {want} of shape {getattr(p, 'shape', None)}, got {got}"
+            )
+
+
+def saliency_masks(
+    params: Params, grads: Params, sparsity, *, filter: Filter | None = None, scope: str = "global"
+) -> Masks:
+    """SNIP masks: prune the weights of smallest connection sensitivity ``|w * g|``.
+
+    .. math:: S_j = |w_j \\, \\partial L / \\partial w_j|
+
+    Args:
+      params: any pytree of arrays.
+      grads: gradients of the loss with the structure of ``params``.
+      sparsity: fraction in ``[0, 1)`` (possibly traced).
+      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
+      scope: ``"global"`` (as SNIP) or ``"layer"``.
+
+    Returns:
+      A mask tree.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> w = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+      >>> g = {"w": jnp.array([[4.0, 1.0], [1.0, 1.0]])}
+      >>> prune.saliency_masks(w, g, 0.5)["w"].tolist()
+      [[True, False], [False, True]]
+
+    References:
+      Lee et al., "SNIP: Single-shot Network Pruning based on Connection
+      Sensitivity", ICLR 2019.
+    """
+    _check_scope("saliency_masks", scope)
+    s = _sparsity("saliency_masks", sparsity)
+    _check_tree("saliency_masks", "grads", params, grads, masks=False)
+    scores = _map_selected("saliency_masks", params, filter, lambda path, w: w)
+    scores = jax.tree.map(
+        lambda w, g: None if w is None else jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32)),
+        scores,
+        grads,
+        is_leaf=_is_none,
+    )
+    return _rank_tree(scores, s, scope)
+
+
+def _check_nm(name: str, n, m) -> tuple[int, int]:
+    n, m = check_int(f"{name}: n", n, 1), check_int(f"{name}: m", m, 1)
+    if n > m:
+        raise ValueError(f"{name}: n must be <= m (keep n of every m weights), got n={n}, m={m}")
+    return n, m
+
+
+def nm_masks(params: Params, n: int, m: int, *, filter: Filter | None = None) -> Masks:
+    """N:M masks: keep the ``n`` largest ``|w|`` of every ``m`` consecutive input weights.
+
+    Groups run along the reduction axis ``-2``: axis 0 of a dense kernel
+    ``(in, out)``, the ``I`` axis of an ``HWIO`` conv kernel. Sparsity is
+    ``1 - n/m`` exactly; 2:4 is the pattern sparse tensor cores run. Other
+    layouts, such as NNX attention's ``(in, heads, head_dim)`` query kernel
+    (axis -2 is ``heads``), should be left out with ``filter``.
+
+    Args:
+      params: any pytree of arrays.
+      n: weights kept per group, ``1 <= n <= m`` (static).
+      m: group size; must divide axis ``-2`` of every selected leaf (static).
+      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
+
+    Returns:
+      A mask tree.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> w = {"w": jnp.array([[1.0], [-3.0], [2.0], [0.5]])}
+      >>> prune.nm_masks(w, 2, 4)["w"][:, 0].tolist()
+      [False, True, True, False]
+
+    References:
+      Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv
+      2104.08378 (2021); Zhou et al., "Learning N:M Fine-grained Structured
+      Sparse Neural Networks From Scratch", ICLR 2021.
+    """
+    n, m = _check_nm("nm_masks", n, m)
+
+    def one(path, w):
+        if w.shape[-2] % m:
+            raise ValueError(
+                f"nm_masks: m={m} must divide the input axis (-2) of {jax.tree_util.keystr(path)}, shape {w.shape}"
+            )
+        a = jnp.moveaxis(jnp.abs(w).astype(jnp.float32), -2, -1)
+        groups = a.reshape(*a.shape[:-1], a.shape[-1] // m, m)
+        rank = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1)
+        return jnp.moveaxis((rank >= m - n).reshape(a.shape), -1, -2)
+
+    return _map_selected("nm_masks", params, filter, one)
+
+
+def _check_block(name: str, block) -> tuple[int, int]:
+    try:
+        bi, bo = block
+        return check_int(f"{name}: block[0]", bi, 1), check_int(f"{name}: block[1]", bo, 1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: block must be two integers >= 1, got {block!r}") from err
+
+
+def block_masks(params: Params, sparsity, *, block=(4, 4), filter: Filter | None = None) -> Masks:
+    """Masks that prune whole ``block`` tiles of smallest L2 norm in each layer.
+
+    A kernel is viewed as a matrix ``(prod(shape[:-1]), shape[-1])`` (a conv
+    ``HWIO`` kernel as ``(H*W*I, O)``) cut into tiles of ``block``; the
+    ``floor(s B)`` of its ``B`` tiles with smallest ``||W_b||_2`` are pruned.
+
+    Args:
+      params: any pytree of arrays.
+      sparsity: fraction of tiles in ``[0, 1)`` (possibly traced).
+      block: ``(rows, cols)`` of a tile; must divide the matrix view.
+      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
+
+    Returns:
+      A mask tree, constant within each tile.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> w = {"w": jnp.array([[1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 5.0, 5.0]])}
+      >>> prune.block_masks(w, 0.5, block=(2, 2))["w"][0].tolist()
+      [False, False, True, True]
+
+    References:
+      Gray et al., "GPU Kernels for Block-Sparse Weights", OpenAI 2017;
+      Narang et al., "Block-Sparse Recurrent Neural Networks", arXiv 1711.02782.
+    """
+    bi, bo = _check_block("block_masks", block)
+    s = _sparsity("block_masks", sparsity)
+
+    def norms(path, w):
+        r, c = int(np.prod(w.shape[:-1])), w.shape[-1]
+        if r % bi or c % bo:
+            raise ValueError(
+                f"block_masks: block={block!r} must divide the ({r}, {c}) matrix view of "
+                f"{jax.tree_util.keystr(path)}, shape {w.shape}"
+            )
+        sq = jnp.square(w.astype(jnp.float32)).reshape(r // bi, bi, c // bo, bo)
+        return jnp.sqrt(sq.sum(axis=(1, 3)))
+
+    scores = _map_selected("block_masks", params, filter, norms)
+    keep = _rank_tree(scores, s, "layer")
+    return jax.tree.map(
+        lambda k, w: None if k is None else jnp.repeat(jnp.repeat(k, bi, 0), bo, 1).reshape(w.shape),
+        keep,
+        params,
+        is_leaf=_is_none,
+    )
+
+
+def _ones(name: str, params, filter) -> Masks:
+    return _map_selected(name, params, filter, lambda path, w: jnp.ones(w.shape, jnp.bool_))
+
+
+def _grads_of(name: str, grads):
+    if grads is None:
+        raise ValueError(f"{name}: apply needs grads= (gradients with the structure of params), got None")
+    return grads
+
+
+def _check_args(name: str, sparsity, filter, scope: str | None = None) -> None:
+    """Validate a transform factory's arguments before anything is traced."""
+    if scope is not None:
+        _check_scope(name, scope)
+    _sparsity(name, sparsity)
+    _resolve_filter(name, filter)
+
+
+def check_masks(params: Params, masks: Masks) -> None:
+    """Raise unless ``masks`` is a mask tree for ``params``.
+
+    Args:
+      params: any pytree of arrays.
+      masks: a tree of the same structure with bool arrays of each param's
+        shape or ``None``.
+
+    Raises:
+      ValueError: naming the first path where they differ.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> prune.check_masks({"w": jnp.ones(2), "b": jnp.ones(1)}, {"w": jnp.ones(2, bool), "b": None})
+    """
+    _check_tree("check_masks", "masks", params, masks, masks=True)
+
+
+def apply_masks(params: Params, masks: Masks) -> Params:
+    """Zero the pruned weights: ``w * m`` at masked leaves, other leaves unchanged.
+
+    Args:
+      params: any pytree of arrays.
+      masks: a mask tree for ``params``.
+
+    Returns:
+      params with the same structure and dtypes; pruned entries are exactly 0.
+
+    Raises:
+      ValueError: if ``masks`` does not match ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> prune.apply_masks({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([True, False])})["w"].tolist()
+      [1.0, 0.0]
+    """
+    check_masks(params, masks)
+    return jax.tree.map(
+        lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros((), w.dtype)), masks, params, is_leaf=_is_none
+    )
+
+
+def _zero_counts(name: str, params, masks, filter) -> dict[str, tuple[int, int]]:
+    if masks is None:
+        tree = _map_selected(name, params, filter, lambda path, w: w)
+    else:
+        tree = jax.tree.map(lambda m, w: None if m is None else w, masks, apply_masks(params, masks), is_leaf=_is_none)
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    counts = {jax.tree_util.keystr(p): (int(jnp.sum(w == 0)), w.size) for p, w in leaves if w is not None}
+    if not counts:
+        raise ValueError(f"{name}: masks prune no leaf (all None); expected at least one bool array")
+    return counts
+
+
+def sparsity_of(params: Params, masks: Masks = None, *, filter: Filter | None = None) -> float:
+    """Fraction of zero weights over the selected (or masked) leaves.
+
+    .. math:: \\frac{\\sum_l \\#\\{w \\in W_l : w = 0\\}}{\\sum_l |W_l|}
+
+    Args:
+      params: any pytree of arrays (concrete; this is not jittable).
+      masks: if given, count over its non-``None`` leaves, with pruned
+        entries counted as zero whether or not they were applied.
+      filter: selects leaves when ``masks`` is ``None``.
+
+    Returns:
+      The fraction as a Python float.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> prune.sparsity_of({"w": jnp.array([[0.0, 1.0], [0.0, 2.0]]), "b": jnp.zeros(2)})
+      0.5
+    """
+    counts = _zero_counts("sparsity_of", params, masks, filter).values()
+    return sum(z for z, _ in counts) / sum(n for _, n in counts)
+
+
+def layer_sparsities(params: Params, masks: Masks = None, *, filter: Filter | None = None) -> dict[str, float]:
+    """Fraction of zero weights in each selected (or masked) leaf.
+
+    Args:
+      params: any pytree of arrays (concrete).
+      masks: as in :func:`sparsity_of`.
+      filter: selects leaves when ``masks`` is ``None``.
+
+    Returns:
+      ``{keystr(path): fraction}`` in flattening order.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import prune
+      >>> prune.layer_sparsities({"w": jnp.array([[0.0, 1.0], [3.0, 2.0]])})
+      {"['w']": 0.25}
+    """
+    return {k: z / n for k, (z, n) in _zero_counts("layer_sparsities", params, masks, filter).items()}
+
+
+if TYPE_CHECKING:
+    from hamjax.prune_schedule import (
+        METHODS,
+        PRUNERS,
+        MaskedState,
+        MovementState,
+        PruneState,
+        block_prune,
+        constant_schedule,
+        global_magnitude_prune,
+        iterative_prune,
+        magnitude_prune,
+        masked_optimizer,
+        movement_prune,
+        nm_prune,
+        polynomial_schedule,
+        random_prune,
+        saliency_prune,
+    )
+
+
+def __getattr__(name: str):
+    # Lazy re-export: prune_schedule imports this module, so importing it eagerly here would be circular.
+    from hamjax import prune_schedule
+
+    if name in prune_schedule.__all__:
+        return getattr(prune_schedule, name)
+    raise AttributeError(f"module 'hamjax.prune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+__all__ = [
+    "METHODS",
+    "PRUNERS",
+    "SCOPES",
+    "MaskedState",
+    "MovementState",
+    "PruneState",
+    "apply_masks",
+    "block_masks",
+    "block_prune",
+    "check_masks",
+    "constant_schedule",
+    "default_filter",
+    "global_magnitude_prune",
+    "iterative_prune",
+    "layer_sparsities",
+    "magnitude_masks",
+    "magnitude_prune",
+    "masked_optimizer",
+    "movement_prune",
+    "nm_masks",
+    "nm_prune",
+    "polynomial_schedule",
+    "random_masks",
+    "random_prune",
+    "saliency_masks",
+    "saliency_prune",
+    "selected",
+    "sparsity_of",
+]

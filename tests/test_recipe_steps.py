@@ -1,0 +1,107 @@
+"""The built-in recipe steps on real (small) models and data."""
+
+import numpy as np
+import pytest
+
+import hamjax
+from hamjax import recipes
+from hamjax.recipes import RecipeError
+
+
+def _context(digits, *, with_config=True, sizes=(64, 64, 32, 10)):
+    module = hamjax.models.build("mlp", input_shape=(8, 8, 1), sizes=sizes)
+    apply_fn, params = hamjax.functional(module)
+    config = hamjax.models.config_of(module) if with_config else None
+    return recipes.Context(apply_fn, params, digits, progress=False, config=config)
+
+
+def _recipe(*steps):
+    # digits has 1,258 training images: finetuning needs a higher rate and smaller batches than the defaults
+    tune = {"learning_rate": 2e-3, "batch_size": 64}
+    steps = [s if s["kind"] != "prune" else {**tune, **s} for s in steps]
+    return recipes.validate(
+        {"name": "t", "steps": [{"kind": "train", "epochs": 15, "batch_size": 64, "learning_rate": 3e-3}, *steps]}
+    )
+
+
+def _kernel_sparsity(params):
+    kernels = [np.asarray(layer["kernel"]) for layer in params["params"]["layers"].values()]
+    return [float(np.mean(k == 0)) for k in kernels]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "global_magnitude", "random", "saliency", "block"])
+def test_unstructured_one_shot_prunes_and_keeps_sparsity_through_finetuning(digits, method):
+    ctx = recipes.run(
+        _recipe({"kind": "prune", "method": method, "sparsity": 0.75, "finetune_epochs": 3, "block": 2}),
+        _context(digits),
+    )
+    dense, pruned = ctx.stages
+    assert (dense.name, pruned.name) == ("dense", "pruned")
+    kernels = hamjax.prune.sparsity_of(ctx.params["params"])
+    assert kernels == pytest.approx(0.75, abs=0.01)
+    if method in ("magnitude", "random", "block"):
+        assert _kernel_sparsity(ctx.params) == pytest.approx([0.75, 0.75, 0.75], abs=0.01)
+    assert pruned.param_count < 0.35 * dense.size_bytes / 4
+    acc = hamjax.train.evaluate(ctx.apply_fn, ctx.params, digits.test)["accuracy"]
+    assert acc > (0.3 if method == "random" else 0.8)  # random pruning is the weak baseline
+
+
+def test_nm_keeps_two_of_four(digits):
+    ctx = recipes.run(
+        _recipe({"kind": "prune", "method": "nm", "n": 2, "m": 4, "finetune_epochs": 1}), _context(digits)
+    )
+    k = np.asarray(ctx.params["params"]["layers"][0]["kernel"])  # (in, out): groups of 4 along the input axis
+    groups = (k.reshape(16, 4, k.shape[1]) != 0).sum(axis=1)
+    assert (groups <= 2).all() and groups.mean() > 1.9
+
+
+def test_iterative_and_polynomial_reach_the_target(digits):
+    # movement pruning (scores from -w*g) needs more steps than magnitude to recover on a small net
+    cases = (
+        ("iterative", "magnitude", 4, 0.85),
+        ("polynomial", "magnitude", 4, 0.85),
+        ("polynomial", "movement", 6, 0.6),
+    )
+    for schedule, method, epochs, floor in cases:
+        step = {"kind": "prune", "method": method, "sparsity": 0.8, "schedule": schedule, "finetune_epochs": epochs}
+        ctx = recipes.run(_recipe(step), _context(digits))
+        assert hamjax.prune.sparsity_of(ctx.params["params"]) == pytest.approx(0.8, abs=0.01), (schedule, method)
+        assert hamjax.train.evaluate(ctx.apply_fn, ctx.params, digits.test)["accuracy"] > floor, (schedule, method)
+
+
+def test_structured_shrink_gives_a_smaller_model_with_the_masked_accuracy(digits):
+    ctx = recipes.run(
+        _recipe({"kind": "prune", "method": "neurons", "sparsity": 0.5, "finetune_epochs": 2, "shrink": True}),
+        _context(digits),
+    )
+    dense, pruned = ctx.stages
+    dense_count = hamjax.measure.param_count(dense.params)
+    small_count = hamjax.measure.param_count(pruned.params)
+    assert small_count < 0.6 * dense_count
+    assert ctx.config is None  # the shrunk model is no longer a reference config
+    assert hamjax.train.evaluate(ctx.apply_fn, ctx.params, digits.test)["accuracy"] > 0.85
+
+
+def test_structured_needs_a_reference_model(digits):
+    with pytest.raises(RecipeError, match="needs a reference model"):
+        recipes.run(_recipe({"kind": "prune", "method": "neurons"}), _context(digits, with_config=False))
+
+
+@pytest.mark.parametrize(
+    ("step", "match"),
+    [
+        ({"method": "nm", "n": 5, "m": 4}, "n=5 must be <= m=4"),
+        ({"method": "magnitude", "shrink": True}, "shrink=true needs a structured method"),
+        ({"method": "movement"}, "use schedule='polynomial'"),
+        ({"method": "saliency", "schedule": "polynomial"}, "prunes during training"),
+        ({"method": "neurons", "schedule": "iterative"}, "supports schedule='one_shot' only"),
+        ({"method": "nm", "schedule": "iterative"}, "schedule='iterative' supports methods"),
+        ({"method": "magnitude", "schedule": "iterative", "finetune_epochs": 0}, "needs finetune_epochs >= 1"),
+        ({"method": "magnitude", "sparsity": 1.0}, r"sparsity must be <= 0.999"),
+        ({"method": "magnitude", "sparsity": -0.1}, r"sparsity must be >= 0.0"),
+        ({"method": "lottery"}, "method must be one of"),
+    ],
+)
+def test_prune_step_validation(step, match):
+    with pytest.raises(RecipeError, match=match):
+        recipes.validate({"name": "t", "steps": [{"kind": "prune", **step}]})
