@@ -5,7 +5,9 @@ is one JSON object: ``{"bench": "prune", "env", "results", "targets"}``.
 
 * Accuracy vs sparsity for magnitude (layer-wise), global magnitude,
   saliency (SNIP) and movement pruning, each followed by masked finetuning,
-  on the MLP (LeNet-300-100) and the CNN (LeNet-like), MNIST subset.
+  on the MLP (LeNet-300-100) and the CNN (LeNet-like), MNIST subset; plus
+  iterative global magnitude pruning to 90% in three prune -> finetune cycles.
+  The 90% target takes the best method at 90%.
 * Structured 50% neurons + shrink on the default MLP 784-512-512-10:
   throughput at batch 256 under jit against the dense model, and accuracy.
 * The cost of a masked training step against a dense one (same run).
@@ -93,6 +95,21 @@ def accuracy_curves(ds, sparsities, epochs, dense_epochs, seed):
                     {"model": name, "method": method, "sparsity": s, "measured_sparsity": measured, "accuracy": acc}
                 )
                 print(f"  {name} {method:16s} s={s:.2f} acc={acc:.4f} (dense {dense_acc[name]:.4f})", file=sys.stderr)
+        # Han et al. (2015) reached 90% through prune -> finetune cycles, not in one shot
+        cfg = TrainConfig(epochs=max(1, epochs // 2), batch_size=128, learning_rate=5e-4, seed=seed)
+        pruned, _, _ = prune.iterative_prune(apply_fn, dense, ds, (0.5, 0.75, 0.9), cfg, method="global_magnitude")
+        acc = evaluate(apply_fn, pruned, ds.test)["accuracy"]
+        measured = prune.sparsity_of(trainable(apply_fn, pruned))
+        rows.append(
+            {
+                "model": name,
+                "method": "iterative_global_magnitude",
+                "sparsity": 0.9,
+                "measured_sparsity": measured,
+                "accuracy": acc,
+            }
+        )
+        print(f"  {name} iterative global s=0.90 acc={acc:.4f}", file=sys.stderr)
     return dense_acc, rows
 
 
@@ -178,6 +195,11 @@ def plot(rows, dense_acc, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, model in zip(axes, ("mlp", "cnn"), strict=True):
+        it = [r["accuracy"] for r in rows if r["model"] == model and r["method"] == "iterative_global_magnitude"]
+        if it:
+            ax.plot(
+                [0.9], it, marker="*", markersize=12, linestyle="none", color="k", label="iterative global (3 cycles)"
+            )
         for method in METHODS:
             pts = [(r["sparsity"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method]
             ax.plot(*zip(*pts, strict=True), marker="o", label=method)
@@ -210,7 +232,8 @@ def main(argv=None):
     targets = []
     for model in ("mlp", "cnn"):
         best90 = max(r["accuracy"] for r in rows if r["model"] == model and r["sparsity"] == 0.9)
-        drop = 100 * (dense_acc[model] - best90)
+        # accuracies are k / 1000 on the test split: round away float noise before comparing
+        drop = round(100 * (dense_acc[model] - best90), 9)
         targets.append(
             {
                 "name": f"{model}: accuracy drop at 90% unstructured sparsity (points)",
@@ -227,7 +250,7 @@ def main(argv=None):
             "met": shrink["throughput_ratio"] >= 1.6,
         }
     )
-    sdrop = 100 * (shrink["dense_accuracy"] - shrink["shrunk_accuracy"])
+    sdrop = round(100 * (shrink["dense_accuracy"] - shrink["shrunk_accuracy"]), 9)
     targets.append(
         {
             "name": "structured 50% + shrink: accuracy drop after finetuning (points)",

@@ -5,7 +5,7 @@ function, so it composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 A model is a pair ``(apply_fn, params)``; see :func:`functional`.
 """
 
-from hamjax import checkpoint, data, measure, models, prune, recipes, report, streaming, train
+from hamjax import checkpoint, data, measure, models, prune, recipes, report, shrink, streaming, structured, train
 from hamjax._base import (
     ApplyFn,
     ChainState,
@@ -39,6 +39,8 @@ __all__ = [
     "prune",
     "recipes",
     "report",
+    "shrink",
     "streaming",
+    "structured",
     "train",
 ]
