@@ -1,41 +1,16 @@
 """Shrink: the smaller model computes what the masked model computes, with exactly the removed parameters gone."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from reference_models import random_model
 
 import hamjax
-from hamjax.models import MLPConfig, build, config_of
+from hamjax.models import MLPConfig
 from hamjax.shrink import ShrunkConfig, build_shrunk, shrink, shrunk_model
 from hamjax.structured import KINDS, structured_masks
-
-
-@functools.cache
-def _model(name, seed=0, **kw):
-    """Apply function, config and random variables of a reference model.
-
-    The module is built with ``nnx.eval_shape``: eager initializers compile per shape and would dominate the
-    test time. Biases, norms and batch statistics are random too, so that a mask that misses one shows.
-    """
-    abstract = nnx.eval_shape(lambda: build(name, **kw))
-    apply_fn, shapes = hamjax.functional(abstract)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, a):
-        leaf, noise = path[-1].key, rng.normal(size=a.shape)
-        if leaf == "var":
-            value = 0.5 + 0.5 * np.abs(noise)
-        elif leaf == "scale":
-            value = 1.0 + 0.1 * noise
-        else:
-            value = noise * (0.1 if len(a.shape) == 1 else 1 / np.sqrt(np.prod(a.shape[:-1])))
-        return jnp.asarray(value, a.dtype)
-
-    return apply_fn, config_of(abstract), jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _both(a, b):
@@ -70,7 +45,7 @@ MODELS = [
 
 @pytest.mark.parametrize(("name", "kw"), MODELS, ids=[f"{n}-{kw['input_shape'][0]}" for n, kw in MODELS])
 def test_shrunk_model_equals_masked_model(name, kw):
-    apply_fn, config, variables = _model(name, **kw)
+    apply_fn, config, variables = random_model(name, **kw)
     x = jax.random.normal(jax.random.key(1), (6, *kw["input_shape"]))
     forward = jax.jit(apply_fn)
     for s in (0.25, 0.5):
@@ -88,12 +63,12 @@ def test_shrunk_model_equals_masked_model(name, kw):
 
 
 def test_shrunk_parameter_counts_are_hand_computed():
-    _, config, variables = _model("mlp", input_shape=(8, 8, 1))
+    _, config, variables = random_model("mlp", input_shape=(8, 8, 1))
     new_config, small = shrink(config, variables, _all_masks(config, variables, 0.5))
     assert new_config.sizes == (64, 256, 256, 10)
     assert _count(small) == (64 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
 
-    _, config, variables = _model("cnn", input_shape=(8, 8, 1))
+    _, config, variables = random_model("cnn", input_shape=(8, 8, 1))
     new_config, small = shrink(config, variables, _all_masks(config, variables, 0.5))
     assert (new_config.channels, new_config.dense) == ((3, 8), (60, 42))
     conv = (25 * 1 * 3 + 3) + (25 * 3 * 8 + 8)
@@ -102,7 +77,7 @@ def test_shrunk_parameter_counts_are_hand_computed():
     assert _count(small["params"]) == conv + norms + dense
     assert _count(small["batch_stats"]) == norms
 
-    _, config, variables = _model("vit", input_shape=(8, 8, 1), hidden_size=32, num_heads=4)
+    _, config, variables = random_model("vit", input_shape=(8, 8, 1), hidden_size=32, num_heads=4)
     new_config, small = shrink(config, variables, structured_masks(config, variables, 0.5, kind="heads"))
     assert new_config == ShrunkConfig(config, heads=(2, 2), mlp_hidden=(64, 64), token_hidden=(0, 0))
     removed_per_layer = 3 * (32 * 16 + 16) + 16 * 32
@@ -112,7 +87,7 @@ def test_shrunk_parameter_counts_are_hand_computed():
 
 
 def test_flattened_channels_drop_the_matching_dense_rows():
-    _, config, variables = _model("cnn", input_shape=(8, 8, 1), channels=(4, 5), dense=())
+    _, config, variables = random_model("cnn", input_shape=(8, 8, 1), channels=(4, 5), dense=())
     masks = structured_masks(config, variables, 0.5, kind="channels")
     kept = np.flatnonzero(np.asarray(masks["params"]["convs"][1]["bias"]))
     _, small = shrink(config, variables, masks)
@@ -121,7 +96,7 @@ def test_flattened_channels_drop_the_matching_dense_rows():
 
 
 def test_shrinking_a_shrunk_transformer_again():
-    _, config, variables = _model("hamnet", input_shape=(8, 8, 1), hidden_size=32)
+    _, config, variables = random_model("hamnet", input_shape=(8, 8, 1), hidden_size=32)
     first, small = shrink(config, variables, _all_masks(config, variables, 0.25))
     assert first.heads == (3, 0, 3, 0) and first.token_hidden == (0, 12, 0, 12) and first.mlp_hidden == (48,) * 4
     second_masks = _all_masks(first, small, 0.5)
@@ -134,7 +109,7 @@ def test_shrinking_a_shrunk_transformer_again():
 
 
 def test_the_shrunk_model_speaks_the_training_protocol():
-    _, config, variables = _model("mlp", input_shape=(8, 8, 1), dropout_rate=0.5)
+    _, config, variables = random_model("mlp", input_shape=(8, 8, 1), dropout_rate=0.5)
     small_fn, small = shrunk_model(config, variables, _all_masks(config, variables, 0.5))
     assert isinstance(small_fn, hamjax.ApplyFn)
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
@@ -145,7 +120,7 @@ def test_the_shrunk_model_speaks_the_training_protocol():
 
 
 def test_masks_that_are_not_whole_groups_are_rejected():
-    _, config, variables = _model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
+    _, config, variables = random_model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
     masks = structured_masks(config, variables, 0.5, kind="neurons")
     layer = masks["params"]["layers"]
 
@@ -178,9 +153,9 @@ def _zero_layer(masks):
 
 
 def test_mismatched_trees_are_rejected():
-    _, config, variables = _model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
+    _, config, variables = random_model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
     masks = structured_masks(config, variables, 0.5, kind="neurons")
-    _, other_config, other = _model("cnn", input_shape=(8, 8, 1))
+    _, other_config, other = random_model("cnn", input_shape=(8, 8, 1))
     with pytest.raises(ValueError, match=r"masks do not mirror variables .*missing \['params/layers/0/bias'"):
         shrink(config, variables, structured_masks(other_config, other, 0.5, kind="neurons"))
     with pytest.raises(ValueError, match=r"masks\[params/layers/0/kernel\] has shape \(32, 64\)"):

@@ -1,6 +1,5 @@
 """Structured masks: exact per-layer counts, whole groups, any params tree, traced sparsity, errors."""
 
-import functools
 import math
 
 import flax.linen as nn
@@ -9,35 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conformance import check_transform
-from flax import nnx
+from reference_models import random_model
 
-import hamjax
-from hamjax.models import CNNConfig, MLPConfig, ViTConfig, build, config_of
+from hamjax.models import CNNConfig, MLPConfig, ViTConfig
 from hamjax.structured import neuron_masks, structured_masks, structured_prune
 
 
-@functools.cache
 def _model(name, seed=0, **kw):
-    """Config and random variables of a reference model.
-
-    The module is built with ``nnx.eval_shape``: eager initializers compile per shape and would dominate the
-    test time. Biases, norms and batch statistics are random too, so that a mask that misses one shows.
-    """
-    abstract = nnx.eval_shape(lambda: build(name, **kw))
-    _, shapes = hamjax.functional(abstract)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, a):
-        leaf, noise = path[-1].key, rng.normal(size=a.shape)
-        if leaf == "var":
-            value = 0.5 + 0.5 * np.abs(noise)
-        elif leaf == "scale":
-            value = 1.0 + 0.1 * noise
-        else:
-            value = noise * (0.1 if len(a.shape) == 1 else 1 / np.sqrt(np.prod(a.shape[:-1])))
-        return jnp.asarray(value, a.dtype)
-
-    return config_of(abstract), jax.tree_util.tree_map_with_path(draw, shapes)
+    """Config and random variables of a reference model."""
+    return random_model(name, seed, **kw)[1:]
 
 
 def _apply(masks, params):
