@@ -29,19 +29,9 @@ import hamjax
 from hamjax import data as data_lib
 from hamjax import measure, prune, structured
 from hamjax._base import trainable, with_trainable
-from hamjax.train import TrainConfig, TrainState, evaluate, fit, make_optimizer, make_train_step
+from hamjax.train import TrainConfig, TrainState, batch_grads, evaluate, fit, make_optimizer, make_train_step
 
 METHODS = ("magnitude", "global_magnitude", "saliency", "movement")
-
-
-def _grads(apply_fn, params, ds, seed):
-    x, y = data_lib.batch_at(ds.train, 256, 0, seed=seed)
-
-    def loss(tp):
-        logits = apply_fn(with_trainable(apply_fn, params, tp), x)
-        return hamjax.train.cross_entropy(logits, y)
-
-    return jax.grad(loss)(trainable(apply_fn, params))
 
 
 def _finetune(apply_fn, params, ds, epochs, optimizer_for, seed):
@@ -70,7 +60,7 @@ def prune_and_finetune(method, sparsity, apply_fn, dense, ds, epochs, seed):
     """Prune the dense params once with ``method``, finetune with masks kept; return test accuracy and sparsity."""
     tp = trainable(apply_fn, dense)
     if method == "saliency":
-        masks = prune.saliency_masks(tp, _grads(apply_fn, dense, ds, seed), sparsity)
+        masks = prune.saliency_masks(tp, batch_grads(apply_fn, dense, ds.train, 256, seed=seed), sparsity)
     else:
         masks = prune.magnitude_masks(tp, sparsity, scope="global" if method == "global_magnitude" else "layer")
     params = with_trainable(apply_fn, dense, prune.apply_masks(tp, masks))

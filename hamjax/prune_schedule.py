@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hamjax._base import Transform, call_model, trainable, with_trainable
+from hamjax._base import Transform, trainable, with_trainable
 from hamjax._checks import check_int
 from hamjax.prune import (
     Filter,
@@ -567,7 +567,6 @@ def _restrict(masks, updates, params):
 
 
 def _cycle_masks(method, apply_fn, params, sparsity, *, filter, block, dataset, config, cycle):
-    from hamjax import data as data_lib
     from hamjax import train as train_lib
 
     tp = trainable(apply_fn, params)
@@ -586,13 +585,8 @@ def _cycle_masks(method, apply_fn, params, sparsity, *, filter, block, dataset, 
             is_leaf=_is_none,
         )
         return _rank_tree(scores, _sparsity("iterative_prune", sparsity), "layer")
-    x, y = data_lib.batch_at(dataset.train, config.batch_size, 0, seed=config.seed)
-
-    def loss(t):
-        logits, _ = call_model(apply_fn, with_trainable(apply_fn, params, t), x)
-        return train_lib.cross_entropy(logits, y)
-
-    return saliency_masks(tp, jax.grad(loss)(tp), sparsity, filter=filter)
+    grads = train_lib.batch_grads(apply_fn, params, dataset.train, config.batch_size, seed=config.seed)
+    return saliency_masks(tp, grads, sparsity, filter=filter)
 
 
 def iterative_prune(

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import os
 
-from hamjax import report
+import jax
+import numpy as np
+
+from hamjax import data as data_lib
+from hamjax import prune, report, structured
 from hamjax import train as train_lib
+from hamjax._base import trainable, with_trainable
 from hamjax.recipes import Context, Field, RecipeError, register_step
 
 _TRAIN_FIELDS = {
@@ -92,33 +97,10 @@ def _check_prune(f: dict) -> str | None:
 
 
 def _nonzeros(params) -> int:
-    import jax
-    import numpy as np
-
     return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf in jax.tree.leaves(params)))
 
 
-def _one_batch_grads(apply_fn, params, dataset, batch_size: int, seed: int):
-    import jax
-
-    from hamjax import data as data_lib
-    from hamjax._base import call_model, trainable, with_trainable
-
-    x, y = data_lib.batch_at(dataset.train, min(batch_size, len(dataset.train.y)), 0, seed=seed)
-
-    def loss(tp):
-        logits, _ = call_model(apply_fn, with_trainable(apply_fn, params, tp), x)
-        return train_lib.cross_entropy(logits, y)
-
-    return jax.grad(loss)(trainable(apply_fn, params))
-
-
 def _unstructured_masks(f: dict, apply_fn, params, context: Context):
-    import jax
-
-    from hamjax import prune
-    from hamjax._base import trainable
-
     tp, s = trainable(apply_fn, params), f["sparsity"]
     method = f["method"]
     if method == "magnitude":
@@ -128,11 +110,17 @@ def _unstructured_masks(f: dict, apply_fn, params, context: Context):
     if method == "random":
         return prune.random_masks(tp, s, jax.random.key(context.seed))
     if method == "saliency":
-        grads = _one_batch_grads(apply_fn, params, context.dataset, f["batch_size"], context.seed)
+        grads = train_lib.batch_grads(apply_fn, params, context.dataset.train, f["batch_size"], seed=context.seed)
         return prune.saliency_masks(tp, grads, s)
     if method == "nm":
         return prune.nm_masks(tp, f["n"], f["m"])
     return prune.block_masks(tp, s, block=(f["block"], f["block"]))
+
+
+def _finetune_config(f: dict, context: Context) -> train_lib.TrainConfig:
+    return train_lib.TrainConfig(
+        epochs=f["finetune_epochs"], batch_size=f["batch_size"], learning_rate=f["learning_rate"], seed=context.seed
+    )
 
 
 def _finetune(f: dict, context: Context, params, optimizer_for, stage: str, *, final: bool = False):
@@ -141,11 +129,7 @@ def _finetune(f: dict, context: Context, params, optimizer_for, stage: str, *, f
     Returns the best params by validation accuracy, or the last ones with
     ``final=True`` (gradual pruning: earlier params are not yet at the target sparsity).
     """
-    config = train_lib.TrainConfig(
-        epochs=f["finetune_epochs"], batch_size=f["batch_size"], learning_rate=f["learning_rate"], seed=context.seed
-    )
-    from hamjax import data as data_lib
-
+    config = _finetune_config(f, context)
     total = data_lib.steps_per_epoch(len(context.dataset.train.y), config.batch_size) * config.epochs
     result = train_lib.fit(
         context.apply_fn,
@@ -160,24 +144,18 @@ def _finetune(f: dict, context: Context, params, optimizer_for, stage: str, *, f
 
 
 def _run_prune(f: dict, context: Context) -> Context:
-    from hamjax import prune
-    from hamjax._base import trainable, with_trainable
-
     apply_fn, params, stage = context.apply_fn, context.params, f["stage"]
     method = f["method"]
     if method in STRUCTURED:
         return _run_structured(f, context)
     if f["schedule"] == "iterative":
         targets = [f["sparsity"] * (i + 1) / f["cycles"] for i in range(f["cycles"])]
-        config = train_lib.TrainConfig(
-            epochs=f["finetune_epochs"], batch_size=f["batch_size"], learning_rate=f["learning_rate"], seed=context.seed
-        )
         params, _, _ = prune.iterative_prune(
             apply_fn,
             params,
             context.dataset,
             targets,
-            config,
+            _finetune_config(f, context),
             method=method,
             block=(f["block"], f["block"]),
             progress=context.progress,
@@ -188,8 +166,7 @@ def _run_prune(f: dict, context: Context) -> Context:
             schedule = prune.polynomial_schedule(
                 f["sparsity"], end_step=max(1, int(0.75 * total)), frequency=max(1, total // 20)
             )
-            pruner = "movement" if method == "movement" else method
-            return prune.masked_optimizer(inner, pruner=pruner, schedule=schedule)
+            return prune.masked_optimizer(inner, pruner=method, schedule=schedule)
 
         params = _finetune(f, context, params, optimizer_for, stage, final=True)
     else:
@@ -212,9 +189,6 @@ def _run_prune(f: dict, context: Context) -> Context:
 
 
 def _run_structured(f: dict, context: Context) -> Context:
-    from hamjax import prune, structured
-    from hamjax._base import trainable
-
     if context.config is None:
         raise RecipeError(
             f"prune method {f['method']!r} needs a reference model (hamjax.models) to know its layers; "

@@ -116,6 +116,52 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
 
 
+def batch_grads(
+    apply_fn,
+    params: Params,
+    split: data_lib.Split,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    step: int = 0,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
+) -> Params:
+    """Gradients of the loss on one training batch with respect to the trainable params.
+
+    The batch is the one :func:`fit` would use at ``step`` (see
+    :func:`hamjax.data.batch_at`); the model runs in eval mode. Pruning
+    criteria such as SNIP saliency score weights from these.
+
+    Args:
+      apply_fn: the model's apply function (any kind of the contract).
+      params: its params.
+      split: the :class:`hamjax.data.Split` to draw the batch from.
+      batch_size: examples in the batch (capped at the split's size).
+      seed: the data-order seed.
+      step: which step's batch to use.
+      loss_fn: ``loss_fn(logits, labels) -> scalar``.
+
+    Returns:
+      A pytree shaped like :func:`~hamjax._base.trainable` of ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import hamjax
+      >>> ds = hamjax.data.load("digits")
+      >>> params = {"w": jnp.zeros((64, 10))}
+      >>> g = hamjax.train.batch_grads(lambda p, x: x.reshape(x.shape[0], -1) @ p["w"], params, ds.train, 32)
+      >>> g["w"].shape
+      (64, 10)
+    """
+    x, y = data_lib.batch_at(split, min(batch_size, len(split.y)), step, seed=seed)
+
+    def loss(train_params):
+        logits, _ = call_model(apply_fn, with_trainable(apply_fn, params, train_params), x)
+        return loss_fn(logits, y)
+
+    return jax.grad(loss)(trainable(apply_fn, params))
+
+
 class TrainState(NamedTuple):
     """What one training step carries: params, optimizer state and step."""
 
