@@ -1,0 +1,227 @@
+"""Calibration: activation ranges at every quantized op, from a few batches.
+
+Static int8 quantization fixes each activation's scale and zero point
+ahead of time. The statistics are collected at the input of every site
+that :func:`hamjax.quant_graph.find_sites` finds, on any apply function,
+by evaluating its jaxpr with a recording hook (jitted, one call per batch).
+
+Methods:
+
+* ``"minmax"``: the smallest and largest values seen.
+* ``"percentile"``: the ``(100 - p)``-th and ``p``-th percentiles, which
+  drops rare outliers (read from a 2048-bin histogram over the min-max range).
+* ``"mse"``: the clipping range whose quantization grid minimises the mean
+  squared error over the observed distribution (searched on the histogram,
+  with each end of the range shrunk independently; symmetric ranges shrink
+  together).
+
+References:
+  Wu et al., "Integer Quantization for Deep Learning Inference: Principles
+  and Empirical Evaluation", 2020 (max, percentile and MSE calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hamjax import quant
+from hamjax.quant_graph import find_sites, intercept
+
+METHODS = ("minmax", "percentile", "mse")
+Ranges = dict[str, tuple[float, float]]
+
+
+def _inputs(batches: Iterable) -> list:
+    """The input arrays of ``batches`` (arrays, or ``(x, y)`` pairs), materialised."""
+    out = []
+    for b in batches:
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        if not hasattr(x, "shape") or not jnp.issubdtype(jnp.result_type(x), jnp.floating) or np.size(x) == 0:
+            raise ValueError(f"calibrate: every batch must be a non-empty floating array (or (x, y)), got {type(x)}")
+        out.append(x)
+    if not out:
+        raise ValueError("calibrate: no calibration batches; pass at least one batch of inputs")
+    return out
+
+
+def _recorder(apply_fn, stat, kw: dict):
+    """A jitted ``fn(params, x, *args) -> [stat(activation, i, *args) for each site]``."""
+
+    def fn(params, x, *args):
+        records = []
+
+        def hook(i, site, a, w):
+            records.append(stat(a, i, *args))
+            return a, w
+
+        intercept(apply_fn, hook)(params, x, **kw)
+        return records
+
+    return jax.jit(fn)
+
+
+def collect_minmax(apply_fn, params, batches: Iterable, **kw) -> Ranges:
+    """Min and max of each site's activation over all ``batches``.
+
+    Args:
+      apply_fn: any apply function of the contract.
+      params: its params.
+      batches: input arrays or ``(x, y)`` pairs.
+      **kw: keyword arguments for ``apply_fn``.
+
+    Returns:
+      ``{site name: (min, max)}`` as Python floats.
+
+    Raises:
+      ValueError: empty ``batches``, or a non-finite activation.
+    """
+    xs = _inputs(batches)
+    sites = find_sites(apply_fn, params, xs[0], **kw)
+    record = _recorder(apply_fn, lambda a, i: jnp.stack([jnp.min(a), jnp.max(a)]).astype(jnp.float32), kw)
+    lo = np.full(len(sites), np.inf)
+    hi = np.full(len(sites), -np.inf)
+    for x in xs:
+        stats = np.asarray(jax.device_get(record(params, x)))
+        lo, hi = np.minimum(lo, stats[:, 0]), np.maximum(hi, stats[:, 1])
+    for s, a, b in zip(sites, lo, hi, strict=True):
+        if not (np.isfinite(a) and np.isfinite(b)):
+            raise ValueError(f"calibrate: the activation at site {s.name} has a non-finite range [{a}, {b}]")
+    return {s.name: (float(a), float(b)) for s, a, b in zip(sites, lo, hi, strict=True)}
+
+
+def collect_histograms(apply_fn, params, batches: Iterable, ranges: Ranges, *, num_bins: int = 2048, **kw) -> dict:
+    """Histograms of each site's activation over ``ranges`` (values outside are counted in the end bins).
+
+    Returns:
+      ``{site name: counts}``, float64 arrays of ``num_bins``.
+    """
+    xs = _inputs(batches)
+    names = list(ranges)
+    los = jnp.asarray([ranges[n][0] for n in names], jnp.float32)
+    his = jnp.asarray([ranges[n][1] for n in names], jnp.float32)
+
+    def hist(a, i, los, his):
+        width = jnp.maximum(his[i] - los[i], 1e-12)
+        idx = jnp.clip(jnp.floor((a.astype(jnp.float32) - los[i]) / width * num_bins), 0, num_bins - 1)
+        return jnp.bincount(idx.astype(jnp.int32).ravel(), length=num_bins)
+
+    record = _recorder(apply_fn, hist, kw)
+    counts = np.zeros((len(names), num_bins))
+    for x in xs:
+        counts += np.asarray(jax.device_get(record(params, x, los, his)), np.float64)
+    return dict(zip(names, counts, strict=True))
+
+
+def _percentile_range(counts, lo, hi, p: float, symmetric: bool) -> tuple[float, float]:
+    edges = np.linspace(lo, hi, len(counts) + 1)
+    cdf = np.cumsum(counts) / counts.sum()
+    tail = 1.0 - p / 100.0
+    a = edges[np.searchsorted(cdf, tail, side="left")]
+    b = edges[min(np.searchsorted(cdf, 1.0 - tail, side="left") + 1, len(counts))]
+    if symmetric:
+        m = max(abs(a), abs(b))
+        return -m, m
+    return float(min(a, 0.0)), float(max(b, 0.0))
+
+
+def _grid_error(centers, counts, lo, hi, bits: int, symmetric: bool) -> np.ndarray:
+    """Expected squared quantization error of the histogram for arrays of candidate ranges."""
+    qmin, qmax = (-(2 ** (bits - 1)) + 1 if symmetric else -(2 ** (bits - 1))), 2 ** (bits - 1) - 1
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    if symmetric:
+        scale = np.maximum(np.maximum(-lo, hi) / qmax, 1e-12)
+        zero = np.zeros_like(scale)
+    else:
+        scale = np.maximum((hi - lo) / (qmax - qmin), 1e-12)
+        zero = np.clip(np.round(qmin - lo / scale), qmin, qmax)
+    q = np.clip(np.round(centers[None] / scale[:, None]) + zero[:, None], qmin, qmax)
+    err = (q - zero[:, None]) * scale[:, None] - centers[None]
+    return (err**2 * counts[None]).sum(axis=1)
+
+
+def _mse_range(counts, lo, hi, bits: int, symmetric: bool, steps: int = 64) -> tuple[float, float]:
+    edges = np.linspace(lo, hi, len(counts) + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fractions = np.linspace(1.0 / steps, 1.0, steps)
+    if symmetric:
+        m = max(abs(lo), abs(hi)) * fractions
+        best = int(np.argmin(_grid_error(centers, counts, -m, m, bits, True)))
+        return float(-m[best]), float(m[best])
+    a, b = np.meshgrid(min(lo, 0.0) * fractions, max(hi, 0.0) * fractions, indexing="ij")
+    err = _grid_error(centers, counts, a.ravel(), b.ravel(), bits, False)
+    best = int(np.argmin(err))
+    return float(a.ravel()[best]), float(b.ravel()[best])
+
+
+def calibrate(
+    apply_fn,
+    params,
+    batches: Iterable,
+    *,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    bits: int = 8,
+    symmetric: bool = False,
+    num_bins: int = 2048,
+    **kw,
+) -> Ranges:
+    """Activation ranges ``{site name: (lo, hi)}`` for static quantization.
+
+    Args:
+      apply_fn: any apply function of the contract.
+      params: its params (float; quantized weights should be dequantized first).
+      batches: a few batches of inputs (arrays or ``(x, y)`` pairs).
+      method: one of ``METHODS``.
+      percentile: for ``"percentile"``, in (50, 100].
+      bits: the activation bit width the ``"mse"`` search targets.
+      symmetric: whether activations will be quantized symmetrically.
+      num_bins: histogram bins for ``"percentile"`` and ``"mse"``.
+      **kw: keyword arguments for ``apply_fn``.
+
+    Returns:
+      A dict from site name to a ``(lo, hi)`` pair of floats.
+
+    Raises:
+      ValueError: an unknown method, bad percentile or bits, empty batches,
+        or a non-finite activation range.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import calibrate
+      >>> f = lambda p, x: jnp.maximum(x @ p["w1"], 0.0) @ p["w2"]
+      >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+      >>> ranges = calibrate.calibrate(f, params, [jnp.array([[-1.0, 0.0, 2.0]])])
+      >>> ranges
+      {"['w1']": (-1.0, 2.0), "['w2']": (0.0, 1.0)}
+    """
+    if method not in METHODS:
+        raise ValueError(f"calibrate: method must be one of {METHODS}, got {method!r}")
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"calibrate: percentile must be in (50, 100], got {percentile!r}")
+    quant.check_bits("calibrate", bits)
+    if num_bins < 16:
+        raise ValueError(f"calibrate: num_bins must be >= 16, got {num_bins!r}")
+    xs = _inputs(batches)
+    ranges = collect_minmax(apply_fn, params, xs, **kw)
+    if method == "minmax":
+        return ranges
+    hists = collect_histograms(apply_fn, params, xs, ranges, num_bins=num_bins, **kw)
+    out = {}
+    for name, (lo, hi) in ranges.items():
+        if hi <= lo:
+            out[name] = (lo, hi)
+        elif method == "percentile":
+            out[name] = _percentile_range(hists[name], lo, hi, percentile, symmetric)
+        else:
+            out[name] = _mse_range(hists[name], lo, hi, int(bits), symmetric)
+    return out
+
+
+def as_arrays(ranges: Ranges) -> dict[str, Any]:
+    """``ranges`` as float32 arrays of shape (2,), the form quantized params carry."""
+    return {k: jnp.asarray(v, jnp.float32) for k, v in ranges.items()}

@@ -1,0 +1,344 @@
+"""Find and rewrite the quantizable ops of any apply function, through its jaxpr.
+
+hamjax quantizes models it did not write (Flax NNX, Linen, plain
+``jax.numpy``) by tracing ``apply_fn`` to a jaxpr and re-evaluating it
+with a hook at every *site*: a ``dot_general`` or ``conv_general_dilated``
+where one operand depends on the input (the activation) and the other
+does not (the weight: a params leaf, possibly reshaped, transposed or
+computed from params and constants). Products of two activations
+(attention scores) are not sites; they stay in floating point.
+
+Calls (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, checkpoint) are
+inlined so sites inside them are found; control flow (``scan``,
+``while``, ``cond``) is evaluated as it is, and a weight that flows into it
+is reported with a warning, because its ops are not rewritten.
+
+Sites are named by the key path of their weight leaf
+(``"['params']['layers'][0]['kernel']"``; a second use of the same leaf
+adds ``"#1"``), or by the primitive and its index for a computed weight.
+The order of sites is the order of evaluation, the same on every trace of
+the same function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.extend.core as jcore
+import numpy as np
+
+from hamjax._base import ApplyFn
+
+SITE_PRIMITIVES = ("dot_general", "conv_general_dilated")
+_CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
+_SUBJAXPR_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+_SAME_LAYOUT = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One quantizable op.
+
+    Attributes:
+      name: unique name (the weight leaf's key path, ``"#k"`` for repeats).
+      leaf: key path of the params leaf the weight comes from through layout
+        ops only, or ``None`` for a computed weight.
+      primitive: ``"dot_general"`` or ``"conv_general_dilated"``.
+      weight_operand: 0 or 1, the weight's position among the op's operands.
+      channel_axes: the weight's output-channel axes at the op.
+      leaf_channel_axes: the same axes in the leaf's coordinates, or ``None``
+        when the path from the leaf does not preserve them (a reshape).
+      activation_shape, weight_shape: operand shapes at the op.
+      dimension_numbers: the op's dimension numbers, for exporters.
+    """
+
+    name: str
+    leaf: str | None
+    primitive: str
+    weight_operand: int
+    channel_axes: tuple[int, ...]
+    leaf_channel_axes: tuple[int, ...] | None
+    activation_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    dimension_numbers: Any = dataclasses.field(compare=False, repr=False, default=None)
+
+
+# A value's provenance: does it depend on the inputs, and which params leaf
+# (with the map from its axes to the leaf's) it is a pure re-layout of.
+@dataclasses.dataclass(frozen=True)
+class _Tag:
+    dep: bool
+    leaf: int | None = None
+    axes: tuple[int, ...] | None = None
+
+
+_DATA = _Tag(True)
+_CONST = _Tag(False)
+
+Hook = Callable[[int, Site, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
+    if eqn.primitive.name == "dot_general":
+        (contract, batch) = eqn.params["dimension_numbers"]
+        reduced = set(contract[weight_operand])
+        del batch
+        return tuple(i for i in range(ndim) if i not in reduced)
+    if weight_operand == 1:
+        return (eqn.params["dimension_numbers"].rhs_spec[0],)
+    return ()
+
+
+class _Context:
+    def __init__(self, leaf_paths: list[str], hook: Hook | None):
+        self.leaf_paths = leaf_paths
+        self.hook = hook
+        self.sites: list[Site] = []
+        self.uses: dict[str, int] = {}
+        self.skipped: list[str] = []
+
+    def site(self, eqn, w: int, tags, invals) -> Site:
+        tag = tags[w]
+        ndim = np.ndim(invals[w])
+        axes = _channel_axes(eqn, w, ndim)
+        if tag.leaf is not None:
+            leaf = self.leaf_paths[tag.leaf]
+            base = leaf
+            leaf_axes = None if tag.axes is None or not axes else tuple(tag.axes[a] for a in axes)
+        else:
+            leaf, base, leaf_axes = None, f"{eqn.primitive.name}#{len(self.sites)}", None
+        k = self.uses.get(base, 0)
+        self.uses[base] = k + 1
+        name = base if k == 0 else f"{base}#{k}"
+        return Site(
+            name,
+            leaf,
+            eqn.primitive.name,
+            w,
+            axes,
+            leaf_axes,
+            tuple(np.shape(invals[1 - w])),
+            tuple(np.shape(invals[w])),
+            eqn.params.get("dimension_numbers"),
+        )
+
+
+def _subjaxpr(eqn):
+    if eqn.primitive.name not in _CALLS:
+        return None
+    for key in _SUBJAXPR_KEYS:
+        sub = eqn.params.get(key)
+        if isinstance(sub, jcore.ClosedJaxpr):
+            return sub.jaxpr, sub.consts
+        if isinstance(sub, jcore.Jaxpr):
+            return sub, ()
+    return None
+
+
+def _bind(eqn, invals):
+    params = eqn.primitive.get_bind_params(eqn.params)
+    # Older JAX returns (subfuns, params), newer JAX the params alone.
+    subfuns, params = params if isinstance(params, tuple) else ((), params)
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*subfuns, *invals, **params)
+    return out if eqn.primitive.multiple_results else [out]
+
+
+def _layout_tag(eqn, tag: _Tag) -> _Tag:
+    """The tag of a layout op's output: same leaf, axes permuted or lost."""
+    if tag.leaf is None:
+        return _Tag(tag.dep)
+    name = eqn.primitive.name
+    if name in _SAME_LAYOUT:
+        return tag
+    if name == "transpose" and tag.axes is not None:
+        return _Tag(False, tag.leaf, tuple(tag.axes[p] for p in eqn.params["permutation"]))
+    if name in ("reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose"):
+        return _Tag(False, tag.leaf, None)
+    return _Tag(tag.dep)
+
+
+def _eval(jaxpr, consts, args, tags, ctx: _Context):
+    env, env_tags = {}, {}
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    def tag_of(v):
+        return _CONST if isinstance(v, jcore.Literal) else env_tags[v]
+
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        env[v], env_tags[v] = c, _CONST
+    for v, a, t in zip(jaxpr.invars, args, tags, strict=True):
+        env[v], env_tags[v] = a, t
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        intags = [tag_of(v) for v in eqn.invars]
+        dep = any(t.dep for t in intags)
+        name = eqn.primitive.name
+        sub = _subjaxpr(eqn)
+        if name in SITE_PRIMITIVES and len(invals) == 2 and intags[0].dep != intags[1].dep:
+            w = 0 if intags[1].dep else 1
+            site = ctx.site(eqn, w, intags, invals)
+            ctx.sites.append(site)
+            if ctx.hook is not None:
+                a, wv = ctx.hook(len(ctx.sites) - 1, site, invals[1 - w], invals[w])
+                invals[1 - w], invals[w] = a, wv
+            outs, outtags = _bind(eqn, invals), [_DATA]
+        elif sub is not None and (any(t.leaf is not None for t in intags) or (dep and not all(t.dep for t in intags))):
+            # A weight enters the call next to data or alone: a site may be inside, so inline it.
+            outs, outtags = _eval(sub[0], sub[1], invals, intags, ctx)
+        else:
+            outs = _bind(eqn, invals)
+            if not dep and len(eqn.outvars) == 1 and len(intags) == 1:
+                outtags = [_layout_tag(eqn, intags[0])]
+            else:
+                outtags = [_Tag(dep)]
+                if (
+                    any(t.leaf is not None for t in intags)
+                    and eqn.params
+                    and any(isinstance(p, (jcore.ClosedJaxpr, jcore.Jaxpr)) for p in eqn.params.values())
+                ):
+                    ctx.skipped.append(name)
+        if len(outtags) == 1 and len(eqn.outvars) > 1:
+            outtags = outtags * len(eqn.outvars)
+        for v, val, t in zip(eqn.outvars, outs, outtags, strict=True):
+            if not isinstance(v, jcore.DropVar):
+                env[v], env_tags[v] = val, t
+    return [read(v) for v in jaxpr.outvars], [tag_of(v) for v in jaxpr.outvars]
+
+
+def _split_kw(kw: dict) -> tuple[dict, dict]:
+    """Array keyword arguments are traced inputs; everything else is static."""
+    dyn = {k: v for k, v in kw.items() if isinstance(v, (jax.Array, np.ndarray))}
+    return {k: v for k, v in kw.items() if k not in dyn}, dyn
+
+
+def _run(fn, params, x, kw: dict, hook: Hook | None) -> tuple[Any, _Context]:
+    """Trace ``fn(params, x, **kw)`` and evaluate it with ``hook`` at every site."""
+    static, dyn = _split_kw(kw)
+    pleaves, ptree = jax.tree_util.tree_flatten_with_path(params)
+    leaf_paths = [jax.tree_util.keystr(p) for p, _ in pleaves]
+    n = len(pleaves)
+
+    def flat_fn(*flat):
+        p = jax.tree.unflatten(ptree, flat[:n])
+        xx, d = jax.tree.unflatten(data_tree, flat[n:])
+        return fn(p, xx, **static, **d)
+
+    data_leaves, data_tree = jax.tree.flatten((x, dyn))
+    flat = [leaf for _, leaf in pleaves] + data_leaves
+    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
+    ctx = _Context(leaf_paths, hook)
+    tags = [_Tag(False, i, tuple(range(np.ndim(a)))) for i, a in enumerate(flat[:n])] + [_DATA] * len(data_leaves)
+    outs, _ = _eval(closed.jaxpr, closed.consts, flat, tags, ctx)
+    if ctx.skipped:
+        warnings.warn(
+            f"hamjax.quant_graph: weights flow into {sorted(set(ctx.skipped))}, whose inner ops are not rewritten",
+            stacklevel=3,
+        )
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs), ctx
+
+
+def intercept(apply_fn, hook: Hook):
+    """A function transform: ``apply_fn`` with ``hook`` called at every site.
+
+    ``hook(index, site, activation, weight) -> (activation, weight)`` may
+    replace either operand (fake-quantize it, record statistics of it). The
+    result speaks the same protocol as ``apply_fn``: a :class:`hamjax.ApplyFn`
+    stays one (train mode, dropout keys and updated batch statistics work).
+    The jaxpr is traced at each call, so call the result under ``jax.jit``.
+
+    Args:
+      apply_fn: any apply function of the contract.
+      hook: the callback; it runs while tracing, on traced arrays.
+
+    Returns:
+      The rewritten apply function.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from hamjax import quant_graph
+      >>> def f(p, x):
+      ...     return jnp.tanh(x @ p["w1"]) @ p["w2"]
+      >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+      >>> doubled = quant_graph.intercept(f, lambda i, site, a, w: (2 * a, w))
+      >>> bool(jnp.allclose(doubled(params, jnp.ones((1, 3))), 2 * jnp.tanh(jnp.full((1, 4), 6.0)) @ params["w2"]))
+      True
+    """
+    if isinstance(apply_fn, ApplyFn):
+        inner = apply_fn.fn
+
+        def fn(variables, x, *, train, rng, mutable, **kw):
+            call = functools.partial(inner, train=train, mutable=mutable)
+            return _run(lambda p, xx, **k: call(p, xx, **k), variables, x, {"rng": rng, **kw}, hook)[0]
+
+        return ApplyFn(fn, apply_fn.collections)
+
+    @functools.wraps(apply_fn)
+    def rewritten(params, x, **kw):
+        return _run(apply_fn, params, x, kw, hook)[0]
+
+    return rewritten
+
+
+def find_sites(apply_fn, params, x, **kw) -> tuple[Site, ...]:
+    """The quantizable ops of ``apply_fn`` on inputs shaped like ``x``, in evaluation order.
+
+    Args:
+      apply_fn: any apply function of the contract.
+      params: its params.
+      x: an example input (only shapes and dtypes matter).
+      **kw: keyword arguments for ``apply_fn``.
+
+    Returns:
+      A tuple of :class:`Site`.
+
+    Raises:
+      ValueError: if ``apply_fn`` has no quantizable op.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import quant_graph
+      >>> sites = quant_graph.find_sites(lambda p, x: x @ p["w"].T, {"w": jnp.ones((5, 3))}, jnp.ones((2, 3)))
+      >>> [(s.name, s.channel_axes, s.leaf_channel_axes) for s in sites]
+      [("['w']", (1,), (0,))]
+    """
+    found: list[Site] = []
+
+    def hook(i, site, a, w):
+        found.append(site)
+        return a, w
+
+    jax.eval_shape(lambda p, xx: intercept(apply_fn, hook)(p, xx, **kw), params, x)
+    if not found:
+        raise ValueError(
+            "find_sites: apply_fn has no dot_general or conv_general_dilated with a params operand; nothing to quantize"
+        )
+    return tuple(found)
+
+
+def weight_channel_axes(sites) -> dict[str, tuple[int, ...]]:
+    """Per-leaf output-channel axes for the leaves whose every use agrees on them.
+
+    Args:
+      sites: from :func:`find_sites`.
+
+    Returns:
+      ``{leaf key path: axes}``; leaves used with different or unknown axes
+      are left out (quantize those per tensor or at the op).
+    """
+    axes: dict[str, tuple[int, ...] | None] = {}
+    for s in sites:
+        if s.leaf is None:
+            continue
+        if s.leaf in axes and axes[s.leaf] != s.leaf_channel_axes:
+            axes[s.leaf] = None
+        else:
+            axes.setdefault(s.leaf, s.leaf_channel_axes)
+    return {k: v for k, v in axes.items() if v is not None}
