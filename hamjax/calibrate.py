@@ -195,9 +195,9 @@ def calibrate(
       >>> from hamjax import calibrate
       >>> f = lambda p, x: jnp.maximum(x @ p["w1"], 0.0) @ p["w2"]
       >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
-      >>> ranges = calibrate.calibrate(f, params, [jnp.array([[-1.0, 0.0, 2.0]])])
+      >>> ranges = calibrate.calibrate(f, params, [jnp.array([[-1.0, 0.0, 2.0], [0.0, -3.0, 0.0]])])
       >>> ranges
-      {"['w1']": (-1.0, 2.0), "['w2']": (0.0, 1.0)}
+      {"['w1']": (-3.0, 2.0), "['w2']": (0.0, 1.0)}
     """
     if method not in METHODS:
         raise ValueError(f"calibrate: method must be one of {METHODS}, got {method!r}")

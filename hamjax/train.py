@@ -26,11 +26,13 @@ import numpy as np
 import optax
 
 from hamjax import data as data_lib
+from hamjax import precision as precision_lib
 from hamjax._base import call_model, trainable, with_trainable
 
 Params = Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+LOSS_SCALES = precision_lib.LOSS_SCALES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,12 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints (with ``checkpoint_dir``);
         ``None`` is once per epoch.
       seed: everything random (data order, dropout) derives from it.
+      precision: a mixed-precision policy string such as
+        ``"p=f32,c=bf16,o=f32"`` (see :class:`hamjax.precision.Policy`);
+        ``None`` trains the model as it is.
+      loss_scale: one of ``LOSS_SCALES``: ``"dynamic"`` wraps the optimizer
+        in :func:`hamjax.precision.dynamic_loss_scale`, ``"auto"`` does so
+        when the policy computes in float16, ``"none"`` never does.
     """
 
     epochs: int = 10
@@ -64,6 +72,8 @@ class TrainConfig:
     patience: int | None = None
     checkpoint_every: int | None = None
     seed: int = 0
+    precision: str | None = None
+    loss_scale: str = "auto"
 
     def __post_init__(self):
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate}
@@ -80,6 +90,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value!r}")
+        if isinstance(self.precision, precision_lib.Policy):
+            object.__setattr__(self, "precision", str(self.precision))  # the config must stay JSON for checkpoints
+        if self.precision is not None:
+            try:
+                precision_lib.Policy.parse(self.precision)
+            except ValueError as err:
+                raise ValueError(f"TrainConfig.precision={self.precision!r} is not a policy: {err}") from None
+        if self.loss_scale not in LOSS_SCALES:
+            raise ValueError(f"TrainConfig.loss_scale must be one of {LOSS_SCALES}, got {self.loss_scale!r}")
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
@@ -181,7 +200,9 @@ def make_train_step(
 
     Gradients flow into :func:`~hamjax._base.trainable` params only; batch
     statistics come back through the training protocol; dropout uses
-    ``fold_in(key(seed), step)``.
+    ``fold_in(key(seed), step)``. The loss is differentiated multiplied by
+    :func:`hamjax.precision.loss_scale_of` the optimizer state (1 unless
+    the optimizer is a loss-scale adapter, which unscales the gradients).
 
     Args:
       apply_fn: the model's apply function.
@@ -190,26 +211,30 @@ def make_train_step(
       seed: the seed of the dropout keys.
 
     Returns:
-      The jitted step; ``metrics`` has ``loss`` and ``accuracy`` of the batch.
+      The jitted step; ``metrics`` has ``loss`` (unscaled) and ``accuracy``
+      of the batch and the ``loss_scale`` of the next step.
     """
     base_key = jax.random.key(seed)
 
     def step(state: TrainState, x, y):
         rng = jax.random.fold_in(base_key, state.step)
+        scale = precision_lib.loss_scale_of(state.opt_state)
 
         def loss_of(train_params):
             params = with_trainable(apply_fn, state.params, train_params)
             logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
-            return loss_fn(logits, y), (logits, new_params)
+            loss = loss_fn(logits, y)
+            return loss * scale, (loss, logits, new_params)
 
-        (loss, (logits, new_params)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        (_, (loss, logits, new_params)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             trainable(apply_fn, state.params)
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable(apply_fn, state.params))
         new_trainable = optax.apply_updates(trainable(apply_fn, state.params), updates)
         params = with_trainable(apply_fn, new_params, new_trainable)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        return TrainState(params, opt_state, state.step + 1), {"loss": loss, "accuracy": accuracy}
+        metrics = {"loss": loss, "accuracy": accuracy, "loss_scale": precision_lib.loss_scale_of(opt_state)}
+        return TrainState(params, opt_state, state.step + 1), metrics
 
     return jax.jit(step, donate_argnums=0)
 
@@ -296,6 +321,13 @@ def fit(
 ) -> TrainResult:
     """Train ``(apply_fn, params)`` on ``dataset.train``, validating on ``dataset.val``.
 
+    With ``config.precision`` set, the model computes under that policy
+    (:func:`hamjax.precision.with_policy`), the params are kept in its
+    param dtype and the optimizer is wrapped for loss scaling as
+    ``config.loss_scale`` says (:func:`hamjax.precision.prepare_training`);
+    the returned params are in the param dtype, and inference under the
+    policy is ``with_policy(apply_fn, config.precision)``.
+
     With ``checkpoint_dir``, the run saves every ``checkpoint_every`` steps
     and, when the directory already holds a checkpoint of this run, resumes
     from it: same params, optimizer state, step, data order and early
@@ -332,6 +364,9 @@ def fit(
     total = per_epoch * config.epochs
     eval_every = config.eval_every or per_epoch
     optimizer = optimizer or make_optimizer(config, total)
+    apply_fn, params, optimizer = precision_lib.prepare_training(
+        apply_fn, params, optimizer, config.precision, loss_scale=config.loss_scale
+    )
     # Copies: the train step donates its state, and the caller's arrays must survive.
     params = jax.tree.map(jnp.array, params)
     state = TrainState(params, optimizer.init(trainable(apply_fn, params)), jnp.asarray(0, jnp.int32))
