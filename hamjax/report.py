@@ -33,6 +33,8 @@ class Stage:
       param_count: the parameter count to report; defaults to every element
         of ``params`` (a pruned stage reports its nonzeros).
       notes: a short remark shown in the markdown report.
+      timed: measure latency and throughput; ``False`` leaves them out (a
+        simulated model whose JAX speed says nothing about its runtime's).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -48,6 +50,7 @@ class Stage:
     size_bytes: int | None = None
     param_count: int | None = None
     notes: str = ""
+    timed: bool = True
 
     def __post_init__(self):
         if self.size_bytes is None and self.params is not None:
@@ -93,8 +96,8 @@ def measure_stages(
             example=x_test[:1],
             x_test=x_test,
             y_test=y_test,
-            latency_batch=latency_batch,
-            throughput_batches=(throughput_batch,),
+            latency_batch=latency_batch if stage.timed else None,
+            throughput_batches=(throughput_batch,) if stage.timed else (),
             runs=runs,
         )
         if stage.param_count is not None:
