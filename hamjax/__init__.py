@@ -5,7 +5,20 @@ function, so it composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 A model is a pair ``(apply_fn, params)``; see :func:`functional`.
 """
 
-from hamjax import checkpoint, data, measure, models, prune, recipes, report, shrink, streaming, structured, train
+from hamjax import (
+    checkpoint,
+    data,
+    measure,
+    models,
+    precision,
+    prune,
+    recipes,
+    report,
+    shrink,
+    streaming,
+    structured,
+    train,
+)
 from hamjax._base import (
     ApplyFn,
     ChainState,
@@ -36,6 +49,7 @@ __all__ = [
     "linen_functional",
     "measure",
     "models",
+    "precision",
     "prune",
     "recipes",
     "report",

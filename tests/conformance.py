@@ -110,3 +110,55 @@ def check_transform(make, hparams_batch, *, params_fn=example_params, rtol=1e-5,
     jax.block_until_ready(f(params, hp0))
     jax.block_until_ready(f(params_fn(jnp.float32, seed=1), _index(hparams_batch, n - 1)))
     assert len(traces) == 1, f"re-traced on the second call ({len(traces)} traces)"
+
+
+def check_function_transform(make, hparams_batch, apply_fn, params, x, *, dtypes=True, rtol=1e-5, atol=1e-6) -> None:
+    """The conformance checks for a function transform (``apply_fn -> apply_fn``).
+
+    ``make(hp)`` returns the transform for the hyperparameter pytree ``hp``;
+    the checks run ``make(hp)(apply_fn)(params, x)``:
+
+    * jit equals eager;
+    * vmap over the batch of hyperparameters equals a Python loop;
+    * output dtypes follow the params' dtype (float32 and bfloat16), unless
+      ``dtypes=False`` (a precision policy sets them itself);
+    * ``jax.grad`` through it gives finite gradients shaped and typed like params;
+    * a second jitted call with new inputs does not re-trace.
+    """
+    n = jax.tree.leaves(hparams_batch)[0].shape[0] if jax.tree.leaves(hparams_batch) else 2
+    hp0 = _index(hparams_batch, 0)
+
+    def call(p, xx, hp):
+        return make(hp)(apply_fn)(p, xx)
+
+    eager = call(params, x, hp0)
+    _assert_trees_close(jax.jit(call)(params, x, hp0), eager, "jit vs eager", rtol, atol)
+
+    batched = jax.jit(jax.vmap(lambda hp: call(params, x, hp), axis_size=n))(hparams_batch)
+    for i in range(n):
+        _assert_trees_close(_index(batched, i), call(params, x, _index(hparams_batch, i)), f"vmap {i}", rtol, atol)
+
+    if dtypes:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            cast = jax.tree.map(lambda a, d=dtype: a.astype(d) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+            out = jax.jit(call)(cast, x.astype(dtype), hp0)
+            assert {o.dtype for o in jax.tree.leaves(out)} == {jnp.dtype(dtype)}, f"output dtype is not {dtype}"
+
+    grads = jax.jit(jax.grad(lambda p: sum(jnp.sum(o.astype(jnp.float32)) for o in jax.tree.leaves(call(p, x, hp0)))))(
+        params
+    )
+    assert jax.tree.structure(grads) == jax.tree.structure(params), "grad structure differs from params"
+    for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params), strict=True):
+        assert g.dtype == p.dtype and g.shape == p.shape, f"grad {g.dtype}{g.shape} vs param {p.dtype}{p.shape}"
+        assert bool(jnp.all(jnp.isfinite(g))), "non-finite gradient"
+
+    traces = []
+
+    def traced(p, xx, hp):
+        traces.append(1)
+        return call(p, xx, hp)
+
+    f = jax.jit(traced)
+    jax.block_until_ready(f(params, x, hp0))
+    jax.block_until_ready(f(params, x + 1, _index(hparams_batch, n - 1)))
+    assert len(traces) == 1, f"re-traced on the second call ({len(traces)} traces)"

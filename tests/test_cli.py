@@ -14,12 +14,17 @@ def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
     rc = cli.main(["optimize", "--model", "mlp", "--data", "digits", "--out", str(out), "--quiet", "--seed", "1"])
     assert rc == 0
     payload = json.loads((out / "report.json").read_text())
-    dense, pruned = payload["stages"]
+    dense, pruned, int8 = payload["stages"]
     assert dense["name"] == "dense" and dense["accuracy"] > 0.9
     assert dense["params"] == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
     # the default recipe removes half of the hidden neurons and shrinks the model
     assert pruned["name"] == "pruned" and pruned["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
     assert pruned["accuracy"] > dense["accuracy"] - 0.03
+    # then quantizes the shrunk model to static int8: about 4x fewer bytes, no JAX speed column
+    assert int8["name"] == "int8" and int8["params"] == pruned["params"]
+    assert int8["size_bytes"] < pruned["size_bytes"] / 3.5
+    assert int8["accuracy"] > pruned["accuracy"] - 0.01
+    assert int8["latency"] is None and int8["throughput"] == []
     assert payload["meta"]["recipe"] == "default" and payload["meta"]["seed"] == 1
     printed = capsys.readouterr().out
     for col in ("stage", "params", "size MB", "test accuracy"):

@@ -1,0 +1,247 @@
+"""fp16 loss scaling as optax adapters: dynamic (grow and back off) and static.
+
+float16 has a narrow exponent range (about 6e-8 to 65504), so small
+gradients underflow to zero. Loss scaling multiplies the loss by ``S``
+before differentiating and divides the gradients by ``S`` before the
+update; :func:`dynamic_loss_scale` adapts ``S``, skipping the steps whose
+gradients overflowed. Its state is a pytree in the optax state, so
+:func:`loss_scale_of` finds the scale there and the whole step stays one
+jitted, ``lax.scan``-able function. :mod:`hamjax.precision` re-exports
+everything here.
+
+References:
+  Micikevicius et al., "Mixed Precision Training", ICLR 2018.
+  https://arxiv.org/abs/1710.03740 ; jmp (https://github.com/google-deepmind/jmp).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+def _is_floating(x) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """Whether every floating element of ``tree`` is finite, as a scalar boolean array.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax.precision import all_finite
+      >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.inf])}))
+      False
+    """
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _is_floating(x)]
+    return functools.reduce(jnp.logical_and, checks, jnp.asarray(True))
+
+
+class DynamicLossScaleState(NamedTuple):
+    """The state of :func:`dynamic_loss_scale` and :func:`static_loss_scale`.
+
+    Attributes:
+      loss_scale: float32 scalar ``S``; the loss is multiplied by it before
+        differentiation (see :func:`loss_scale_of`).
+      good_steps: int32 scalar, consecutive steps with finite gradients
+        since the scale last changed.
+      skipped: int32 scalar, steps skipped because a gradient was not finite.
+      inner_state: the wrapped optimizer's state.
+    """
+
+    loss_scale: jax.Array
+    good_steps: jax.Array
+    skipped: jax.Array
+    inner_state: optax.OptState
+
+
+def _unscale(g, scale):
+    if not _is_floating(g):
+        return g
+    wide = jnp.promote_types(g.dtype, jnp.float32)
+    return (g.astype(wide) / scale.astype(wide)).astype(g.dtype)
+
+
+def _loss_scaled(inner: optax.GradientTransformation, initial_scale: float, next_scale: Callable):
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        # two separate zeros, not one array twice: a train step that donates its state donates each buffer once
+        good_steps, skipped = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+        return DynamicLossScaleState(jnp.asarray(initial_scale, jnp.float32), good_steps, skipped, inner.init(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        grads = jax.tree.map(lambda g: _unscale(g, state.loss_scale), updates)
+        finite = all_finite(grads)
+        new_updates, new_inner = inner.update(grads, state.inner_state, params, **extra_args)
+        # Both branches are computed and one is selected (as jmp does): this stays cheap under vmap and scan.
+        new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_inner, state.inner_state)
+        loss_scale, good_steps = next_scale(state.loss_scale, state.good_steps, finite)
+        skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
+        return new_updates, DynamicLossScaleState(loss_scale, good_steps, skipped, new_inner)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _positive_finite(name: str, value, where: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {name} must be a number, got {value!r}") from err
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{where}: {name} must be finite and > 0, got {value!r}")
+    return v
+
+
+def dynamic_loss_scale(
+    inner: optax.GradientTransformation,
+    *,
+    initial_scale: float = 2.0**15,
+    growth_interval: int = 2000,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+    min_scale: float = 1.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Wrap ``inner`` for training on gradients of a scaled loss, adapting the scale.
+
+    ``update`` receives ``g = ∇(S·L)`` where ``S`` is the state's
+    ``loss_scale``. It divides by ``S`` (in float32, then back to each
+    gradient's dtype) and, when every gradient is finite, runs ``inner`` on
+    ``g / S``; after ``growth_interval`` finite steps in a row ``S`` grows
+    to ``S·growth_factor``. When any gradient is ``inf`` or ``nan`` the
+    step is skipped: the updates are zeros, ``inner``'s state is kept,
+    ``S`` drops to ``max(S·backoff_factor, min_scale)`` and ``skipped``
+    counts it. :func:`hamjax.train.make_train_step` scales the loss by
+    :func:`loss_scale_of` of the optimizer state, so this is all a
+    training loop needs.
+
+    Args:
+      inner: the optimizer that sees the unscaled gradients.
+      initial_scale: the first ``S`` (> 0).
+      growth_interval: finite steps in a row before ``S`` grows (>= 1).
+      growth_factor: what ``S`` is multiplied by when it grows (> 1).
+      backoff_factor: what ``S`` is multiplied by after an overflow, in (0, 1).
+      min_scale: the floor of ``S`` (> 0, at most ``initial_scale``).
+
+    Returns:
+      An optax transformation whose state is a :class:`DynamicLossScaleState`.
+
+    Raises:
+      ValueError: naming the argument and its value, before anything is traced.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> from hamjax.precision import dynamic_loss_scale
+      >>> opt = dynamic_loss_scale(optax.sgd(0.1), initial_scale=8.0, growth_interval=2)
+      >>> params = {"w": jnp.ones(2)}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.array([8.0, 16.0])}, state, params)
+      >>> updates["w"].tolist(), float(state.loss_scale)
+      ([-0.10000000149011612, -0.20000000298023224], 8.0)
+      >>> updates, state = opt.update({"w": jnp.array([jnp.inf, 0.0])}, state, params)
+      >>> updates["w"].tolist(), float(state.loss_scale), int(state.skipped)
+      ([0.0, 0.0], 4.0, 1)
+
+    References:
+      Micikevicius et al., "Mixed Precision Training", ICLR 2018 (section 3.2).
+    """
+    where = "dynamic_loss_scale"
+    initial_scale = _positive_finite("initial_scale", initial_scale, where)
+    min_scale = _positive_finite("min_scale", min_scale, where)
+    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int | np.integer) or growth_interval < 1:
+        raise ValueError(f"{where}: growth_interval must be an int >= 1, got {growth_interval!r}")
+    growth_factor = _positive_finite("growth_factor", growth_factor, where)
+    if not growth_factor > 1:
+        raise ValueError(f"{where}: growth_factor must be > 1, got {growth_factor!r}")
+    backoff_factor = _positive_finite("backoff_factor", backoff_factor, where)
+    if not backoff_factor < 1:
+        raise ValueError(f"{where}: backoff_factor must be in (0, 1), got {backoff_factor!r}")
+    if min_scale > initial_scale:
+        raise ValueError(f"{where}: min_scale={min_scale!r} must be <= initial_scale={initial_scale!r}")
+    growth_interval = int(growth_interval)
+
+    def next_scale(scale, good_steps, finite):
+        good = good_steps + 1
+        grow = good >= growth_interval
+        grown = scale * growth_factor
+        grown = jnp.where(grow & jnp.isfinite(grown), grown, scale)
+        shrunk = jnp.maximum(scale * backoff_factor, min_scale)
+        new_scale = jnp.where(finite, grown, shrunk).astype(jnp.float32)
+        new_good = jnp.where(finite & ~grow, good, 0).astype(jnp.int32)
+        return new_scale, new_good
+
+    return _loss_scaled(inner, initial_scale, next_scale)
+
+
+def static_loss_scale(inner: optax.GradientTransformation, scale: float) -> optax.GradientTransformationExtraArgs:
+    """Wrap ``inner`` for gradients of ``scale·L`` with a fixed ``scale``.
+
+    Like :func:`dynamic_loss_scale` (same state type, non-finite steps are
+    skipped and counted) but ``loss_scale`` never changes.
+
+    Args:
+      inner: the optimizer that sees the unscaled gradients.
+      scale: the loss scale (> 0).
+
+    Returns:
+      An optax transformation whose state is a :class:`DynamicLossScaleState`.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> from hamjax.precision import static_loss_scale
+      >>> opt = static_loss_scale(optax.sgd(1.0), 4.0)
+      >>> updates, state = opt.update({"w": jnp.array([4.0])}, opt.init({"w": jnp.zeros(1)}))
+      >>> updates["w"].tolist(), float(state.loss_scale)
+      ([-1.0], 4.0)
+    """
+    scale = _positive_finite("scale", scale, "static_loss_scale")
+
+    def next_scale(loss_scale, good_steps, finite):
+        return loss_scale, jnp.where(finite, good_steps + 1, 0).astype(jnp.int32)
+
+    return _loss_scaled(inner, scale, next_scale)
+
+
+def _find_loss_scale(opt_state) -> jax.Array | None:
+    try:
+        return optax.tree_utils.tree_get(opt_state, "loss_scale")
+    except KeyError as err:
+        raise ValueError(
+            "loss_scale_of: the optimizer state holds more than one loss_scale (loss-scale adapters nested "
+            "inside each other); wrap the optimizer once"
+        ) from err
+
+
+def loss_scale_of(opt_state) -> jax.Array:
+    """The loss scale held anywhere in an optax state, or float32 ``1.0`` if there is none.
+
+    Args:
+      opt_state: any optax state, for example of an ``optax.chain``
+        containing :func:`dynamic_loss_scale`.
+
+    Returns:
+      A float32 scalar array.
+
+    Raises:
+      ValueError: if the state holds more than one loss scale.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> from hamjax.precision import dynamic_loss_scale, loss_scale_of
+      >>> params = {"w": jnp.ones(2)}
+      >>> float(loss_scale_of(dynamic_loss_scale(optax.adam(1e-3)).init(params)))
+      32768.0
+      >>> float(loss_scale_of(optax.adam(1e-3).init(params)))
+      1.0
+    """
+    found = _find_loss_scale(opt_state)
+    return jnp.ones((), jnp.float32) if found is None else found

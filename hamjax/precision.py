@@ -1,0 +1,365 @@
+"""Mixed precision: a dtype policy, a function transform that applies it, fp16 loss scaling.
+
+A :class:`Policy` names three dtypes in the style of jmp: the dtype params
+are stored and updated in, the dtype the model computes in, and the dtype
+of its outputs. ``"p=f32,c=bf16,o=f32"`` keeps float32 master weights,
+runs the forward and backward passes in bfloat16 and hands float32 logits
+to the loss. :func:`with_policy` turns an apply function into one that
+computes under the policy; gradients with respect to float32 params come
+back float32, because the cast is differentiated like any other op.
+
+float16 has a narrow exponent range (about 6e-8 to 65504), so small
+gradients underflow to zero. Loss scaling multiplies the loss by ``S``
+before differentiating and divides the gradients by ``S`` before the
+update; :func:`dynamic_loss_scale` adapts ``S``, skipping the steps whose
+gradients overflowed. Its state is a pytree in the optax state, so
+:func:`loss_scale_of` finds the scale there and the whole step stays one
+jitted, ``lax.scan``-able function.
+
+References:
+  Micikevicius et al., "Mixed Precision Training", ICLR 2018.
+  https://arxiv.org/abs/1710.03740 ; jmp (https://github.com/google-deepmind/jmp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hamjax._base import ApplyFn, is_protocol_apply, trainable
+from hamjax.loss_scale import (  # noqa: F401  (re-exported: the precision API includes loss scaling)
+    DynamicLossScaleState,
+    _find_loss_scale,
+    all_finite,
+    dynamic_loss_scale,
+    loss_scale_of,
+    static_loss_scale,
+)
+
+PyTree = Any
+
+_DTYPES = {
+    "f32": "float32",
+    "float32": "float32",
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "f16": "float16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "f64": "float64",
+    "float64": "float64",
+}
+_SHORT = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "float64": "f64"}
+_KEYS = {
+    "p": "param_dtype",
+    "param": "param_dtype",
+    "params": "param_dtype",
+    "c": "compute_dtype",
+    "compute": "compute_dtype",
+    "o": "output_dtype",
+    "out": "output_dtype",
+    "output": "output_dtype",
+}
+_LONG = {"param_dtype": "params", "compute_dtype": "compute", "output_dtype": "output"}
+_FORMS = "'p=f32,c=bf16,o=f32', 'params=float32,compute=bfloat16,output=float32' or one dtype such as 'bf16'"
+_ACCEPTED = "f32/float32, bf16/bfloat16, f16/float16/half, f64/float64 (with jax_enable_x64)"
+
+
+def _dtype(value, what: str) -> np.dtype:
+    """``value`` as a floating dtype this JAX configuration can hold, or a ValueError naming ``what``."""
+    if isinstance(value, str):
+        name = _DTYPES.get(value.strip().lower())
+        if name is None:
+            raise ValueError(f"{what}: unknown dtype {value!r}; expected one of {_ACCEPTED}; policy forms: {_FORMS}")
+        value = name
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as err:
+        raise ValueError(f"{what}: {value!r} is not a dtype; expected one of {_ACCEPTED}") from err
+    if dtype.name not in _SHORT:
+        raise ValueError(f"{what}: {dtype.name} is not a floating dtype a policy can use; expected {_ACCEPTED}")
+    if dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+        raise ValueError(f"{what}: float64 needs jax.config.update('jax_enable_x64', True); without it, use f32")
+    return dtype
+
+
+def _is_floating(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+
+
+def _cast_floating(tree: PyTree, dtype) -> PyTree:
+    # Python scalars are weakly typed and take the dtype of the arrays they meet, so they stay as they are.
+    return jax.tree.map(lambda x: x.astype(dtype) if _is_floating(x) and x.dtype != dtype else x, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Which dtype params are stored in, the model computes in, and outputs come out in.
+
+    Only floating leaves are cast; integers, booleans, PRNG key arrays and
+    ``None`` pass through. A policy is hashable, so it can be a static
+    argument of ``jax.jit``.
+
+    Attributes:
+      param_dtype: dtype of the stored params and of the optimizer's updates.
+      compute_dtype: dtype of params and inputs inside the model.
+      output_dtype: dtype of the model's floating outputs.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax.precision import Policy
+      >>> policy = Policy.parse("p=f32,c=bf16,o=f32")
+      >>> str(policy), policy.compute_dtype.name
+      ('p=f32,c=bf16,o=f32', 'bfloat16')
+      >>> tree = policy.cast_to_compute({"w": jnp.ones(2), "step": jnp.zeros((), jnp.int32)})
+      >>> tree["w"].dtype.name, tree["step"].dtype.name
+      ('bfloat16', 'int32')
+    """
+
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = jnp.float32
+    output_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _dtype(getattr(self, f.name), f"Policy.{f.name}"))
+
+    @classmethod
+    def parse(cls, spec: str) -> Policy:
+        """Parse a policy string.
+
+        Keys are ``p``/``params``, ``c``/``compute`` and ``o``/``output``, in
+        any order, with spaces allowed; all three are required unless the
+        string is one dtype, which sets all three.
+
+        Args:
+          spec: for example ``"p=f32,c=bf16,o=f32"``,
+            ``"params=float32, compute=bfloat16, output=float32"`` or ``"bf16"``.
+
+        Returns:
+          The :class:`Policy`; ``Policy.parse(str(policy)) == policy``.
+
+        Raises:
+          ValueError: naming the bad part of ``spec`` and the accepted forms.
+
+        Examples:
+          >>> from hamjax.precision import Policy
+          >>> str(Policy.parse("compute = bfloat16, output=float32, params=float32"))
+          'p=f32,c=bf16,o=f32'
+          >>> str(Policy.parse("half"))
+          'p=f16,c=f16,o=f16'
+        """
+        if not isinstance(spec, str):
+            raise ValueError(f"Policy.parse: expected a string such as {_FORMS}, got {type(spec).__name__} {spec!r}")
+        text = spec.strip()
+        if not text:
+            raise ValueError(f"Policy.parse: empty policy string; expected {_FORMS}")
+        if "=" not in text and "," not in text:
+            dtype = _dtype(text, f"Policy.parse({spec!r})")
+            return cls(dtype, dtype, dtype)
+        values: dict[str, np.dtype] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            key = key.strip().lower()
+            if not sep or not key or not value.strip():
+                raise ValueError(
+                    f"Policy.parse({spec!r}): bad part {part.strip()!r}; expected key=dtype as in {_FORMS}"
+                )
+            field = _KEYS.get(key)
+            if field is None:
+                raise ValueError(
+                    f"Policy.parse({spec!r}): unknown key {key!r}; expected p/params, c/compute, o/output as in {_FORMS}"
+                )
+            if field in values:
+                raise ValueError(f"Policy.parse({spec!r}): {_LONG[field]} is given twice")
+            values[field] = _dtype(value, f"Policy.parse({spec!r}), key {key!r}")
+        missing = [name for field, name in _LONG.items() if field not in values]
+        if missing:
+            raise ValueError(f"Policy.parse({spec!r}): missing {', '.join(missing)}; give all three as in {_FORMS}")
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return (
+            f"p={_SHORT[self.param_dtype.name]},c={_SHORT[self.compute_dtype.name]},o={_SHORT[self.output_dtype.name]}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Policy.parse({str(self)!r})"
+
+    def cast_to_param(self, tree: PyTree) -> PyTree:
+        """Cast the floating leaves of ``tree`` to ``param_dtype``; other leaves pass through."""
+        return _cast_floating(tree, self.param_dtype)
+
+    def cast_to_compute(self, tree: PyTree) -> PyTree:
+        """Cast the floating leaves of ``tree`` to ``compute_dtype``; other leaves pass through."""
+        return _cast_floating(tree, self.compute_dtype)
+
+    def cast_to_output(self, tree: PyTree) -> PyTree:
+        """Cast the floating leaves of ``tree`` to ``output_dtype``; other leaves pass through."""
+        return _cast_floating(tree, self.output_dtype)
+
+
+def get_policy(policy: Policy | str) -> Policy:
+    """A :class:`Policy` from a policy or its string form (see :meth:`Policy.parse`).
+
+    Examples:
+      >>> from hamjax.precision import get_policy
+      >>> get_policy("p=f32,c=f16,o=f32").compute_dtype.name
+      'float16'
+    """
+    if isinstance(policy, Policy):
+        return policy
+    return Policy.parse(policy)
+
+
+# wrapper -> (the function it wraps, its policy); weak, so wrappers are collected as usual
+_WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def policy_of(apply_fn) -> Policy | None:
+    """The policy :func:`with_policy` gave ``apply_fn``, or ``None`` for an unwrapped function."""
+    entry = _WRAPPED.get(apply_fn)
+    return entry[1] if entry is not None else None
+
+
+def _restore_dtypes(new: PyTree, like: PyTree, policy: Policy) -> PyTree:
+    if jax.tree.structure(new) != jax.tree.structure(like):
+        return policy.cast_to_param(new)
+    return jax.tree.map(lambda n, o: n.astype(o.dtype) if _is_floating(n) and _is_floating(o) else n, new, like)
+
+
+def with_policy(apply_fn: Callable, policy: Policy | str, *, keep: tuple[str, ...] = ("batch_stats",)) -> Callable:
+    """Make ``apply_fn`` compute under ``policy``.
+
+    The wrapped function casts the floating leaves of the params and of the
+    input to ``compute_dtype``, calls ``apply_fn`` and casts the floating
+    leaves of its output to ``output_dtype``. Wrapping a function that
+    :func:`with_policy` returned replaces its policy instead of nesting a
+    second one.
+
+    An :class:`~hamjax.ApplyFn` stays an ``ApplyFn`` with the same
+    collections, so :func:`hamjax.train.fit` trains it. With
+    ``mutable=True`` every leaf of the returned variables gets back the
+    dtype it had in the variables passed in. The collections in ``keep``
+    enter the model in the dtype they are stored in, because batch-norm
+    running averages updated in bfloat16 drift: a momentum-0.99 step
+    smaller than half a bfloat16 ulp (0.2-0.4% of the value) rounds away,
+    and NNX rounds the momentum itself to 0.98828125, which biases the
+    average low by about 15%. Models that promote dtypes (Flax NNX and
+    Linen ``BatchNorm``) then normalize in float32, and the layers after a
+    batch norm compute in float32; pass ``keep=()`` to compute everything
+    in ``compute_dtype`` and accept the drifting statistics.
+
+    Args:
+      apply_fn: ``apply_fn(params, x, *args, **kw)`` or an
+        :class:`~hamjax.ApplyFn`.
+      policy: a :class:`Policy` or its string form.
+      keep: names of ``ApplyFn`` collections passed in their stored dtype;
+        ignored for a plain function.
+
+    Returns:
+      The wrapped function, of the same kind as ``apply_fn``.
+
+    Raises:
+      TypeError: if ``keep`` is not a tuple or list of collection names.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from hamjax.precision import with_policy
+      >>> f = with_policy(lambda p, x: x @ p["w"], "p=f32,c=bf16,o=f32")
+      >>> params = {"w": jnp.ones((3, 2))}
+      >>> f(params, jnp.ones((4, 3))).dtype.name
+      'float32'
+      >>> jax.grad(lambda p: f(p, jnp.ones((4, 3))).sum())(params)["w"].dtype.name
+      'float32'
+    """
+    policy = get_policy(policy)
+    if not isinstance(keep, tuple | list) or not all(isinstance(k, str) for k in keep):
+        raise TypeError(f"with_policy: keep must be a tuple of collection names, got {keep!r}")
+    keep = tuple(keep)
+    base, _ = _WRAPPED.get(apply_fn, (apply_fn, None))
+
+    if is_protocol_apply(base):
+
+        def fn(variables, x, *, train, rng, mutable, **kw):
+            passed = {c: v if c in keep else policy.cast_to_compute(v) for c, v in variables.items()}
+            out = base(passed, policy.cast_to_compute(x), train=train, rng=rng, mutable=mutable, **kw)
+            if not mutable:
+                return policy.cast_to_output(out)
+            y, new_variables = out
+            return policy.cast_to_output(y), _restore_dtypes(new_variables, variables, policy)
+
+        wrapped = ApplyFn(fn, base.collections)
+    else:
+
+        @functools.wraps(base)
+        def wrapped(params, x, *args, **kw):
+            return policy.cast_to_output(base(policy.cast_to_compute(params), policy.cast_to_compute(x), *args, **kw))
+
+    _WRAPPED[wrapped] = (base, policy)
+    return wrapped
+
+
+LOSS_SCALES = ("auto", "dynamic", "none")
+
+
+def prepare_training(
+    apply_fn: Callable,
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    policy: Policy | str | None,
+    *,
+    loss_scale: str = "auto",
+) -> tuple[Callable, PyTree, optax.GradientTransformation]:
+    """Set a model and its optimizer up to train under ``policy``.
+
+    :func:`hamjax.train.fit` does this when ``TrainConfig.precision`` is
+    set; a hand-written loop can call it and scale its loss by
+    :func:`loss_scale_of` of the optimizer state.
+
+    Args:
+      apply_fn: the model's apply function (any kind of the contract).
+      params: its params; floating leaves are cast to ``param_dtype``.
+      optimizer: the optax optimizer over the trainable params.
+      policy: a :class:`Policy`, its string, or ``None`` (no casting).
+      loss_scale: ``"dynamic"`` wraps ``optimizer`` in
+        :func:`dynamic_loss_scale`; ``"auto"`` does so when the policy
+        computes in float16; ``"none"`` never does. An optimizer that already
+        holds a loss scale is left as it is.
+
+    Returns:
+      ``(apply_fn, params, optimizer)``.
+
+    Raises:
+      ValueError: for an unknown ``loss_scale`` or a bad policy.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> from hamjax.precision import loss_scale_of, prepare_training
+      >>> f, p, opt = prepare_training(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, optax.sgd(0.1), "p=f32,c=f16,o=f32")
+      >>> f(p, jnp.ones((1, 3))).dtype.name, float(loss_scale_of(opt.init(p)))
+      ('float32', 32768.0)
+    """
+    if loss_scale not in LOSS_SCALES:
+        raise ValueError(f"prepare_training: loss_scale must be one of {LOSS_SCALES}, got {loss_scale!r}")
+    if policy is not None:
+        policy = get_policy(policy)
+        apply_fn = with_policy(apply_fn, policy)
+        params = policy.cast_to_param(params)
+    half = policy is not None and policy.compute_dtype == jnp.float16
+    if loss_scale == "dynamic" or (loss_scale == "auto" and half):
+        abstract_state = jax.eval_shape(optimizer.init, trainable(apply_fn, params))
+        if _find_loss_scale(abstract_state) is None:
+            optimizer = dynamic_loss_scale(optimizer)
+    return apply_fn, params, optimizer

@@ -1,0 +1,72 @@
+"""Every function transform (``apply_fn -> apply_fn``) runs through the shared conformance check."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conformance import check_function_transform
+
+from hamjax import precision, quant_graph, quant_model
+
+
+def _mlp(params, x):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"][None])
+    return h @ params["w2"]
+
+
+def _params():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return {"w1": jax.random.normal(k1, (8, 16)), "b1": jnp.zeros(16), "w2": jax.random.normal(k2, (16, 4))}
+
+
+X = jax.random.normal(jax.random.key(1), (5, 8))
+BITS = {"bits": jnp.array([3.0, 5.0, 8.0])}
+RANGES = {"['w1']": (-3.0, 3.0), "['w2']": (0.0, 6.0)}
+
+CASES = [
+    ("intercept(identity)", lambda hp: lambda f: quant_graph.intercept(f, lambda i, s, a, w: (a, w)), {}, True),
+    (
+        "fake_quant_apply(static)",
+        lambda hp: (
+            lambda f: quant_model.fake_quant_apply(
+                f, bits=hp["bits"], act_bits=hp["bits"], activations="static", ranges=RANGES
+            )
+        ),
+        BITS,
+        True,
+    ),
+    (
+        "fake_quant_apply(dynamic, per-tensor)",
+        lambda hp: lambda f: quant_model.fake_quant_apply(f, bits=hp["bits"], activations="dynamic", per_channel=False),
+        BITS,
+        True,
+    ),
+    (
+        "fake_quant_apply(weights only)",
+        lambda hp: lambda f: quant_model.fake_quant_apply(f, bits=hp["bits"], activations="none"),
+        BITS,
+        True,
+    ),
+    ("with_policy(bf16 compute)", lambda hp: lambda f: precision.with_policy(f, "p=f32,c=bf16,o=f32"), {}, False),
+]
+# bf16 compute rounds differently under jit (fusion) than eagerly: compare at bf16's precision.
+TOLERANCE = {"with_policy(bf16 compute)": 2e-2}
+
+
+@pytest.mark.parametrize("name, make, hparams, dtypes", CASES, ids=[c[0] for c in CASES])
+def test_function_transform_conforms(name, make, hparams, dtypes):
+    tol = TOLERANCE.get(name, 1e-4)
+    check_function_transform(make, hparams, _mlp, _params(), X, dtypes=dtypes, rtol=tol, atol=tol)
+
+
+def test_the_check_catches_a_transform_that_retraces():
+    calls = []
+
+    def leaky(f):
+        def g(p, x):
+            calls.append(1)
+            return f(p, x) + len(calls)  # a Python counter baked into each trace
+
+        return g
+
+    with pytest.raises(AssertionError):
+        check_function_transform(lambda hp: leaky, {}, _mlp, _params(), X)
