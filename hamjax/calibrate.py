@@ -98,10 +98,17 @@ def collect_histograms(apply_fn, params, batches: Iterable, ranges: Ranges, *, n
     """Histograms of each site's activation over ``ranges`` (values outside are counted in the end bins).
 
     Returns:
-      ``{site name: counts}``, float64 arrays of ``num_bins``.
+      ``{site name: counts}``, float64 arrays of ``num_bins``, in site order.
+
+    Raises:
+      ValueError: ``ranges`` lacks a site of ``apply_fn``.
     """
     xs = _inputs(batches)
-    names = list(ranges)
+    # The hook indexes sites by position, so read the ranges in site order, whatever order the dict has.
+    names = [s.name for s in find_sites(apply_fn, params, xs[0], **kw)]
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        raise ValueError(f"collect_histograms: ranges lack the sites {missing}; expected a range for each of {names}")
     los = jnp.asarray([ranges[n][0] for n in names], jnp.float32)
     his = jnp.asarray([ranges[n][1] for n in names], jnp.float32)
 

@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -88,7 +89,9 @@ def qrange(bits, *, symmetric: bool = True) -> tuple[jax.Array, jax.Array]:
       >>> [float(v) for v in quant.qrange(8)], [float(v) for v in quant.qrange(8, symmetric=False)]
       ([-127.0, 127.0], [-128.0, 127.0])
     """
-    half = jnp.exp2(jnp.asarray(bits, jnp.float32) - 1.0)
+    # XLA's float32 exp2 is not exact at every integer (2^15 comes out as 32767.98), so round:
+    # the range ends must be integers or the clipped codes leave the grid.
+    half = jnp.round(jnp.exp2(jnp.asarray(bits, jnp.float32) - 1.0))
     qmax = half - 1.0
     qmin = -qmax if symmetric else -half
     return qmin, qmax
@@ -235,6 +238,15 @@ def fake_quant(
     return (inside + jax.lax.stop_gradient(snapped - inside)).astype(x.dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _encode(x, bits: int, symmetric: bool, channel_axes):
+    """Codes (storage dtype), scales and zero points of ``x`` by its own range; jitted (one compile per shape)."""
+    lo, hi = minmax(x, channel_axes)
+    scale, zero_point = compute_qparams(lo, hi, bits=bits, symmetric=symmetric)
+    dt = storage_dtype(bits)
+    return quantize(x, scale, zero_point, bits=bits, symmetric=symmetric).astype(dt), scale, zero_point.astype(dt)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class QTensor:
@@ -291,11 +303,11 @@ class QTensor:
         check_bits("QTensor.from_array", bits)
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             raise ValueError(f"QTensor.from_array: x must be floating, got dtype {jnp.result_type(x)}")
-        lo, hi = minmax(x, channel_axes)
-        scale, zero_point = compute_qparams(lo, hi, bits=bits, symmetric=symmetric)
-        dt = storage_dtype(bits)
-        codes = quantize(x, scale, zero_point, bits=bits, symmetric=symmetric)
-        return cls(codes.astype(dt), scale, zero_point.astype(dt), int(bits), bool(symmetric), jnp.dtype(x.dtype).name)
+        if not bool(jnp.all(jnp.isfinite(x))):
+            raise ValueError("QTensor.from_array: x has non-finite values; ranges must be finite")
+        axes = None if channel_axes is None else tuple(np.atleast_1d(channel_axes).tolist())
+        codes, scale, zero_point = _encode(jnp.asarray(x), int(bits), bool(symmetric), axes)
+        return cls(codes, scale, zero_point, int(bits), bool(symmetric), jnp.dtype(x.dtype).name)
 
     def dequantize(self) -> jax.Array:
         """The real array: ``(values - zero_point) * scale`` in :attr:`dtype`."""

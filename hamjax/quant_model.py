@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
+import numpy as np
 
 from hamjax import calibrate as calibrate_lib
 from hamjax import quant
@@ -228,6 +229,16 @@ def _example(example, batches):
     raise ValueError("quantize_model: pass example= (an input batch) or calibration batches")
 
 
+def _check_ranges(ranges, sites) -> None:
+    """Every active site has a finite ``(lo, hi)`` with ``lo <= hi``; raised before anything is traced."""
+    for s in sites:
+        if s.name not in ranges:
+            raise ValueError(f"quantize_model: ranges has no entry for site {s.name}; sites: {[t.name for t in sites]}")
+        lo, hi = (float(v) for v in np.asarray(ranges[s.name], np.float64).reshape(2))
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise ValueError(f"quantize_model: the range of site {s.name} must be finite with lo <= hi, got {(lo, hi)}")
+
+
 def quantize_model(
     apply_fn,
     params,
@@ -304,6 +315,8 @@ def quantize_model(
         raise ValueError(
             f"quantize_model: skip names unknown sites {sorted(unknown)}; sites: {[s.name for s in sites]}"
         )
+    if mode == "static" and ranges is not None:
+        _check_ranges(ranges, [s for s in sites if s.name not in skip])
     if mode == "static" and ranges is None:
         ranges = calibrate_lib.calibrate(
             apply_fn,

@@ -11,7 +11,7 @@ import pytest
 from conformance import check_transform
 
 import hamjax
-from hamjax import prune
+from hamjax import prune, quant
 
 
 class ScaleState(NamedTuple):
@@ -43,6 +43,7 @@ def _with_fixed_grads(t):
 
 
 SPARSITY = {"sparsity": jnp.array([0.3, 0.5, 0.8])}
+BITS = {"bits": jnp.array([4.0, 6.0, 8.0])}
 
 CASES = [
     ("identity", lambda hp: hamjax.identity(), {}),
@@ -56,6 +57,20 @@ CASES = [
     ("block_prune(2, 2)", lambda hp: prune.block_prune(hp["sparsity"], block=(2, 2)), SPARSITY),
     ("saliency_prune", lambda hp: _with_fixed_grads(prune.saliency_prune(hp["sparsity"])), SPARSITY),
     ("movement_prune", lambda hp: _with_fixed_grads(prune.movement_prune(hp["sparsity"])), SPARSITY),
+    ("fake_quant_weights", lambda hp: quant.fake_quant_weights(hp["bits"]), BITS),
+    ("fake_quant_weights(per-tensor)", lambda hp: quant.fake_quant_weights(hp["bits"], per_channel=False), BITS),
+    (
+        "fake_quant_weights(asymmetric, per-tensor)",
+        lambda hp: quant.fake_quant_weights(hp["bits"], symmetric=False, per_channel=False),
+        BITS,
+    ),
+    (
+        "fake_quant_weights(asymmetric, every float leaf, axis 0)",
+        lambda hp: quant.fake_quant_weights(
+            hp["bits"], symmetric=False, filter=lambda p, x: True, channel_axes=lambda p, x: (0,)
+        ),
+        {"bits": jnp.array([2.0, 9.0, 16.0])},
+    ),
 ]
 
 
