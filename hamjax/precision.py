@@ -8,13 +8,9 @@ to the loss. :func:`with_policy` turns an apply function into one that
 computes under the policy; gradients with respect to float32 params come
 back float32, because the cast is differentiated like any other op.
 
-float16 has a narrow exponent range (about 6e-8 to 65504), so small
-gradients underflow to zero. Loss scaling multiplies the loss by ``S``
-before differentiating and divides the gradients by ``S`` before the
-update; :func:`dynamic_loss_scale` adapts ``S``, skipping the steps whose
-gradients overflowed. Its state is a pytree in the optax state, so
-:func:`loss_scale_of` finds the scale there and the whole step stays one
-jitted, ``lax.scan``-able function.
+fp16 loss scaling (:func:`dynamic_loss_scale`, :func:`static_loss_scale`,
+:func:`loss_scale_of`) lives in :mod:`hamjax.loss_scale` and is re-exported
+here; :func:`prepare_training` sets a model and optimizer up for both.
 
 References:
   Micikevicius et al., "Mixed Precision Training", ICLR 2018.
