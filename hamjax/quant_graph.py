@@ -85,9 +85,8 @@ Hook = Callable[[int, Site, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
     if eqn.primitive.name == "dot_general":
-        (contract, batch) = eqn.params["dimension_numbers"]
+        contract, _ = eqn.params["dimension_numbers"]
         reduced = set(contract[weight_operand])
-        del batch
         return tuple(i for i in range(ndim) if i not in reduced)
     if weight_operand == 1:
         return (eqn.params["dimension_numbers"].rhs_spec[0],)
@@ -199,11 +198,8 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
                 outtags = [_layout_tag(eqn, intags[0])]
             else:
                 outtags = [_Tag(dep)]
-                if (
-                    any(t.leaf is not None for t in intags)
-                    and eqn.params
-                    and any(isinstance(p, (jcore.ClosedJaxpr, jcore.Jaxpr)) for p in eqn.params.values())
-                ):
+                # jaxprs_in_params also looks inside tuples (cond's branches), not only at scan's body
+                if any(t.leaf is not None for t in intags) and any(True for _ in jcore.jaxprs_in_params(eqn.params)):
                     ctx.skipped.append(name)
         if len(outtags) == 1 and len(eqn.outvars) > 1:
             outtags = outtags * len(eqn.outvars)

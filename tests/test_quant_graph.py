@@ -207,6 +207,18 @@ def test_weight_flowing_into_scan_warns():
     assert [s.name for s in sites] == ["['v']"]  # only the op outside the scan
 
 
+def test_weight_flowing_into_cond_warns():
+    params, x = _plain()
+
+    def f(p, x):
+        h = jax.lax.cond(jnp.sum(x) > 0, lambda w: x @ w, lambda w: -(x @ w), p["v"])
+        return h @ p["w"]
+
+    with pytest.warns(UserWarning, match="cond"):
+        sites = quant_graph.find_sites(f, params, x)
+    assert [s.name for s in sites] == ["['w']"]  # only the op outside the cond
+
+
 def test_weight_channel_axes_drops_conflicting_leaves():
     params, x = _plain()
     sites = quant_graph.find_sites(
