@@ -34,6 +34,7 @@ from hamjax._base import ApplyFn, is_protocol_apply, trainable
 from hamjax.loss_scale import (  # noqa: F401  (re-exported: the precision API includes loss scaling)
     DynamicLossScaleState,
     _find_loss_scale,
+    _is_floating,
     all_finite,
     dynamic_loss_scale,
     loss_scale_of,
@@ -87,11 +88,6 @@ def _dtype(value, what: str) -> np.dtype:
     if dtype.itemsize == 8 and not jax.config.jax_enable_x64:
         raise ValueError(f"{what}: float64 needs jax.config.update('jax_enable_x64', True); without it, use f32")
     return dtype
-
-
-def _is_floating(x) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
 
 def _cast_floating(tree: PyTree, dtype) -> PyTree:
