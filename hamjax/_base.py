@@ -196,6 +196,24 @@ def call_model(apply_fn, params, x, *, train: bool = False, rng=None, **kw):
     A plain function is called as ``apply_fn(params, x, **kw)`` and
     ``params`` comes back unchanged; an :class:`ApplyFn` is called in train
     or eval mode with ``rng`` for dropout.
+
+    Args:
+      apply_fn: any apply function of the contract.
+      params: its params (variables for an :class:`ApplyFn`).
+      x: the input batch.
+      train: train mode (dropout on, batch statistics updated).
+      rng: the dropout key, or ``None``.
+      **kw: more keyword arguments for ``apply_fn``.
+
+    Returns:
+      ``(y, params)``, with new batch statistics in train mode.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import hamjax
+      >>> y, params = hamjax.call_model(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, jnp.ones((1, 3)))
+      >>> y.tolist()
+      [[3.0, 3.0]]
     """
     if is_protocol_apply(apply_fn):
         if train:

@@ -41,6 +41,7 @@ __all__ = [
     "Dataset",
     "Split",
     "batch_at",
+    "batch_indices",
     "batches",
     "epoch_permutation",
     "load",
@@ -371,10 +372,30 @@ def batch_at(
       >>> batch_at(split, 4, 2, seed=0, shuffle=False)[1].tolist()  # step 2 starts epoch 1
       [0, 1, 2, 3]
     """
-    steps = steps_per_epoch(_split_length(split), batch_size)
-    epoch, position = divmod(check_int("step", step, 0), steps)
-    idx = _order(len(split.y), seed, epoch, shuffle)[position * batch_size : (position + 1) * batch_size]
+    idx = batch_indices(_split_length(split), batch_size, step, seed=seed, shuffle=shuffle)
     return split.x[idx], split.y[idx]
+
+
+def batch_indices(n: int, batch_size: int, step: int, *, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The indices of the examples that :func:`batch_at` takes at ``step`` from a split of ``n``.
+
+    Args:
+      n: examples in the split.
+      batch_size: examples per batch, between 1 and ``n``.
+      step: global step, >= 0.
+      seed: non-negative integer fixing the epoch orders.
+      shuffle: visit examples in permuted order; otherwise in stored order.
+
+    Returns:
+      ``(batch_size,)`` int64 indices.
+
+    Examples:
+      >>> batch_indices(10, 4, 2, seed=0, shuffle=False).tolist()
+      [0, 1, 2, 3]
+    """
+    steps = steps_per_epoch(n, batch_size)
+    epoch, position = divmod(check_int("step", step, 0), steps)
+    return _order(n, seed, epoch, shuffle)[position * batch_size : (position + 1) * batch_size]
 
 
 def batches(

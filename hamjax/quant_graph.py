@@ -1,4 +1,4 @@
-"""Find and rewrite the quantizable ops of any apply function, through its jaxpr.
+"""Find and rewrite the quantizable ops and named values of any apply function, through its jaxpr.
 
 hamjax quantizes models it did not write (Flax NNX, Linen, plain
 ``jax.numpy``) by tracing ``apply_fn`` to a jaxpr and re-evaluating it
@@ -55,6 +55,9 @@ class Site:
         when the path from the leaf does not preserve them (a reshape).
       activation_shape, weight_shape: operand shapes at the op.
       dimension_numbers: the op's dimension numbers, for exporters.
+      path: the name of the op's output as an intermediate: the weight
+        leaf's ``/``-joined key path (``"params/layers/0/kernel"``, with
+        ``"#k"`` for repeats), or ``name`` for a computed weight.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Site:
     activation_shape: tuple[int, ...]
     weight_shape: tuple[int, ...]
     dimension_numbers: Any = dataclasses.field(compare=False, repr=False, default=None)
+    path: str = ""
 
 
 # A value's provenance: does it depend on the inputs, and which params leaf
@@ -81,6 +85,10 @@ _DATA = _Tag(True)
 _CONST = _Tag(False)
 
 Hook = Callable[[int, Site, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+OutputHook = Callable[[str, jax.Array], jax.Array]
+
+# The primitive of ``jax.ad_checkpoint.checkpoint_name``: an identity that names a value.
+MARKER_PRIMITIVE = "name"
 
 
 def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
@@ -94,12 +102,31 @@ def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
 
 
 class _Context:
-    def __init__(self, leaf_paths: list[str], hook: Hook | None):
+    def __init__(self, leaf_paths: list[str], leaf_names: list[str], hook: Hook | None, on_output: OutputHook | None):
         self.leaf_paths = leaf_paths
+        self.leaf_names = leaf_names
         self.hook = hook
+        self.on_output = on_output
         self.sites: list[Site] = []
         self.uses: dict[str, int] = {}
+        self.marker_uses: dict[str, int] = {}
+        self.has_marker: dict[int, bool] = {}
         self.skipped: list[str] = []
+
+    def marker(self, name: str) -> str:
+        k = self.marker_uses.get(name, 0)
+        self.marker_uses[name] = k + 1
+        return name if k == 0 else f"{name}#{k}"
+
+    def contains_marker(self, jaxpr) -> bool:
+        key = id(jaxpr)
+        if key not in self.has_marker:
+            self.has_marker[key] = any(
+                e.primitive.name == MARKER_PRIMITIVE
+                or (_subjaxpr(e) is not None and self.contains_marker(_subjaxpr(e)[0]))
+                for e in jaxpr.eqns
+            )
+        return self.has_marker[key]
 
     def site(self, eqn, w: int, tags, invals) -> Site:
         tag = tags[w]
@@ -107,13 +134,15 @@ class _Context:
         axes = _channel_axes(eqn, w, ndim)
         if tag.leaf is not None:
             leaf = self.leaf_paths[tag.leaf]
-            base = leaf
+            base, path = leaf, self.leaf_names[tag.leaf]
             leaf_axes = None if tag.axes is None or not axes else tuple(tag.axes[a] for a in axes)
         else:
             leaf, base, leaf_axes = None, f"{eqn.primitive.name}#{len(self.sites)}", None
+            path = base
         k = self.uses.get(base, 0)
         self.uses[base] = k + 1
         name = base if k == 0 else f"{base}#{k}"
+        path = path if k == 0 else f"{path}#{k}"
         return Site(
             name,
             leaf,
@@ -124,6 +153,7 @@ class _Context:
             tuple(np.shape(invals[1 - w])),
             tuple(np.shape(invals[w])),
             eqn.params.get("dimension_numbers"),
+            path,
         )
 
 
@@ -189,8 +219,16 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
                 a, wv = ctx.hook(len(ctx.sites) - 1, site, invals[1 - w], invals[w])
                 invals[1 - w], invals[w] = a, wv
             outs, outtags = _bind(eqn, invals), [_DATA]
-        elif sub is not None and (any(t.leaf is not None for t in intags) or (dep and not all(t.dep for t in intags))):
-            # A weight enters the call next to data or alone: a site may be inside, so inline it.
+            if ctx.on_output is not None:
+                outs = [ctx.on_output(site.path, outs[0])]
+        elif name == MARKER_PRIMITIVE and ctx.on_output is not None:
+            outs, outtags = [ctx.on_output(ctx.marker(eqn.params["name"]), _bind(eqn, invals)[0])], intags
+        elif sub is not None and (
+            any(t.leaf is not None for t in intags)
+            or (dep and not all(t.dep for t in intags))
+            or (ctx.on_output is not None and ctx.contains_marker(sub[0]))
+        ):
+            # A weight enters the call next to data or alone, or a named value is inside: inline it.
             outs, outtags = _eval(sub[0], sub[1], invals, intags, ctx)
         else:
             outs = _bind(eqn, invals)
@@ -215,11 +253,12 @@ def _split_kw(kw: dict) -> tuple[dict, dict]:
     return {k: v for k, v in kw.items() if k not in dyn}, dyn
 
 
-def _run(fn, params, x, kw: dict, hook: Hook | None) -> tuple[Any, _Context]:
+def _run(fn, params, x, kw: dict, hook: Hook | None, on_output: OutputHook | None = None) -> tuple[Any, _Context]:
     """Trace ``fn(params, x, **kw)`` and evaluate it with ``hook`` at every site."""
     static, dyn = _split_kw(kw)
     pleaves, ptree = jax.tree_util.tree_flatten_with_path(params)
     leaf_paths = [jax.tree_util.keystr(p) for p, _ in pleaves]
+    leaf_names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in pleaves]
     n = len(pleaves)
 
     def flat_fn(*flat):
@@ -230,7 +269,7 @@ def _run(fn, params, x, kw: dict, hook: Hook | None) -> tuple[Any, _Context]:
     data_leaves, data_tree = jax.tree.flatten((x, dyn))
     flat = [leaf for _, leaf in pleaves] + data_leaves
     closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
-    ctx = _Context(leaf_paths, hook)
+    ctx = _Context(leaf_paths, leaf_names, hook, on_output)
     tags = [_Tag(False, i, tuple(range(np.ndim(a)))) for i, a in enumerate(flat[:n])] + [_DATA] * len(data_leaves)
     outs, _ = _eval(closed.jaxpr, closed.consts, flat, tags, ctx)
     if ctx.skipped:
@@ -241,18 +280,25 @@ def _run(fn, params, x, kw: dict, hook: Hook | None) -> tuple[Any, _Context]:
     return jax.tree.unflatten(jax.tree.structure(out_shape), outs), ctx
 
 
-def intercept(apply_fn, hook: Hook):
+def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | None = None):
     """A function transform: ``apply_fn`` with ``hook`` called at every site.
 
     ``hook(index, site, activation, weight) -> (activation, weight)`` may
-    replace either operand (fake-quantize it, record statistics of it). The
-    result speaks the same protocol as ``apply_fn``: a :class:`hamjax.ApplyFn`
-    stays one (train mode, dropout keys and updated batch statistics work).
-    The jaxpr is traced at each call, so call the result under ``jax.jit``.
+    replace either operand (fake-quantize it, record statistics of it).
+    ``on_output(name, value) -> value`` sees, and may replace, every named
+    intermediate: each site's output (named by :attr:`Site.path`) and each
+    value marked with ``jax.ad_checkpoint.checkpoint_name`` (named by its
+    name, ``"#k"`` added for repeats); calls that hold a marked value are
+    inlined. The result speaks the same protocol as ``apply_fn``: a
+    :class:`hamjax.ApplyFn` stays one (train mode, dropout keys and updated
+    batch statistics work). The jaxpr is traced at each call, so call the
+    result under ``jax.jit``.
 
     Args:
       apply_fn: any apply function of the contract.
-      hook: the callback; it runs while tracing, on traced arrays.
+      hook: the operand callback, or ``None``; it runs while tracing, on
+        traced arrays.
+      on_output: the output callback, or ``None``.
 
     Returns:
       The rewritten apply function.
@@ -272,13 +318,13 @@ def intercept(apply_fn, hook: Hook):
 
         def fn(variables, x, *, train, rng, mutable, **kw):
             call = functools.partial(inner, train=train, mutable=mutable)
-            return _run(lambda p, xx, **k: call(p, xx, **k), variables, x, {"rng": rng, **kw}, hook)[0]
+            return _run(lambda p, xx, **k: call(p, xx, **k), variables, x, {"rng": rng, **kw}, hook, on_output)[0]
 
         return ApplyFn(fn, apply_fn.collections)
 
     @functools.wraps(apply_fn)
     def rewritten(params, x, **kw):
-        return _run(apply_fn, params, x, kw, hook)[0]
+        return _run(apply_fn, params, x, kw, hook, on_output)[0]
 
     return rewritten
 

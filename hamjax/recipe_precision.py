@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from hamjax import precision, report
 from hamjax import train as train_lib
-from hamjax.recipe_steps import _checkpoint_dir
+from hamjax.recipe_steps import stage_checkpoint_dir
 from hamjax.recipes import Context, Field, register_step
 
 _PRECISION_FIELDS = {
@@ -57,7 +57,7 @@ def _run_precision(f: dict, context: Context) -> Context:
             params,
             context.dataset,
             config,
-            checkpoint_dir=_checkpoint_dir(context, stage),
+            checkpoint_dir=stage_checkpoint_dir(context, stage),
             progress=context.progress,
         )
         params = result.params

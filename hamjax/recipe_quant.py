@@ -16,7 +16,7 @@ from hamjax import calibrate as calibrate_lib
 from hamjax import data as data_lib
 from hamjax import measure, quant_model, report
 from hamjax import train as train_lib
-from hamjax.recipe_steps import _checkpoint_dir
+from hamjax.recipe_steps import stage_checkpoint_dir
 from hamjax.recipes import Context, Field, register_step
 
 QUANT_MODES = ("weight_only", "dynamic", "static", "qat")
@@ -73,7 +73,7 @@ def _run_quantize(f: dict, context: Context) -> Context:
             params,
             context.dataset,
             config,
-            checkpoint_dir=_checkpoint_dir(context, f["stage"]),
+            checkpoint_dir=stage_checkpoint_dir(context, f["stage"]),
             progress=context.progress,
         )
         params = context.params = result.params

@@ -31,7 +31,8 @@ _TRAIN_FIELDS = {
 }
 
 
-def _checkpoint_dir(context: Context, stage: str) -> str | None:
+def stage_checkpoint_dir(context: Context, stage: str) -> str | None:
+    """Where a step that trains keeps its checkpoints: one directory per step under the run's workdir."""
     if context.workdir is None:
         return None
     return os.path.join(context.workdir, f"checkpoints-{len(context.stages)}-{stage}")
@@ -45,7 +46,7 @@ def _run_train(fields: dict, context: Context) -> Context:
         context.params,
         context.dataset,
         config,
-        checkpoint_dir=_checkpoint_dir(context, stage),
+        checkpoint_dir=stage_checkpoint_dir(context, stage),
         progress=context.progress,
     )
     context.params = result.params
@@ -137,7 +138,7 @@ def _finetune(f: dict, context: Context, params, optimizer_for, stage: str, *, f
         context.dataset,
         config,
         optimizer=optimizer_for(train_lib.make_optimizer(config, total), total),
-        checkpoint_dir=_checkpoint_dir(context, stage),
+        checkpoint_dir=stage_checkpoint_dir(context, stage),
         progress=context.progress,
     )
     return result.state.params if final else result.params

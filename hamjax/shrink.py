@@ -59,6 +59,7 @@ class NarrowSelfAttention(SelfAttention):
       num_heads: number of heads.
       head_dim: width of one head.
       rngs: ``nnx.Rngs``.
+      tap: the name of the attention probabilities.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -68,9 +69,10 @@ class NarrowSelfAttention(SelfAttention):
       (3, 5, 8)
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs, tap: str = "attention"):
         inner = num_heads * head_dim
         self.num_heads = num_heads
+        self.tap = tap
         self.query = nnx.Linear(hidden_size, inner, rngs=rngs)
         self.key = nnx.Linear(hidden_size, inner, rngs=rngs)
         self.value = nnx.Linear(hidden_size, inner, rngs=rngs)
@@ -119,7 +121,7 @@ def build_shrunk(config, *, seed: int = 0) -> nnx.Module:
     widths = zip(layers, config.heads, config.mlp_hidden, config.token_hidden, strict=True)
     for layer, heads, mlp_hidden, token_hidden in widths:
         if heads:
-            layer.attn = NarrowSelfAttention(d, heads, d // base.num_heads, rngs=rngs)
+            layer.attn = NarrowSelfAttention(d, heads, d // base.num_heads, rngs=rngs, tap=layer.attn.tap)
         else:
             layer.token_mlp = FeedForward(base.num_tokens, token_hidden, rate, rngs=rngs)
         layer.mlp = FeedForward(d, mlp_hidden, rate, rngs=rngs)

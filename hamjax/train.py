@@ -189,14 +189,68 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
+class Objective(NamedTuple):
+    """What a training step minimises, when it is more than ``loss_fn(logits, labels)``.
+
+    ``loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state)``
+    returns ``(loss, (logits, new_params, metrics))``: the scalar to
+    minimise, the model's logits on ``x`` (for the accuracy metric), the
+    params with updated collections (from :func:`~hamjax._base.call_model`
+    in train mode) and a dict of extra scalar metrics. ``params`` already
+    holds the trainable params being differentiated.
+
+    Attributes:
+      loss: the function above.
+      frozen: arrays every step reads but never trains (a teacher's
+        params). They are an argument of the jitted step, not constants
+        baked into it, so one compilation serves any values.
+      per_example: arrays with a leading axis over the training split (a
+        teacher's cached outputs), or ``None``. Each step receives, as
+        ``batch``, the rows of the examples in its batch.
+
+    Examples:
+      >>> import jax, optax
+      >>> from hamjax import call_model
+      >>> from hamjax.train import Objective
+      >>> def smoothed(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
+      ...     logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
+      ...     targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), 0.1)
+      ...     return optax.softmax_cross_entropy(logits, targets).mean(), (logits, new_params, {})
+      >>> objective = Objective(smoothed)
+    """
+
+    loss: Callable[..., tuple[jax.Array, tuple[jax.Array, Params, dict]]]
+    frozen: Any = None
+    per_example: Any = None
+
+
+def supervised(loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy) -> Objective:
+    """The plain objective: ``loss_fn(logits, labels)`` of the model in train mode.
+
+    Args:
+      loss_fn: ``loss_fn(logits, labels) -> scalar``.
+
+    Returns:
+      An :class:`Objective`.
+    """
+
+    def loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
+        del frozen, batch, opt_state
+        logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
+        return loss_fn(logits, y), (logits, new_params, {})
+
+    return Objective(loss)
+
+
 def make_train_step(
     apply_fn,
     optimizer: optax.GradientTransformation,
     *,
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
     seed: int = 0,
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """Build a jitted ``step(state, x, y) -> (state, metrics)``.
+    objective: Objective | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """Build a jitted ``step(state, x, y, frozen=None, batch=None) -> (state, metrics)``.
 
     Gradients flow into :func:`~hamjax._base.trainable` params only; batch
     statistics come back through the training protocol; dropout uses
@@ -209,31 +263,37 @@ def make_train_step(
       optimizer: an optax transformation over the trainable params.
       loss_fn: ``loss_fn(logits, labels) -> scalar``.
       seed: the seed of the dropout keys.
+      objective: replaces ``loss_fn`` with an :class:`Objective`; the step
+        then takes its ``frozen`` arrays and the ``batch`` rows of its
+        ``per_example`` arrays as arguments.
 
     Returns:
       The jitted step; ``metrics`` has ``loss`` (unscaled) and ``accuracy``
-      of the batch and the ``loss_scale`` of the next step.
+      of the batch, the ``loss_scale`` of the next step and the objective's
+      own metrics.
     """
     base_key = jax.random.key(seed)
+    objective = objective or supervised(loss_fn)
 
-    def step(state: TrainState, x, y):
+    def step(state: TrainState, x, y, frozen=None, batch=None):
         rng = jax.random.fold_in(base_key, state.step)
         scale = precision_lib.loss_scale_of(state.opt_state)
 
         def loss_of(train_params):
             params = with_trainable(apply_fn, state.params, train_params)
-            logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
-            loss = loss_fn(logits, y)
-            return loss * scale, (loss, logits, new_params)
+            loss, (logits, new_params, extra) = objective.loss(
+                apply_fn, params, x, y, rng=rng, frozen=frozen, batch=batch, opt_state=state.opt_state
+            )
+            return loss * scale, (loss, logits, new_params, extra)
 
-        (_, (loss, logits, new_params)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        (_, (loss, logits, new_params, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             trainable(apply_fn, state.params)
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable(apply_fn, state.params))
         new_trainable = optax.apply_updates(trainable(apply_fn, state.params), updates)
         params = with_trainable(apply_fn, new_params, new_trainable)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        metrics = {"loss": loss, "accuracy": accuracy, "loss_scale": precision_lib.loss_scale_of(opt_state)}
+        metrics = {**extra, "loss": loss, "accuracy": accuracy, "loss_scale": precision_lib.loss_scale_of(opt_state)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return jax.jit(step, donate_argnums=0)
@@ -315,6 +375,7 @@ def fit(
     *,
     optimizer: optax.GradientTransformation | None = None,
     loss_fn: Callable = cross_entropy,
+    objective: Objective | None = None,
     checkpoint_dir: str | None = None,
     progress: bool = True,
     callback: Callable[[int, TrainState, dict], None] | None = None,
@@ -341,6 +402,9 @@ def fit(
       optimizer: overrides the optimizer ``config`` names (for example an
         optax chain that keeps pruning masks).
       loss_fn: ``loss_fn(logits, labels) -> scalar``.
+      objective: replaces ``loss_fn`` with an :class:`Objective` (a
+        distillation loss, for example); validation still reports the
+        cross-entropy and accuracy of the model's logits.
       checkpoint_dir: where to save and resume; ``None`` keeps no checkpoint.
       progress: show a progress bar.
       callback: called as ``callback(step, state, metrics)`` after each
@@ -388,7 +452,16 @@ def fit(
                 )
             state, best_params, record = tree["state"], tree["best_params"], meta["record"]
 
-    train_step = make_train_step(apply_fn, optimizer, loss_fn=loss_fn, seed=config.seed)
+    objective = objective or supervised(loss_fn)
+    per_example = objective.per_example
+    if per_example is not None:
+        rows = {np.shape(a)[0] for a in jax.tree.leaves(per_example)}
+        if rows != {len(train.y)}:
+            raise ValueError(
+                f"fit: objective.per_example has leading sizes {sorted(rows)}; expected {len(train.y)}, "
+                "one row per training example"
+            )
+    train_step = make_train_step(apply_fn, optimizer, seed=config.seed, objective=objective)
     eval_step = make_eval_step(apply_fn, loss_fn=loss_fn)
     start = int(state.step)
     bar = _Progress(progress, total, start)
@@ -397,8 +470,9 @@ def fit(
         for step in range(start, total):
             if record["stopped_early"]:
                 break
-            x, y = data_lib.batch_at(train, config.batch_size, step, seed=config.seed)
-            state, metrics = train_step(state, x, y)
+            idx = data_lib.batch_indices(len(train.y), config.batch_size, step, seed=config.seed)
+            batch = None if per_example is None else jax.tree.map(lambda a, i=idx: a[i], per_example)
+            state, metrics = train_step(state, train.x[idx], train.y[idx], objective.frozen, batch)
             losses.append(metrics["loss"])
             done = step + 1
             if done % eval_every == 0 or done == total:

@@ -15,6 +15,7 @@ from flax import nnx
 from hamjax.models.cnn import CNN, CNNConfig
 from hamjax.models.hamnet import HAMNet, HAMNetConfig
 from hamjax.models.mlp import MLP, MLPConfig
+from hamjax.models.student import from_config, make_student, param_count
 from hamjax.models.vit import ViT, ViTConfig
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "ViTConfig",
     "build",
     "config_of",
+    "from_config",
+    "make_student",
+    "param_count",
 ]
 
 MODELS = ("mlp", "cnn", "vit", "hamnet")

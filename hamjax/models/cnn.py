@@ -7,6 +7,7 @@ import itertools
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from hamjax.models import _validate
 
@@ -92,7 +93,10 @@ class CNN(nnx.Module):
     Parameter paths: ``convs/{i}/kernel`` ``(k, k, C_in, C_out)`` and
     ``convs/{i}/bias``; ``norms/{i}/scale|bias`` (params) and
     ``norms/{i}/mean|var`` (batch stats); ``dense/{j}/kernel|bias`` for the
-    hidden dense layers; ``head/kernel|bias`` for the classifier.
+    hidden dense layers; ``head/kernel|bias`` for the classifier. Named
+    intermediates (:mod:`hamjax.intermediates`): ``features/{i}``, stage
+    ``i``'s pooled maps ``(N, H_i, W_i, C_i)``; ``hidden/{j}``, dense layer
+    ``j``'s activation; ``embedding``, what the head reads.
 
     Args:
       config: a :class:`CNNConfig`.
@@ -133,9 +137,9 @@ class CNN(nnx.Module):
           ``(N, num_classes)`` logits.
         """
         _validate.check_input("CNN", x, self.config.input_shape)
-        for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = max_pool_2x2(jax.nn.relu(norm(conv(x))))
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = checkpoint_name(max_pool_2x2(jax.nn.relu(norm(conv(x)))), f"features/{i}")
         x = x.reshape(x.shape[0], -1)
-        for layer in self.dense:
-            x = self.dropout(jax.nn.relu(layer(x)))
-        return self.head(x)
+        for i, layer in enumerate(self.dense):
+            x = self.dropout(checkpoint_name(jax.nn.relu(layer(x)), f"hidden/{i}"))
+        return self.head(checkpoint_name(x, "embedding"))

@@ -7,6 +7,7 @@ import math
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from hamjax.models import _validate
 from hamjax.models.vit import Block, FeedForward
@@ -116,6 +117,11 @@ class HAMNet(nnx.Module):
     channel MLP with a residual. Tokens are mean-pooled, normalized by
     ``norm`` and classified by ``head``.
 
+    Named intermediates (:mod:`hamjax.intermediates`): ``layers/{i}`` (each
+    layer's output, ``(N, T, hidden)``), ``layers/{i}/attention`` (the
+    attention probabilities of attention layers, ``(N, heads, T, T)``) and
+    ``embedding`` (the normalized pooled tokens, ``(N, hidden)``).
+
     Args:
       config: a :class:`HAMNetConfig`.
       rngs: ``nnx.Rngs`` for initialization and dropout.
@@ -139,10 +145,10 @@ class HAMNet(nnx.Module):
         rate = config.dropout_rate
         self.layers = nnx.List(
             [
-                Block(d, config.num_heads, mlp_hidden, rate, rngs=rngs)
+                Block(d, config.num_heads, mlp_hidden, rate, rngs=rngs, tap=f"layers/{i}/attention")
                 if kind == "attention"
                 else MixerBlock(t, d, token_hidden, mlp_hidden, rate, rngs=rngs)
-                for kind in config.layer_kinds
+                for i, kind in enumerate(config.layer_kinds)
             ]
         )
         self.norm = nnx.LayerNorm(d, rngs=rngs)
@@ -166,6 +172,6 @@ class HAMNet(nnx.Module):
             )
         x = x.reshape(x.shape[0], self.config.num_tokens, -1)
         x = self.dropout(self.embed(x) + self.pos_embed[...])
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(self.norm(x.mean(axis=1)))
+        for i, layer in enumerate(self.layers):
+            x = checkpoint_name(layer(x), f"layers/{i}")
+        return self.head(checkpoint_name(self.norm(x.mean(axis=1)), "embedding"))

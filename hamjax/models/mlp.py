@@ -8,6 +8,7 @@ import math
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from hamjax.models import _validate
 
@@ -46,7 +47,9 @@ class MLP(nnx.Module):
     """Fully connected classifier: ``Linear -> act -> dropout`` per hidden layer.
 
     Parameters live at ``layers/{i}/kernel`` with shape ``(sizes[i], sizes[i+1])``
-    and ``layers/{i}/bias`` with shape ``(sizes[i+1],)``.
+    and ``layers/{i}/bias`` with shape ``(sizes[i+1],)``. Named intermediates
+    (:mod:`hamjax.intermediates`): ``hidden/{i}``, the activation of hidden
+    layer ``i`` ``(N, sizes[i+1])``, and ``embedding``, the last of them.
 
     Args:
       config: an :class:`MLPConfig`.
@@ -84,6 +87,6 @@ class MLP(nnx.Module):
             )
         act = ACTIVATIONS[self.config.activation]
         x = x.reshape(x.shape[0], features)
-        for layer in self.layers[:-1]:
-            x = self.dropout(act(layer(x)))
-        return self.layers[-1](x)
+        for i, layer in enumerate(self.layers[:-1]):
+            x = self.dropout(checkpoint_name(act(layer(x)), f"hidden/{i}"))
+        return self.layers[-1](checkpoint_name(x, "embedding"))

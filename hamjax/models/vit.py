@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from hamjax.models import _validate
 
@@ -17,12 +20,16 @@ class SelfAttention(nnx.Module):
     ``h * head_dim + d`` of their kernels is dimension ``d`` of head ``h``, and
     row ``h * head_dim + d`` of ``out/kernel`` reads it back, so removing head
     ``h`` means slicing those columns and rows. Attention itself is
-    ``jax.nn.dot_product_attention``: ``softmax(Q K^T / sqrt(head_dim)) V``.
+    ``softmax(Q K^T / sqrt(head_dim)) V`` with the softmax in float32; the
+    probabilities ``(N, heads, T, T)`` are marked with ``checkpoint_name``
+    as ``tap`` so that :func:`hamjax.intermediates.capture` can read them
+    (attention transfer).
 
     Args:
       hidden_size: model width; divisible by ``num_heads``.
       num_heads: number of heads.
       rngs: ``nnx.Rngs``.
+      tap: the name of the attention probabilities.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -32,10 +39,11 @@ class SelfAttention(nnx.Module):
       (3, 5, 8)
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, hidden_size: int, num_heads: int, *, rngs: nnx.Rngs, tap: str = "attention"):
         if hidden_size % num_heads:
             raise ValueError(f"SelfAttention: hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
+        self.tap = tap
         self.query = nnx.Linear(hidden_size, hidden_size, rngs=rngs)
         self.key = nnx.Linear(hidden_size, hidden_size, rngs=rngs)
         self.value = nnx.Linear(hidden_size, hidden_size, rngs=rngs)
@@ -46,7 +54,9 @@ class SelfAttention(nnx.Module):
         n, t, _ = x.shape
         heads = self.num_heads
         q, k, v = (proj(x).reshape(n, t, heads, -1) for proj in (self.query, self.key, self.value))
-        y = jax.nn.dot_product_attention(q, k, v)
+        scores = jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(q.shape[-1])
+        probs = checkpoint_name(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype), self.tap)
+        y = jnp.einsum("nhts,nshd->nthd", probs, v)
         return self.out(y.reshape(n, t, -1))
 
 
@@ -89,6 +99,7 @@ class Block(nnx.Module):
       mlp_hidden: inner width of the MLP.
       dropout_rate: dropout on both residual branches and inside the MLP.
       rngs: ``nnx.Rngs``.
+      tap: the name of the attention probabilities (see :class:`SelfAttention`).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -98,9 +109,18 @@ class Block(nnx.Module):
       (1, 4, 8)
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, dropout_rate: float, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_hidden: int,
+        dropout_rate: float,
+        *,
+        rngs: nnx.Rngs,
+        tap: str = "attention",
+    ):
         self.norm1 = nnx.LayerNorm(hidden_size, rngs=rngs)
-        self.attn = SelfAttention(hidden_size, num_heads, rngs=rngs)
+        self.attn = SelfAttention(hidden_size, num_heads, rngs=rngs, tap=tap)
         self.norm2 = nnx.LayerNorm(hidden_size, rngs=rngs)
         self.mlp = FeedForward(hidden_size, mlp_hidden, dropout_rate, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
@@ -197,6 +217,11 @@ class ViT(nnx.Module):
     ``head``. Mean pooling keeps every token's output in the loss and avoids
     a concatenation in the exported graph.
 
+    Named intermediates (:mod:`hamjax.intermediates`): ``blocks/{i}`` (each
+    block's output, ``(N, T, hidden)``), ``blocks/{i}/attention`` (its
+    attention probabilities, ``(N, heads, T, T)``) and ``embedding`` (the
+    normalized pooled tokens, ``(N, hidden)``).
+
     Args:
       config: a :class:`ViTConfig`.
       rngs: ``nnx.Rngs`` for initialization and dropout.
@@ -217,7 +242,10 @@ class ViT(nnx.Module):
         self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, config.num_patches, d)))
         mlp_hidden = max(1, round(d * config.mlp_ratio))
         self.blocks = nnx.List(
-            [Block(d, config.num_heads, mlp_hidden, config.dropout_rate, rngs=rngs) for _ in range(config.num_layers)]
+            [
+                Block(d, config.num_heads, mlp_hidden, config.dropout_rate, rngs=rngs, tap=f"blocks/{i}/attention")
+                for i in range(config.num_layers)
+            ]
         )
         self.norm = nnx.LayerNorm(d, rngs=rngs)
         self.head = nnx.Linear(d, config.num_classes, rngs=rngs)
@@ -234,6 +262,6 @@ class ViT(nnx.Module):
         """
         _validate.check_input("ViT", x, self.config.input_shape)
         x = self.dropout(self.patch_embed(patchify(x, self.config.patch_size)) + self.pos_embed[...])
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x.mean(axis=1)))
+        for i, block in enumerate(self.blocks):
+            x = checkpoint_name(block(x), f"blocks/{i}")
+        return self.head(checkpoint_name(self.norm(x.mean(axis=1)), "embedding"))

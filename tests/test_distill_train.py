@@ -1,0 +1,280 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hamjax
+from hamjax import distill_train as dt
+from hamjax import models
+from hamjax.recipes import Context, RecipeError, run, validate
+
+SHAPE = (8, 8, 1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return hamjax.data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    apply_fn, params = hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=(64, 64, 64, 10)))
+    result = hamjax.fit(apply_fn, params, digits, hamjax.TrainConfig(epochs=10, learning_rate=1e-2), progress=False)
+    return apply_fn, result.params
+
+
+def _student(sizes=(64, 16, 10), seed=1):
+    return hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=sizes, seed=seed))
+
+
+CONFIG = hamjax.TrainConfig(epochs=1, batch_size=64, learning_rate=1e-2)
+
+
+def _accuracy(apply_fn, params, split):
+    return hamjax.train.evaluate(apply_fn, params, split)["accuracy"]
+
+
+def test_supervised_objective_is_the_default(digits):
+    apply_fn, params = _student()
+    plain = hamjax.fit(apply_fn, params, digits, CONFIG, progress=False)
+    explicit = hamjax.fit(apply_fn, params, digits, CONFIG, objective=hamjax.train.supervised(), progress=False)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(explicit.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_per_example_rows_follow_the_batches(digits):
+    seen = []
+
+    def loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
+        logits, new_params = hamjax.call_model(apply_fn, params, x, train=True, rng=rng)
+        return hamjax.train.cross_entropy(logits, y), (logits, new_params, {"match": jnp.all(batch == y)})
+
+    objective = hamjax.train.Objective(loss, per_example=np.asarray(digits.train.y))
+    hamjax.fit(
+        *_student(), digits, CONFIG, objective=objective, progress=False, callback=lambda s, st, m: seen.append(m)
+    )
+    assert seen and all(bool(m["match"]) for m in seen)
+    with pytest.raises(ValueError, match="one row per training example"):
+        bad = hamjax.train.Objective(loss, per_example=np.zeros(3))
+        hamjax.fit(*_student(), digits, CONFIG, objective=bad, progress=False)
+
+
+def test_cached_teacher_equals_online_teacher(digits, teacher):
+    out = {
+        c: dt.fit(*_student(), digits, CONFIG, teachers=teacher, cache=c, progress=False) for c in ("always", "never")
+    }
+    assert out["always"].cached and not out["never"].cached
+    for a, b in zip(jax.tree.leaves(out["always"].params), jax.tree.leaves(out["never"].params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_distillation_improves_on_an_untrained_start_and_beats_chance(digits, teacher):
+    result = dt.fit(
+        *_student(), digits, hamjax.TrainConfig(epochs=5, learning_rate=1e-2), teachers=teacher, progress=False
+    )
+    assert _accuracy(_student()[0], result.params, digits.test) > 0.6
+    assert result.train.history[-1]["train_loss"] < result.train.history[0]["train_loss"]
+
+
+def test_teacher_is_traced_once_whatever_the_number_of_steps(digits, teacher):
+    apply_fn, params = teacher
+    calls = []
+
+    def counted(p, x, **kw):
+        calls.append(1)
+        return apply_fn(p, x, **kw)
+
+    counts = []
+    for epochs in (1, 3):
+        calls.clear()
+        dt.fit(
+            *_student(),
+            digits,
+            hamjax.TrainConfig(epochs=epochs, batch_size=64),
+            teachers=(hamjax.ApplyFn(lambda v, x, **kw: counted(v, x, **kw), apply_fn.collections), params),
+            cache="never",
+            progress=False,
+        )
+        counts.append(len(calls))
+    assert counts[0] == counts[1] <= 4  # the checks and one jit trace, never one per step
+
+
+def test_feature_attention_and_relational_terms_on_transformers(digits):
+    t_apply, t_params = hamjax.functional(models.build("vit", input_shape=SHAPE, hidden_size=32, num_heads=4))
+    s_apply, s_params = hamjax.functional(models.build("vit", input_shape=SHAPE, hidden_size=16, num_heads=2))
+    terms = (
+        dt.SoftTargets(),
+        dt.HardLabels(),
+        dt.Features("blocks/1", "blocks/1"),
+        dt.AttentionProbs("blocks/1/attention", "blocks/1/attention"),
+        dt.AttentionTransfer("blocks/0", "blocks/0"),
+        dt.Relational(),
+    )
+    metrics = []
+    result = dt.fit(
+        s_apply,
+        s_params,
+        digits,
+        CONFIG,
+        teachers=(t_apply, t_params),
+        terms=terms,
+        progress=False,
+        callback=lambda s, st, m: metrics.append(m),
+    )
+    assert result.adapters["2"]["kernel"].shape == (16, 32)  # the projection was learned
+    assert set(result.adapters) == {"2"}
+    names = {f"{type(t).__name__}/{i}" for i, t in enumerate(terms)}
+    assert names <= set(metrics[-1])
+    assert all(np.isfinite(float(metrics[-1][n])) for n in names)
+    start = dict(zip(names, (float(metrics[0][n]) for n in names), strict=True))
+    assert float(metrics[-1]["AttentionProbs/3"]) < start["AttentionProbs/3"]
+
+
+def test_self_distillation_needs_no_teacher_and_trains_exit_heads(digits):
+    apply_fn, params = hamjax.functional(models.build("cnn", input_shape=SHAPE, channels=(4, 8), dense=(16,)))
+    term = dt.SelfDistillation(exits=("features/0", "features/1"))
+    result = dt.fit(
+        apply_fn, params, digits, hamjax.TrainConfig(epochs=4, learning_rate=1e-2), terms=(term,), progress=False
+    )
+    assert result.adapters["0"]["features/0"]["kernel"].shape == (4, 10)
+    assert result.adapters["0"]["features/1"]["kernel"].shape == (8, 10)
+    assert "batch_stats" in result.params  # the student keeps its own collections
+    assert _accuracy(apply_fn, result.params, digits.test) > 0.6
+
+
+def test_ema_teacher_reads_the_average_from_the_optimizer_state(digits):
+    apply_fn, params = _student()
+    states = []
+    result = dt.fit(
+        apply_fn,
+        params,
+        digits,
+        CONFIG,
+        teachers=dt.EmaTeacher(decay=0.9),
+        terms=(dt.SoftTargets(weight=0.5), dt.HardLabels(1.0)),
+        progress=False,
+        callback=lambda s, st, m: states.append(jax.tree.map(np.asarray, (st.params, st.opt_state))),
+    )
+    assert not result.cached
+    (_, s1), (p2, s2) = states[-2], states[-1]
+    ema1 = optax.tree_utils.tree_get(s1, "ema")
+    ema2 = optax.tree_utils.tree_get(s2, "ema")
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema1, p2["params"])
+    for a, b in zip(jax.tree.leaves(ema2), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_several_teachers_with_weights_and_a_linen_student(digits, teacher):
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = x.reshape(x.shape[0], -1)
+            x = nn.Dropout(0.1, deterministic=not train)(nn.relu(nn.Dense(16)(x)))
+            return nn.Dense(10)(x)
+
+    module = Net()
+    apply_fn, variables = hamjax.linen_functional(module, module.init(jax.random.key(0), jnp.ones((1, *SHAPE))))
+
+    def plain_teacher(p, x):
+        return x.reshape(x.shape[0], -1) @ p["w"]
+
+    zeros = (plain_teacher, {"w": jnp.zeros((64, 10))})
+    config = hamjax.TrainConfig(epochs=4, learning_rate=1e-2)
+    result = dt.fit(
+        apply_fn, variables, digits, config, teachers=[teacher, zeros], teacher_weights=(1.0, 0.0), progress=False
+    )
+    assert _accuracy(apply_fn, result.params, digits.test) > 0.6
+    with pytest.raises(ValueError, match="teacher_weights"):
+        dt.fit(apply_fn, variables, digits, CONFIG, teachers=[teacher, zeros], teacher_weights=(1.0,), progress=False)
+
+
+def test_under_a_bf16_policy(digits, teacher):
+    config = hamjax.TrainConfig(epochs=3, learning_rate=1e-2, precision="p=f32,c=bf16,o=f32")
+    result = dt.fit(*_student(), digits, config, teachers=teacher, progress=False)
+    assert result.params["params"]["layers"][0]["kernel"].dtype == jnp.float32
+    assert result.train.history[-1]["val_accuracy"] > 0.6
+
+
+def test_resume_after_an_interruption_gives_the_same_student(digits, teacher, tmp_path):
+    config = hamjax.TrainConfig(epochs=2, batch_size=64, checkpoint_every=5)
+    whole = dt.fit(*_student(), digits, config, teachers=teacher, progress=False)
+
+    def stop(step, state, metrics):
+        if step == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dt.fit(
+            *_student(), digits, config, teachers=teacher, checkpoint_dir=str(tmp_path), progress=False, callback=stop
+        )
+    resumed = dt.fit(*_student(), digits, config, teachers=teacher, checkpoint_dir=str(tmp_path), progress=False)
+    assert resumed.train.resumed_from == 10
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input_is_named_before_training(digits, teacher):
+    student = _student()
+    wide = hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=(64, 16, 12)))
+    with pytest.raises(ValueError, match=r"teacher 0 outputs shape \(4, 12\).*\(4, 10\)"):
+        dt.fit(*student, digits, CONFIG, teachers=wide, progress=False)
+    with pytest.raises(ValueError, match="temperature"):
+        dt.SoftTargets(temperature=0.0)
+    with pytest.raises(ValueError, match="nope"):
+        dt.fit(*student, digits, CONFIG, teachers=teacher, terms=(dt.Features("nope", "embedding"),), progress=False)
+    broken = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), teacher[1])
+    for cache in ("always", "never"):
+        with pytest.raises(ValueError, match="non-finite"):
+            dt.fit(*student, digits, CONFIG, teachers=(teacher[0], broken), cache=cache, progress=False)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        dt.fit(*student, digits, CONFIG, progress=False)
+    with pytest.raises(ValueError, match="cache"):
+        dt.fit(*student, digits, CONFIG, teachers=teacher, cache="sometimes", progress=False)
+    with pytest.raises(ValueError, match="cannot be cached"):
+        dt.fit(*student, digits, CONFIG, teachers=dt.EmaTeacher(), cache="always", progress=False)
+    with pytest.raises(ValueError, match="teacher 1"):
+        dt.fit(*student, digits, CONFIG, teachers=teacher, terms=(dt.Relational(teacher_index=1),), progress=False)
+    conv = hamjax.functional(models.build("cnn", input_shape=SHAPE, channels=(4,), dense=(16,)))
+    with pytest.raises(ValueError, match="differ before the last axis"):
+        dt.fit(*conv, digits, CONFIG, teachers=teacher, terms=(dt.Features("features/0", "embedding"),), progress=False)
+    with pytest.raises(ValueError, match="alpha"):
+        dt.SelfDistillation(exits=("hidden/0",), alpha=2.0)
+
+
+def _recipe(**fields):
+    return validate(
+        {
+            "name": "t",
+            "steps": [
+                {"kind": "train", "epochs": 10, "learning_rate": 1e-2},
+                {"kind": "distill", "epochs": 5, "learning_rate": 1e-2, "param_ratio": 0.25, **fields},
+            ],
+        }
+    )
+
+
+def test_recipe_step_adds_a_distilled_row_with_a_quarter_of_the_params(digits):
+    module = models.build("mlp", input_shape=SHAPE)
+    apply_fn, params = hamjax.functional(module)
+    context = Context(apply_fn, params, digits, progress=False, config=models.config_of(module))
+    context = run(_recipe(relational=1.0), context)
+    dense, distilled = context.stages
+    assert distilled.name == "distilled"
+    ratio = hamjax.measure.param_count(distilled.params) / hamjax.measure.param_count(dense.params)
+    assert 0.2 < ratio < 0.3
+    assert context.params is distilled.params  # later steps work on the student
+    assert _accuracy(context.apply_fn, context.params, digits.test) > 0.85
+
+
+def test_recipe_step_can_go_on_with_the_teacher_and_needs_a_reference_model(digits):
+    module = models.build("mlp", input_shape=SHAPE)
+    apply_fn, params = hamjax.functional(module)
+    context = run(
+        _recipe(continue_with="teacher"),
+        Context(apply_fn, params, digits, progress=False, config=models.config_of(module)),
+    )
+    assert context.params is context.stages[0].params
+    with pytest.raises(RecipeError, match="reference model"):
+        run(_recipe(), Context(apply_fn, params, digits, progress=False))
