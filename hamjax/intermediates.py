@@ -47,6 +47,10 @@ def _check_names(wanted) -> tuple[str, ...]:
 
 
 def _record(found: dict, seen: list, wanted: frozenset, name: str, value):
+    if name in seen:
+        raise ValueError(
+            f"capture: two intermediates are named {name!r} (a marked value and a weight path); rename the marker"
+        )
     seen.append(name)
     if name in wanted:
         found[name] = value
@@ -179,4 +183,9 @@ def shapes(apply_fn, params, x, wanted: str | Sequence[str], **kw) -> dict[str, 
       >>> intermediates.shapes(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, jnp.ones((4, 3)), "w")["w"].shape
       (4, 2)
     """
-    return jax.eval_shape(lambda p, xx: capture(apply_fn, wanted)(p, xx, **kw)[1], params, x)
+
+    def taps(p, xx):
+        out = capture(apply_fn, wanted)(p, xx, **kw)
+        return (out[0] if kw.get("mutable") else out)[1]
+
+    return jax.eval_shape(taps, params, x)

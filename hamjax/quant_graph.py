@@ -37,6 +37,8 @@ from hamjax._base import ApplyFn
 SITE_PRIMITIVES = ("dot_general", "conv_general_dilated")
 _CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
 _SUBJAXPR_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+# Inlining these drops their custom derivative rule, so a marked value inside one is not read.
+_CUSTOM = {"custom_jvp_call", "custom_vjp_call"}
 _SAME_LAYOUT = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
 
 
@@ -226,7 +228,7 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
         elif sub is not None and (
             any(t.leaf is not None for t in intags)
             or (dep and not all(t.dep for t in intags))
-            or (ctx.on_output is not None and ctx.contains_marker(sub[0]))
+            or (ctx.on_output is not None and name not in _CUSTOM and ctx.contains_marker(sub[0]))
         ):
             # A weight enters the call next to data or alone, or a named value is inside: inline it.
             outs, outtags = _eval(sub[0], sub[1], invals, intags, ctx)
@@ -289,7 +291,8 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
     intermediate: each site's output (named by :attr:`Site.path`) and each
     value marked with ``jax.ad_checkpoint.checkpoint_name`` (named by its
     name, ``"#k"`` added for repeats); calls that hold a marked value are
-    inlined. The result speaks the same protocol as ``apply_fn``: a
+    inlined (except ``custom_jvp``/``custom_vjp`` functions, whose gradient
+    rule inlining would drop). The result speaks the same protocol as ``apply_fn``: a
     :class:`hamjax.ApplyFn` stays one (train mode, dropout keys and updated
     batch statistics work). The jaxpr is traced at each call, so call the
     result under ``jax.jit``.

@@ -144,7 +144,10 @@ def print_table(measurements: Sequence[measure.Measurement], *, title: str = "ha
         table.add_column(col, justify="left" if i == 0 else "right")
     for r in rows(measurements):
         table.add_row(*r)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # rich falls back to 80 columns, which would wrap the headers of a log
+        console = Console(width=120)
+    console.print(table)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -14,9 +14,12 @@ def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
     rc = cli.main(["optimize", "--model", "mlp", "--data", "digits", "--out", str(out), "--quiet", "--seed", "1"])
     assert rc == 0
     payload = json.loads((out / "report.json").read_text())
-    dense, pruned, int8 = payload["stages"]
+    dense, distilled, pruned, int8 = payload["stages"]
     assert dense["name"] == "dense" and dense["accuracy"] > 0.9
     assert dense["params"] == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+    # a student with about a quarter of the parameters, distilled from the dense model
+    assert distilled["name"] == "distilled" and 0.2 < distilled["params"] / dense["params"] < 0.3
+    assert distilled["accuracy"] > dense["accuracy"] - 0.05
     # the default recipe removes half of the hidden neurons and shrinks the model
     assert pruned["name"] == "pruned" and pruned["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
     assert pruned["accuracy"] > dense["accuracy"] - 0.03

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import numpy as np
 from flax import nnx
 
 from hamjax.models.cnn import CNN, CNNConfig
@@ -62,6 +63,8 @@ def param_count(config) -> int:
       >>> param_count(MLPConfig(sizes=(784, 512, 512, 10)))
       669706
     """
+    if not isinstance(config, tuple(c for c, _ in _CLASSES)):
+        raise TypeError(f"param_count: expected a reference model config, got {type(config).__name__}")
     if isinstance(config, MLPConfig):
         return sum(_dense(a, b) for a, b in itertools.pairwise(config.sizes))
     if isinstance(config, CNNConfig):
@@ -74,13 +77,11 @@ def param_count(config) -> int:
     if isinstance(config, ViTConfig):
         patch = config.patch_size**2 * config.input_shape[-1]
         return _dense(patch, d) + config.num_patches * d + config.num_layers * _block(d, mlp) + tail
-    if isinstance(config, HAMNetConfig):
-        t = config.num_tokens
-        token = max(1, round(t * config.mlp_ratio))
-        mixer = 4 * d + _dense(t, token) + _dense(token, t) + _dense(d, mlp) + _dense(mlp, d)
-        layers = sum(_block(d, mlp) if kind == "attention" else mixer for kind in config.layer_kinds)
-        return _dense(config.input_size // t, d) + t * d + layers + tail
-    raise TypeError(f"param_count: expected a reference model config, got {type(config).__name__}")
+    t = config.num_tokens  # HAMNetConfig
+    token = max(1, round(t * config.mlp_ratio))
+    mixer = 4 * d + _dense(t, token) + _dense(token, t) + _dense(d, mlp) + _dense(mlp, d)
+    layers = sum(_block(d, mlp) if kind == "attention" else mixer for kind in config.layer_kinds)
+    return _dense(config.input_size // t, d) + t * d + layers + tail
 
 
 def _scaled(n: int, ratio: float, multiple: int = 1) -> int:
@@ -155,8 +156,11 @@ def make_student(config, *, width_ratio: float | None = None, depth_ratio: float
         raise ValueError(
             f"make_student: give exactly one of width_ratio and param_ratio, got {width_ratio!r} and {param_ratio!r}"
         )
-    for name, value in (("width_ratio", width_ratio), ("depth_ratio", depth_ratio), ("param_ratio", param_ratio)):
-        if value is not None and not (isinstance(value, int | float) and 0 < value <= 1):
+    given = {"width_ratio": width_ratio, "depth_ratio": depth_ratio, "param_ratio": param_ratio}
+    for name, value in given.items():
+        if value is None and name != "depth_ratio":
+            continue
+        if isinstance(value, bool) or not (isinstance(value, int | float | np.floating) and 0 < value <= 1):
             raise ValueError(f"make_student: {name}={value!r}; expected a number in (0, 1]")
     if width_ratio is not None:
         return _shrunk(config, width_ratio, depth_ratio)
