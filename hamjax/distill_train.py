@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hamjax import data as data_lib
 from hamjax import distill, intermediates
 from hamjax import train as train_lib
 from hamjax._base import TRAINABLE, ApplyFn, call_model, is_protocol_apply, with_trainable
@@ -381,8 +382,7 @@ def _needs(terms) -> tuple[tuple[str, ...], dict[int, tuple[str, ...]]]:
             teacher.setdefault(term.teacher_index, []).append(term.teacher)
         elif isinstance(term, SelfDistillation):
             student.extend(term.exits)
-    dedupe = lambda names: tuple(dict.fromkeys(names))  # noqa: E731
-    return dedupe(student), {k: dedupe(v) for k, v in teacher.items()}
+    return tuple(dict.fromkeys(student)), {k: tuple(dict.fromkeys(v)) for k, v in teacher.items()}
 
 
 def _teacher_forward(apply_fn, names):
@@ -397,9 +397,7 @@ def _teacher_forward(apply_fn, names):
 
 def _check_finite(what: str, tree):
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        bad = int(np.size(leaf) - np.isfinite(np.asarray(leaf, np.float32)).sum())
-        if bad:
-            raise ValueError(f"fit: {what}{jax.tree_util.keystr(path)} has {bad} non-finite values; check the teacher")
+        distill._check_finite(f"fit: {what}{jax.tree_util.keystr(path)}", leaf)
 
 
 def _cache_outputs(forwards, teachers, x: np.ndarray, batch_size: int):
@@ -581,7 +579,7 @@ def fit(
                 _check_finite(f"the outputs of teacher {k} on the first batch", jax.device_get(f(p, first)))
     optimizer = None
     if ema:
-        steps = train_lib.data_lib.steps_per_epoch(len(train.y), config.batch_size) * config.epochs
+        steps = data_lib.steps_per_epoch(len(train.y), config.batch_size) * config.epochs
         optimizer = ema_teacher(train_lib.make_optimizer(config, steps), teachers.decay)
     result = train_lib.fit(
         composite,

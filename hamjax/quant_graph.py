@@ -125,7 +125,7 @@ class _Context:
         if key not in self.has_marker:
             self.has_marker[key] = any(
                 e.primitive.name == MARKER_PRIMITIVE
-                or (_subjaxpr(e) is not None and self.contains_marker(_subjaxpr(e)[0]))
+                or ((sub := _subjaxpr(e)) is not None and self.contains_marker(sub[0]))
                 for e in jaxpr.eqns
             )
         return self.has_marker[key]

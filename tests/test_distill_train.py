@@ -8,7 +8,6 @@ import pytest
 import hamjax
 from hamjax import distill_train as dt
 from hamjax import models
-from hamjax.recipes import Context, RecipeError, run, validate
 
 SHAPE = (8, 8, 1)
 
@@ -241,40 +240,3 @@ def test_bad_input_is_named_before_training(digits, teacher):
         dt.fit(*conv, digits, CONFIG, teachers=teacher, terms=(dt.Features("features/0", "embedding"),), progress=False)
     with pytest.raises(ValueError, match="alpha"):
         dt.SelfDistillation(exits=("hidden/0",), alpha=2.0)
-
-
-def _recipe(**fields):
-    return validate(
-        {
-            "name": "t",
-            "steps": [
-                {"kind": "train", "epochs": 10, "learning_rate": 1e-2},
-                {"kind": "distill", "epochs": 5, "learning_rate": 1e-2, "param_ratio": 0.25, **fields},
-            ],
-        }
-    )
-
-
-def test_recipe_step_adds_a_distilled_row_with_a_quarter_of_the_params(digits):
-    module = models.build("mlp", input_shape=SHAPE)
-    apply_fn, params = hamjax.functional(module)
-    context = Context(apply_fn, params, digits, progress=False, config=models.config_of(module))
-    context = run(_recipe(relational=1.0), context)
-    dense, distilled = context.stages
-    assert distilled.name == "distilled"
-    ratio = hamjax.measure.param_count(distilled.params) / hamjax.measure.param_count(dense.params)
-    assert 0.2 < ratio < 0.3
-    assert context.params is distilled.params  # later steps work on the student
-    assert _accuracy(context.apply_fn, context.params, digits.test) > 0.85
-
-
-def test_recipe_step_can_go_on_with_the_teacher_and_needs_a_reference_model(digits):
-    module = models.build("mlp", input_shape=SHAPE)
-    apply_fn, params = hamjax.functional(module)
-    context = run(
-        _recipe(continue_with="teacher"),
-        Context(apply_fn, params, digits, progress=False, config=models.config_of(module)),
-    )
-    assert context.params is context.stages[0].params
-    with pytest.raises(RecipeError, match="reference model"):
-        run(_recipe(), Context(apply_fn, params, digits, progress=False))
