@@ -1,7 +1,9 @@
 """The ``hamjax`` command.
 
 ``hamjax optimize`` trains a reference model on bundled data through a
-recipe and reports every stage; ``hamjax recipes`` lists and checks recipes.
+recipe, reports every stage and saves the trained model; ``hamjax export``
+writes a reference model or a saved one as a checked ONNX file;
+``hamjax recipes`` lists and checks recipes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 def _optimize(args) -> int:
     from hamjax import data, measure, models, recipes, report
     from hamjax._base import functional
+    from hamjax.models import saved
 
     recipe = recipes.load(args.recipe)
     dataset = data.load(args.data, seed=args.seed)
@@ -51,6 +54,61 @@ def _optimize(args) -> int:
     report.print_table(measurements, title=f"hamjax optimize: {args.model} on {args.data}, recipe {recipe.name}")
     out = report.write_report(args.out, measurements, meta)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    config, trained = context.extras.get("trained", (None, None))
+    if config is not None:
+        saved.save(out / "model", config, trained, meta={"model": args.model, "data": args.data, "seed": args.seed})
+        print(f"saved the trained model to {out / 'model'} (hamjax export {out / 'model'} --precision int8)")
+    for key in ("onnx fp32", "onnx fp16", "onnx int8"):
+        if key in context.extras:
+            print(f"wrote {context.extras[key].path}")
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from hamjax import data, export, models
+    from hamjax._base import functional
+    from hamjax.models import saved
+    from hamjax.recipe_quant import calibration_batches
+
+    source = Path(args.model)
+    if source.is_dir():
+        apply_fn, params, _, meta = saved.load(source)
+        dataset = data.load(meta.get("data", args.data), seed=args.seed)
+        what = f"the model saved in {source}"
+    elif args.model in models.MODELS:
+        dataset = data.load(args.data, seed=args.seed)
+        module = models.build(
+            args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes
+        )
+        apply_fn, params = functional(module)
+        what = f"an untrained {args.model} (seed {args.seed}; train one with hamjax optimize)"
+    else:
+        raise ValueError(
+            f"{args.model!r} is neither a reference model ({', '.join(models.MODELS)}) "
+            "nor a directory written by hamjax optimize (one with model.json)"
+        )
+    calibration = calibration_batches(dataset, 8, 128, args.seed) if args.precision == "int8" else None
+    print(f"exporting {what} as {args.precision} ONNX...")
+    result = export.onnx(
+        apply_fn,
+        params,
+        dataset.val.x[:64],
+        args.out,
+        precision=args.precision,
+        dynamic_batch=not args.static_batch,
+        calibration=calibration,
+        check_data=dataset.val.x[64:512],
+    )
+    for c in result.checks:
+        print(
+            f"  checked on {c.rows} {c.inputs} rows: max relative error {c.max_relative_error:.2e}, "
+            f"argmax agreement {c.argmax_agreement:.4f}"
+        )
+    if result.integer_ops:
+        print(f"  onnxruntime runs integer kernels: {', '.join(result.integer_ops)}")
+    print(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) in {result.seconds:.1f} s")
     return 0
 
 
@@ -95,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--quiet", action="store_true", help="no progress bars")
     opt.set_defaults(run=_optimize)
 
+    exp = sub.add_parser(
+        "export",
+        help="write a reference model or a saved one as a checked ONNX file",
+        description="Export MODEL (a reference model name, untrained, or a directory hamjax optimize wrote, "
+        "such as hamjax-out/model) as an ONNX file checked against JAX in onnxruntime.",
+    )
+    exp.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help=f"one of {', '.join(models.MODELS)}, or a directory")
+    exp.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="(default: fp32)")
+    exp.add_argument("--out", required=True, help="the .onnx file to write")
+    exp.add_argument("--data", choices=data.DATASETS, default="mnist", help="data for checks and int8 calibration")
+    exp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    exp.add_argument("--static-batch", action="store_true", help="fix the batch to 64 instead of a symbolic one")
+    exp.set_defaults(run=_export)
+
     rec = sub.add_parser("recipes", help="list bundled recipes or check recipe files")
     rec.add_argument("--check", nargs="+", metavar="PATH", help="validate these recipe files")
     rec.add_argument("--fields", action="store_true", help="also list every step kind's fields")
@@ -108,7 +180,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # hamjax.export.ExportError is a ValueError
         print(f"hamjax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,6 +51,8 @@ def _run_train(fields: dict, context: Context) -> Context:
     )
     context.params = result.params
     context.stages.append(report.Stage.from_model(stage, context.apply_fn, result.params))
+    # The trained model with its architecture, for callers that save it (hamjax optimize).
+    context.extras["trained"] = (context.config, result.params)
     return context
 
 

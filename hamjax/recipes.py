@@ -370,4 +370,4 @@ def run(recipe: Recipe, context: Context) -> Context:
 
 
 # The built-in step kinds register themselves on import; they need the names above.
-from hamjax import recipe_distill, recipe_precision, recipe_quant, recipe_steps  # noqa: E402, F401
+from hamjax import recipe_distill, recipe_export, recipe_precision, recipe_quant, recipe_steps  # noqa: E402, F401

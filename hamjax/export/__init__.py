@@ -1,0 +1,37 @@
+"""Export: ONNX files (fp32, fp16, int8 QDQ) checked in onnxruntime, runtimes that run them, TensorRT engines.
+
+* :func:`onnx` writes an apply function and its params as an ONNX file
+  through jax2onnx and checks it against JAX (:mod:`hamjax.export.convert`).
+* :mod:`hamjax.export.runtime`: :class:`~hamjax.export.runtime.Session`, an
+  onnxruntime session with batching and provider choice that
+  :mod:`hamjax.measure` measures like any other runner.
+* :mod:`hamjax.export.tensorrt`: TensorRT engines from those files, where a
+  GPU and the ``tensorrt`` extra exist.
+* :mod:`hamjax.export.graph` and :mod:`hamjax.export.qdq`: the tracing and
+  the int8 rewrite underneath.
+"""
+
+from hamjax.export import graph, qdq, runtime, tensorrt
+from hamjax.export.convert import (
+    MAX_RELATIVE_ERROR,
+    MIN_ARGMAX_AGREEMENT,
+    PRECISIONS,
+    Check,
+    ExportResult,
+    onnx,
+)
+from hamjax.export.graph import ExportError
+
+__all__ = [
+    "MAX_RELATIVE_ERROR",
+    "MIN_ARGMAX_AGREEMENT",
+    "PRECISIONS",
+    "Check",
+    "ExportError",
+    "ExportResult",
+    "graph",
+    "onnx",
+    "qdq",
+    "runtime",
+    "tensorrt",
+]

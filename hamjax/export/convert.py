@@ -1,0 +1,292 @@
+"""``export.onnx``: an apply function and its params to a checked ONNX file.
+
+Parameters are baked in as initializers and the batch dimension stays
+symbolic (``B``), so one file serves every batch size. Three precisions:
+
+* ``"fp32"``: the model as JAX runs it.
+* ``"fp16"``: params and activations in float16 (inputs and outputs stay
+  float32 unless ``fp16_io=True``). For GPUs; onnxruntime's CPU provider has
+  few float16 kernels.
+* ``"int8"``: a QDQ graph of hamjax's quantized model (see
+  :mod:`hamjax.export.qdq`): pass a :class:`~hamjax.quant_model.QuantizedApply`
+  and its qparams, or a float model with ``calibration`` batches (static
+  int8, per-channel weights, MSE-calibrated activations).
+
+Nothing is called done before it is checked: ``onnx.checker``, then
+onnxruntime against JAX on fresh random inputs (uniform over the example's
+range) and on real data (the example and ``check_data``). fp32 must agree to
+a maximum relative error (``max|onnx - jax| / max|jax|``) of 1e-5, fp16 to
+1e-2; int8 must give the same argmax as hamjax's quantized JAX model on at
+least 99.5% of the rows. A failed check raises :class:`ExportError` with
+the numbers and leaves the rejected model next to ``path`` for inspection.
+The file is written atomically (a temporary file, then a rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hamjax._base import call_model
+from hamjax.export import graph, qdq
+from hamjax.export.graph import ExportError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MAX_RELATIVE_ERROR = {"fp32": 1e-5, "fp16": 1e-2}
+MIN_ARGMAX_AGREEMENT = 0.995
+CHECK_BATCH = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One comparison of onnxruntime against JAX.
+
+    Attributes:
+      inputs: ``"random"`` or ``"data"``.
+      rows: how many input rows were compared.
+      max_relative_error: ``max|onnx - jax| / max|jax|``.
+      argmax_agreement: fraction of rows with the same argmax over the last axis.
+      passed: whether the precision's threshold holds.
+    """
+
+    inputs: str
+    rows: int
+    max_relative_error: float
+    argmax_agreement: float
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`onnx` wrote and how it checked.
+
+    Attributes:
+      path: the ONNX file.
+      precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+      size_bytes: the file's size.
+      input_shape: the input shape, ``None`` for the symbolic batch.
+      ops: the op types of the exported graph.
+      runtime_ops: the op types onnxruntime runs after optimizing it (CPU).
+      integer_ops: those of ``runtime_ops`` that are integer kernels.
+      checks: the comparisons against JAX.
+      seconds: time taken by the export and checks.
+    """
+
+    path: Path
+    precision: str
+    size_bytes: int
+    input_shape: tuple
+    ops: tuple[str, ...]
+    runtime_ops: tuple[str, ...]
+    integer_ops: tuple[str, ...]
+    checks: tuple[Check, ...]
+    seconds: float
+
+
+def _float_leaves(tree, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
+
+
+def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[np.ndarray, Path]:
+    from hamjax.quant_model import QuantizedApply
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"export.onnx: precision must be one of {PRECISIONS}, got {precision!r}")
+    if not callable(apply_fn):
+        raise ValueError(f"export.onnx: apply_fn must be callable, got {type(apply_fn).__name__}")
+    example = np.asarray(example)
+    if example.ndim < 1 or example.shape[0] < 1:
+        raise ValueError(f"export.onnx: example_input needs a leading batch axis with rows, got shape {example.shape}")
+    if not np.issubdtype(example.dtype, np.floating):
+        raise ValueError(f"export.onnx: example_input must be floating, got dtype {example.dtype}")
+    if not np.all(np.isfinite(example)):
+        raise ValueError("export.onnx: example_input has non-finite values")
+    quantized = isinstance(apply_fn, QuantizedApply)
+    if quantized and precision != "int8":
+        raise ValueError(f"export.onnx: a QuantizedApply exports as precision='int8', got {precision!r}")
+    if quantized and calibration is not None:
+        raise ValueError("export.onnx: calibration is for float models; this model is already quantized")
+    if precision == "int8" and not quantized and calibration is None:
+        raise ValueError(
+            "export.onnx: precision='int8' needs calibration batches for a float model, "
+            "or a (qapply, qparams) pair from hamjax.quant_model.quantize_model"
+        )
+    if quantized and not (isinstance(params, dict) and "weights" in params):
+        raise ValueError("export.onnx: a QuantizedApply needs its qparams ({'weights', 'activations'})")
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"export.onnx: path must end in .onnx, got {str(path)!r}")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"export.onnx: the directory {str(path.parent)!r} does not exist")
+    return example, path
+
+
+def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw):
+    """``(onnx model, reference function)``: the JAX function the file must reproduce."""
+    from hamjax import quant_model
+
+    if precision == "int8":
+        if not isinstance(apply_fn, quant_model.QuantizedApply):
+            apply_fn, params = quant_model.quantize_model(apply_fn, params, calibration=calibration, **kw)
+        model = qdq.quantized_model(apply_fn, params, example, dynamic_batch=dynamic_batch, **kw)
+        qapply, qparams = apply_fn, params
+        return model, jax.jit(lambda x: qapply(qparams, x, **kw))
+    if precision == "fp16":
+        p16 = _float_leaves(params, jnp.float16)
+
+        def fn(x):
+            y = call_model(apply_fn, p16, x.astype(jnp.float16), **kw)[0]
+            return y if fp16_io else y.astype(jnp.float32)
+
+        spec_example = example.astype(np.float16) if fp16_io else example.astype(np.float32)
+    else:
+
+        def fn(x):
+            return call_model(apply_fn, params, x, **kw)[0]
+
+        spec_example = example
+    spec = graph.input_spec(spec_example, dynamic_batch=dynamic_batch)
+    model = graph.convert(graph.trace(fn, spec), spec, model_name=f"hamjax_{precision}")
+    return model, jax.jit(lambda x: call_model(apply_fn, params, x, **kw)[0])
+
+
+def _compare(kind: str, got: np.ndarray, want: np.ndarray, precision: str) -> Check:
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    if got.shape != want.shape:
+        raise ExportError(f"export.onnx: onnxruntime gave shape {got.shape}, JAX {want.shape} ({kind} inputs)")
+    scale = max(float(np.max(np.abs(want))), 1e-30)
+    rel = float(np.max(np.abs(got - want))) / scale if np.all(np.isfinite(got)) else float("inf")
+    agree = float(np.mean(np.argmax(got, -1) == np.argmax(want, -1))) if want.ndim >= 1 and want.shape[-1] > 1 else 1.0
+    passed = agree >= MIN_ARGMAX_AGREEMENT if precision == "int8" else rel <= MAX_RELATIVE_ERROR[precision]
+    return Check(kind, int(got.shape[0]) if got.ndim else 1, rel, agree, bool(passed))
+
+
+def _check(model_bytes: bytes, reference, example, check_data, precision, fp16_io, seed) -> list[Check]:
+    from hamjax.export import runtime
+
+    session = runtime.Session(model_bytes, providers="cpu")
+    rng = np.random.default_rng(seed)
+    lo, hi = float(example.min()), float(example.max())
+    if hi <= lo:
+        lo, hi = lo - 1.0, hi + 1.0
+    fresh = rng.uniform(lo, hi, size=(min(CHECK_BATCH, 64), *example.shape[1:])).astype(np.float32)
+    data = example if check_data is None else np.concatenate([example, np.asarray(check_data, example.dtype)])
+    checks = []
+    for kind, x in (("random", fresh), ("data", data[: 4 * CHECK_BATCH])):
+        x_in = x.astype(np.float16) if fp16_io else x.astype(np.float32)
+        got = session(x_in)
+        want = np.concatenate(
+            [np.asarray(reference(x_in[i : i + CHECK_BATCH])) for i in range(0, len(x_in), CHECK_BATCH)]
+        )
+        checks.append(_compare(kind, got, want, precision))
+    return checks
+
+
+def _failure(checks: list[Check], precision: str, rejected: Path) -> str:
+    bound = (
+        f"argmax agreement >= {MIN_ARGMAX_AGREEMENT}"
+        if precision == "int8"
+        else f"max relative error <= {MAX_RELATIVE_ERROR[precision]:g}"
+    )
+    parts = [
+        f"{c.inputs} inputs ({c.rows} rows): max relative error {c.max_relative_error:.3g}, "
+        f"argmax agreement {c.argmax_agreement:.4f}"
+        for c in checks
+        if not c.passed
+    ]
+    return f"export.onnx: the {precision} model fails its check ({bound}): {'; '.join(parts)}; kept at {rejected}"
+
+
+def onnx(
+    apply_fn,
+    params,
+    example_input,
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+    precision: str = "fp32",
+    calibration=None,
+    check_data=None,
+    check: bool = True,
+    fp16_io: bool = False,
+    seed: int = 0,
+    **kw: Any,
+) -> ExportResult:
+    """Export a model to an ONNX file and check it in onnxruntime against JAX.
+
+    Args:
+      apply_fn: any apply function of the contract (a plain function, a
+        :class:`hamjax.ApplyFn` in eval mode), or a
+        :class:`~hamjax.quant_model.QuantizedApply` for ``precision="int8"``.
+      params: its params (the qparams for a QuantizedApply).
+      example_input: a real input batch: its shape and dtype define the
+        ONNX input, and it is part of the check.
+      path: the ``.onnx`` file to write (its directory must exist).
+      dynamic_batch: a symbolic batch dimension (else the example's batch).
+      precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+      calibration: for ``"int8"`` of a float model: input batches that
+        calibrate the activation ranges.
+      check_data: more real inputs for the check.
+      check: run the checks (leave on; off only to save time when a
+        caller checks itself).
+      fp16_io: for ``"fp16"``: float16 inputs and outputs too.
+      seed: the random check inputs' seed.
+      **kw: keyword arguments for ``apply_fn``.
+
+    Returns:
+      An :class:`ExportResult`.
+
+    Raises:
+      ValueError: bad arguments (before anything is traced).
+      FileNotFoundError: ``path``'s directory does not exist.
+      ExportError: a primitive jax2onnx cannot lower (named, with the line
+        that produced it), or a failed check (with the numbers).
+    """
+    import time
+
+    import onnx as onnx_lib
+
+    from hamjax.export import runtime
+
+    started = time.perf_counter()
+    example, path = _validate(apply_fn, params, example_input, path, precision, calibration)
+    model, reference = _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw)
+    try:
+        onnx_lib.checker.check_model(model)
+    except onnx_lib.checker.ValidationError as err:
+        raise ExportError(f"export.onnx: onnx.checker rejects the {precision} model: {err}") from err
+    data = model.SerializeToString()
+    checks = _check(data, reference, example, check_data, precision, fp16_io, seed) if check else []
+    if not all(c.passed for c in checks):
+        rejected = path.with_name(f"{path.stem}.rejected.onnx")
+        _atomic_write(rejected, data)
+        raise ExportError(_failure(checks, precision, rejected))
+    _atomic_write(path, data)
+    session = runtime.Session(data, providers="cpu")
+    shape = tuple(None if isinstance(d, str) or d is None else d for d in session.input_shape)
+    return ExportResult(
+        path=path,
+        precision=precision,
+        size_bytes=path.stat().st_size,
+        input_shape=shape,
+        ops=tuple(sorted({n.op_type for n in model.graph.node})),
+        runtime_ops=session.optimized_ops(),
+        integer_ops=session.integer_ops(),
+        checks=tuple(checks),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
