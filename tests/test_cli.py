@@ -14,7 +14,7 @@ def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
     rc = cli.main(["optimize", "--model", "mlp", "--data", "digits", "--out", str(out), "--quiet", "--seed", "1"])
     assert rc == 0
     payload = json.loads((out / "report.json").read_text())
-    dense, distilled, pruned, int8 = payload["stages"]
+    dense, distilled, pruned, int8, onnx_fp32, onnx_int8 = payload["stages"]
     assert dense["name"] == "dense" and dense["accuracy"] > 0.9
     assert dense["params"] == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
     # a student with about a quarter of the parameters, distilled from the dense model
@@ -28,11 +28,40 @@ def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
     assert int8["size_bytes"] < pruned["size_bytes"] / 3.5
     assert int8["accuracy"] > pruned["accuracy"] - 0.01
     assert int8["latency"] is None and int8["throughput"] == []
+    # and exports the shrunk model and its int8 model to ONNX, measured in onnxruntime
+    assert onnx_fp32["name"] == "onnx fp32" and abs(onnx_fp32["accuracy"] - pruned["accuracy"]) < 0.002
+    assert onnx_int8["name"] == "onnx int8" and abs(onnx_int8["accuracy"] - int8["accuracy"]) < 0.01
+    assert onnx_int8["size_bytes"] < onnx_fp32["size_bytes"] / 3
+    assert onnx_fp32["latency"] is not None and onnx_int8["throughput"]
+    assert (out / "export" / "model.fp32.onnx").exists() and (out / "export" / "model.int8.onnx").exists()
     assert payload["meta"]["recipe"] == "default" and payload["meta"]["seed"] == 1
     printed = capsys.readouterr().out
     for col in ("stage", "params", "size MB", "test accuracy"):
         assert col in printed
-    assert "report.md" in printed
+    assert "report.md" in printed and "saved the trained model" in printed
+
+    # hamjax export reads the saved dense model back and writes a checked int8 file
+    onnx_path = tmp_path / "dense.int8.onnx"
+    assert cli.main(["export", str(out / "model"), "--precision", "int8", "--out", str(onnx_path)]) == 0
+    printed = capsys.readouterr().out
+    assert onnx_path.exists() and "argmax agreement" in printed and "QGemm" in printed
+
+
+def test_export_a_reference_model_by_name(tmp_path, capsys):
+    path = tmp_path / "cnn.onnx"
+    argv = ["export", "cnn", "--data", "digits", "--out", str(path), "--static-batch"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "untrained cnn" in printed and "max relative error" in printed
+    from hamjax.export import runtime
+
+    assert runtime.Session(path).static_batch == 64
+
+
+def test_export_refuses_what_is_not_a_model(tmp_path, capsys):
+    assert cli.main(["export", "resnet", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "neither a reference model" in err and "\n" not in err
 
 
 @pytest.mark.parametrize(
