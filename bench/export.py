@@ -166,6 +166,7 @@ def run_model(name: str, ds, args, workdir: Path) -> tuple[dict, list[dict]]:
         "export_s": {"fp32": round(fp32.seconds, 2), "int8": round(int8.seconds, 2)},
         "integer_ops": list(int8.integer_ops),
         "fp32_integer_ops": list(fp32.integer_ops),
+        "int8_runtime_ops": list(int8.runtime_ops),
         "checks": {"fp32": _checks(fp32), "int8": _checks(int8)},
         "ratios": ratios,
     }
@@ -186,6 +187,7 @@ def print_table(summary: dict, rows: list[dict]) -> None:
         f"int8 {summary['export_s']['int8']}"
     )
     print(f"integer ops (int8): {', '.join(summary['integer_ops']) or 'none'}")
+    print(f"ops onnxruntime runs (int8): {', '.join(summary['int8_runtime_ops'])}")
     for k, v in summary["ratios"].items():
         print(f"  {k}: {v:.3f}")
 

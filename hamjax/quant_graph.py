@@ -125,7 +125,7 @@ class _Context:
         if key not in self.has_marker:
             self.has_marker[key] = any(
                 e.primitive.name == MARKER_PRIMITIVE
-                or ((sub := _subjaxpr(e)) is not None and self.contains_marker(sub[0]))
+                or ((sub := call_body(e)) is not None and self.contains_marker(sub[0]))
                 for e in jaxpr.eqns
             )
         return self.has_marker[key]
@@ -159,7 +159,8 @@ class _Context:
         )
 
 
-def _subjaxpr(eqn):
+def call_body(eqn):
+    """``(jaxpr, consts)`` of a call equation (``jit``, ``custom_jvp_call``, ...) that can be inlined, else None."""
     if eqn.primitive.name not in _CALLS:
         return None
     for key in _SUBJAXPR_KEYS:
@@ -171,7 +172,8 @@ def _subjaxpr(eqn):
     return None
 
 
-def _bind(eqn, invals):
+def bind_equation(eqn, invals) -> list:
+    """Apply ``eqn``'s primitive to ``invals`` under its context; always a list of outputs."""
     params = eqn.primitive.get_bind_params(eqn.params)
     # Older JAX returns (subfuns, params), newer JAX the params alone.
     subfuns, params = params if isinstance(params, tuple) else ((), params)
@@ -212,7 +214,7 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
         intags = [tag_of(v) for v in eqn.invars]
         dep = any(t.dep for t in intags)
         name = eqn.primitive.name
-        sub = _subjaxpr(eqn)
+        sub = call_body(eqn)
         if name in SITE_PRIMITIVES and len(invals) == 2 and intags[0].dep != intags[1].dep:
             w = 0 if intags[1].dep else 1
             site = ctx.site(eqn, w, intags, invals)
@@ -220,11 +222,11 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
             if ctx.hook is not None:
                 a, wv = ctx.hook(len(ctx.sites) - 1, site, invals[1 - w], invals[w])
                 invals[1 - w], invals[w] = a, wv
-            outs, outtags = _bind(eqn, invals), [_DATA]
+            outs, outtags = bind_equation(eqn, invals), [_DATA]
             if ctx.on_output is not None:
                 outs = [ctx.on_output(site.path, outs[0])]
         elif name == MARKER_PRIMITIVE and ctx.on_output is not None:
-            outs, outtags = [ctx.on_output(ctx.marker(eqn.params["name"]), _bind(eqn, invals)[0])], intags
+            outs, outtags = [ctx.on_output(ctx.marker(eqn.params["name"]), bind_equation(eqn, invals)[0])], intags
         elif sub is not None and (
             any(t.leaf is not None for t in intags)
             or (dep and not all(t.dep for t in intags))
@@ -233,7 +235,7 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
             # A weight enters the call next to data or alone, or a named value is inside: inline it.
             outs, outtags = _eval(sub[0], sub[1], invals, intags, ctx)
         else:
-            outs = _bind(eqn, invals)
+            outs = bind_equation(eqn, invals)
             if not dep and len(eqn.outvars) == 1 and len(intags) == 1:
                 outtags = [_layout_tag(eqn, intags[0])]
             else:

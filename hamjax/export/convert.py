@@ -180,7 +180,10 @@ def _check(model_bytes: bytes, reference, example, check_data, precision, fp16_i
     checks = []
     for kind, x in (("random", fresh), ("data", data[: 4 * CHECK_BATCH])):
         x_in = x.astype(np.float16) if fp16_io else x.astype(np.float32)
-        got = session(x_in)
+        try:
+            got = session(x_in)
+        except Exception as err:
+            raise ExportError(f"export.onnx: onnxruntime cannot run the exported {precision} model: {err}") from err
         want = np.concatenate(
             [np.asarray(reference(x_in[i : i + CHECK_BATCH])) for i in range(0, len(x_in), CHECK_BATCH)]
         )

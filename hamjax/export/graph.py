@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.extend.core as jcore
+import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import ad, batching, mlir
 
@@ -113,14 +114,86 @@ def unsupported(closed: jcore.ClosedJaxpr) -> list[str]:
 
 
 def trace(fn, spec: jax.ShapeDtypeStruct) -> jcore.ClosedJaxpr:
-    """``fn``'s jaxpr for one input of ``spec``; its output must be one array."""
+    """``fn``'s jaxpr for one input of ``spec``, pooling windows rewritten; its output must be one array."""
     try:
         closed, out = jax.make_jaxpr(fn, return_shape=True)(spec)
     except Exception as err:
         raise ExportError(f"export: tracing the model on input {spec.shape} {spec.dtype} failed: {err}") from err
     if len(jax.tree.leaves(out)) != 1:
         raise ExportError(f"export: the model must return one array, got {jax.tree.structure(out)}")
+    if _has_pool(closed.jaxpr):
+        closed = jax.make_jaxpr(lambda x: _eval_without_pools(closed.jaxpr, closed.consts, [x])[0])(spec)
     return closed
+
+
+_POOLS = {"reduce_window_max": (jax.lax.max, -np.inf), "reduce_window_sum": (jax.lax.add, 0.0)}
+
+
+def _has_pool(jaxpr) -> bool:
+    return any(
+        e.primitive.name in _POOLS or any(_has_pool(sub) for sub in jcore.jaxprs_in_params(e.params))
+        for e in jaxpr.eqns
+    )
+
+
+def _pool_by_slices(eqn, x):
+    """A max or sum pooling window as the max or sum of strided slices, one per window offset.
+
+    jax2onnx lowers ``reduce_window_*`` on an NHWC array to a ``MaxPool`` over
+    four spatial axes, which onnxruntime refuses ("Unsupported pooling
+    size"); strided slices and elementwise max/add export everywhere and
+    compute the same values.
+    """
+    p = eqn.params
+    if any(d != 1 for d in (*p["base_dilation"], *p["window_dilation"])):
+        return None
+    combine, is_max = _POOLS[eqn.primitive.name][0], eqn.primitive.name == "reduce_window_max"
+    out_shape = eqn.outvars[0].aval.shape
+    # Gathers at fixed indices, not slices or pads: the batch axis is symbolic and jax2onnx needs constant
+    # slice limits and pad shapes. Padding is read as the nearest edge value (the window's max is unchanged
+    # as long as every window holds a real value) or masked to zero (a sum).
+    parts = [x]
+    windows = zip(p["window_dimensions"], p["window_strides"], p["padding"], strict=True)
+    for axis, (size, stride, (lo, _)) in enumerate(windows):
+        if size == 1 and stride == 1 and lo == 0:
+            continue
+        length = x.shape[axis]
+        raw = [o - lo + stride * np.arange(out_shape[axis]) for o in range(size)]
+        valid = [(r >= 0) & (r < length) for r in raw]
+        if not np.all(np.any(valid, axis=0)):
+            return None
+        gathered = []
+        for r, ok in zip(raw, valid, strict=True):
+            taken = [jnp.take(part, np.clip(r, 0, length - 1), axis=axis) for part in parts]
+            if not (is_max or ok.all()):
+                mask = ok.astype(x.dtype).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+                taken = [t * mask for t in taken]
+            gathered += taken
+        parts = gathered
+    return functools.reduce(combine, parts)
+
+
+def _eval_without_pools(jaxpr, consts, args) -> list:
+    """Evaluate ``jaxpr`` with pooling windows computed by :func:`_pool_by_slices`; calls are inlined."""
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        body = quant_graph.call_body(eqn)
+        pooled = _pool_by_slices(eqn, invals[0]) if eqn.primitive.name in _POOLS else None
+        if pooled is not None:
+            outs = [pooled]
+        elif body is not None and eqn.primitive.name not in ("custom_jvp_call", "custom_vjp_call"):
+            outs = _eval_without_pools(body[0], body[1], invals)
+        else:
+            outs = quant_graph.bind_equation(eqn, invals)
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
 
 
 @contextlib.contextmanager

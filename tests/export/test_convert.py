@@ -128,3 +128,35 @@ def test_a_quantized_model_must_export_as_int8(tmp_path):
         export.onnx(qapply, qparams, _x(), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="already quantized"):
         export.onnx(qapply, qparams, _x(), tmp_path / "m.onnx", precision="int8", calibration=[_x(8)])
+
+
+def test_flax_pools_with_a_positional_window_export(tmp_path):
+    from flax import nnx
+
+    def fn(p, x):
+        y = nnx.max_pool(x, (2, 2), strides=(2, 2)) + nnx.avg_pool(x, (2, 2), strides=(2, 2))
+        return y.reshape(x.shape[0], -1) @ p
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)), jnp.float32)
+    result = export.onnx(fn, w, _x(), tmp_path / "m.onnx")
+    assert all(c.max_relative_error <= 1e-5 for c in result.checks)
+
+
+def test_a_linen_model_exports(tmp_path):
+    import flax.linen as nn
+
+    import hamjax
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.Dense(16)(x.reshape(x.shape[0], -1))
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            return nn.Dense(4)(nn.relu(x))
+
+    model = Net()
+    variables = model.init(jax.random.key(0), _x(2))
+    apply_fn, params = hamjax.linen_functional(model, variables)
+    for precision, kw in (("fp32", {}), ("int8", {"calibration": [_x(128, 2)]})):
+        result = export.onnx(apply_fn, params, _x(), tmp_path / f"{precision}.onnx", precision=precision, **kw)
+        assert all(c.passed for c in result.checks)

@@ -145,3 +145,24 @@ def test_tag_is_identity_under_vmap_and_grad():
     x = jnp.arange(6.0).reshape(2, 3)
     np.testing.assert_array_equal(jax.vmap(lambda v: graph.tag(v, "t"))(x), x)
     np.testing.assert_array_equal(jax.grad(lambda v: (graph.tag(v, "t") ** 2).sum())(x), 2 * x)
+
+
+@pytest.mark.parametrize(
+    ("window", "strides", "padding"),
+    [((2, 2), (2, 2), "VALID"), ((3, 3), (2, 2), "SAME"), ((3, 2), (1, 2), "VALID")],
+)
+def test_pooling_windows_export_as_gathers(window, strides, padding):
+    from flax import nnx
+
+    def fn(x):
+        return nnx.max_pool(x, window, strides=strides, padding=padding) - nnx.avg_pool(
+            x, window, strides=strides, padding=padding
+        )
+
+    x = np.random.default_rng(0).normal(size=(3, 9, 8, 2)).astype(np.float32)
+    spec = graph.input_spec(x)
+    closed = graph.trace(fn, spec)
+    assert not graph._has_pool(closed.jaxpr)
+    model = graph.convert(closed, spec)
+    assert not {"MaxPool", "AveragePool"} & {n.op_type for n in model.graph.node}
+    np.testing.assert_allclose(_session(model).run(None, {"input": x})[0], fn(x), rtol=1e-5, atol=1e-6)
