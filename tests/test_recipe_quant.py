@@ -88,6 +88,7 @@ def test_bad_fields_fail_at_load_time(step, message):
 
 
 @pytest.mark.parametrize("name", ["int8-static", "int8-weight-only", "qat-int8", "default"])
-def test_bundled_recipes_load_and_end_with_quantize(name):
-    recipe = recipes.load(name)
-    assert recipe.steps[-1].kind == "quantize"
+def test_bundled_recipes_load_and_quantize_last(name):
+    kinds = [s.kind for s in recipes.load(name).steps]
+    # the default recipe exports what it quantized; nothing changes the model after quantize
+    assert kinds[-1] == "quantize" or kinds[-2:] == ["quantize", "export"]
