@@ -167,10 +167,7 @@ def _compare(kind: str, got: np.ndarray, want: np.ndarray, precision: str) -> Ch
     return Check(kind, int(got.shape[0]) if got.ndim else 1, rel, agree, bool(passed))
 
 
-def _check(model_bytes: bytes, reference, example, check_data, precision, fp16_io, seed) -> list[Check]:
-    from hamjax.export import runtime
-
-    session = runtime.Session(model_bytes, providers="cpu")
+def _check(session, reference, example, check_data, precision, fp16_io, seed) -> list[Check]:
     rng = np.random.default_rng(seed)
     lo, hi = float(example.min()), float(example.max())
     if hi <= lo:
@@ -216,7 +213,6 @@ def onnx(
     precision: str = "fp32",
     calibration=None,
     check_data=None,
-    check: bool = True,
     fp16_io: bool = False,
     seed: int = 0,
     **kw: Any,
@@ -236,8 +232,6 @@ def onnx(
       calibration: for ``"int8"`` of a float model: input batches that
         calibrate the activation ranges.
       check_data: more real inputs for the check.
-      check: run the checks (leave on; off only to save time when a
-        caller checks itself).
       fp16_io: for ``"fp16"``: float16 inputs and outputs too.
       seed: the random check inputs' seed.
       **kw: keyword arguments for ``apply_fn``.
@@ -265,13 +259,13 @@ def onnx(
     except onnx_lib.checker.ValidationError as err:
         raise ExportError(f"export.onnx: onnx.checker rejects the {precision} model: {err}") from err
     data = model.SerializeToString()
-    checks = _check(data, reference, example, check_data, precision, fp16_io, seed) if check else []
+    session = runtime.Session(data, providers="cpu")
+    checks = _check(session, reference, example, check_data, precision, fp16_io, seed)
     if not all(c.passed for c in checks):
         rejected = path.with_name(f"{path.stem}.rejected.onnx")
         _atomic_write(rejected, data)
         raise ExportError(_failure(checks, precision, rejected))
     _atomic_write(path, data)
-    session = runtime.Session(data, providers="cpu")
     shape = tuple(None if isinstance(d, str) or d is None else d for d in session.input_shape)
     return ExportResult(
         path=path,
