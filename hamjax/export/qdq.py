@@ -204,8 +204,8 @@ class _Rewriter:
             for i in n.input:
                 consumers.setdefault(i, []).append(n)
         outputs = {o.name for o in g.output}
-        removed = set()
-        for node in g.node:
+        folded = []  # (bias DequantizeLinear, the Add it replaces)
+        for node in list(g.node):
             if node.op_type != "Gemm" or len(node.input) != 2 or node.output[0] in outputs:
                 continue
             a, b = (producers.get(i) for i in node.input)
@@ -232,14 +232,14 @@ class _Rewriter:
             q = self.const(f"hq_b{jb}_q", codes.astype(np.int32))
             s = self.const(f"hq_b{jb}_s", bias_scale)
             z = self.const(f"hq_b{jb}_z", np.zeros(width, np.int32))
-            dq = self.helper.make_node("DequantizeLinear", [q, s, z], [f"hq_b{jb}"], axis=0)
+            folded.append((self.helper.make_node("DequantizeLinear", [q, s, z], [f"hq_b{jb}"], axis=0), add))
             node.input.append(f"hq_b{jb}")
             node.output[0] = add.output[0]
-            removed.add(id(add))
-            g.node.insert(list(g.node).index(node), dq)
-        kept = [n for n in g.node if id(n) not in removed]
-        del g.node[:]
-        g.node.extend(kept)
+        # Protobuf messages compare by value, and each Add has its own output name.
+        for dq, add in folded:
+            g.node.remove(add)
+            gemm = next(i for i, n in enumerate(g.node) if n.op_type == "Gemm" and dq.output[0] in n.input)
+            g.node.insert(gemm, dq)
         g.initializer.extend(self.inits)
         self.inits = []
 
