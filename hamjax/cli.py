@@ -3,14 +3,17 @@
 ``hamjax optimize`` trains a reference model on bundled data through a
 recipe, reports every stage and saves the trained model; ``hamjax export``
 writes a reference model or a saved one as a checked ONNX file;
-``hamjax recipes`` lists and checks recipes.
+``hamjax search`` runs an architecture search; ``hamjax recipes`` lists
+and checks recipes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,6 +115,79 @@ def _export(args) -> int:
     return 0
 
 
+def _search(args) -> int:
+    import json
+
+    from hamjax import data, report
+    from hamjax.search import engine, nas
+
+    dataset = data.load(args.data, seed=args.seed)
+    h, w, _ = dataset.input_shape
+    supernet = nas.SupernetConfig(
+        input_shape=tuple(dataset.input_shape),
+        num_classes=dataset.num_classes,
+        patch_size=args.patch_size or (7 if h % 7 == 0 and w % 7 == 0 else 4),
+        hidden_size=args.hidden_size,
+        max_layers=args.max_layers,
+    )
+    config = engine.SearchConfig(
+        strategy=args.strategy,
+        generations=args.generations,
+        population_size=args.population,
+        steps=args.steps,
+        sample_size=min(args.sample_size, args.population),
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = engine.run(supernet, dataset, config, workdir=str(out), progress=not args.quiet)
+    if result.resumed_from is not None:
+        print(f"resumed after generation {result.resumed_from}")
+    top = sorted(result.history, key=lambda c: (-c.accuracy, c.params))[:10]
+    _print_candidates(f"hamjax search: {args.strategy}, best of {len(result.history)} candidates", top)
+    _print_candidates("Pareto front (validation accuracy vs parameters)", result.pareto)
+    payload = {"supernet": repr(supernet), "config": engine.json_safe(vars(args) | {"run": None}), **result.to_dict()}
+    report.atomic_write(out / "search.json", json.dumps(payload, indent=2))
+    _pareto_png(result, out / "pareto.png")
+    print(f"wrote {out / 'search.json'} and {out / 'pareto.png'}")
+    return 0
+
+
+def _print_candidates(title: str, candidates) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("generation", "validation accuracy", "params", "latency p50 @1 (ms)", "architecture"):
+        table.add_column(col)
+    for c in candidates:
+        latency = "-" if c.latency_ms is None else f"{c.latency_ms:.3f}"
+        table.add_row(str(c.generation), f"{c.accuracy:.4f}", f"{c.params:,}", latency, c.description)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+
+
+def _pareto_png(result, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finite = [c for c in result.history if c.accuracy != float("-inf")]
+    ax.scatter([c.params for c in finite], [c.accuracy for c in finite], s=10, alpha=0.4, label="candidates")
+    ax.plot(
+        [c.params for c in result.pareto], [c.accuracy for c in result.pareto], "o-", color="C3", label="Pareto front"
+    )
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters", ylabel="validation accuracy", title="architecture search")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _recipes(args) -> int:
     from hamjax import recipes
 
@@ -166,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     exp.add_argument("--static-batch", action="store_true", help="fix the batch to 64 instead of a symbolic one")
     exp.set_defaults(run=_export)
+
+    sea = sub.add_parser(
+        "search",
+        help="architecture search over a masked supernet (random, evolution, bayesian)",
+        description="Search architectures (per layer: dense/attention/conv/identity, width, activation; depth), "
+        "training each generation's candidates together; resumes from --out after an interruption.",
+    )
+    sea.add_argument("--strategy", choices=("random", "evolution", "bayesian"), default="evolution")
+    sea.add_argument("--generations", type=int, default=20, help="(default: 20)")
+    sea.add_argument("--population", type=int, default=32, help="candidates per generation (default: 32)")
+    sea.add_argument("--steps", type=int, default=100, help="training steps per candidate (default: 100)")
+    sea.add_argument("--sample-size", type=int, default=8, help="evolution tournament size (default: 8)")
+    sea.add_argument("--hidden-size", type=int, default=64, help="supernet token width (default: 64)")
+    sea.add_argument("--max-layers", type=int, default=4, help="supernet depth (default: 4)")
+    sea.add_argument("--patch-size", type=int, default=None, help="(default: 7 for 28x28 inputs, else 4)")
+    sea.add_argument("--data", choices=data.DATASETS, default="mnist", help="bundled dataset (default: mnist)")
+    sea.add_argument("--out", default="hamjax-search", help="output and checkpoint directory")
+    sea.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sea.add_argument("--quiet", action="store_true", help="no progress bar")
+    sea.set_defaults(run=_search)
 
     rec = sub.add_parser("recipes", help="list bundled recipes or check recipe files")
     rec.add_argument("--check", nargs="+", metavar="PATH", help="validate these recipe files")

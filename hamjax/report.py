@@ -150,7 +150,8 @@ def print_table(measurements: Sequence[measure.Measurement], *, title: str = "ha
     console.print(table)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -170,8 +171,8 @@ def write_report(out_dir: str | os.PathLike, measurements: Sequence[measure.Meas
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "columns": list(COLUMNS), "stages": [m.to_dict() for m in measurements]}
-    _atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
     facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict | list))
     notes = [facts, *meta.get("notes", [])]
-    _atomic_write(out / "report.md", markdown(measurements, notes="\n\n".join(n for n in notes if n)))
+    atomic_write(out / "report.md", markdown(measurements, notes="\n\n".join(n for n in notes if n)))
     return out
