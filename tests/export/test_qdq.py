@@ -31,7 +31,7 @@ def _agreement(model, qapply, qparams, x):
     return float(np.mean(got.argmax(-1) == want.argmax(-1))), got, want
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "vit", "hamnet"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "vit", pytest.param("hamnet", marks=pytest.mark.slow)])
 def test_static_int8_matches_the_quantized_jax_model(name):
     qapply, qparams, x = _quantized(name)
     model = qdq.quantized_model(qapply, qparams, x[:4])

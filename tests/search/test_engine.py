@@ -29,7 +29,10 @@ def test_pareto_front_keeps_the_non_dominated():
         engine.pareto_front([0.1], [1, 2])
 
 
-@pytest.mark.parametrize("strategy", engine.STRATEGIES)
+@pytest.mark.parametrize(
+    "strategy",
+    [pytest.param("random", marks=pytest.mark.slow), "evolution", pytest.param("bayesian", marks=pytest.mark.slow)],
+)
 def test_every_strategy_searches(digits, strategy):
     seen = []
     result = engine.run(
