@@ -8,7 +8,9 @@ tensorstore format, metadata through JSON.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -119,6 +121,28 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
+    """Write ``data`` (text as UTF-8) to a temporary file beside ``path``, sync it, then rename it over ``path``.
+
+    A reader sees the old file or the new one, never a partial one; the
+    temporary file is removed if the write fails.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def save_tree(path: str | os.PathLike, tree: PyTree) -> None:

@@ -10,7 +10,6 @@ and checks recipes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -118,7 +117,7 @@ def _export(args) -> int:
 def _search(args) -> int:
     import json
 
-    from hamjax import data, report
+    from hamjax import checkpoint, data
     from hamjax.search import engine, nas
 
     dataset = data.load(args.data, seed=args.seed)
@@ -147,7 +146,7 @@ def _search(args) -> int:
     _print_candidates(f"hamjax search: {args.strategy}, best of {len(result.history)} candidates", top)
     _print_candidates("Pareto front (validation accuracy vs parameters)", result.pareto)
     payload = {"supernet": repr(supernet), "config": engine.json_safe(vars(args) | {"run": None}), **result.to_dict()}
-    report.atomic_write(out / "search.json", json.dumps(payload, indent=2))
+    checkpoint.atomic_write(out / "search.json", json.dumps(payload, indent=2))
     _pareto_png(result, out / "pareto.png")
     print(f"wrote {out / 'search.json'} and {out / 'pareto.png'}")
     return 0
@@ -167,7 +166,11 @@ def _print_candidates(title: str, candidates) -> None:
 
 
 def _pareto_png(result, path) -> None:
+    import io
+
     import matplotlib
+
+    from hamjax import checkpoint
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,10 +185,10 @@ def _pareto_png(result, path) -> None:
     ax.set(xlabel="parameters", ylabel="validation accuracy", title="architecture search")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    checkpoint.atomic_write(path, image.getvalue())
 
 
 def _recipes(args) -> int:

@@ -347,10 +347,9 @@ def save(recipe: Recipe, path: str | os.PathLike) -> Path:
     if path.suffix != RECIPE_SUFFIX:
         raise RecipeError(f"save: recipe path must end in {RECIPE_SUFFIX}, got {str(path)!r}")
     validate(recipe.to_dict())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(dumps(recipe), encoding="utf-8")
-    os.replace(tmp, path)
+    from hamjax import checkpoint
+
+    checkpoint.atomic_write(path, dumps(recipe))
     return path
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hamjax import measure
+from hamjax import checkpoint, measure
 
 COLUMNS = ("stage", "params", "size MB", "latency p50 @1 (ms)", "throughput @256 (samples/s)", "test accuracy")
 
@@ -150,13 +150,6 @@ def print_table(measurements: Sequence[measure.Measurement], *, title: str = "ha
     console.print(table)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(out_dir: str | os.PathLike, measurements: Sequence[measure.Measurement], meta: dict) -> Path:
     """Write ``report.json`` and ``report.md`` into ``out_dir`` (each atomically).
 
@@ -171,8 +164,8 @@ def write_report(out_dir: str | os.PathLike, measurements: Sequence[measure.Meas
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "columns": list(COLUMNS), "stages": [m.to_dict() for m in measurements]}
-    atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
+    checkpoint.atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
     facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict | list))
     notes = [facts, *meta.get("notes", [])]
-    atomic_write(out / "report.md", markdown(measurements, notes="\n\n".join(n for n in notes if n)))
+    checkpoint.atomic_write(out / "report.md", markdown(measurements, notes="\n\n".join(n for n in notes if n)))
     return out

@@ -46,3 +46,17 @@ def test_save_and_load_tree(tmp_path):
     assert out["w"].dtype == jnp.int8 and out["w"].tolist() == [0, 1, 2, 3]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_tree(tmp_path / "missing")
+
+
+def test_atomic_write_replaces_whole_files_and_cleans_up_on_failure(tmp_path):
+    from hamjax.checkpoint import atomic_write
+
+    path = tmp_path / "sub" / "f.txt"
+    atomic_write(path, "héllo")
+    assert path.read_text(encoding="utf-8") == "héllo"
+    atomic_write(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    with pytest.raises(TypeError):
+        atomic_write(path, 3)
+    assert path.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]

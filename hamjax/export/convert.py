@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hamjax import checkpoint
 from hamjax._base import call_model
 from hamjax.export import graph, qdq
 from hamjax.export.graph import ExportError
@@ -263,9 +264,9 @@ def onnx(
     checks = _check(session, reference, example, check_data, precision, fp16_io, seed)
     if not all(c.passed for c in checks):
         rejected = path.with_name(f"{path.stem}.rejected.onnx")
-        _atomic_write(rejected, data)
+        checkpoint.atomic_write(rejected, data)
         raise ExportError(_failure(checks, precision, rejected))
-    _atomic_write(path, data)
+    checkpoint.atomic_write(path, data)
     shape = tuple(None if isinstance(d, str) or d is None else d for d in session.input_shape)
     return ExportResult(
         path=path,
@@ -278,12 +279,3 @@ def onnx(
         checks=tuple(checks),
         seconds=time.perf_counter() - started,
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

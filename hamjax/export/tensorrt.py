@@ -33,15 +33,15 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from hamjax import checkpoint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_HINT = "pip install tensorrt cuda-python"
@@ -234,22 +234,6 @@ def _default_out(onnx_path: pathlib.Path, precision: str) -> pathlib.Path:
     return onnx_path.with_name(f"{onnx_path.stem}.{precision}.engine")
 
 
-def _write_atomic(path: pathlib.Path, data: Any) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _precision_flags(trt: Any, precision: str) -> list:
     flags = getattr(trt, "BuilderFlag", None)
     has_fp16, has_int8 = hasattr(flags, "FP16"), hasattr(flags, "INT8")
@@ -347,7 +331,7 @@ def build(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build a {precision} engine from {str(src)!r}; see its log above")
-    _write_atomic(dst, memoryview(serialized))
+    checkpoint.atomic_write(dst, memoryview(serialized))
     return dst
 
 

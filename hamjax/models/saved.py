@@ -68,9 +68,7 @@ def save(path: str | os.PathLike, config, variables, *, meta: dict | None = None
     text = json.dumps(entry, indent=2, sort_keys=True)
     path.mkdir(parents=True, exist_ok=True)
     checkpoint.save_tree(path / "variables", variables)
-    tmp = path / ".model.json.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path / "model.json")
+    checkpoint.atomic_write(path / "model.json", text)
     return path
 
 
