@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hamjax import checkpoint
 from hamjax._base import call_model
 from hamjax.export import graph, qdq
 from hamjax.export.graph import ExportError
+from hamjax.precision import get_policy
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_RELATIVE_ERROR = {"fp32": 1e-5, "fp16": 1e-2}
@@ -90,10 +90,6 @@ class ExportResult:
     seconds: float
 
 
-def _float_leaves(tree, dtype):
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
-
-
 def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[np.ndarray, Path]:
     from hamjax.quant_model import QuantizedApply
 
@@ -139,11 +135,11 @@ def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibra
         qapply, qparams = apply_fn, params
         return model, jax.jit(lambda x: qapply(qparams, x, **kw))
     if precision == "fp16":
-        p16 = _float_leaves(params, jnp.float16)
+        policy = get_policy(f"p=f16,c=f16,o={'f16' if fp16_io else 'f32'}")
+        p16 = policy.cast_to_param(params)
 
         def fn(x):
-            y = call_model(apply_fn, p16, x.astype(jnp.float16), **kw)[0]
-            return y if fp16_io else y.astype(jnp.float32)
+            return policy.cast_to_output(call_model(apply_fn, p16, policy.cast_to_compute(x), **kw)[0])
 
         spec_example = example.astype(np.float16) if fp16_io else example.astype(np.float32)
     else:
