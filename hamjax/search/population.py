@@ -36,7 +36,6 @@ host its local shard of the batch (see :func:`shard`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -47,6 +46,7 @@ import numpy as np
 import optax
 
 from hamjax._base import call_model
+from hamjax.search import evolution
 from hamjax.train import cross_entropy
 
 EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
@@ -285,11 +285,6 @@ def fitness(params, scores: jax.Array) -> jax.Array:
     return jnp.where(finite, scores, -jnp.inf)
 
 
-@functools.partial(jax.jit, donate_argnums=())
-def _copy_rows(tree, source):
-    return jax.tree.map(lambda leaf: leaf[source], tree)
-
-
 def replace_diverged(
     key: jax.Array, state: PopulationState, member_fitness: jax.Array
 ) -> tuple[PopulationState, jax.Array]:
@@ -305,12 +300,9 @@ def replace_diverged(
     p = size(state.params)
     if member_fitness.shape != (p,):
         raise ValueError(f"replace_diverged: fitness must have shape ({p},), got {member_fitness.shape}")
-    healthy = np.isfinite(np.asarray(member_fitness))
-    if not healthy.any():
+    if not np.isfinite(np.asarray(member_fitness)).any():
         raise ValueError("replace_diverged: every member diverged (no finite fitness); nothing to copy")
-    donors = np.flatnonzero(healthy)
-    draws = np.asarray(jax.random.choice(key, donors, (p,)))
-    source = np.where(healthy, np.arange(p), draws).astype(np.int32)
-    rows = (state.params, state.opt_state, state.hparams)
-    params, opt_state, hparams = _copy_rows(rows, jnp.asarray(source))
-    return PopulationState(params, opt_state, hparams, state.step), jnp.asarray(source)
+    (params, opt_state), hparams, source = evolution.replace_nonfinite(
+        key, member_fitness, (state.params, state.opt_state), state.hparams
+    )
+    return PopulationState(params, opt_state, hparams, state.step), source
