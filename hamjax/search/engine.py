@@ -247,7 +247,7 @@ def run(
             f"{tuple(dataset.input_shape)} -> {dataset.num_classes}"
         )
     space = nas.space(supernet)
-    fingerprint = {"config": dataclasses.asdict(config), "supernet": repr(supernet)}
+    fingerprint = json_safe({"config": dataclasses.asdict(config), "supernet": repr(supernet)})
     history: list[Candidate] = []
     start, resumed = 0, None
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "search"), every=config.checkpoint_every) if workdir else None
@@ -255,7 +255,7 @@ def run(
         restored = ckpt.restore_latest({"generation": np.zeros((), np.int32)})
         if restored is not None:
             step, _, meta = restored
-            if meta.get("fingerprint") != json_safe(fingerprint):
+            if meta.get("fingerprint") != fingerprint:
                 raise ValueError(f"search: {ckpt.directory} holds a checkpoint of another search; use a new workdir")
             history = [Candidate(**c) for c in meta["history"]]
             start, resumed = step + 1, step
@@ -278,7 +278,7 @@ def run(
             if ckpt is not None and (
                 (generation + 1) % config.checkpoint_every == 0 or generation + 1 == config.generations
             ):
-                meta = {"fingerprint": json_safe(fingerprint), "history": [c.to_dict() for c in history]}
+                meta = {"fingerprint": fingerprint, "history": [c.to_dict() for c in history]}
                 ckpt.save(generation, {"generation": np.asarray(generation, np.int32)}, meta)
             if on_generation is not None:
                 on_generation(generation, new)
@@ -300,9 +300,9 @@ def _result(supernet, dataset, history: list[Candidate], resumed) -> SearchResul
     front = pareto_front([c.accuracy for c in history], [c.params for c in history])
     example = dataset.test.x[:1]
     pareto = []
+    params = nas.init(supernet, jax.random.key(0))  # latency depends on shapes, not on trained values
     for i in front:
         c = history[i]
-        params = nas.init(supernet, jax.random.key(0))
         apply_fn, small = nas.materialise(supernet, params, c.genome)
         ms = measure.latency(measure.JaxRunner(apply_fn, small), example, warmup=3, runs=20).p50_ms
         pareto.append(dataclasses.replace(c, latency_ms=round(float(ms), 4)))
