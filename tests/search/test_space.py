@@ -10,47 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from genomes import SPACE, N, as_numpy, assert_batches_equal, assert_dtypes, prng
 
 from hamjax.search.space import Choice, Float, Int, Space
 
-SPACE = Space(
-    {
-        "lr": Float(1e-5, 1e-1, log=True),
-        "dropout": Float(0.0, 0.5),
-        "width": Int(8, 512),
-        "depth": Int(1, 4),
-        "act": Choice(("relu", "gelu", "silu")),
-        "opt": Choice(("adam", "sgd")),
-    }
-)
-N = 1024
 VALUES = {"lr": 3e-4, "dropout": 0.1, "width": 128, "depth": 4, "act": "gelu", "opt": "sgd"}
-
-
-def _key(seed=0):
-    return jax.random.key(seed)
-
-
-def _np(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return _np(SPACE.sample(_key(0), N))
-
-
-def _assert_batches_equal(a, b):
-    assert set(a) == set(b)  # jit returns dicts with sorted keys: genome batches are unordered
-    for n in a:
-        assert np.asarray(a[n]).dtype == np.asarray(b[n]).dtype, n
-        np.testing.assert_array_equal(a[n], b[n], err_msg=n)
-
-
-def _assert_dtypes(genomes, space=SPACE):
-    assert set(genomes) == set(space.names)
-    for name, gene in space.genes.items():
-        assert genomes[name].dtype == (jnp.float32 if isinstance(gene, Float) else jnp.int32), name
 
 
 # ---------------------------------------------------------------- space construction
@@ -91,12 +55,12 @@ def test_space_is_ordered_hashable_and_accepts_list_options():
 
 
 def test_sample_is_within_bounds_typed_and_deterministic(batch):
-    g = SPACE.sample(_key(0), N)
-    _assert_dtypes(g)
+    g = SPACE.sample(prng(0), N)
+    assert_dtypes(g)
     assert all(v.shape == (N,) for v in g.values())
     SPACE.validate(g)
-    _assert_batches_equal(_np(g), batch)
-    assert not np.array_equal(batch["lr"], SPACE.sample(_key(1), N)["lr"])
+    assert_batches_equal(as_numpy(g), batch)
+    assert not np.array_equal(batch["lr"], SPACE.sample(prng(1), N)["lr"])
     # Every value of the small discrete genes appears, and the extremes of the wide one are reached.
     assert set(batch["depth"].tolist()) == {1, 2, 3, 4}
     assert set(batch["act"].tolist()) == {0, 1, 2} and set(batch["opt"].tolist()) == {0, 1}
@@ -149,7 +113,7 @@ def test_validate_checks_keys_shapes_and_concreteness(batch):
 
 def test_encode_decode_round_trip(batch):
     g = SPACE.encode(VALUES)
-    _assert_dtypes(g)
+    assert_dtypes(g)
     assert g["act"].tolist() == [1] and g["width"].shape == (1,)
     back = SPACE.decode(g, 0)
     assert list(back) == list(VALUES)
@@ -159,7 +123,9 @@ def test_encode_decode_round_trip(batch):
     assert math.isclose(back["lr"], 3e-4, rel_tol=1e-6) and math.isclose(back["dropout"], 0.1, rel_tol=1e-6)
     assert isinstance(back["width"], int) and isinstance(back["lr"], float) and back["act"] == "gelu"
     for i in range(5):
-        _assert_batches_equal(_np(SPACE.encode(SPACE.decode(batch, i))), {n: v[i : i + 1] for n, v in batch.items()})
+        assert_batches_equal(
+            as_numpy(SPACE.encode(SPACE.decode(batch, i))), {n: v[i : i + 1] for n, v in batch.items()}
+        )
     assert SPACE.decode(batch, -1) == SPACE.decode(batch, N - 1)
 
 
@@ -188,8 +154,8 @@ def test_unit_round_trip(batch):
     u = SPACE.to_unit(batch)
     assert u.shape == (N, len(SPACE)) and u.dtype == jnp.float32
     assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0
-    back = _np(SPACE.from_unit(u))
-    _assert_dtypes(back)
+    back = as_numpy(SPACE.from_unit(u))
+    assert_dtypes(back)
     for name in ("width", "depth", "act", "opt"):
         np.testing.assert_array_equal(back[name], batch[name], err_msg=name)
     np.testing.assert_allclose(back["lr"], batch["lr"], rtol=1e-5)
@@ -197,7 +163,7 @@ def test_unit_round_trip(batch):
     # Corners map to the bounds; a log gene's midpoint is the geometric mean; u is clipped into [0, 1].
     corners = np.asarray(u).copy()
     corners[:4] = [[0.0] * 6, [1.0] * 6, [0.5] * 6, [-3.0] * 3 + [7.0] * 3]
-    c = _np(SPACE.from_unit(corners))
+    c = as_numpy(SPACE.from_unit(corners))
     assert c["width"][:4].tolist() == [8, 512, 260, 8] and c["act"][:4].tolist() == [0, 2, 1, 2]
     np.testing.assert_allclose(c["lr"][:4], [1e-5, 1e-1, 1e-3, 1e-5], rtol=1e-5)
     with pytest.raises(ValueError, match=r"u must have shape \(N, 6\)"):
@@ -206,6 +172,6 @@ def test_unit_round_trip(batch):
 
 def test_from_unit_of_uniform_points_is_uniform(batch):
     u = np.random.default_rng(0).random((N, len(SPACE)), dtype=np.float32)
-    g = _np(SPACE.from_unit(u))
+    g = as_numpy(SPACE.from_unit(u))
     np.testing.assert_allclose(np.bincount(g["act"], minlength=3) / N, 1 / 3, atol=0.05)
     np.testing.assert_allclose(np.bincount(g["depth"], minlength=5)[1:] / N, 1 / 4, atol=0.05)
