@@ -132,6 +132,13 @@ def test_reference_models_train_as_a_population(digits):
         (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"momentum": 0.9}), "unknown hyperparameters"),
         (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"learning_rate": jnp.ones(2)}), r"shape \(3,\)"),
         (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"learning_rate": -1.0}), "finite and >= 0"),
+        (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"sparsity": 1.0}), r"sparsity .* in \[0, 1\)"),
+        (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"bits": 3.5}), "bits .* an integer in"),
+        (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"bits": 1}), "bits .* an integer in"),
+        (lambda: pop.Population(_mlp).init({"w": jnp.ones((3, 2))}, {"temperature": 2.0}), "need Population.teacher"),
+        (lambda: pop.Population(_mlp, teacher=(_mlp,)), "teacher must be a"),
+        (lambda: _teacher_trainer().init({"w": jnp.ones((3, 2))}, {"temperature": 0.0}), "temperature .* > 0"),
+        (lambda: _teacher_trainer().init({"w": jnp.ones((3, 2))}, {"alpha": 1.5}), r"alpha .* in \[0, 1\]"),
     ],
 )
 def test_bad_input_is_named(call, match):
@@ -180,3 +187,124 @@ def test_sharded_over_eight_simulated_devices_matches_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def _teacher_trainer():
+    teacher = _make(jax.random.key(99))
+    return pop.Population(_mlp, teacher=(_mlp, teacher))
+
+
+def test_per_member_sparsity_holds_exactly_after_every_call_and_zero_sparsity_changes_nothing():
+    params = pop.init(_make, jax.random.key(4), 3)
+    sparsity = jnp.asarray([0.0, 0.5, 0.9])
+    trainer = pop.Population(_mlp)
+    xs, ys = _batches()
+    state, _ = trainer.train(trainer.init(params, {"learning_rate": 1e-2, "sparsity": sparsity}), xs, ys)
+    plain, _ = trainer.train(trainer.init(params, {"learning_rate": 1e-2}), xs, ys)
+    for i, s in enumerate(np.asarray(sparsity)):
+        m = pop.member(state.params, i)
+        for name in ("w1", "b1", "w2"):  # b1 is (1, 16): a matrix to the default filter
+            zeros = int(np.sum(np.asarray(m[name]) == 0))
+            assert zeros == int(np.floor(np.float32(s) * m[name].size)), (i, name, zeros)
+    for got, want in zip(
+        jax.tree.leaves(pop.member(state.params, 0)), jax.tree.leaves(pop.member(plain.params, 0)), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_per_member_bits_train_and_score_the_fake_quantized_model():
+    params = pop.init(_make, jax.random.key(5), 3)
+    bits = jnp.asarray([2.0, 4.0, 8.0])
+    trainer = pop.Population(_mlp)
+    xs, ys = _batches()
+    state, losses = trainer.train(trainer.init(params, {"learning_rate": 1e-2, "bits": bits}), xs, ys)
+    for i, b in enumerate([2, 4, 8]):
+        t = hamjax.quant.fake_quant_weights(b)
+        start = pop.member(params, i)
+        q0, _ = t.apply(start, t.init(start))
+        np.testing.assert_allclose(losses[i, 0], hamjax.train.cross_entropy(_mlp(q0, xs[0]), ys[0]), rtol=1e-5)
+        trained = pop.member(state.params, i)
+        q, _ = t.apply(trained, t.init(trained))
+        assert not np.array_equal(q["w1"], trained["w1"])  # the float weights are kept and updated, not snapped
+        want = np.mean(np.argmax(_mlp(q, xs[1]), -1) == ys[1])
+        assert float(trainer.evaluate(state, xs[1], ys[1])["accuracy"][i]) == pytest.approx(want)
+    assert np.all(np.isfinite(losses)) and losses[0, 0] != losses[2, 0]
+
+
+def test_per_member_temperature_and_alpha_distill_from_the_teacher():
+    params = pop.init(_make, jax.random.key(6), 3)
+    trainer = _teacher_trainer()
+    temperature, alpha = jnp.asarray([1.0, 4.0, 8.0]), jnp.asarray([0.0, 0.5, 0.9])
+    xs, ys = _batches()
+    state = trainer.init(params, {"temperature": temperature, "alpha": alpha})
+    assert set(state.hparams) == {"learning_rate", "weight_decay", "temperature", "alpha"}
+    _, losses = trainer.train(state, xs, ys)
+    teacher_logits = _mlp(trainer.teacher[1], xs[0])
+    for i in range(3):
+        logits = _mlp(pop.member(params, i), xs[0])
+        soft = hamjax.distill.soft_target_loss(logits, teacher_logits, temperature=float(temperature[i]))
+        want = alpha[i] * soft + (1 - alpha[i]) * hamjax.train.cross_entropy(logits, ys[0])
+        np.testing.assert_allclose(losses[i, 0], want, rtol=1e-5)
+    defaults = _teacher_trainer().init(params)
+    np.testing.assert_array_equal(defaults.hparams["temperature"], np.full(3, pop.DISTILL_DEFAULTS["temperature"]))
+
+
+def test_sparsity_and_bits_train_a_reference_model_with_batch_statistics(digits):
+    module = hamjax.models.build("cnn", input_shape=digits.input_shape, num_classes=digits.num_classes)
+    apply_fn, variables = hamjax.functional(module)
+    params = pop.stack([variables, variables])
+    trainer = pop.Population(apply_fn)
+    x = digits.train.x[:64].reshape(2, 32, *digits.input_shape)
+    y = digits.train.y[:64].reshape(2, 32)
+    hp = {"learning_rate": 1e-3, "sparsity": jnp.asarray([0.25, 0.75]), "bits": jnp.asarray([8.0, 4.0])}
+    state, losses = trainer.train(trainer.init(params, hp), x, y)
+    assert np.all(np.isfinite(losses))
+    for i, s in enumerate((0.25, 0.75)):
+        m = pop.member(state.params, i)
+        assert hamjax.prune.sparsity_of(m) == pytest.approx(s, abs=0.01)
+        stats, start = jax.tree.leaves(m["batch_stats"]), jax.tree.leaves(variables["batch_stats"])
+        assert any(not np.allclose(a, b) for a, b in zip(stats, start, strict=True))
+
+
+def test_exploit_copies_the_best_whole_and_keeps_hyperparameters_in_range():
+    params = pop.init(_make, jax.random.key(7), 8)
+    trainer = pop.Population(_mlp)
+    hp = {"learning_rate": jnp.linspace(1e-3, 8e-3, 8), "bits": jnp.full((8,), 16.0), "sparsity": jnp.full((8,), 0.9)}
+    state, _ = trainer.train(trainer.init(params, hp), *_batches())
+    fit = jnp.arange(8.0)
+    new, source = pop.exploit(jax.random.key(0), state, fit, factors=(1.5,))
+    source = np.asarray(source)
+    assert list(source[2:]) == [2, 3, 4, 5, 6, 7] and set(source[:2]) <= {6, 7}
+    for i in (0, 1):
+        j = int(source[i])
+        np.testing.assert_array_equal(pop.member(new.params, i)["w1"], pop.member(state.params, j)["w1"])
+        np.testing.assert_array_equal(
+            new.opt_state.inner_state[0].mu["w1"][i], state.opt_state.inner_state[0].mu["w1"][j]
+        )
+        assert float(new.hparams["learning_rate"][i]) == pytest.approx(1.5 * float(state.hparams["learning_rate"][j]))
+        assert float(new.hparams["bits"][i]) == 16.0 and float(new.hparams["sparsity"][i]) == pytest.approx(0.99)
+    kept, _ = pop.exploit(jax.random.key(0), state, fit, perturb=["learning_rate"], factors=(0.5,))
+    assert float(kept.hparams["sparsity"][0]) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="cannot perturb"):
+        pop.exploit(jax.random.key(0), state, fit, perturb=["temperature"])
+    with pytest.raises(ValueError, match=r"shape \(8,\)"):
+        pop.exploit(jax.random.key(0), state, jnp.zeros(3))
+
+
+def test_train_pbt_moves_hyperparameters_and_survives_a_diverging_member():
+    params = pop.init(_make, jax.random.key(8), 4)
+    params = jax.tree.map(lambda a: a.at[3].set(jnp.nan), params)  # the last member has diverged
+    trainer = pop.Population(_mlp)
+    state = trainer.init(params, {"learning_rate": jnp.asarray([1e-2, 3e-3, 1e-3, 1e-2])})
+    xs, ys = _batches(steps=3, batch=16)
+    seen = []
+    state, history = pop.train_pbt(
+        trainer, state, jax.random.key(0), [(xs, ys)] * 3, (xs[0], ys[0]), on_round=lambda r, rec: seen.append(r)
+    )
+    assert seen == [0, 1, 2] and len(history) == 3 and history[-1]["source"] is None
+    assert history[0]["accuracy"][3] == -np.inf and history[0]["source"][3] != 3
+    assert history[1]["hparams"]["learning_rate"] != history[0]["hparams"]["learning_rate"]
+    assert np.all(np.isfinite(history[-1]["accuracy"]))
+    assert np.all(np.isfinite(jax.tree.leaves(state.params)[0]))
+    with pytest.raises(ValueError, match="rounds is empty"):
+        pop.train_pbt(trainer, state, jax.random.key(0), [], (xs[0], ys[0]))
