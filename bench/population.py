@@ -64,10 +64,16 @@ Targets: best population / ``loop`` throughput for the digits MLP at
 P=128 (the lower of batch 32 and 128) ``>= 5``; the lowest best / ``loop``
 over the whole grid ``>= 1.0``. On a GPU backend the grid adds P=1024 and
 the target "GPU: population / loop at P=1024" (lowest best / ``loop`` over
-models and batches at P=1024, ``>= 5``); on CPU that target is omitted.
+models and batches at P=1024, ``>= 50``); on CPU that target is omitted.
+
+``bound`` per grid point is ``ceiling / loop GFLOP/s``: the ratio a
+population would reach if it ran at the matmul ceiling, an upper bound on
+``best / loop`` (reached only by a program with no overhead beyond large
+matmuls). Where it is below a target, that target cannot be met on this
+machine by any execution.
 """
 
-# The NAS target (population search over architectures) will be added with the NAS module.
+# The NAS target (evolutionary search, 20 generations of 32, on the MNIST subset) is bench/nas.py's.
 
 from __future__ import annotations
 
@@ -349,7 +355,7 @@ def print_row(row: dict, header: bool) -> None:
         print(
             f"{'model':<7} {'batch':>5} {'P':>5} "
             + " ".join(f"{c:>10}" for c in columns)
-            + f" {'best':>10} {'auto':>10} {'best/loop':>9} {'best/scan':>9} {'GFLOP/s':>8} {'ceil%':>6}"
+            + f" {'best':>10} {'auto':>10} {'best/loop':>9} {'best/scan':>9} {'GFLOP/s':>8} {'ceil%':>6} {'bound':>6}"
         )
     v = row["variants"]
     cells = " ".join(f"{v[c]['member_steps_per_s']:>10.0f}" if c in v else f"{'-':>10}" for c in columns)
@@ -357,7 +363,7 @@ def print_row(row: dict, header: bool) -> None:
     print(
         f"{row['model']:<7} {row['batch']:>5} {row['population']:>5} {cells} {row['best']:>10} "
         f"{row['auto_chosen']:>10} {row['best_vs_loop']:>9.2f} {row['best_vs_loop_scan']:>9.2f} "
-        f"{best['gflops']:>8.1f} {100 * best['ceiling_fraction']:>6.1f}"
+        f"{best['gflops']:>8.1f} {100 * best['ceiling_fraction']:>6.1f} {row['bound_vs_loop']:>6.1f}"
     )
 
 
@@ -389,8 +395,8 @@ def targets_from(rows: list[dict], gpu: bool) -> list[dict]:
             {
                 "name": f"GPU: population / loop at P={GPU_POPULATION}",
                 "measured": round(at_1024, 3),
-                "goal": ">= 5",
-                "met": at_1024 >= 5,
+                "goal": ">= 50",
+                "met": at_1024 >= 50,
             }
         )
     return targets
@@ -429,10 +435,12 @@ def main(argv=None):
     for row in rows:
         for v in row["variants"].values():
             v["ceiling_fraction"] = v["gflops"] / ceiling
+        row["bound_vs_loop"] = ceiling / row["variants"]["loop"]["gflops"]
     print(f"member-steps/s per variant (P * {STEPS} / seconds per call); best = fastest population execution")
     for i, row in enumerate(rows):
         print_row(row, header=i == 0)
-    print(f"ceil% = best's GFLOP/s / {ceiling:.1f}; wall clock {time.perf_counter() - started:.0f} s")
+    wall = time.perf_counter() - started
+    print(f"ceil% = best's GFLOP/s / {ceiling:.1f}; bound = {ceiling:.1f} / loop's GFLOP/s; wall clock {wall:.0f} s")
     results = [
         {
             "matmul_gflops": {
