@@ -120,6 +120,17 @@ def _search(args) -> int:
     from hamjax import checkpoint, data
     from hamjax.search import engine, nas
 
+    config = engine.SearchConfig(
+        strategy=args.strategy,
+        generations=args.generations,
+        population_size=args.population,
+        steps=args.steps,
+        sample_size=min(args.sample_size, args.population),
+        seed=args.seed,
+        objectives=args.objectives,
+        selection=args.selection,
+        sampler=args.sampler,
+    )
     dataset = data.load(args.data, seed=args.seed)
     h, w, _ = dataset.input_shape
     supernet = nas.SupernetConfig(
@@ -129,14 +140,6 @@ def _search(args) -> int:
         hidden_size=args.hidden_size,
         max_layers=args.max_layers,
     )
-    config = engine.SearchConfig(
-        strategy=args.strategy,
-        generations=args.generations,
-        population_size=args.population,
-        steps=args.steps,
-        sample_size=min(args.sample_size, args.population),
-        seed=args.seed,
-    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = engine.run(supernet, dataset, config, workdir=str(out), progress=not args.quiet)
@@ -144,10 +147,11 @@ def _search(args) -> int:
         print(f"resumed after generation {result.resumed_from}")
     top = sorted(result.history, key=lambda c: (-c.accuracy, c.params))[:10]
     _print_candidates(f"hamjax search: {args.strategy}, best of {len(result.history)} candidates", top)
-    _print_candidates("Pareto front (validation accuracy vs parameters)", result.pareto)
+    names = {"accuracy": "validation accuracy", "params": "parameters", "latency": "latency"}
+    _print_candidates(f"Pareto front ({' vs '.join(names[o] for o in config.objectives)})", result.pareto)
     payload = {"supernet": repr(supernet), "config": engine.json_safe(vars(args) | {"run": None}), **result.to_dict()}
     checkpoint.atomic_write(out / "search.json", json.dumps(payload, indent=2))
-    _pareto_png(result, out / "pareto.png")
+    _pareto_png(result, out / "pareto.png", line=config.objectives == ("accuracy", "params"))
     print(f"wrote {out / 'search.json'} and {out / 'pareto.png'}")
     return 0
 
@@ -156,16 +160,18 @@ def _print_candidates(title: str, candidates) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    measured = any(c.latency_ms is not None for c in candidates)
     table = Table(title=title)
     for col in ("generation", "validation accuracy", "params", "latency p50 @1 (ms)", "architecture"):
-        table.add_column(col)
+        if measured or not col.startswith("latency"):
+            table.add_column(col)
     for c in candidates:
-        latency = "-" if c.latency_ms is None else f"{c.latency_ms:.3f}"
-        table.add_row(str(c.generation), f"{c.accuracy:.4f}", f"{c.params:,}", latency, c.description)
+        latency = ["-" if c.latency_ms is None else f"{c.latency_ms:.3f}"] if measured else []
+        table.add_row(str(c.generation), f"{c.accuracy:.4f}", f"{c.params:,}", *latency, c.description)
     Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
-def _pareto_png(result, path) -> None:
+def _pareto_png(result, path, *, line: bool = True) -> None:
     import io
 
     import matplotlib
@@ -178,8 +184,10 @@ def _pareto_png(result, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     finite = [c for c in result.history if c.accuracy != float("-inf")]
     ax.scatter([c.params for c in finite], [c.accuracy for c in finite], s=10, alpha=0.4, label="candidates")
+    # Under more objectives than (accuracy, params) the front is not a curve in this plane.
+    style = "o-" if line else "o"
     ax.plot(
-        [c.params for c in result.pareto], [c.accuracy for c in result.pareto], "o-", color="C3", label="Pareto front"
+        [c.params for c in result.pareto], [c.accuracy for c in result.pareto], style, color="C3", label="Pareto front"
     )
     ax.set_xscale("log")
     ax.set(xlabel="parameters", ylabel="validation accuracy", title="architecture search")
@@ -209,6 +217,16 @@ def _recipes(args) -> int:
             for fname, f in spec.fields.items():
                 print(f"  {fname:16s} {f.type.__name__:6s} default={f.default!r:10} {f.doc}")
     return 0
+
+
+def _objectives(text: str) -> tuple[str, ...]:
+    """``--objectives``: a comma-separated list, checked by :func:`hamjax.search.engine.check_objectives`."""
+    from hamjax.search import engine
+
+    try:
+        return engine.check_objectives(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--hidden-size", type=int, default=64, help="supernet token width (default: 64)")
     sea.add_argument("--max-layers", type=int, default=4, help="supernet depth (default: 4)")
     sea.add_argument("--patch-size", type=int, default=None, help="(default: 7 for 28x28 inputs, else 4)")
+    sea.add_argument(
+        "--objectives",
+        type=_objectives,
+        default=("accuracy", "params"),
+        metavar="LIST",
+        help="comma-separated, from accuracy,params,latency; accuracy required; latency times every "
+        "architecture (default: accuracy,params)",
+    )
+    sea.add_argument(
+        "--selection",
+        choices=("accuracy", "pareto"),
+        default="accuracy",
+        help="evolution tournament and Bayesian study by accuracy, or by Pareto rank under the objectives "
+        "(default: accuracy)",
+    )
+    sea.add_argument(
+        "--sampler", choices=("tpe", "gp"), default="tpe", help="Optuna sampler of --strategy bayesian (default: tpe)"
+    )
     sea.add_argument("--data", choices=data.DATASETS, default="mnist", help="bundled dataset (default: mnist)")
     sea.add_argument("--out", default="hamjax-search", help="output and checkpoint directory")
     sea.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -1,3 +1,5 @@
+import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -70,6 +72,10 @@ def test_export_refuses_what_is_not_a_model(tmp_path, capsys):
         (["optimize", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["optimize", "--seed", "x"], "invalid int value"),
         (["frobnicate"], "invalid choice"),
+        (["search", "--objectives", "accuracy,flops"], "objective 'flops' is not one of"),
+        (["search", "--objectives", "params,latency"], "objectives must include 'accuracy'"),
+        (["search", "--selection", "nsga"], "invalid choice: 'nsga'"),
+        (["search", "--sampler", "cmaes"], "invalid choice: 'cmaes'"),
     ],
 )
 def test_bad_arguments_are_one_line(argv, match, capsys):
@@ -78,6 +84,37 @@ def test_bad_arguments_are_one_line(argv, match, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
+
+
+def test_search_passes_objectives_selection_and_sampler(tmp_path, monkeypatch, capsys):
+    from hamjax.search import engine
+
+    seen = []
+
+    def run(supernet, dataset, config, **kw):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run", run)
+    argv = ["search", "--data", "digits", "--out", str(tmp_path), "--quiet", "--objectives", "latency,accuracy"]
+    assert cli.main([*argv, "--selection", "pareto", "--sampler", "gp"]) == 130
+    assert seen[0].objectives == ("accuracy", "latency") and (seen[0].selection, seen[0].sampler) == ("pareto", "gp")
+    assert "interrupted" in capsys.readouterr().err
+    if importlib.util.find_spec("torch") is None:  # the Bayesian strategy refuses the GP sampler before any data
+        assert cli.main(["search", "--strategy", "bayesian", "--sampler", "gp", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "needs torch" in err and "\n" not in err and len(seen) == 1
+
+
+def test_search_tables_show_latency_when_measured(capsys):
+    from hamjax.search import engine
+
+    c = engine.Candidate(0, {}, 0.5, 1234, "depth 1: dense/8/relu")
+    cli._print_candidates("t", [c])
+    assert "latency" not in capsys.readouterr().out
+    cli._print_candidates("t", [c, dataclasses.replace(c, latency_ms=0.123)])
+    out = capsys.readouterr().out
+    assert "latency p50 @1 (ms)" in out and "0.123" in out
 
 
 def test_bad_recipe_is_one_line_not_a_traceback(tmp_path, capsys):

@@ -1,29 +1,46 @@
-"""Architecture search runs: random, regularized evolution or Bayesian (Optuna TPE), one generation per compiled call.
+"""Architecture search runs: random, regularized evolution or Bayesian (Optuna), one generation per compiled call.
 
 Every generation proposes ``population_size`` genomes of :func:`hamjax.search.nas.space`,
 trains all of them at once as masked sub-networks of their own supernets
 (:class:`hamjax.search.population.Population`), scores them on validation
 data (a diverged member scores ``-inf``) and appends them to the history.
 
+A candidate is scored on ``SearchConfig.objectives`` (:data:`OBJECTIVES`):
+validation accuracy (maximised, always one of them), parameters of the
+materialised model and its batch-1 latency (both minimised). When latency is
+an objective, every candidate's materialised network is timed during its
+generation, once per distinct architecture in the run, and the measurement
+is kept in the history (so checkpointed, and never taken again on resume);
+otherwise only the members of the final Pareto front are timed.
+
 * ``"random"``: genomes drawn uniformly from the space.
 * ``"evolution"``: regularized evolution (Real et al. 2019): the population is
   the last ``population_size`` candidates; each child is a mutated copy of
-  the winner of a tournament of ``sample_size``; the oldest leave.
-* ``"bayesian"``: an Optuna TPE sampler, rebuilt each generation from the
-  whole history, asks for a batch of ``population_size`` trials.
+  the winner of a tournament of ``sample_size``; the oldest leave. With
+  ``selection="accuracy"`` (the default) the most accurate contestant wins;
+  with ``selection="pareto"`` the one of lowest non-dominated rank in the
+  population under all objectives (:func:`nondominated_rank`), then the
+  most accurate, then the oldest (:func:`tournament_fitness`).
+* ``"bayesian"``: an Optuna sampler (``SearchConfig.sampler``: TPE or GP),
+  rebuilt each generation from the whole history, asks for a batch of
+  ``population_size`` trials; with ``selection="pareto"`` its study is
+  multi-objective over the objectives.
 
 Each generation depends only on the history and ``(seed, generation)``,
 and the history is checkpointed with orbax every ``checkpoint_every``
 generations, so a run killed at any point and resumed from its ``workdir``
-ends with the same result as one that never stopped. The result holds the
-history, the best candidate and the Pareto front over (validation
-accuracy, parameters of the materialised model), with the batch-1 latency
-of each front member measured.
+ends with the same result as one that never stopped. (With latency an
+objective, only up to timing noise: the candidates after the interruption
+are timed again, and under ``selection="pareto"`` or a Bayesian search the
+measurements steer what comes next.) The result holds the history, the
+best candidate and the Pareto front over the objectives
+(:func:`pareto_front`), each front member with its batch-1 latency measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +55,46 @@ from hamjax.search import evolution, nas, selection
 from hamjax.search import population as population_lib
 
 STRATEGIES = ("random", "evolution", "bayesian")
+OBJECTIVES = ("accuracy", "params", "latency")
+SELECTIONS = ("accuracy", "pareto")
+SAMPLERS = ("tpe", "gp")
+# Fields added after checkpoints were first written: left out of the checkpoint
+# fingerprint at their defaults, so those checkpoints still resume.
+_LATER_FIELDS = ("objectives", "selection", "sampler")
+
+
+def check_objectives(objectives: str | Sequence[str]) -> tuple[str, ...]:
+    """The search objectives as a tuple in :data:`OBJECTIVES` order.
+
+    Args:
+      objectives: names from :data:`OBJECTIVES`, as a sequence or one
+        comma-separated string; ``"accuracy"`` must be one of them.
+
+    Returns:
+      The names, each once, in :data:`OBJECTIVES` order.
+
+    Raises:
+      ValueError: an unknown name, a repeated one, or no ``"accuracy"``.
+
+    Examples:
+      >>> check_objectives("latency,accuracy")
+      ('accuracy', 'latency')
+    """
+    if isinstance(objectives, str):
+        objectives = [name.strip() for name in objectives.split(",")]
+    try:
+        names = tuple(objectives)
+    except TypeError:
+        raise ValueError(f"objectives must be a sequence of names from {OBJECTIVES}, got {objectives!r}") from None
+    for name in names:
+        if name not in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is not one of {OBJECTIVES}")
+    repeated = sorted({name for name in names if names.count(name) > 1}, key=OBJECTIVES.index)
+    if repeated:
+        raise ValueError(f"objectives name {', '.join(map(repr, repeated))} more than once: {names}")
+    if "accuracy" not in names:
+        raise ValueError(f"objectives must include 'accuracy', got {names}")
+    return tuple(name for name in OBJECTIVES if name in names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +114,27 @@ class SearchConfig:
       execution: how the member axis runs (see :data:`hamjax.search.population.EXECUTIONS`).
       checkpoint_every: generations between checkpoints.
       seed: the run's seed.
+      objectives: what a candidate is scored on, from :data:`OBJECTIVES`
+        (a list or a comma-separated string is normalised by
+        :func:`check_objectives`): the Pareto front is over these, and
+        ``"latency"`` makes every candidate's latency measured during its
+        generation.
+      selection: ``"accuracy"`` (the default, and the selection of runs from
+        before multi-objective search, whose checkpoints stay valid): the
+        evolution tournament and the Bayesian study look at accuracy alone,
+        whatever the objectives. ``"pareto"``: the tournament winner is the
+        contestant of lowest non-dominated rank under the objectives, then
+        the most accurate, then the oldest, and the Bayesian study is
+        multi-objective. ``selection="pareto"`` with
+        ``objectives=("accuracy",)`` picks exactly as ``"accuracy"`` does.
+        Ignored by ``"random"``.
+      sampler: the Optuna sampler of ``"bayesian"``, one of :data:`SAMPLERS`:
+        ``"tpe"`` (``TPESampler``) or ``"gp"`` (``GPSampler``, which needs
+        ``torch`` and ``scipy``); ignored by the other strategies.
+
+    Raises:
+      ValueError: a field out of its range, naming it; ``sampler="gp"`` for a
+        Bayesian search where ``torch`` or ``scipy`` is not installed.
     """
 
     strategy: str = "evolution"
@@ -71,6 +149,9 @@ class SearchConfig:
     execution: str = "vmap"
     checkpoint_every: int = 1
     seed: int = 0
+    objectives: tuple[str, ...] = ("accuracy", "params")
+    selection: str = "accuracy"
+    sampler: str = "tpe"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -91,11 +172,34 @@ class SearchConfig:
             raise ValueError(f"SearchConfig: mutation_rate must be in [0, 1], got {self.mutation_rate}")
         if self.execution not in population_lib.EXECUTIONS:
             raise ValueError(f"SearchConfig: execution must be one of {population_lib.EXECUTIONS}")
+        try:
+            object.__setattr__(self, "objectives", check_objectives(self.objectives))
+        except ValueError as err:
+            raise ValueError(f"SearchConfig: {err}") from None
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"SearchConfig: selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"SearchConfig: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.sampler == "gp" and self.strategy == "bayesian":
+            missing = [name for name in ("torch", "scipy") if importlib.util.find_spec(name) is None]
+            if missing:
+                raise ValueError(
+                    f"SearchConfig: sampler='gp' (optuna's GPSampler) needs {' and '.join(missing)}, which is not "
+                    "installed; install it or use sampler='tpe'"
+                )
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One trained architecture: its genes, score and size."""
+    """One trained architecture: its genes, score and size.
+
+    ``latency_ms`` is the batch-1 p50 latency of the materialised network:
+    measured for every candidate when latency is an objective, else ``None``
+    in the history and measured for the members of the Pareto front.
+    """
 
     generation: int
     genome: dict
@@ -125,26 +229,164 @@ class SearchResult:
         }
 
 
-def pareto_front(accuracy: Sequence[float], params: Sequence[int]) -> list[int]:
-    """Indices of the candidates no other beats on both accuracy (higher) and params (lower), by params.
+def _objective_matrix(where: str, accuracy, costs) -> tuple[np.ndarray, np.ndarray]:
+    """``(acc, F)``: accuracy as float64 and the ``(N, 1 + len(costs))`` matrix of objectives to minimise."""
+    acc = np.asarray(accuracy, np.float64)
+    if acc.ndim != 1:
+        raise ValueError(f"{where}: accuracy must be 1-D, got shape {acc.shape}")
+    columns = [-acc]
+    for i, cost in enumerate(costs):
+        try:
+            column = np.asarray(cost, np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: costs[{i}] must be real numbers (a latency not measured?)") from None
+        if column.shape != acc.shape:
+            raise ValueError(
+                f"{where}: accuracy and costs must be 1-D of one length, got {acc.shape} and costs[{i}] {column.shape}"
+            )
+        if np.isnan(column).any():
+            raise ValueError(f"{where}: costs[{i}] holds NaN or None (a latency not measured?)")
+        columns.append(column)
+    return acc, np.stack(columns, axis=1)
 
-    Non-finite accuracies are never on the front; among exact duplicates the first is kept.
+
+def pareto_front(accuracy: Sequence[float], *costs: Sequence[float]) -> list[int]:
+    """Indices of the candidates no other one dominates: higher accuracy, lower costs.
+
+    Candidate ``j`` dominates ``i`` when it is at least as good on every
+    objective (accuracy, then each cost) and better on one. A non-finite
+    accuracy (a diverged candidate) is never on the front; of candidates with
+    equal objective vectors only the first is kept. The front is ordered by
+    the first cost, then the next ones, then accuracy (higher first).
+
+    Args:
+      accuracy: ``(N,)`` accuracies, maximised.
+      *costs: any number of ``(N,)`` real arrays, each minimised (parameters,
+        latency); ``pareto_front(accuracy)`` is the first most accurate.
+
+    Returns:
+      Indices into the inputs, in front order.
+
+    Raises:
+      ValueError: inputs not 1-D of one length, or a NaN cost.
+
+    Examples:
+      >>> pareto_front([0.9, 0.8, 0.95, 0.85], [100, 50, 300, 200])
+      [1, 0, 2]
+      >>> pareto_front([0.9, 0.9, 0.8], [100, 100, 50], [2.0, 1.0, 1.0])
+      [2, 1]
     """
-    acc, size = np.asarray(accuracy, np.float64), np.asarray(params, np.float64)
-    if acc.shape != size.shape or acc.ndim != 1:
-        raise ValueError(f"pareto_front: accuracy and params must be 1-D of one length, got {acc.shape}, {size.shape}")
-    front = []
-    for i in np.argsort(size, kind="stable"):
-        if not np.isfinite(acc[i]):
-            continue
-        if all(acc[i] > acc[j] for j in front if size[j] <= size[i]):
+    acc, objectives = _objective_matrix("pareto_front", accuracy, costs)
+    keep = np.flatnonzero(np.isfinite(acc))
+    # In lexicographic order of (costs, -accuracy, index) every candidate that
+    # dominates or equals another comes before it, so one pass against the
+    # front so far suffices: whatever weakly dominates a later candidate is
+    # on the front or weakly dominated by a member of it.
+    keys = [keep] + [objectives[keep, c] for c in (0, *range(objectives.shape[1] - 1, 0, -1))]
+    front: list[int] = []
+    for i in keep[np.lexsort(keys)]:
+        if not front or not np.all(objectives[front] <= objectives[i], axis=1).any():
             front.append(int(i))
     return front
+
+
+def nondominated_rank(accuracy: Sequence[float], *costs: Sequence[float]) -> np.ndarray:
+    """Non-dominated sorting (NSGA-II): each candidate's front number, 0 = dominated by none of the others.
+
+    Rank ``r`` is the set of candidates dominated only by candidates of ranks
+    below ``r`` (dominance as in :func:`pareto_front`; equal objective vectors
+    share a rank). A non-finite accuracy ranks after every finite one. The
+    comparison is all-pairs, meant for a population, not a long history.
+
+    Args:
+      accuracy: ``(N,)`` accuracies, maximised.
+      *costs: ``(N,)`` real arrays, each minimised.
+
+    Returns:
+      ``(N,)`` int64 ranks.
+
+    Raises:
+      ValueError: inputs not 1-D of one length, or a NaN cost.
+
+    Examples:
+      >>> nondominated_rank([0.9, 0.9, 0.5, float("-inf")], [1000, 100, 50, 10]).tolist()
+      [1, 0, 0, 2]
+    """
+    acc, objectives = _objective_matrix("nondominated_rank", accuracy, costs)
+    finite = np.isfinite(acc)
+    a, b = objectives[:, None, :], objectives[None, :, :]
+    # dominates[j, i]: j dominates i; diverged candidates neither dominate nor count
+    dominates = np.all(a <= b, axis=2) & np.any(a < b, axis=2) & finite[:, None] & finite[None, :]
+    rank = np.zeros(acc.shape, np.int64)
+    remaining, r = finite.copy(), 0
+    while remaining.any():
+        current = remaining & ~np.any(dominates & remaining[:, None], axis=0)
+        rank[current] = r
+        remaining &= ~current
+        r += 1
+    rank[~finite] = r
+    return rank
+
+
+def _objective_values(candidate: Candidate, objectives: Sequence[str]) -> list[float]:
+    """The candidate's value of each objective (accuracy, params, latency in ms)."""
+    table = {"accuracy": candidate.accuracy, "params": candidate.params, "latency": candidate.latency_ms}
+    return [table[name] for name in objectives]
+
+
+def _columns(candidates: Sequence[Candidate], objectives: Sequence[str]) -> list[list[float]]:
+    """One list per objective: its values over the candidates."""
+    rows = [_objective_values(c, objectives) for c in candidates]
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in objectives]
+
+
+def tournament_fitness(candidates: Sequence[Candidate], config: SearchConfig) -> np.ndarray:
+    """The fitness the evolution tournament compares (higher wins): accuracy, or a Pareto order.
+
+    With ``config.selection == "accuracy"`` it is the accuracies. With
+    ``"pareto"`` it is ``N - 1`` minus each candidate's position in the order (lowest
+    :func:`nondominated_rank` under ``config.objectives``, then highest
+    accuracy, then oldest, i.e. earliest in ``candidates``), so a tournament
+    picks the contestant first in that order. A diverged candidate (accuracy
+    ``-inf`` or NaN) comes last either way. Under ``objectives=("accuracy",)``
+    the ranks follow accuracy, so both give the same order and the same picks.
+
+    Args:
+      candidates: the population, oldest first.
+      config: the :class:`SearchConfig`.
+
+    Returns:
+      ``(len(candidates),)`` float32 fitness.
+
+    Examples:
+      >>> alive = [Candidate(0, {}, acc, size, "") for acc, size in [(0.9, 1000), (0.9, 100), (0.5, 50)]]
+      >>> tournament_fitness(alive, SearchConfig(selection="pareto")).tolist()
+      [0.0, 2.0, 1.0]
+    """
+    acc = np.asarray([c.accuracy for c in candidates], np.float32)
+    if config.selection == "accuracy":
+        return acc
+    acc = np.where(np.isnan(acc), -np.inf, acc).astype(np.float64)
+    costs = _columns(candidates, config.objectives)[1:]
+    rank = nondominated_rank(acc, *costs)
+    order = np.lexsort((np.arange(len(candidates)), -acc, rank))
+    position = np.empty(len(candidates), np.float32)
+    position[order] = np.arange(len(candidates))
+    return len(candidates) - 1 - position
 
 
 def _genome_batch(space: evolution.Space, members: Sequence[dict]) -> dict:
     rows = [space.encode(m) for m in members]
     return {name: jnp.concatenate([r[name] for r in rows]) for name in space.names}
+
+
+def _sampler(config: SearchConfig, generation: int):
+    import optuna
+
+    seed = config.seed * 100_003 + generation
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.population_size)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.population_size)
 
 
 def _propose_bayesian(space: evolution.Space, history: list[Candidate], config: SearchConfig, generation: int):
@@ -160,31 +402,54 @@ def _propose_bayesian(space: evolution.Space, history: list[Candidate], config: 
             dists[name] = optuna.distributions.FloatDistribution(gene.low, gene.high, log=gene.log)
         else:
             dists[name] = optuna.distributions.CategoricalDistribution(list(range(len(gene.options))))
-    sampler = optuna.samplers.TPESampler(
-        seed=config.seed * 100_003 + generation, n_startup_trials=config.population_size
-    )
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+    sampler = _sampler(config, generation)
+    multi = config.selection == "pareto"
+    if multi:
+        directions = ["maximize"] + ["minimize"] * (len(config.objectives) - 1)
+        study = optuna.create_study(directions=directions, sampler=sampler)
+        # A diverged candidate is told accuracy 0 and the worst costs of the
+        # history, so every candidate with some accuracy dominates it.
+        worst = [max(column) for column in _columns(history, config.objectives)[1:]]
+    else:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
     for c in history:
         encoded = space.encode(c.genome)
         params = {
             n: int(encoded[n][0]) if not isinstance(genes[n], evolution.Float) else float(encoded[n][0]) for n in genes
         }
-        value = c.accuracy if np.isfinite(c.accuracy) else 0.0
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+        finite = bool(np.isfinite(c.accuracy))
+        value = c.accuracy if finite else 0.0
+        if multi:
+            costs = _objective_values(c, config.objectives)[1:] if finite else worst
+            trial = optuna.trial.create_trial(params=params, distributions=dists, values=[value, *costs])
+        else:
+            trial = optuna.trial.create_trial(params=params, distributions=dists, value=value)
+        study.add_trial(trial)
     trials = [study.ask(dists) for _ in range(config.population_size)]
     dtypes = {n: jnp.float32 if isinstance(g, evolution.Float) else jnp.int32 for n, g in genes.items()}
     return {n: jnp.asarray([t.params[n] for t in trials], dtypes[n]) for n in genes}
 
 
 def propose(space: evolution.Space, history: list[Candidate], config: SearchConfig, generation: int) -> dict:
-    """The genome batch of ``generation`` (a function of the history, the seed and the generation only)."""
+    """The genome batch of ``generation`` (a function of the history, the seed and the generation only).
+
+    Args:
+      space: the search space (:func:`hamjax.search.nas.space`).
+      history: every candidate so far, oldest first, with ``latency_ms`` set
+        when latency is an objective.
+      config: the :class:`SearchConfig`.
+      generation: the generation to propose.
+
+    Returns:
+      A batch of ``config.population_size`` genomes of ``space``.
+    """
     key = jax.random.fold_in(jax.random.key(config.seed), generation)
     if config.strategy == "random" or not history:
         return space.sample(key, config.population_size)
     if config.strategy == "bayesian":
         return _propose_bayesian(space, history, config, generation)
     alive = history[-config.population_size :]
-    fitness = jnp.asarray([c.accuracy for c in alive], jnp.float32)
+    fitness = jnp.asarray(tournament_fitness(alive, config), jnp.float32)
     k_select, k_mutate = jax.random.split(key)
     parents = selection.tournament(k_select, fitness, config.population_size, k=min(config.sample_size, len(alive)))
     batch = _genome_batch(space, [alive[int(i)].genome for i in np.asarray(parents)])
@@ -239,7 +504,9 @@ def run(
       The :class:`SearchResult`.
 
     Raises:
-      ValueError: data that does not fit the supernet, or a checkpoint of another search.
+      ValueError: data that does not fit the supernet, or a checkpoint of
+        another search (another supernet or any other config field,
+        objectives, selection and sampler included; the message names them).
     """
     if tuple(dataset.input_shape) != tuple(supernet.input_shape) or dataset.num_classes != supernet.num_classes:
         raise ValueError(
@@ -247,7 +514,7 @@ def run(
             f"{tuple(dataset.input_shape)} -> {dataset.num_classes}"
         )
     space = nas.space(supernet)
-    fingerprint = json_safe({"config": dataclasses.asdict(config), "supernet": repr(supernet)})
+    fingerprint = _fingerprint(supernet, config)
     history: list[Candidate] = []
     start, resumed = 0, None
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "search"), every=config.checkpoint_every) if workdir else None
@@ -256,9 +523,15 @@ def run(
         if restored is not None:
             step, _, meta = restored
             if meta.get("fingerprint") != fingerprint:
-                raise ValueError(f"search: {ckpt.directory} holds a checkpoint of another search; use a new workdir")
+                differences = _differences(meta.get("fingerprint") or {}, fingerprint)
+                raise ValueError(
+                    f"search: {ckpt.directory} holds a checkpoint of another search ({differences}); use a new workdir"
+                )
             history = [Candidate(**c) for c in meta["history"]]
             start, resumed = step + 1, step
+    example = dataset.test.x[:1]
+    # Resumed candidates keep their measurements: an architecture is timed once per run.
+    latency_ms = _latency_meter(supernet, example, history) if "latency" in config.objectives else None
     bar = _progress(progress, config.generations, start)
     trainer = population_lib.Population(nas.member_apply(supernet), execution=config.execution)
     try:
@@ -269,11 +542,9 @@ def run(
             new = []
             for i in range(config.population_size):
                 values = nas.decode(supernet, {n: genomes[n][i] for n in space.names})
-                new.append(
-                    Candidate(
-                        generation, values, float(fitness[i]), nas.param_count(supernet, values), nas.describe(values)
-                    )
-                )
+                ms = None if latency_ms is None else latency_ms(values)
+                size = nas.param_count(supernet, values)
+                new.append(Candidate(generation, values, float(fitness[i]), size, nas.describe(values), ms))
             history += new
             if ckpt is not None and (
                 (generation + 1) % config.checkpoint_every == 0 or generation + 1 == config.generations
@@ -292,21 +563,68 @@ def run(
             ckpt.close()
     if not history:
         raise ValueError("search: no generations ran")
-    return _result(supernet, dataset, history, resumed)
+    return _result(history, resumed, config.objectives, latency_ms or _latency_meter(supernet, example))
 
 
-def _result(supernet, dataset, history: list[Candidate], resumed) -> SearchResult:
-    best = max(history, key=lambda c: (c.accuracy, -c.params))
-    front = pareto_front([c.accuracy for c in history], [c.params for c in history])
-    example = dataset.test.x[:1]
-    pareto = []
+def _architecture(values: dict) -> tuple:
+    """What :func:`hamjax.search.nas.materialise` builds: (op, width, activation) of each active non-identity layer."""
+    layers = range(values["depth"])
+    return tuple(
+        (values[f"op{i}"], values[f"width{i}"], values[f"act{i}"]) for i in layers if values[f"op{i}"] != "identity"
+    )
+
+
+def _latency_meter(supernet: nas.SupernetConfig, example: np.ndarray, known: Sequence[Candidate] = ()):
+    """A function from decoded genome values to the batch-1 p50 latency (ms) of the materialised network.
+
+    Each distinct architecture (:func:`_architecture`) is measured once; the
+    ``latency_ms`` of the ``known`` candidates are taken as measured.
+    """
+    cache = {_architecture(c.genome): c.latency_ms for c in known if c.latency_ms is not None}
     params = nas.init(supernet, jax.random.key(0))  # latency depends on shapes, not on trained values
-    for i in front:
-        c = history[i]
-        apply_fn, small = nas.materialise(supernet, params, c.genome)
-        ms = measure.latency(measure.JaxRunner(apply_fn, small), example, warmup=3, runs=20).p50_ms
-        pareto.append(dataclasses.replace(c, latency_ms=round(float(ms), 4)))
+
+    def latency_ms(values: dict) -> float:
+        key = _architecture(values)
+        if key not in cache:
+            apply_fn, small = nas.materialise(supernet, params, values)
+            ms = measure.latency(measure.JaxRunner(apply_fn, small), example, warmup=3, runs=20).p50_ms
+            cache[key] = round(float(ms), 4)
+        return cache[key]
+
+    return latency_ms
+
+
+def _result(history: list[Candidate], resumed, objectives: Sequence[str], latency_ms) -> SearchResult:
+    best = max(history, key=lambda c: (c.accuracy, -c.params))
+    accuracy, *costs = _columns(history, objectives)
+    pareto = [history[i] for i in pareto_front(accuracy, *costs)]
+    if "latency" not in objectives:
+        pareto = [dataclasses.replace(c, latency_ms=latency_ms(c.genome)) for c in pareto]
     return SearchResult(tuple(history), best, tuple(pareto), resumed)
+
+
+def _fingerprint(supernet: nas.SupernetConfig, config: SearchConfig) -> dict:
+    """What a checkpoint must match to be resumed: the supernet and the config (as JSON)."""
+    fields = dataclasses.asdict(config)
+    for name in _LATER_FIELDS:
+        if fields[name] == _DEFAULTS[name]:
+            del fields[name]
+    return json_safe({"config": fields, "supernet": repr(supernet)})
+
+
+def _differences(saved: dict, current: dict) -> str:
+    """The fields in which two fingerprints differ, for an error message."""
+    defaults = json_safe({name: _DEFAULTS[name] for name in _LATER_FIELDS})
+    there, here = saved.get("config") or {}, current["config"]
+    parts = []
+    fields = list(_DEFAULTS)
+    for name in sorted(set(here) | set(there), key=lambda n: fields.index(n) if n in fields else len(fields)):
+        a, b = there.get(name, defaults.get(name)), here.get(name, defaults.get(name))
+        if a != b:
+            parts.append(f"{name}: {a!r} there, {b!r} here")
+    if saved.get("supernet") != current["supernet"]:
+        parts.append("another supernet")
+    return "; ".join(parts) or "another format"
 
 
 def json_safe(value):
