@@ -11,8 +11,12 @@
   population-based training's exploit/explore over genome batches.
 * :mod:`hamjax.search.nas`: architectures as genomes, trained as masked
   sub-networks of one supernet and materialised as small models.
+* :mod:`hamjax.search.pareto`: Pareto fronts and non-dominated ranks over
+  accuracy and any number of costs.
+* :mod:`hamjax.search.engine` (imported on its own): whole architecture
+  searches, random, evolutionary or Bayesian, checkpointed and resumable.
 """
 
-from hamjax.search import evolution, nas, population, selection, space
+from hamjax.search import evolution, nas, pareto, population, selection, space
 
-__all__ = ["evolution", "nas", "population", "selection", "space"]
+__all__ = ["evolution", "nas", "pareto", "population", "selection", "space"]
