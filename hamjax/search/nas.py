@@ -7,11 +7,12 @@ supernet (:func:`init`), and its genome decides which part of it computes
 ``max_layers`` residual token layers,
 
 * ``"depth"``: ``Int(1, max_layers)``, the number of active layers;
-* per layer ``i``: ``f"op{i}"`` in :data:`OPS`, ``f"width{i}"`` in
-  ``config.widths`` and ``f"act{i}"`` in :data:`ACTIVATIONS`.
+* per layer ``i``: ``f"op{i}"`` in ``config.ops`` (by default every op of
+  :data:`OPS`), ``f"width{i}"`` in ``config.widths`` and ``f"act{i}"`` in
+  :data:`ACTIVATIONS`.
 
 Layer ``i`` computes ``x + op_i(LN(x))`` when ``i < depth`` and leaves ``x``
-alone otherwise. Every op is computed at the allocated width
+alone otherwise. Every op of ``config.ops`` is computed at the allocated width
 ``W = max(widths)`` with the inner units beyond ``width_i`` multiplied by
 zero after the first projection, every activation is computed and one is
 selected by index, and the ops' outputs are selected by ``op_i``
@@ -23,6 +24,13 @@ for the whole supernet at train time; :func:`materialise` then cuts the
 chosen sub-network out (only the chosen op of each active layer, the first
 ``width_i`` units) as a small standalone model with the same outputs, and
 :func:`param_count` counts its parameters without building it.
+
+The tokens come from the stem: by default a linear map of each ``p x p``
+patch (plus a learned position embedding); with
+``SupernetConfig.stem_channels`` a few stride-2 3x3 convolutions first
+(see :class:`SupernetConfig`), which on small image datasets such as the
+MNIST subset gives the token layers local, translation-equivariant features
+to work on. The stem is shared by every architecture of the space.
 
 The ops, on tokens ``h = LN(x)`` of shape ``(N, T, D)``, inner mask ``m``:
 
@@ -105,6 +113,19 @@ class SupernetConfig:
       widths: candidate inner widths of a layer; ``max(widths)`` is allocated.
         Each must be divisible by ``num_heads``.
       num_heads: attention heads.
+      stem_channels: ``()`` (the default) embeds each ``p x p`` patch with
+        one linear map. ``(c_1, ..., c_k)`` makes the stem convolutional
+        (Xiao et al. 2021): ``k`` 3x3 convolutions of stride 2 with
+        ``c_1 .. c_k`` output channels, each followed by relu, then a
+        linear map of each position's ``c_k`` channels to ``D``; the
+        convolutions halve the image ``k`` times, so ``patch_size`` must be
+        ``2**k`` and the token grid is the same as the linear stem's.
+      ops: the op choices of every layer, a non-empty subset of :data:`OPS`
+        (kept in :data:`OPS` order, which is the order of the ``op`` gene's
+        options). The supernet allocates and computes only these, so leaving
+        out an op the data does not need makes every training step cheaper
+        (attention is the costliest: at 49 tokens, more than half of a
+        layer's multiply-adds).
     """
 
     input_shape: tuple[int, int, int] = (28, 28, 1)
@@ -114,6 +135,8 @@ class SupernetConfig:
     max_layers: int = 4
     widths: tuple[int, ...] = (32, 64, 128)
     num_heads: int = 4
+    stem_channels: tuple[int, ...] = ()
+    ops: tuple[str, ...] = OPS
 
     def __post_init__(self):
         shape = self.input_shape
@@ -140,6 +163,23 @@ class SupernetConfig:
         if bad:
             raise ValueError(f"SupernetConfig: every width must be divisible by num_heads={heads}, got {bad}")
         object.__setattr__(self, "widths", widths)
+        stem = self.stem_channels
+        if not isinstance(stem, tuple | list):
+            raise ValueError(f"SupernetConfig: stem_channels must be a tuple of ints, got {stem!r}")
+        stem = tuple(check_int("SupernetConfig: stem_channels[]", c, 1) for c in stem)
+        if stem and p != 2 ** len(stem):
+            raise ValueError(
+                f"SupernetConfig: {len(stem)} stride-2 stem convolutions (stem_channels={stem}) need "
+                f"patch_size {2 ** len(stem)}, got {p}"
+            )
+        object.__setattr__(self, "stem_channels", stem)
+        ops = self.ops
+        if isinstance(ops, str) or not isinstance(ops, tuple | list) or not ops:
+            raise ValueError(f"SupernetConfig: ops must be a non-empty tuple of names from {OPS}, got {ops!r}")
+        unknown = [op for op in ops if op not in OPS]
+        if unknown or len(set(ops)) != len(ops):
+            raise ValueError(f"SupernetConfig: ops must be distinct names from {OPS}, got {tuple(ops)}")
+        object.__setattr__(self, "ops", tuple(op for op in OPS if op in ops))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -156,6 +196,19 @@ class SupernetConfig:
         """The allocated inner width ``W = max(widths)``."""
         return max(self.widths)
 
+    @property
+    def embed_features(self) -> int:
+        """Features the stem's linear map takes per token: ``p**2 * C``, or ``c_k`` for a convolutional stem."""
+        if self.stem_channels:
+            return self.stem_channels[-1]
+        return self.patch_size**2 * self.input_shape[2]
+
+    @property
+    def stem_convs(self) -> tuple[tuple[int, int], ...]:
+        """``(in, out)`` channels of each stem convolution (empty for the linear stem)."""
+        ins = (self.input_shape[2], *self.stem_channels)
+        return tuple(zip(ins[:-1], self.stem_channels, strict=True))
+
 
 def space(config: SupernetConfig) -> evolution.Space:
     """The search space of ``config``'s architectures: ``1 + 3 * max_layers`` genes.
@@ -166,7 +219,7 @@ def space(config: SupernetConfig) -> evolution.Space:
     """
     genes: dict[str, evolution.Gene] = {"depth": evolution.Int(1, config.max_layers)}
     for i in range(config.max_layers):
-        genes[f"op{i}"] = evolution.Choice(OPS)
+        genes[f"op{i}"] = evolution.Choice(config.ops)
         genes[f"width{i}"] = evolution.Choice(config.widths)
         genes[f"act{i}"] = evolution.Choice(ACTIVATIONS)
     return evolution.Space(genes)
@@ -244,11 +297,12 @@ def _layer_norm_params(d: int) -> dict:
 def init(config: SupernetConfig, key: jax.Array) -> dict:
     """Supernet params: a plain dict of float32 arrays, made in one compiled call.
 
-    With ``P = patch_size**2 * C``, ``T`` tokens, ``D = hidden_size``,
-    ``W = max(widths)`` and ``K = num_classes``::
+    With ``P = patch_size**2 * C`` (``c_k`` for a convolutional stem), ``T``
+    tokens, ``D = hidden_size``, ``W = max(widths)`` and ``K = num_classes``::
 
       stem:   {"kernel": (P, D), "bias": (D,)},  pos: (T, D)
-      layers: [max_layers x {"ln": {"scale": (D,), "bias": (D,)},
+              (a convolutional stem adds "convs": [k x {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)}])
+      layers: [max_layers x {"ln": {"scale": (D,), "bias": (D,)},   (and only the ops of config.ops)
                "dense": {"w1": (D, W), "b1": (W,), "w2": (W, D), "b2": (D,)},
                "attention": {"q": (D, W), "k": (D, W), "v": (D, W), "out": (W, D)},
                "conv": {"w_in": (D, W), "kernel": (3, 3, W), "w_out": (W, D)}}]
@@ -266,35 +320,38 @@ def init(config: SupernetConfig, key: jax.Array) -> dict:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(config: SupernetConfig, key: jax.Array) -> dict:
-    _, _, c = config.input_shape
     d, width, k = config.hidden_size, config.max_width, config.num_classes
-    patch = config.patch_size**2 * c
-    total = config.max_layers * (8 * d * width + 9 * width) + (patch + config.num_tokens + k) * d
+    patch = config.embed_features
+    convs = config.stem_convs
+    drawn = {"dense": 2 * d * width, "attention": 4 * d * width, "conv": 2 * d * width + 9 * width}
+    per_layer = sum(drawn.get(op, 0) for op in config.ops)
+    total = config.max_layers * per_layer + (patch + config.num_tokens + k) * d
+    total += sum(9 * a * b for a, b in convs)
     normal = _Normals(key, total)
     layers = []
     for _ in range(config.max_layers):
-        layers.append(
-            {
-                "ln": _layer_norm_params(d),
-                "dense": {
-                    "w1": normal((d, width), d**-0.5),
-                    "b1": jnp.zeros((width,), jnp.float32),
-                    "w2": normal((width, d), width**-0.5),
-                    "b2": jnp.zeros((d,), jnp.float32),
-                },
-                "attention": {
-                    "q": normal((d, width), d**-0.5),
-                    "k": normal((d, width), d**-0.5),
-                    "v": normal((d, width), d**-0.5),
-                    "out": normal((width, d), width**-0.5),
-                },
-                "conv": {
-                    "w_in": normal((d, width), d**-0.5),
-                    "kernel": normal((3, 3, width), 1 / 3),
-                    "w_out": normal((width, d), width**-0.5),
-                },
+        layer = {"ln": _layer_norm_params(d)}
+        if "dense" in config.ops:
+            layer["dense"] = {
+                "w1": normal((d, width), d**-0.5),
+                "b1": jnp.zeros((width,), jnp.float32),
+                "w2": normal((width, d), width**-0.5),
+                "b2": jnp.zeros((d,), jnp.float32),
             }
-        )
+        if "attention" in config.ops:
+            layer["attention"] = {
+                "q": normal((d, width), d**-0.5),
+                "k": normal((d, width), d**-0.5),
+                "v": normal((d, width), d**-0.5),
+                "out": normal((width, d), width**-0.5),
+            }
+        if "conv" in config.ops:
+            layer["conv"] = {
+                "w_in": normal((d, width), d**-0.5),
+                "kernel": normal((3, 3, width), 1 / 3),
+                "w_out": normal((width, d), width**-0.5),
+            }
+        layers.append(layer)
     params = {
         "stem": {"kernel": normal((patch, d), patch**-0.5), "bias": jnp.zeros((d,), jnp.float32)},
         "pos": normal((config.num_tokens, d), 0.02),
@@ -305,6 +362,11 @@ def _init(config: SupernetConfig, key: jax.Array) -> dict:
             "bias": jnp.zeros((k,), jnp.float32),
         },
     }
+    if convs:
+        params["stem"]["convs"] = [
+            {"kernel": normal((3, 3, a, b), (2 / (9 * a)) ** 0.5), "bias": jnp.zeros((b,), jnp.float32)}
+            for a, b in convs
+        ]
     if not normal.done():
         raise RuntimeError("init: the size of the random draw does not match the weights")
     return params
@@ -335,13 +397,37 @@ def _check_input(config: SupernetConfig, x: Any) -> None:
         raise ValueError(f"x must have shape (N, {h}, {w}, {c}), got {tuple(np.shape(x))}")
 
 
+def _shifted(x: jax.Array, stride: int) -> list[jax.Array]:
+    """The nine 3x3 neighbours of every output position, zero padding 1: ``x[s*i + a - 1, s*j + b - 1]``.
+
+    ``x`` is ``(N, H, W, C)`` with ``H`` and ``W`` divisible by ``stride``; each
+    result is ``(N, H / stride, W / stride, C)``, in row-major ``(a, b)`` order.
+    """
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return [padded[:, a : a + h : stride, b : b + w : stride, :] for a in range(3) for b in range(3)]
+
+
+def _stem_conv(p: dict, x: jax.Array) -> jax.Array:
+    """relu of a 3x3 convolution of stride 2 (zero padding 1), as one matmul over the stacked neighbours."""
+    _, _, c_in, c_out = p["kernel"].shape
+    neighbours = jnp.concatenate(_shifted(x, 2), axis=-1)  # (N, H/2, W/2, 9 * c_in), (a, b, c) order
+    y = neighbours @ p["kernel"].reshape(9 * c_in, c_out) + p["bias"][None, None, None, :]
+    return jax.nn.relu(y)
+
+
 def _tokens(config: SupernetConfig, params: dict, x: jax.Array) -> jax.Array:
     _, _, c = config.input_shape
     p = config.patch_size
     gh, gw = config.grid
     x = jnp.asarray(x, params["stem"]["kernel"].dtype)
-    patches = x.reshape(x.shape[0], gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(x.shape[0], gh * gw, p * p * c)
+    if config.stem_channels:
+        for conv in params["stem"]["convs"]:
+            x = _stem_conv(conv, x)
+        patches = x.reshape(x.shape[0], gh * gw, config.embed_features)
+    else:
+        patches = x.reshape(x.shape[0], gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(x.shape[0], gh * gw, p * p * c)
     return patches @ params["stem"]["kernel"] + _vec(params["stem"]["bias"]) + params["pos"][None]
 
 
@@ -374,14 +460,14 @@ def _conv(p, h, act, mask, grid):
     gh, gw = grid
     u = _masked(h @ p["w_in"], mask)
     channels = u.shape[-1]
-    u = jax.lax.conv_general_dilated(
-        u.reshape(n, gh, gw, channels),
-        p["kernel"][:, :, None, :],  # depthwise: HWIO with one input channel per group
-        window_strides=(1, 1),
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=channels,
-    )
+    # Depthwise 3x3 as nine shifted multiply-adds, not a grouped lax.conv_general_dilated: under vmap
+    # over members that each hold a kernel, XLA:CPU ran the grouped convolution hundreds of times slower
+    # (one step of 32 default supernets at batch 32 did not finish in 290 s; with shifts, about 0.75 s).
+    kernel = p["kernel"].reshape(9, channels)
+    terms = _shifted(u.reshape(n, gh, gw, channels), 1)
+    u = terms[0] * kernel[0][None, None, None, :]
+    for j in range(1, 9):
+        u = u + terms[j] * kernel[j][None, None, None, :]
     u = _masked(act(u.reshape(n, gh * gw, channels)), mask)
     return u @ p["w_out"]
 
@@ -474,14 +560,17 @@ def _apply(config: SupernetConfig, params: dict, genome: dict, x: jax.Array) -> 
         head_mask = units % (big // heads) < width // heads
         act = _select_activation(genes[f"act{i}"])
         h = _layer_norm(layer["ln"], x)
-        outs = (
-            _dense(layer["dense"], h, act, mask),
-            _attention(layer["attention"], h, act, head_mask, heads, big // heads, width // heads),
-            _conv(layer["conv"], h, act, mask, config.grid),
-        )
         op = genes[f"op{i}"]
         out = jnp.zeros_like(x)  # "identity" and any unknown index: no change
-        for j, value in enumerate(outs):
+        for j, name in enumerate(config.ops):
+            if name == "dense":
+                value = _dense(layer["dense"], h, act, mask)
+            elif name == "attention":
+                value = _attention(layer["attention"], h, act, head_mask, heads, big // heads, width // heads)
+            elif name == "conv":
+                value = _conv(layer["conv"], h, act, mask, config.grid)
+            else:
+                continue
             out = jnp.where(op == j, value, out)
         x = jnp.where(i < genes["depth"], x + out, x)
     return _head(params, x)
@@ -582,9 +671,9 @@ def param_count(config: SupernetConfig, genome_values: Mapping[str, Any]) -> int
       538
     """
     values = _check_values(config, genome_values)
-    _, _, c = config.input_shape
     d, k = config.hidden_size, config.num_classes
-    total = config.patch_size**2 * c * d + d + config.num_tokens * d + 2 * d + d * k + k
+    total = config.embed_features * d + d + config.num_tokens * d + 2 * d + d * k + k
+    total += sum(9 * a * b + b for a, b in config.stem_convs)
     for _, op, w, _ in _active_layers(values):
         total += 2 * d
         total += {"dense": 2 * d * w + w + d, "attention": 4 * d * w, "conv": 2 * d * w + 9 * w}[op]
@@ -645,7 +734,7 @@ def materialise(
             small = {"w_in": p["w_in"][:, :w], "kernel": p["kernel"][:, :, :w], "w_out": p["w_out"][:w, :]}
         layers.append({"ln": dict(layer["ln"]), **small})
         spec.append((op, w, act))
-    small_params = {"stem": dict(params["stem"]), "pos": params["pos"], "layers": layers, "head": params["head"]}
+    small_params = {"stem": params["stem"], "pos": params["pos"], "layers": layers, "head": params["head"]}
     small_params = jax.tree.map(jnp.array, small_params)
 
     def apply_fn(p: dict, x: jax.Array) -> jax.Array:

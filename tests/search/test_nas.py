@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,10 @@ SMALL = nas.SupernetConfig(
 TINY = nas.SupernetConfig(
     input_shape=(8, 8, 1), patch_size=4, hidden_size=16, max_layers=2, widths=(8, 16), num_heads=2
 )
+# SMALL's space behind convolutional stems: one stride-2 convolution keeps SMALL's 4x4 token grid
+# (8x8x2 -> 4x4x3); two need patch_size 4 (8x8x2 -> 4x4x3 -> 2x2x5, a 2x2 grid).
+STEM = dataclasses.replace(SMALL, stem_channels=(3,))
+STEM2 = dataclasses.replace(SMALL, patch_size=4, stem_channels=(3, 5))
 
 
 def _values(depth, *layers, config=SMALL):
@@ -318,3 +324,151 @@ def test_member_apply_equals_apply_on_the_rounded_genome(small):
     assert {k: int(v) for k, v in nas.genome_of(member).items()} == {
         k: int(v) for k, v in nas.encode(SMALL, values).items()
     }
+
+
+# convolutional stem and the depthwise convolution -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stem_channels": (3,), "patch_size": 4}, r"stem_channels=\(3,\)\) need patch_size 2, got 4"),
+        ({"stem_channels": (3, 0), "patch_size": 4}, r"stem_channels\[\]"),
+        ({"stem_channels": 3}, "stem_channels must be a tuple"),
+    ],
+)
+def test_stem_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(SMALL, **kwargs)
+
+
+def test_stem_config_properties_and_shapes():
+    assert SMALL.stem_channels == () and SMALL.stem_convs == () and SMALL.embed_features == 2 * 2 * 2
+    assert STEM2.stem_convs == ((2, 3), (3, 5)) and STEM2.embed_features == 5 and STEM2.grid == (2, 2)
+    assert nas.SupernetConfig(patch_size=4, stem_channels=[16, 32]).stem_channels == (16, 32)
+    params = nas.init(STEM2, jax.random.key(0))
+    assert [c["kernel"].shape for c in params["stem"]["convs"]] == [(3, 3, 2, 3), (3, 3, 3, 5)]
+    assert params["stem"]["kernel"].shape == (5, 12) and params["pos"].shape == (4, 12)
+
+
+def test_linear_stem_embeds_each_patch(small):
+    params, x = small
+    assert "convs" not in params["stem"]
+    tokens = nas._tokens(SMALL, params, x)
+    stem, pos = jax.tree.map(np.asarray, (params["stem"], params["pos"]))
+    for r in range(4):
+        for c in range(4):
+            patch = x[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2, :].reshape(5, 8)
+            want = np.asarray(patch) @ stem["kernel"] + stem["bias"] + pos[4 * r + c]
+            np.testing.assert_allclose(tokens[:, 4 * r + c], want, atol=1e-5)
+
+
+def test_stem_convolutions_equal_lax_conv():
+    params = nas.init(STEM2, jax.random.key(1))
+    params["stem"]["convs"] = jax.tree.map(lambda a: a + 0.1, params["stem"]["convs"])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8, 8, 2)), jnp.float32)
+    h = x
+    for conv in params["stem"]["convs"]:
+        h = jax.lax.conv_general_dilated(
+            h, conv["kernel"], (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        h = jax.nn.relu(h + conv["bias"][None, None, None, :])
+    stem, pos = jax.tree.map(np.asarray, (params["stem"], params["pos"]))
+    want = np.asarray(h).reshape(3, 4, 5) @ stem["kernel"] + stem["bias"] + pos
+    np.testing.assert_allclose(nas._tokens(STEM2, params, x), want, atol=1e-5)
+
+
+def test_depthwise_conv_equals_grouped_lax_conv():
+    rng = np.random.default_rng(0)
+    u = jnp.asarray(rng.normal(size=(2, 16, 6)), jnp.float32)
+    p = {"w_in": jnp.eye(6), "kernel": jnp.asarray(rng.normal(size=(3, 3, 6)), jnp.float32), "w_out": jnp.eye(6)}
+    want = jax.lax.conv_general_dilated(
+        u.reshape(2, 4, 4, 6),
+        p["kernel"][:, :, None, :],
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=6,
+    )
+    got = nas._conv(p, u, lambda h: h, None, (4, 4))
+    np.testing.assert_allclose(got, want.reshape(2, 16, 6), atol=1e-5)
+
+
+def test_supernet_has_no_grouped_convolution():
+    """A grouped lax convolution under vmap over members ran hundreds of times slower on XLA:CPU."""
+    genome = nas.encode(STEM, HAND_PICKED[1])
+    jaxpr = jax.make_jaxpr(lambda p, x: nas.apply(STEM, p, genome, x))(
+        nas.init(STEM, jax.random.key(0)), jnp.ones((2, 8, 8, 2))
+    )
+    assert "conv_general_dilated" not in str(jaxpr)
+
+
+@pytest.mark.parametrize("config", [STEM, STEM2], ids=["stem1", "stem2"])
+@pytest.mark.parametrize("index", [1, 2, 5])
+def test_stem_materialise_matches_apply_and_counts_params(config, index):
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), nas.init(config, jax.random.key(0))
+    )
+    x = jnp.asarray(rng.normal(size=(5, 8, 8, 2)), jnp.float32)
+    values = GENOMES[index]
+    fn, small_params = nas.materialise(config, params, values)
+    np.testing.assert_allclose(fn(small_params, x), nas.apply(config, params, nas.encode(config, values), x), atol=1e-5)
+    assert measure.param_count(small_params) == nas.param_count(config, values)
+    used = _used(config, params, values)
+    assert nas.param_count(config, values) == sum(int(u.sum()) for u in jax.tree.leaves(used))
+    # the stem's convolutions are counted exactly: 9 * in * out + out each
+    stem = sum(9 * a * b + b for a, b in config.stem_convs) + config.embed_features * 12 + 12
+    assert measure.param_count(small_params["stem"]) == stem
+
+
+# a subset of ops ---------------------------------------------------------------------------------
+
+NO_ATTENTION = dataclasses.replace(STEM, ops=("identity", "conv", "dense"))
+
+
+@pytest.mark.parametrize(
+    ("ops", "match"),
+    [
+        ((), "non-empty"),
+        ("conv", "non-empty tuple"),
+        (("conv", "pool"), "distinct names"),
+        (("conv", "conv"), "distinct names"),
+    ],
+)
+def test_ops_validation(ops, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(SMALL, ops=ops)
+
+
+def test_ops_subset_space_and_params():
+    assert NO_ATTENTION.ops == ("dense", "conv", "identity")  # kept in OPS order
+    assert SMALL.ops == nas.OPS
+    assert nas.space(NO_ATTENTION).genes["op2"].options == ("dense", "conv", "identity")
+    params = nas.init(NO_ATTENTION, jax.random.key(0))
+    assert all(set(layer) == {"ln", "dense", "conv"} for layer in params["layers"])
+    assert set(nas.init(dataclasses.replace(SMALL, ops=("identity",)), jax.random.key(0))["layers"][0]) == {"ln"}
+    with pytest.raises(ValueError, match="'op0'"):
+        nas.encode(NO_ATTENTION, HAND_PICKED[0])  # attention is not in the space
+    genome = nas.encode(NO_ATTENTION, HAND_PICKED[2])
+    assert int(genome["op0"]) == 2 and int(genome["op1"]) == 1 and int(genome["op2"]) == 0
+
+
+@pytest.mark.parametrize("index", [2, 3])
+def test_ops_subset_masks_materialises_and_counts(index):
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(
+        lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), nas.init(NO_ATTENTION, jax.random.key(0))
+    )
+    x = jnp.asarray(rng.normal(size=(5, 8, 8, 2)), jnp.float32)
+    values = HAND_PICKED[index]
+    genome = nas.encode(NO_ATTENTION, values)
+    want = nas.apply(NO_ATTENTION, params, genome, x)
+    used = _used(NO_ATTENTION, params, values)
+    noise = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), params)
+    unused_changed = jax.tree.map(lambda a, u, n: np.where(u, a, a + n), params, used, noise)
+    np.testing.assert_allclose(nas.apply(NO_ATTENTION, unused_changed, genome, x), want, atol=1e-6, rtol=0)
+    fn, small_params = nas.materialise(NO_ATTENTION, params, values)
+    np.testing.assert_allclose(fn(small_params, x), want, atol=1e-5)
+    assert measure.param_count(small_params) == nas.param_count(NO_ATTENTION, values)
+    assert nas.param_count(NO_ATTENTION, values) == sum(int(u.sum()) for u in jax.tree.leaves(used))
