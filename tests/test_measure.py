@@ -137,7 +137,8 @@ def test_latency_orders_percentiles_and_measures_sleep():
 def test_latency_min_time_extends_runs():
     slow = NumpyRunner(np.eye(2, dtype=np.float32), np.zeros(2, np.float32), sleep_s=0.002)
     lat = hm.latency(slow, np.ones((1, 2), np.float32), warmup=0, runs=1, min_time_s=0.03)
-    assert lat.runs >= 10
+    # one run asked for; more taken until the timed calls add up to min_time_s (however slow a loaded machine makes them)
+    assert lat.runs >= 2 and lat.runs * lat.mean_ms >= 30.0 * (1 - 1e-6)
 
 
 def test_throughput_is_batch_over_median_time_and_tiles_rows():
