@@ -86,17 +86,10 @@ import numpy as np
 
 from hamjax._checks import check_int
 from hamjax.search import evolution
+from hamjax.search import nas_blocks as blocks
+from hamjax.search.nas_blocks import ACTIVATIONS
 
 OPS = ("dense", "attention", "conv", "identity")
-ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
-
-_ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": jax.nn.gelu,
-    "tanh": jnp.tanh,
-    "silu": jax.nn.silu,
-}
-_LN_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,44 +369,10 @@ def _init(config: SupernetConfig, key: jax.Array) -> dict:
 # the ops, shared by the supernet (mask given) and the materialised model (mask None)
 
 
-def _vec(v: jax.Array) -> jax.Array:
-    """A (F,) vector shaped to broadcast against (N, T, F) under rank_promotion='raise'."""
-    return v[None, None, :]
-
-
-def _layer_norm(p: dict, x: jax.Array) -> jax.Array:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + _LN_EPS) * _vec(p["scale"]) + _vec(p["bias"])
-
-
-def _masked(h: jax.Array, mask: jax.Array | None) -> jax.Array:
-    return h if mask is None else h * _vec(mask.astype(h.dtype))
-
-
 def _check_input(config: SupernetConfig, x: Any) -> None:
     h, w, c = config.input_shape
     if np.ndim(x) != 4 or tuple(np.shape(x)[1:]) != (h, w, c):
         raise ValueError(f"x must have shape (N, {h}, {w}, {c}), got {tuple(np.shape(x))}")
-
-
-def _shifted(x: jax.Array, stride: int) -> list[jax.Array]:
-    """The nine 3x3 neighbours of every output position, zero padding 1: ``x[s*i + a - 1, s*j + b - 1]``.
-
-    ``x`` is ``(N, H, W, C)`` with ``H`` and ``W`` divisible by ``stride``; each
-    result is ``(N, H / stride, W / stride, C)``, in row-major ``(a, b)`` order.
-    """
-    _, h, w, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return [padded[:, a : a + h : stride, b : b + w : stride, :] for a in range(3) for b in range(3)]
-
-
-def _stem_conv(p: dict, x: jax.Array) -> jax.Array:
-    """relu of a 3x3 convolution of stride 2 (zero padding 1), as one matmul over the stacked neighbours."""
-    _, _, c_in, c_out = p["kernel"].shape
-    neighbours = jnp.concatenate(_shifted(x, 2), axis=-1)  # (N, H/2, W/2, 9 * c_in), (a, b, c) order
-    y = neighbours @ p["kernel"].reshape(9 * c_in, c_out) + p["bias"][None, None, None, :]
-    return jax.nn.relu(y)
 
 
 def _tokens(config: SupernetConfig, params: dict, x: jax.Array) -> jax.Array:
@@ -423,53 +382,12 @@ def _tokens(config: SupernetConfig, params: dict, x: jax.Array) -> jax.Array:
     x = jnp.asarray(x, params["stem"]["kernel"].dtype)
     if config.stem_channels:
         for conv in params["stem"]["convs"]:
-            x = _stem_conv(conv, x)
+            x = blocks.stem_conv(conv, x)
         patches = x.reshape(x.shape[0], gh * gw, config.embed_features)
     else:
         patches = x.reshape(x.shape[0], gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(x.shape[0], gh * gw, p * p * c)
-    return patches @ params["stem"]["kernel"] + _vec(params["stem"]["bias"]) + params["pos"][None]
-
-
-def _head(params: dict, x: jax.Array) -> jax.Array:
-    pooled = jnp.mean(_layer_norm(params["head"]["ln"], x), axis=1)
-    return pooled @ params["head"]["kernel"] + params["head"]["bias"][None, :]
-
-
-def _dense(p, h, act, mask):
-    u = _masked(act(h @ p["w1"] + _vec(p["b1"])), mask)
-    return u @ p["w2"] + _vec(p["b2"])
-
-
-def _attention(p, h, act, mask, num_heads, head_dim, active_head_dim):
-    n, t, _ = h.shape
-
-    def heads(w):
-        return _masked(h @ w, mask).reshape(n, t, num_heads, head_dim)
-
-    q, k, v = heads(p["q"]), heads(p["k"]), heads(p["v"])
-    scale = jax.lax.rsqrt(jnp.asarray(active_head_dim, jnp.float32))
-    scores = jnp.einsum("nqhd,nkhd->nhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * scale
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, t, num_heads * head_dim)
-    return _masked(act(out), mask) @ p["out"]
-
-
-def _conv(p, h, act, mask, grid):
-    n, _, _ = h.shape
-    gh, gw = grid
-    u = _masked(h @ p["w_in"], mask)
-    channels = u.shape[-1]
-    # Depthwise 3x3 as nine shifted multiply-adds, not a grouped lax.conv_general_dilated: under vmap
-    # over members that each hold a kernel, XLA:CPU ran the grouped convolution hundreds of times slower
-    # (one step of 32 default supernets at batch 32 did not finish in 290 s; with shifts, about 0.75 s).
-    kernel = p["kernel"].reshape(9, channels)
-    terms = _shifted(u.reshape(n, gh, gw, channels), 1)
-    u = terms[0] * kernel[0][None, None, None, :]
-    for j in range(1, 9):
-        u = u + terms[j] * kernel[j][None, None, None, :]
-    u = _masked(act(u.reshape(n, gh * gw, channels)), mask)
-    return u @ p["w_out"]
+    return patches @ params["stem"]["kernel"] + blocks.vec(params["stem"]["bias"]) + params["pos"][None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,16 +416,6 @@ def _genes(genome: Mapping[str, Any]) -> dict[str, jax.Array]:
             v = jnp.round(v)
         out[name] = v.astype(jnp.int32)
     return out
-
-
-def _select_activation(index: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    def act(h):
-        out = _ACTIVATION_FNS[ACTIVATIONS[0]](h)
-        for j, name in enumerate(ACTIVATIONS[1:], start=1):
-            out = jnp.where(index == j, _ACTIVATION_FNS[name](h), out)
-        return out
-
-    return act
 
 
 def apply(config: SupernetConfig, params: dict, genome: Mapping[str, Any], x: jax.Array) -> jax.Array:
@@ -558,22 +466,22 @@ def _apply(config: SupernetConfig, params: dict, genome: dict, x: jax.Array) -> 
         mask = units < width
         # The attention width is split over heads: keep the first width/heads channels of each head.
         head_mask = units % (big // heads) < width // heads
-        act = _select_activation(genes[f"act{i}"])
-        h = _layer_norm(layer["ln"], x)
+        act = blocks.select_activation(genes[f"act{i}"])
+        h = blocks.layer_norm(layer["ln"], x)
         op = genes[f"op{i}"]
         out = jnp.zeros_like(x)  # "identity" and any unknown index: no change
         for j, name in enumerate(config.ops):
             if name == "dense":
-                value = _dense(layer["dense"], h, act, mask)
+                value = blocks.dense(layer["dense"], h, act, mask)
             elif name == "attention":
-                value = _attention(layer["attention"], h, act, head_mask, heads, big // heads, width // heads)
+                value = blocks.attention(layer["attention"], h, act, head_mask, heads, big // heads, width // heads)
             elif name == "conv":
-                value = _conv(layer["conv"], h, act, mask, config.grid)
+                value = blocks.conv(layer["conv"], h, act, mask, config.grid)
             else:
                 continue
             out = jnp.where(op == j, value, out)
         x = jnp.where(i < genes["depth"], x + out, x)
-    return _head(params, x)
+    return blocks.head(params, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -741,16 +649,16 @@ def materialise(
         _check_input(config, x)
         x = _tokens(config, p, x)
         for (op, w, act), layer in zip(spec, p["layers"], strict=True):
-            h = _layer_norm(layer["ln"], x)
-            fn = _ACTIVATION_FNS[act]
+            h = blocks.layer_norm(layer["ln"], x)
+            fn = blocks.ACTIVATION_FNS[act]
             if op == "dense":
-                out = _dense(layer, h, fn, None)
+                out = blocks.dense(layer, h, fn, None)
             elif op == "attention":
-                out = _attention(layer, h, fn, None, heads, w // heads, w // heads)
+                out = blocks.attention(layer, h, fn, None, heads, w // heads, w // heads)
             else:
-                out = _conv(layer, h, fn, None, config.grid)
+                out = blocks.conv(layer, h, fn, None, config.grid)
             x = x + out
-        return _head(p, x)
+        return blocks.head(p, x)
 
     return apply_fn, small_params
 

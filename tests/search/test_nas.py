@@ -378,22 +378,6 @@ def test_stem_convolutions_equal_lax_conv():
     np.testing.assert_allclose(nas._tokens(STEM2, params, x), want, atol=1e-5)
 
 
-def test_depthwise_conv_equals_grouped_lax_conv():
-    rng = np.random.default_rng(0)
-    u = jnp.asarray(rng.normal(size=(2, 16, 6)), jnp.float32)
-    p = {"w_in": jnp.eye(6), "kernel": jnp.asarray(rng.normal(size=(3, 3, 6)), jnp.float32), "w_out": jnp.eye(6)}
-    want = jax.lax.conv_general_dilated(
-        u.reshape(2, 4, 4, 6),
-        p["kernel"][:, :, None, :],
-        (1, 1),
-        "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=6,
-    )
-    got = nas._conv(p, u, lambda h: h, None, (4, 4))
-    np.testing.assert_allclose(got, want.reshape(2, 16, 6), atol=1e-5)
-
-
 def test_supernet_has_no_grouped_convolution():
     """A grouped lax convolution under vmap over members ran hundreds of times slower on XLA:CPU."""
     genome = nas.encode(STEM, HAND_PICKED[1])
