@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -30,97 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamjax._checks import check_int
+from hamjax._select import Filter, default_filter, is_none, map_selected, resolve_filter, selected
 
 Params = Any
 Masks = Any
-Filter = Callable[[tuple, Any], bool]
 
 SCOPES = ("layer", "global")
-
-
-def _is_none(x) -> bool:
-    return x is None
-
-
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def default_filter(path, leaf) -> bool:
-    """Whether a leaf is a weight matrix or kernel that pruning may touch.
-
-    Selected: floating arrays with ``ndim >= 2`` whose last path key does not
-    contain ``"embed"`` (embedding and position tables) and that do not sit
-    in a ``"batch_stats"`` collection. Biases, norm scales and other 1-D
-    leaves are never selected.
-
-    Args:
-      path: a jax key path (``DictKey``, ``GetAttrKey``, ``SequenceKey``...).
-      leaf: the leaf at ``path``.
-
-    Returns:
-      ``True`` if the leaf is prunable.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp
-      >>> from hamjax import prune
-      >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}, "embedding": jnp.ones((9, 4))}
-      >>> [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(params)
-      ...  if prune.default_filter(p, x)]
-      ["['dense']['kernel']"]
-    """
-    if getattr(leaf, "ndim", 0) < 2 or not jnp.issubdtype(leaf.dtype, jnp.floating):
-        return False
-    names = [_key_name(k) for k in path]
-    if "batch_stats" in names:
-        return False
-    return not (names and "embed" in names[-1].lower())
-
-
-def _resolve_filter(name: str, filter: Filter | None) -> Filter:
-    if filter is None:
-        return default_filter
-    if not callable(filter):
-        raise ValueError(f"{name}: filter must be a callable filter(path, leaf) -> bool or None, got {filter!r}")
-    return filter
-
-
-def _map_selected(name: str, params, filter, fn) -> Any:
-    """A tree like ``params`` with ``fn(path, leaf)`` at selected leaves and ``None`` elsewhere."""
-    filter = _resolve_filter(name, filter)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    flags = [bool(filter(path, leaf)) for path, leaf in leaves]
-    if not any(flags):
-        paths = [jax.tree_util.keystr(p) for p, _ in leaves]
-        raise ValueError(f"{name}: filter selects no leaf of params (leaves: {paths[:8]}); expected at least one")
-    out = [fn(path, leaf) if flag else None for (path, leaf), flag in zip(leaves, flags, strict=True)]
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def selected(params: Params, filter: Filter | None = None) -> list[str]:
-    """The key paths of the leaves that ``filter`` selects for pruning.
-
-    Args:
-      params: any pytree of arrays.
-      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
-
-    Returns:
-      ``jax.tree_util.keystr`` of every selected leaf, in flattening order.
-
-    Raises:
-      ValueError: if no leaf is selected.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from hamjax import prune
-      >>> prune.selected({"w": jnp.ones((2, 2)), "b": jnp.ones(2)})
-      ["['w']"]
-    """
-    tree = _map_selected("selected", params, filter, lambda path, leaf: jax.tree_util.keystr(path))
-    return [s for s in jax.tree.leaves(tree, is_leaf=_is_none) if s is not None]
 
 
 def _sparsity(name: str, value, arg: str = "sparsity") -> jax.Array:
@@ -154,7 +68,7 @@ def _keep_top(flat: jax.Array, s: jax.Array) -> jax.Array:
 
 def _rank_tree(scores: Any, sparsity, scope: str) -> Masks:
     """Masks that prune the lowest scores; ``scores`` is a tree with ``None`` at untouched leaves."""
-    leaves, treedef = jax.tree.flatten(scores, is_leaf=_is_none)
+    leaves, treedef = jax.tree.flatten(scores, is_leaf=is_none)
     arrays = [a.astype(jnp.float32) for a in leaves if a is not None]
     if scope == "layer":
         masks = [_keep_top(a.reshape(-1), sparsity).reshape(a.shape) for a in arrays]
@@ -198,7 +112,7 @@ def magnitude_masks(params: Params, sparsity, *, filter: Filter | None = None, s
     """
     _check_scope("magnitude_masks", scope)
     s = _sparsity("magnitude_masks", sparsity)
-    scores = _map_selected("magnitude_masks", params, filter, lambda path, w: jnp.abs(w))
+    scores = map_selected("magnitude_masks", params, filter, lambda path, w: jnp.abs(w))
     return _rank_tree(scores, s, scope)
 
 
@@ -232,7 +146,7 @@ def _random_scores(name: str, params, key, filter) -> Any:
     """Uniform [0, 1) scores at selected leaves, ``None`` elsewhere."""
     if isinstance(key, int):
         key = jax.random.key(key)
-    leaves, treedef = jax.tree.flatten(_map_selected(name, params, filter, lambda p, w: w), is_leaf=_is_none)
+    leaves, treedef = jax.tree.flatten(map_selected(name, params, filter, lambda p, w: w), is_leaf=is_none)
     sizes = [math.prod(w.shape) for w in leaves if w is not None]
     # One draw for all leaves: a threefry call per shape compiles slowly on CPU.
     parts = iter(jnp.split(jax.random.uniform(key, (sum(sizes),)), np.cumsum(sizes)[:-1].tolist()))
@@ -241,8 +155,8 @@ def _random_scores(name: str, params, key, filter) -> Any:
 
 def _check_tree(name: str, arg: str, params, tree, *, masks: bool) -> None:
     """Raise unless ``tree`` matches ``params`` leaf by leaf (``None`` allowed for masks)."""
-    p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
-    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
+    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
     if p_def != t_def:
         p_paths = [jax.tree_util.keystr(p) for p, _ in p_leaves]
         t_paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
@@ -302,12 +216,12 @@ def saliency_masks(
     _check_scope("saliency_masks", scope)
     s = _sparsity("saliency_masks", sparsity)
     _check_tree("saliency_masks", "grads", params, grads, masks=False)
-    scores = _map_selected("saliency_masks", params, filter, lambda path, w: w)
+    scores = map_selected("saliency_masks", params, filter, lambda path, w: w)
     scores = jax.tree.map(
         lambda w, g: None if w is None else jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32)),
         scores,
         grads,
-        is_leaf=_is_none,
+        is_leaf=is_none,
     )
     return _rank_tree(scores, s, scope)
 
@@ -361,7 +275,7 @@ def nm_masks(params: Params, n: int, m: int, *, filter: Filter | None = None) ->
         rank = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1)
         return jnp.moveaxis((rank >= m - n).reshape(a.shape), -1, -2)
 
-    return _map_selected("nm_masks", params, filter, one)
+    return map_selected("nm_masks", params, filter, one)
 
 
 def _check_block(name: str, block) -> tuple[int, int]:
@@ -412,18 +326,18 @@ def block_masks(params: Params, sparsity, *, block=(4, 4), filter: Filter | None
         sq = jnp.square(w.astype(jnp.float32)).reshape(r // bi, bi, c // bo, bo)
         return jnp.sqrt(sq.sum(axis=(1, 3)))
 
-    scores = _map_selected("block_masks", params, filter, norms)
+    scores = map_selected("block_masks", params, filter, norms)
     keep = _rank_tree(scores, s, "layer")
     return jax.tree.map(
         lambda k, w: None if k is None else jnp.repeat(jnp.repeat(k, bi, 0), bo, 1).reshape(w.shape),
         keep,
         params,
-        is_leaf=_is_none,
+        is_leaf=is_none,
     )
 
 
 def _ones(name: str, params, filter) -> Masks:
-    return _map_selected(name, params, filter, lambda path, w: jnp.ones(w.shape, jnp.bool_))
+    return map_selected(name, params, filter, lambda path, w: jnp.ones(w.shape, jnp.bool_))
 
 
 def _grads_of(name: str, grads):
@@ -437,7 +351,7 @@ def _check_args(name: str, sparsity, filter, scope: str | None = None) -> None:
     if scope is not None:
         _check_scope(name, scope)
     _sparsity(name, sparsity)
-    _resolve_filter(name, filter)
+    resolve_filter(name, filter)
 
 
 def check_masks(params: Params, masks: Masks) -> None:
@@ -480,16 +394,16 @@ def apply_masks(params: Params, masks: Masks) -> Params:
     """
     check_masks(params, masks)
     return jax.tree.map(
-        lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros((), w.dtype)), masks, params, is_leaf=_is_none
+        lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros((), w.dtype)), masks, params, is_leaf=is_none
     )
 
 
 def _zero_counts(name: str, params, masks, filter) -> dict[str, tuple[int, int]]:
     if masks is None:
-        tree = _map_selected(name, params, filter, lambda path, w: w)
+        tree = map_selected(name, params, filter, lambda path, w: w)
     else:
-        tree = jax.tree.map(lambda m, w: None if m is None else w, masks, apply_masks(params, masks), is_leaf=_is_none)
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+        tree = jax.tree.map(lambda m, w: None if m is None else w, masks, apply_masks(params, masks), is_leaf=is_none)
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
     counts = {jax.tree_util.keystr(p): (int(jnp.sum(w == 0)), w.size) for p, w in leaves if w is not None}
     if not counts:
         raise ValueError(f"{name}: masks prune no leaf (all None); expected at least one bool array")

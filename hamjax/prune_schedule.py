@@ -26,19 +26,19 @@ from hamjax.prune import (
     _check_nm,
     _check_tree,
     _grads_of,
-    _is_none,
-    _map_selected,
     _ones,
     _random_scores,
     _rank_tree,
-    _resolve_filter,
     _sparsity,
     apply_masks,
     block_masks,
     check_masks,
+    is_none,
     magnitude_masks,
+    map_selected,
     nm_masks,
     random_masks,
+    resolve_filter,
     saliency_masks,
     sparsity_of,
 )
@@ -254,7 +254,7 @@ def movement_prune(sparsity, *, filter: Filter | None = None, scope: str = "laye
     _check_args("movement_prune", sparsity, filter, scope)
 
     def init(params):
-        scores = _map_selected("movement_prune", params, filter, lambda path, w: jnp.zeros(w.shape, jnp.float32))
+        scores = map_selected("movement_prune", params, filter, lambda path, w: jnp.zeros(w.shape, jnp.float32))
         return MovementState(_ones("movement_prune", params, filter), scores, jnp.zeros((), jnp.int32))
 
     def apply(params, state, *, grads=None, **extra):
@@ -266,7 +266,7 @@ def movement_prune(sparsity, *, filter: Filter | None = None, scope: str = "laye
             state.scores,
             params,
             grads,
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
         masks = _rank_tree(scores, _sparsity("movement_prune", sparsity), scope)
         return apply_masks(params, masks), MovementState(masks, scores, state.count + 1)
@@ -298,7 +298,7 @@ def nm_prune(n: int, m: int, *, filter: Filter | None = None) -> Transform:
       Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv 2104.08378.
     """
     n, m = _check_nm("nm_prune", n, m)
-    _resolve_filter("nm_prune", filter)
+    resolve_filter("nm_prune", filter)
     return _recomputing("nm_prune", lambda p: nm_masks(p, n, m, filter=filter), filter)
 
 
@@ -504,7 +504,7 @@ def masked_optimizer(
     if schedule is not None and not callable(schedule):
         schedule = constant_schedule(schedule)
     update_every = check_int(f"{name}: update_every", update_every, 1)
-    _resolve_filter(name, filter)
+    resolve_filter(name, filter)
     inner = optax.with_extra_args_support(inner)
     movement = schedule is not None and pruner == "movement"
     scope = "global" if pruner == "global_magnitude" else "layer"
@@ -523,7 +523,7 @@ def masked_optimizer(
             raise ValueError(f"{name}: update needs params= (to keep pruned weights at zero), got None")
         old = state.masks
         grads = jax.tree.map(
-            lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros((), g.dtype)), old, updates, is_leaf=_is_none
+            lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros((), g.dtype)), old, updates, is_leaf=is_none
         )
         inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra)
         step = state.step + 1
@@ -534,7 +534,7 @@ def masked_optimizer(
                 scores,
                 params,
                 updates,
-                is_leaf=_is_none,
+                is_leaf=is_none,
             )
         if schedule is not None:
 
@@ -544,12 +544,12 @@ def masked_optimizer(
                 else:
                     new_params = optax.apply_updates(params, _restrict(old, inner_updates, params))
                     source = jax.tree.map(
-                        lambda m, w: None if m is None else jnp.abs(w), old, new_params, is_leaf=_is_none
+                        lambda m, w: None if m is None else jnp.abs(w), old, new_params, is_leaf=is_none
                     )
                 return _rank_tree(source, _sparsity(name, schedule(step)), scope)
 
             new = jax.lax.cond(step % update_every == 0, recompute, lambda: old)
-        both = jax.tree.map(lambda a, b: None if a is None else a & b, old, new, is_leaf=_is_none)
+        both = jax.tree.map(lambda a, b: None if a is None else a & b, old, new, is_leaf=is_none)
         return _restrict(both, inner_updates, params), MaskedState(inner_state, new, step, scores)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -562,7 +562,7 @@ def _restrict(masks, updates, params):
         masks,
         updates,
         params,
-        is_leaf=_is_none,
+        is_leaf=is_none,
     )
 
 
@@ -582,7 +582,7 @@ def _cycle_masks(method, apply_fn, params, sparsity, *, filter, block, dataset, 
             lambda u, w: None if u is None else jnp.where(w == 0, -1.0, u),
             _random_scores("iterative_prune", tp, key, filter),
             tp,
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
         return _rank_tree(scores, _sparsity("iterative_prune", sparsity), "layer")
     grads = train_lib.batch_grads(apply_fn, params, dataset.train, config.batch_size, seed=config.seed)
@@ -653,7 +653,7 @@ def iterative_prune(
         raise ValueError(f"{name}: sparsities must hold at least one target in [0, 1), got {sparsities!r}")
     for s in targets:
         _sparsity(name, s, "sparsities")
-    _resolve_filter(name, filter)
+    resolve_filter(name, filter)
     total = data_lib.steps_per_epoch(len(dataset.train.y), config.batch_size) * config.epochs
     masks, history = None, []
     for cycle, s in enumerate(targets):

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamjax._base import Transform
-from hamjax.prune import Filter, _resolve_filter
+from hamjax._select import Filter, resolve_filter
 
 Params = Any
 MIN_BITS, MAX_BITS = 2, 16
@@ -346,7 +346,7 @@ def default_channel_axes(path, leaf) -> tuple[int, ...]:
 
 def _selected(name: str, params, filter: Filter | None):
     """Flattened ``(path, leaf, selected)`` triples; errors for integer or empty selections."""
-    filter = _resolve_filter(name, filter)
+    filter = resolve_filter(name, filter)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_qtensor)
     flags = [bool(filter(p, x)) for p, x in leaves]
     for (p, x), flag in zip(leaves, flags, strict=True):
