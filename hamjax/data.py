@@ -256,7 +256,7 @@ def load(name: str = "mnist", *, seed: int = 0, val_fraction: float = 0.1, test_
     """
     if name not in _SOURCES:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
-    seed = check_int("seed", seed, 0)
+    seed = check_int("load", "seed", seed, minimum=0)
     x, y = _arrays(name)
     sizes = _check_fractions(len(y), val_fraction, test_fraction)
     classes, class_sizes = np.unique(y, return_counts=True)
@@ -297,8 +297,8 @@ def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool = True) -> int:
       >>> steps_per_epoch(10, 3), steps_per_epoch(10, 3, drop_last=False)
       (3, 4)
     """
-    n = check_int("n", n, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
+    n = check_int("steps_per_epoch", "n", n, minimum=1)
+    batch_size = check_int("steps_per_epoch", "batch_size", batch_size, minimum=1)
     if batch_size > n:
         raise ValueError(f"batch_size must be at most the number of examples n={n}, got {batch_size}")
     return n // batch_size if drop_last else -(-n // batch_size)
@@ -330,7 +330,11 @@ def epoch_permutation(n: int, *, seed: int, epoch: int) -> np.ndarray:
       >>> sorted(p.tolist())
       [0, 1, 2, 3, 4]
     """
-    args = check_int("n", n, 0), check_int("seed", seed, 0), check_int("epoch", epoch, 0)
+    args = (
+        check_int("epoch_permutation", "n", n, minimum=0),
+        check_int("epoch_permutation", "seed", seed, minimum=0),
+        check_int("epoch_permutation", "epoch", epoch, minimum=0),
+    )
     return _permutation(*args).copy()
 
 
@@ -341,7 +345,10 @@ def _split_length(split: Split) -> int:
 
 
 def _order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    seed, epoch = check_int("seed", seed, 0), check_int("epoch", epoch, 0)
+    seed, epoch = (
+        check_int("epoch_permutation", "seed", seed, minimum=0),
+        check_int("epoch_permutation", "epoch", epoch, minimum=0),
+    )
     return _permutation(n, seed, epoch) if shuffle else np.arange(n)
 
 
@@ -394,7 +401,7 @@ def batch_indices(n: int, batch_size: int, step: int, *, seed: int, shuffle: boo
       [0, 1, 2, 3]
     """
     steps = steps_per_epoch(n, batch_size)
-    epoch, position = divmod(check_int("step", step, 0), steps)
+    epoch, position = divmod(check_int("batch_indices", "step", step, minimum=0), steps)
     return _order(n, seed, epoch, shuffle)[position * batch_size : (position + 1) * batch_size]
 
 

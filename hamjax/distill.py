@@ -229,8 +229,8 @@ def init_projection(key, student_dim: int, teacher_dim: int, *, dtype=jnp.float3
     References:
       Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015.
     """
-    student_dim = check_int("init_projection: student_dim", student_dim, 1)
-    teacher_dim = check_int("init_projection: teacher_dim", teacher_dim, 1)
+    student_dim = check_int("init_projection", "student_dim", student_dim, minimum=1)
+    teacher_dim = check_int("init_projection", "teacher_dim", teacher_dim, minimum=1)
     kernel = jax.random.normal(key, (student_dim, teacher_dim), jnp.float32) / np.sqrt(student_dim)
     return {"kernel": kernel.astype(dtype), "bias": jnp.zeros((teacher_dim,), dtype)}
 

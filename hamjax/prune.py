@@ -227,7 +227,7 @@ def saliency_masks(
 
 
 def _check_nm(name: str, n, m) -> tuple[int, int]:
-    n, m = check_int(f"{name}: n", n, 1), check_int(f"{name}: m", m, 1)
+    n, m = check_int(name, "n", n, minimum=1), check_int(name, "m", m, minimum=1)
     if n > m:
         raise ValueError(f"{name}: n must be <= m (keep n of every m weights), got n={n}, m={m}")
     return n, m
@@ -281,7 +281,7 @@ def nm_masks(params: Params, n: int, m: int, *, filter: Filter | None = None) ->
 def _check_block(name: str, block) -> tuple[int, int]:
     try:
         bi, bo = block
-        return check_int(f"{name}: block[0]", bi, 1), check_int(f"{name}: block[1]", bo, 1)
+        return check_int(name, "block[0]", bi, minimum=1), check_int(name, "block[1]", bo, minimum=1)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name}: block must be two integers >= 1, got {block!r}") from err
 

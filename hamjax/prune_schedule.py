@@ -369,9 +369,9 @@ def polynomial_schedule(
     name = "polynomial_schedule"
     s_f = _sparsity(name, final_sparsity, "final_sparsity")
     s_i = _sparsity(name, initial_sparsity, "initial_sparsity")
-    begin = check_int(f"{name}: begin_step", begin_step, 0)
-    end = check_int(f"{name}: end_step", end_step, begin + 1)
-    every = check_int(f"{name}: frequency", frequency, 1)
+    begin = check_int(name, "begin_step", begin_step, minimum=0)
+    end = check_int(name, "end_step", end_step, minimum=begin + 1)
+    every = check_int(name, "frequency", frequency, minimum=1)
     if isinstance(power, bool) or not isinstance(power, int | float) or not power > 0:
         raise ValueError(f"{name}: power must be a number > 0, got {power!r}")
 
@@ -503,7 +503,7 @@ def masked_optimizer(
         raise ValueError(f"{name}: schedule= needs a pruner in {PRUNERS}, got pruner=None")
     if schedule is not None and not callable(schedule):
         schedule = constant_schedule(schedule)
-    update_every = check_int(f"{name}: update_every", update_every, 1)
+    update_every = check_int(name, "update_every", update_every, minimum=1)
     resolve_filter(name, filter)
     inner = optax.with_extra_args_support(inner)
     movement = schedule is not None and pruner == "movement"

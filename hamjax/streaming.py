@@ -205,8 +205,8 @@ def stream(source: Any, chunk_size: int, *, prefetch: int = 2, pad: bool = True,
       >>> [c.valid for c in chunks], chunks[-1].data.tolist()
       ([4, 4, 2], [8.0, 9.0, 0.0, 0.0])
     """
-    chunk_size = check_int("chunk_size", chunk_size, 1)
-    prefetch = check_int("prefetch", prefetch, 1)
+    chunk_size = check_int("stream", "chunk_size", chunk_size, minimum=1)
+    prefetch = check_int("stream", "prefetch", prefetch, minimum=1)
     if _is_iterable_of_pieces(source):
         pieces = source
     else:

@@ -135,11 +135,11 @@ class SupernetConfig:
         shape = self.input_shape
         if not isinstance(shape, tuple | list) or len(shape) != 3:
             raise ValueError(f"SupernetConfig: input_shape must be (H, W, C), got {shape!r}")
-        shape = tuple(check_int(f"SupernetConfig: input_shape[{i}]", v, 1) for i, v in enumerate(shape))
+        shape = tuple(check_int("SupernetConfig", f"input_shape[{i}]", v, minimum=1) for i, v in enumerate(shape))
         object.__setattr__(self, "input_shape", shape)
         for name, minimum in (("num_classes", 1), ("patch_size", 1), ("hidden_size", 1), ("max_layers", 1)):
-            object.__setattr__(self, name, check_int(f"SupernetConfig: {name}", getattr(self, name), minimum))
-        heads = check_int("SupernetConfig: num_heads", self.num_heads, 1)
+            object.__setattr__(self, name, check_int("SupernetConfig", name, getattr(self, name), minimum=minimum))
+        heads = check_int("SupernetConfig", "num_heads", self.num_heads, minimum=1)
         object.__setattr__(self, "num_heads", heads)
         p = self.patch_size
         if shape[0] % p or shape[1] % p:
@@ -149,7 +149,7 @@ class SupernetConfig:
         widths = self.widths
         if not isinstance(widths, tuple | list) or not widths:
             raise ValueError(f"SupernetConfig: widths must be a non-empty tuple of ints, got {widths!r}")
-        widths = tuple(check_int("SupernetConfig: widths[]", w, 1) for w in widths)
+        widths = tuple(check_int("SupernetConfig", "widths[]", w, minimum=1) for w in widths)
         if len(set(widths)) != len(widths):
             raise ValueError(f"SupernetConfig: widths must be distinct, got {widths}")
         bad = [w for w in widths if w % heads]
@@ -159,7 +159,7 @@ class SupernetConfig:
         stem = self.stem_channels
         if not isinstance(stem, tuple | list):
             raise ValueError(f"SupernetConfig: stem_channels must be a tuple of ints, got {stem!r}")
-        stem = tuple(check_int("SupernetConfig: stem_channels[]", c, 1) for c in stem)
+        stem = tuple(check_int("SupernetConfig", "stem_channels[]", c, minimum=1) for c in stem)
         if stem and p != 2 ** len(stem):
             raise ValueError(
                 f"SupernetConfig: {len(stem)} stride-2 stem convolutions (stem_channels={stem}) need "

@@ -63,7 +63,7 @@ def _check_pressure(pressure, where: str) -> None:
 
 
 def _check_k(k, size: int, where: str) -> int:
-    k = check_int(f"{where}: k", k, 1)
+    k = check_int(where, "k", k, minimum=1)
     if k > size:
         raise ValueError(f"{where}: tournament size k={k} larger than the population P={size}")
     return k
@@ -117,7 +117,7 @@ def elite(fitness, n: int) -> jax.Array:
       [2, 0, 3]
     """
     size = _check_fitness(fitness, "elite")
-    n = check_int("elite: n", n, 0)
+    n = check_int("elite", "n", n, minimum=0)
     if n > size:
         raise ValueError(f"elite: elite count n={n} larger than the population P={size}")
     return _elite(fitness, n)
@@ -161,7 +161,7 @@ def tournament(key, fitness, num: int, *, k: int = 2, replace: bool = True) -> j
       [1, 1, 1, 1, 1, 1]
     """
     size = _check_fitness(fitness, "tournament")
-    num = check_int("tournament: num", num, 1)
+    num = check_int("tournament", "num", num, minimum=1)
     k = _check_k(k, size, "tournament")
     return _tournament(key, fitness, num, k, bool(replace))
 
@@ -233,7 +233,7 @@ def roulette(key, fitness, num: int) -> jax.Array:
       True
     """
     _check_fitness(fitness, "roulette")
-    num = check_int("roulette: num", num, 1)
+    num = check_int("roulette", "num", num, minimum=1)
     return _categorical(key, _roulette_probabilities(fitness), num)
 
 
@@ -291,7 +291,7 @@ def rank(key, fitness, num: int, *, pressure=1.5) -> jax.Array:
       [0, 0, 0, 0, 0]
     """
     _check_fitness(fitness, "rank")
-    num = check_int("rank: num", num, 1)
+    num = check_int("rank", "num", num, minimum=1)
     _check_pressure(pressure, "rank")
     return _categorical(key, _rank_probabilities(fitness, pressure), num)
 

@@ -166,7 +166,7 @@ class Space:
         Returns:
           A genome batch ``name -> (num,)`` (int32 or float32).
         """
-        return _sample(self, key, check_int("num", num, 1))
+        return _sample(self, key, check_int("sample", "num", num, minimum=1))
 
     def validate(self, genomes: Mapping[str, Any]) -> None:
         """Checks a concrete genome batch against the space; raises ``ValueError`` naming the bad gene.
@@ -228,7 +228,7 @@ class Space:
         """
         self.validate(genomes)
         n = np.asarray(genomes[self.names[0]]).shape[0]
-        i = check_int("i", i, -n)
+        i = check_int("decode", "i", i, minimum=-n)
         if i >= n:
             raise ValueError(f"i must index a member of the batch of {n}, got {i}")
         out = {}
