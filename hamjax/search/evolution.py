@@ -29,22 +29,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Redundant aliases re-export the space's names, so evolution.Space and friends keep working.
-from hamjax.search.space import Choice as Choice
-from hamjax.search.space import Float as Float
-from hamjax.search.space import Gene as Gene
-from hamjax.search.space import Genomes as Genomes
-from hamjax.search.space import Int as Int
-from hamjax.search.space import Space as Space
-from hamjax.search.space import (
-    _check_batch,
-    _columns,
-    _from_search,
-    _in_order,
-    _is_tracer,
-    _layout,
-    _to_search,
-)
+from hamjax._checks import check_number, is_traced
+from hamjax.search.encoding import assemble, from_search, layout_of, stack_columns, to_search
+from hamjax.search.space import Choice, Float, Gene, Genomes, Int, Space, check_genomes
+
+# The space's names are re-exported, so evolution.Space and friends keep working.
+__all__ = [
+    "Choice",
+    "Float",
+    "Gene",
+    "Genomes",
+    "Int",
+    "Space",
+    "blend",
+    "crossover",
+    "exploit_explore",
+    "mutate",
+    "replace_nonfinite",
+]
 
 
 def _canonical(space: Space, genomes: Genomes) -> Genomes:
@@ -54,9 +56,10 @@ def _canonical(space: Space, genomes: Genomes) -> Genomes:
     }
 
 
-def _check_prob(name: str, value: Any) -> None:
-    if isinstance(value, int | float) and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+def _check_unless_traced(where: str, arg: str, value: Any, **bounds: float) -> None:
+    """Checks a scalar hyperparameter that may be traced; a tracer's range is the caller's contract."""
+    if not is_traced(value):
+        check_number(where, arg, value, **bounds)
 
 
 def mutate(
@@ -87,31 +90,30 @@ def mutate(
       >>> mutated = jax.jit(lambda k, g: mutate(k, space, g, rate=0.5))(jax.random.key(1), g)
       >>> space.validate(mutated)
     """
-    genomes = _check_batch(space, genomes)
-    _check_prob("rate", rate)
-    if isinstance(scale, int | float) and scale < 0:
-        raise ValueError(f"scale must be >= 0, got {scale!r}")
+    genomes = check_genomes("mutate", "genomes", space, genomes)
+    _check_unless_traced("mutate", "rate", rate, minimum=0, maximum=1)
+    _check_unless_traced("mutate", "scale", scale, minimum=0)
     return _mutate(key, space, genomes, rate, scale)
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _mutate(key: jax.Array, space: Space, genomes: Genomes, rate: jax.Array, scale: jax.Array) -> Genomes:
-    lay = _layout(space)
+    lay = layout_of(space)
     n, f, d = jnp.shape(genomes[space.names[0]])[0], len(lay.floats), len(lay.discrete)
     # One draw for everything: each random call adds a threefry kernel, which dominates compile time.
     # Float columns: [mutates?, normal step]; discrete: [mutates?, step size or option, direction].
     u = jax.random.uniform(key, (n, 2 * f + 3 * d), jnp.float32)
     groups = []
     if f:
-        x = _columns(genomes, lay.floats, jnp.float32)
+        x = stack_columns(genomes, lay.floats, jnp.float32)
         # A standard normal as jax.random.normal makes it, from uniforms on (-1, 1).
         z = np.sqrt(2.0) * jax.lax.erf_inv(
             jnp.maximum(2.0 * u[:, f : 2 * f] - 1.0, np.nextafter(np.float32(-1), np.float32(0)))
         )
-        s = _to_search(lay, x) + scale * (lay.high - lay.low)[None, :] * z
-        groups.append((lay.floats, jnp.where(u[:, :f] < rate, _from_search(lay, s), x)))
+        s = to_search(lay, x) + scale * (lay.high - lay.low)[None, :] * z
+        groups.append((lay.floats, jnp.where(u[:, :f] < rate, from_search(lay, s), x)))
     if d:
-        v = _columns(genomes, lay.discrete, jnp.int32)
+        v = stack_columns(genomes, lay.discrete, jnp.int32)
         mutates, pick, up = (u[:, 2 * f + r * d : 2 * f + (r + 1) * d] for r in range(3))
         low, high = lay.int_low[None, :], lay.int_high[None, :]
         # Int: a step of 1..max_step either way, limited by the room left on each side
@@ -125,7 +127,7 @@ def _mutate(key: jax.Array, space: Space, genomes: Genomes, rate: jax.Array, sca
         other = jnp.where(count > 1, low + (v - low + shift) % jnp.maximum(count, 1), v)
         new = jnp.where(lay.choice[None, :], other, stepped)
         groups.append((lay.discrete, jnp.where(mutates < rate, new, v)))
-    return _in_order(space, *groups)
+    return assemble(space.names, *groups)
 
 
 def crossover(
@@ -150,10 +152,10 @@ def crossover(
       >>> bool((child["x"] == b["x"]).all())
       True
     """
-    a = _check_batch(space, parents_a, "parents_a")
-    b = _check_batch(space, parents_b, "parents_b")
-    _check_same_length(a, b)
-    _check_prob("rate", rate)
+    a = check_genomes("crossover", "parents_a", space, parents_a)
+    b = check_genomes("crossover", "parents_b", space, parents_b)
+    _check_same_length("crossover", a, b)
+    _check_unless_traced("crossover", "rate", rate, minimum=0, maximum=1)
     return _crossover(key, space, a, b, rate)
 
 
@@ -164,10 +166,10 @@ def _crossover(key: jax.Array, space: Space, a: Genomes, b: Genomes, rate: jax.A
     return {n: jnp.where(u[:, j] < rate, b[n], a[n]) for j, n in enumerate(space.names)}
 
 
-def _check_same_length(a: Genomes, b: Genomes) -> None:
+def _check_same_length(where: str, a: Genomes, b: Genomes) -> None:
     na, nb = jnp.shape(next(iter(a.values())))[0], jnp.shape(next(iter(b.values())))[0]
     if na != nb:
-        raise ValueError(f"parents_a and parents_b must have the same number of members, got {na} and {nb}")
+        raise ValueError(f"{where}: the parents must have the same number of members, got {na} and {nb}")
 
 
 def blend(key: jax.Array, space: Space, a: Genomes, b: Genomes, *, alpha: float | jax.Array = 0.5) -> Genomes:
@@ -193,29 +195,28 @@ def blend(key: jax.Array, space: Space, a: Genomes, b: Genomes, *, alpha: float 
       >>> bool(0.2 <= child["x"][0] <= 0.4)
       True
     """
-    a = _check_batch(space, a, "a")
-    b = _check_batch(space, b, "b")
-    _check_same_length(a, b)
-    if isinstance(alpha, int | float) and alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+    a = check_genomes("blend", "a", space, a)
+    b = check_genomes("blend", "b", space, b)
+    _check_same_length("blend", a, b)
+    _check_unless_traced("blend", "alpha", alpha, minimum=0)
     return _blend(key, space, a, b, alpha)
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _blend(key: jax.Array, space: Space, a: Genomes, b: Genomes, alpha: jax.Array) -> Genomes:
-    lay = _layout(space)
+    lay = layout_of(space)
     n, f = jnp.shape(a[space.names[0]])[0], len(lay.floats)
     u = jax.random.uniform(key, (n, len(space)), jnp.float32)
     groups = []
     if f:
-        x = _to_search(lay, _columns(a, lay.floats, jnp.float32))
-        y = _to_search(lay, _columns(b, lay.floats, jnp.float32))
+        x = to_search(lay, stack_columns(a, lay.floats, jnp.float32))
+        y = to_search(lay, stack_columns(b, lay.floats, jnp.float32))
         lo, d = jnp.minimum(x, y), jnp.abs(x - y)
-        groups.append((lay.floats, _from_search(lay, lo - alpha * d + u[:, :f] * (1 + 2 * alpha) * d)))
+        groups.append((lay.floats, from_search(lay, lo - alpha * d + u[:, :f] * (1 + 2 * alpha) * d)))
     if lay.discrete:
-        x, y = _columns(a, lay.discrete, jnp.int32), _columns(b, lay.discrete, jnp.int32)
+        x, y = stack_columns(a, lay.discrete, jnp.int32), stack_columns(b, lay.discrete, jnp.int32)
         groups.append((lay.discrete, jnp.where(u[:, f:] < 0.5, y, x)))
-    return _in_order(space, *groups)
+    return assemble(space.names, *groups)
 
 
 # ---------------------------------------------------------------- population-based training
@@ -293,8 +294,7 @@ def exploit_explore(
       Jaderberg et al., "Population Based Training of Neural Networks", 2017.
     """
     fitness, p = _check_population(fitness, params, hparams)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction <= 0.5:
-        raise ValueError(f"fraction must be a static number in (0, 0.5], got {fraction!r}")
+    fraction = check_number("exploit_explore", "fraction", fraction, minimum=0, exclusive_minimum=True, maximum=0.5)
     factors = jnp.asarray(factors)
     if factors.ndim != 1 or factors.shape[0] < 1:
         raise ValueError(f"factors must be a non-empty 1-D sequence, got shape {factors.shape}")
@@ -369,7 +369,7 @@ def replace_nonfinite(
       (True, 0)
     """
     fitness, p = _check_population(fitness, params, hparams)
-    if not _is_tracer(fitness) and not np.isfinite(np.asarray(fitness)).any():
+    if not is_traced(fitness) and not np.isfinite(np.asarray(fitness)).any():
         raise ValueError(f"replace_nonfinite: no member has finite fitness (P={p}), nothing to copy from")
     return _replace_nonfinite(key, fitness, params, None if hparams is None else dict(hparams))
 

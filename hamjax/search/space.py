@@ -12,99 +12,29 @@ it is a static argument: :meth:`Space.sample`, :meth:`Space.to_unit` and
 Concrete-only helpers (:meth:`Space.validate`, :meth:`Space.decode`,
 :meth:`Space.encode`) move between arrays and Python values.
 
-The operators on genome batches (mutation, crossover, population-based
-training) are in :mod:`hamjax.search.evolution`, which re-exports
-``Int``, ``Float``, ``Choice`` and ``Space``.
+The genes are defined in :mod:`hamjax.search.genes` and the column layout
+the jitted operators share in :mod:`hamjax.search.encoding`; both are
+imported here, where users find them. The operators on genome batches
+(mutation, crossover, population-based training) are in
+:mod:`hamjax.search.evolution`, which re-exports ``Int``, ``Float``,
+``Choice`` and ``Space``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hamjax._checks import check_int
+from hamjax._checks import check_int, is_traced
+from hamjax.search.encoding import assemble, from_search, layout_of, stack_columns, to_search
+from hamjax.search.genes import Choice, Float, Gene, Genomes, Int, check_gene
 
-Genomes = dict[str, jax.Array]
-
-_INT32 = np.iinfo(np.int32)
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-@dataclasses.dataclass(frozen=True)
-class Int:
-    """An integer gene in ``[low, high]`` (both inclusive), stored as int32."""
-
-    low: int
-    high: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Float:
-    """A float gene in ``[low, high]``, stored as float32; ``log`` searches ``log(x)`` uniformly."""
-
-    low: float
-    high: float
-    log: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """A categorical gene over ``options``, stored as the int32 index of the option."""
-
-    options: tuple
-
-    def __post_init__(self):
-        if not isinstance(self.options, tuple) and isinstance(self.options, Sequence):
-            object.__setattr__(self, "options", tuple(self.options))
-
-
-Gene = Int | Float | Choice
-
-
-def _is_tracer(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _check_gene(name: str, gene: Any) -> Gene:
-    where = f"gene {name!r}"
-    if isinstance(gene, Int):
-        for side in ("low", "high"):
-            v = getattr(gene, side)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or not _INT32.min <= v < _INT32.max:
-                raise ValueError(f"{where}: {side} must be an int within int32, got {v!r}")
-        if gene.low > gene.high:
-            raise ValueError(f"{where}: low must be <= high, got low={gene.low!r}, high={gene.high!r}")
-        if gene.high - gene.low > _INT32.max:
-            raise ValueError(f"{where}: high - low must fit in int32, got low={gene.low!r}, high={gene.high!r}")
-        return Int(int(gene.low), int(gene.high))
-    if isinstance(gene, Float):
-        for side in ("low", "high"):
-            v = getattr(gene, side)
-            if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not abs(v) <= _F32_MAX:
-                raise ValueError(f"{where}: {side} must be a finite number within float32, got {v!r}")
-        if gene.low > gene.high:
-            raise ValueError(f"{where}: low must be <= high, got low={gene.low!r}, high={gene.high!r}")
-        if gene.log and not np.float32(gene.low) > 0:
-            raise ValueError(f"{where}: a log gene needs low > 0 (as a float32), got low={gene.low!r}")
-        return Float(float(gene.low), float(gene.high), bool(gene.log))
-    if isinstance(gene, Choice):
-        if not isinstance(gene.options, tuple) or not gene.options:
-            raise ValueError(f"{where}: Choice needs a non-empty tuple of options, got {gene.options!r}")
-        try:
-            distinct = len(set(gene.options))
-        except TypeError as e:
-            raise ValueError(f"{where}: Choice options must be hashable, got {gene.options!r}") from e
-        if distinct != len(gene.options):
-            raise ValueError(f"{where}: Choice options must be distinct, got {gene.options!r}")
-        return gene
-    raise ValueError(f"{where}: expected Int, Float or Choice, got {gene!r}")
+__all__ = ["Choice", "Float", "Gene", "Genomes", "Int", "Space", "check_genomes"]
 
 
 class Space:
@@ -131,7 +61,7 @@ class Space:
         for name, gene in genes.items():
             if not isinstance(name, str):
                 raise ValueError(f"gene names must be strings, got {name!r}")
-            items.append((name, _check_gene(name, gene)))
+            items.append((name, check_gene(name, gene)))
         self._items: tuple[tuple[str, Gene], ...] = tuple(items)
 
     @property
@@ -185,7 +115,7 @@ class Space:
         length = None
         for name, gene in self._items:
             value = genomes[name]
-            if _is_tracer(value):
+            if is_traced(value):
                 raise TypeError(f"validate needs concrete arrays; gene {name!r} is traced (call it outside jit)")
             v = np.asarray(value)
             if v.ndim != 1:
@@ -286,7 +216,7 @@ class Space:
         Returns:
           ``(N, len(space))`` float32.
         """
-        return _to_unit(self, _check_batch(self, genomes))
+        return _to_unit(self, check_genomes("Space.to_unit", "genomes", self, genomes))
 
     def from_unit(self, u: jax.Array) -> Genomes:
         """Maps ``(N, d)`` points of ``[0, 1]^d`` (clipped into it) to a genome batch; inverse of :meth:`to_unit`.
@@ -303,117 +233,51 @@ class Space:
         return _from_unit(self, u)
 
 
-# The layout helpers and _check_batch below also serve the operators in hamjax.search.evolution.
-
-
-class _Layout(NamedTuple):
-    """The static columns of a space, by kind.
-
-    Each kind is processed as one ``(N, k)`` matrix, so the compiled program
-    (and its compile time) does not grow with the number of genes.
-    """
-
-    floats: tuple[str, ...]
-    low: np.ndarray  # (f,) bounds in search coordinates: log(x) for log genes
-    high: np.ndarray
-    log: np.ndarray  # (f,) bool
-    clip_low: np.ndarray  # (f,) float32 bounds, so results validate
-    clip_high: np.ndarray
-    discrete: tuple[str, ...]  # Int and Choice genes; a Choice is an Int over option indices
-    int_low: np.ndarray  # (i,) int32
-    int_high: np.ndarray
-    choice: np.ndarray  # (i,) bool
-
-
-@functools.cache
-def _layout(space: Space) -> _Layout:
-    floats = [(n, g) for n, g in space.genes.items() if isinstance(g, Float)]
-    discrete = [(n, g) for n, g in space.genes.items() if not isinstance(g, Float)]
-    search = [(math.log(g.low), math.log(g.high)) if g.log else (g.low, g.high) for _, g in floats]
-    ranges = [(g.low, g.high) if isinstance(g, Int) else (0, len(g.options) - 1) for _, g in discrete]
-    return _Layout(
-        floats=tuple(n for n, _ in floats),
-        low=np.array([lo for lo, _ in search], np.float64),
-        high=np.array([hi for _, hi in search], np.float64),
-        log=np.array([g.log for _, g in floats], bool),
-        clip_low=np.array([g.low for _, g in floats], np.float32),
-        clip_high=np.array([g.high for _, g in floats], np.float32),
-        discrete=tuple(n for n, _ in discrete),
-        int_low=np.array([lo for lo, _ in ranges], np.int32),
-        int_high=np.array([hi for _, hi in ranges], np.int32),
-        choice=np.array([isinstance(g, Choice) for _, g in discrete], bool),
-    )
-
-
-def _columns(genomes: Genomes, names: tuple[str, ...], dtype: Any) -> jax.Array:
-    return jnp.stack([jnp.asarray(genomes[n]).astype(dtype) for n in names], axis=1)
-
-
-def _to_search(lay: _Layout, x: jax.Array) -> jax.Array:
-    """(N, f) float values -> search coordinates (log for log genes)."""
-    log = lay.log[None, :]
-    return jnp.where(log, jnp.log(jnp.where(log, x, 1.0)), x)
-
-
-def _from_search(lay: _Layout, s: jax.Array) -> jax.Array:
-    """(N, f) search coordinates -> float32 values clipped into the float32 bounds."""
-    log = lay.log[None, :]
-    x = jnp.where(log, jnp.exp(jnp.where(log, s, 0.0)), s)
-    return jnp.clip(x, lay.clip_low[None, :], lay.clip_high[None, :]).astype(jnp.float32)
-
-
-def _in_order(space: Space, *groups: tuple[tuple[str, ...], jax.Array]) -> Genomes:
-    out = {}
-    for names, matrix in groups:
-        out.update({n: matrix[:, j] for j, n in enumerate(names)})
-    return {n: out[n] for n in space.names}
-
-
 # The space is static everywhere: each operator compiles once per space and batch shape, so an
 # eager call is one dispatch instead of dozens, and a call under an outer jit is inlined.
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _sample(space: Space, key: jax.Array, num: int) -> Genomes:
-    lay = _layout(space)
+    lay = layout_of(space)
     k_float, k_int = jax.random.split(key)
     groups = []
     if lay.floats:
         u = jax.random.uniform(k_float, (num, len(lay.floats)), jnp.float32)
-        groups.append((lay.floats, _from_search(lay, lay.low[None, :] + u * (lay.high - lay.low)[None, :])))
+        groups.append((lay.floats, from_search(lay, lay.low[None, :] + u * (lay.high - lay.low)[None, :])))
     if lay.discrete:
         shape = (num, len(lay.discrete))
         low = jnp.broadcast_to(lay.int_low[None, :], shape)
         high = jnp.broadcast_to(lay.int_high[None, :] + 1, shape)
         groups.append((lay.discrete, jax.random.randint(k_int, shape, low, high, jnp.int32)))
-    return _in_order(space, *groups)
+    return assemble(space.names, *groups)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _to_unit(space: Space, genomes: Genomes) -> jax.Array:
-    lay = _layout(space)
+    lay = layout_of(space)
     groups = []
     if lay.floats:
         width = lay.high - lay.low
-        s = _to_search(lay, _columns(genomes, lay.floats, jnp.float32))
+        s = to_search(lay, stack_columns(genomes, lay.floats, jnp.float32))
         u = jnp.where(width[None, :] > 0, (s - lay.low[None, :]) / np.where(width > 0, width, 1.0)[None, :], 0.0)
         groups.append((lay.floats, u))
     if lay.discrete:
         # Value j of n maps to its bin centre (j + 0.5) / n, so from_unit of uniform points is uniform.
         n = (lay.int_high.astype(np.int64) - lay.int_low + 1).astype(np.float32)
-        v = _columns(genomes, lay.discrete, jnp.int32)
+        v = stack_columns(genomes, lay.discrete, jnp.int32)
         groups.append((lay.discrete, ((v - lay.int_low[None, :]).astype(jnp.float32) + 0.5) / n[None, :]))
-    cols = _in_order(space, *groups)
+    cols = assemble(space.names, *groups)
     return jnp.clip(jnp.stack([cols[n] for n in space.names], axis=1), 0.0, 1.0).astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _from_unit(space: Space, u: jax.Array) -> Genomes:
-    lay = _layout(space)
+    lay = layout_of(space)
     u = jnp.clip(jnp.asarray(u, jnp.float32), 0.0, 1.0)
     index = {n: j for j, n in enumerate(space.names)}
     groups = []
     if lay.floats:
         uf = u[:, np.array([index[n] for n in lay.floats])]
-        groups.append((lay.floats, _from_search(lay, lay.low[None, :] + uf * (lay.high - lay.low)[None, :])))
+        groups.append((lay.floats, from_search(lay, lay.low[None, :] + uf * (lay.high - lay.low)[None, :])))
     if lay.discrete:
         ud = u[:, np.array([index[n] for n in lay.discrete])]
         width = lay.int_high - lay.int_low  # fits in int32 (checked by Space)
@@ -421,22 +285,42 @@ def _from_unit(space: Space, u: jax.Array) -> Genomes:
         # float -> int32 saturates, and the minimum keeps low + j <= high even where float32 rounds up.
         j = jnp.minimum(jnp.floor(ud * n[None, :]).astype(jnp.int32), width[None, :])
         groups.append((lay.discrete, lay.int_low[None, :] + j))
-    return _in_order(space, *groups)
+    return assemble(space.names, *groups)
 
 
-def _check_batch(space: Space, genomes: Mapping[str, Any], what: str = "genomes") -> Genomes:
-    """Checks keys and shapes only (static, so it runs under jit); returns a plain dict."""
+def check_genomes(where: str, arg: str, space: Space, genomes: Mapping[str, Any]) -> Genomes:
+    """Checks that ``genomes`` is a batch of ``space`` by keys and shapes only (static, so it runs under jit).
+
+    Args:
+      where: the caller, for the message.
+      arg: the argument's name, for the message.
+      space: the :class:`Space`.
+      genomes: ``name -> (N,)`` arrays, concrete or traced.
+
+    Returns:
+      A plain dict in the space's order.
+
+    Examples:
+      >>> import numpy as np
+      >>> space = Space({"n": Int(0, 3)})
+      >>> check_genomes("mutate", "genomes", space, {"n": np.zeros(4, np.int32)})["n"].shape
+      (4,)
+      >>> check_genomes("mutate", "genomes", space, {"m": np.zeros(4)})
+      Traceback (most recent call last):
+      ...
+      ValueError: mutate: genomes must map exactly the genes ['n'], got ['m']
+    """
     if not isinstance(space, Space):
-        raise ValueError(f"space must be a Space, got {type(space).__name__}")
+        raise ValueError(f"{where}: space must be a Space, got {type(space).__name__}")
     if not isinstance(genomes, Mapping) or set(genomes) != set(space.names):
         got = sorted(genomes) if isinstance(genomes, Mapping) else type(genomes).__name__
-        raise ValueError(f"{what} must map exactly the genes {list(space.names)}, got {got}")
+        raise ValueError(f"{where}: {arg} must map exactly the genes {list(space.names)}, got {got}")
     length = None
     for name in space.names:
         shape = jnp.shape(genomes[name])
         if len(shape) != 1 or (length is not None and shape[0] != length):
             raise ValueError(
-                f"{what}[{name!r}]: expected shape ({length if length is not None else 'N'},), got {shape}"
+                f"{where}: {arg}[{name!r}]: expected shape ({length if length is not None else 'N'},), got {shape}"
             )
         length = shape[0]
     return {n: genomes[n] for n in space.names}
