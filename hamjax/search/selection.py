@@ -33,19 +33,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hamjax._checks import check_int
+from hamjax._checks import check_choice, check_int, check_number, is_traced
 
 METHODS = ("tournament", "roulette", "rank")
+# The keywords each method of probabilities takes.
+_KEYWORDS = {"tournament": ("k", "replace"), "roulette": (), "rank": ("pressure",)}
 # Roulette's floor, as a fraction of the finite fitness range: the worst finite
 # member keeps a small chance instead of none.
 ROULETTE_EPS = 1e-3
 
 
-def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_fitness(fitness, where: str) -> int:
+def _check_fitness(where: str, fitness) -> int:
     """Checks ``fitness`` is ``(P,)`` with ``P >= 1`` and returns ``P``."""
     shape = np.shape(fitness)
     if len(shape) != 1:
@@ -55,18 +53,16 @@ def _check_fitness(fitness, where: str) -> int:
     return shape[0]
 
 
-def _check_pressure(pressure, where: str) -> None:
+def _check_picks(where: str, fitness, num) -> tuple[int, int]:
+    """The check every sampler starts with: ``(P,)`` fitness and ``num >= 1`` picks; returns ``(P, num)``."""
+    return _check_fitness(where, fitness), check_int(where, "num", num, minimum=1)
+
+
+def _check_pressure(where: str, pressure) -> None:
     if np.ndim(pressure) != 0:
         raise ValueError(f"{where}: pressure must be a scalar, got shape {np.shape(pressure)}")
-    if _concrete(pressure) and not 1.0 <= float(pressure) <= 2.0:
-        raise ValueError(f"{where}: pressure must be in [1, 2], got {float(pressure)!r}")
-
-
-def _check_k(k, size: int, where: str) -> int:
-    k = check_int(where, "k", k, minimum=1)
-    if k > size:
-        raise ValueError(f"{where}: tournament size k={k} larger than the population P={size}")
-    return k
+    if not is_traced(pressure):
+        check_number(where, "pressure", pressure, minimum=1, maximum=2)
 
 
 def sanitize(fitness) -> jax.Array:
@@ -116,10 +112,8 @@ def elite(fitness, n: int) -> jax.Array:
       >>> selection.elite(jnp.array([0.5, jnp.nan, 2.0, 0.5]), 3).tolist()
       [2, 0, 3]
     """
-    size = _check_fitness(fitness, "elite")
-    n = check_int("elite", "n", n, minimum=0)
-    if n > size:
-        raise ValueError(f"elite: elite count n={n} larger than the population P={size}")
+    size = _check_fitness("elite", fitness)
+    n = check_int("elite", "n", n, minimum=0, maximum=size)
     return _elite(fitness, n)
 
 
@@ -160,9 +154,8 @@ def tournament(key, fitness, num: int, *, k: int = 2, replace: bool = True) -> j
       >>> picks.tolist()
       [1, 1, 1, 1, 1, 1]
     """
-    size = _check_fitness(fitness, "tournament")
-    num = check_int("tournament", "num", num, minimum=1)
-    k = _check_k(k, size, "tournament")
+    size, num = _check_picks("tournament", fitness, num)
+    k = check_int("tournament", "k", k, minimum=1, maximum=size)
     return _tournament(key, fitness, num, k, bool(replace))
 
 
@@ -232,8 +225,7 @@ def roulette(key, fitness, num: int) -> jax.Array:
       >>> bool(jnp.all(picks != 1))
       True
     """
-    _check_fitness(fitness, "roulette")
-    num = check_int("roulette", "num", num, minimum=1)
+    _, num = _check_picks("roulette", fitness, num)
     return _categorical(key, _roulette_probabilities(fitness), num)
 
 
@@ -290,9 +282,8 @@ def rank(key, fitness, num: int, *, pressure=1.5) -> jax.Array:
       >>> picks.tolist()
       [0, 0, 0, 0, 0]
     """
-    _check_fitness(fitness, "rank")
-    num = check_int("rank", "num", num, minimum=1)
-    _check_pressure(pressure, "rank")
+    _, num = _check_picks("rank", fitness, num)
+    _check_pressure("rank", pressure)
     return _categorical(key, _rank_probabilities(fitness, pressure), num)
 
 
@@ -339,22 +330,16 @@ def probabilities(fitness, method: str, **kwargs) -> jax.Array:
       >>> [round(x * 9) for x in p.tolist()]
       [5, 1, 3]
     """
-    size = _check_fitness(fitness, "probabilities")
-    if method == "tournament":
-        unknown = set(kwargs) - {"k", "replace"}
-        k, replace = kwargs.get("k", 2), bool(kwargs.get("replace", True))
-    elif method == "roulette":
-        unknown = set(kwargs)
-    elif method == "rank":
-        unknown = set(kwargs) - {"pressure"}
-    else:
-        raise ValueError(f"probabilities: method must be one of {METHODS}, got {method!r}")
+    size = _check_fitness("probabilities", fitness)
+    check_choice("probabilities", "method", method, METHODS)
+    unknown = set(kwargs) - set(_KEYWORDS[method])
     if unknown:
         raise TypeError(f"probabilities: {method} takes no keyword(s) {sorted(unknown)}")
     if method == "tournament":
-        return _tournament_probabilities(fitness, _check_k(k, size, "probabilities"), replace)
+        k = check_int("probabilities", "k", kwargs.get("k", 2), minimum=1, maximum=size)
+        return _tournament_probabilities(fitness, k, bool(kwargs.get("replace", True)))
     if method == "roulette":
         return _roulette_probabilities(fitness)
     pressure = kwargs.get("pressure", 1.5)
-    _check_pressure(pressure, "probabilities")
+    _check_pressure("probabilities", pressure)
     return _rank_probabilities(fitness, pressure)

@@ -254,20 +254,32 @@ KEY = jax.random.key(0)
         ),
         (lambda: selection.roulette(KEY, MATRIX, 2), r"1-D array .* got shape \(2, 3\)"),
         (lambda: selection.elite(np.float32(1.0), 1), r"1-D array .* got shape \(\)"),
-        (lambda: selection.tournament(KEY, GOOD, 2, k=4), r"tournament size k=4 larger than the population P=3"),
-        (lambda: selection.probabilities(GOOD, "tournament", k=4), r"k=4 larger than the population P=3"),
-        (lambda: selection.tournament(KEY, GOOD, 2, k=0), r"k must be an integer >= 1, got 0"),
+        (lambda: selection.tournament(KEY, GOOD, 2, k=4), r"tournament: k must be an integer in \[1, 3\], got 4"),
+        (
+            lambda: selection.probabilities(GOOD, "tournament", k=4),
+            r"probabilities: k must be an integer in \[1, 3\], got 4",
+        ),
+        (lambda: selection.tournament(KEY, GOOD, 2, k=0), r"tournament: k must be an integer in \[1, 3\], got 0"),
         (lambda: selection.tournament(KEY, GOOD, 0), r"num must be an integer >= 1, got 0"),
         (lambda: selection.roulette(KEY, GOOD, 0), r"num must be an integer >= 1, got 0"),
         (lambda: selection.rank(KEY, GOOD, -1), r"num must be an integer >= 1, got -1"),
         (lambda: selection.roulette(KEY, GOOD, 2.5), r"num must be an integer >= 1, got 2.5"),
-        (lambda: selection.elite(GOOD, 4), r"elite count n=4 larger than the population P=3"),
-        (lambda: selection.elite(GOOD, -1), r"n must be an integer >= 0, got -1"),
-        (lambda: selection.rank(KEY, GOOD, 2, pressure=2.5), r"pressure must be in \[1, 2\], got 2.5"),
-        (lambda: selection.rank(KEY, GOOD, 2, pressure=0.5), r"pressure must be in \[1, 2\], got 0.5"),
-        (lambda: selection.probabilities(GOOD, "rank", pressure=2.5), r"pressure must be in \[1, 2\]"),
+        (lambda: selection.elite(GOOD, 4), r"elite: n must be an integer in \[0, 3\], got 4"),
+        (lambda: selection.elite(GOOD, -1), r"elite: n must be an integer in \[0, 3\], got -1"),
+        (
+            lambda: selection.rank(KEY, GOOD, 2, pressure=2.5),
+            r"rank: pressure must be a finite number >= 1 and <= 2, got 2.5",
+        ),
+        (
+            lambda: selection.rank(KEY, GOOD, 2, pressure=0.5),
+            r"rank: pressure must be a finite number >= 1 and <= 2, got 0.5",
+        ),
+        (
+            lambda: selection.probabilities(GOOD, "rank", pressure=2.5),
+            r"probabilities: pressure must be a finite number >= 1 and <= 2",
+        ),
         (lambda: selection.rank(KEY, GOOD, 2, pressure=jnp.ones(2)), r"pressure must be a scalar, got shape \(2,\)"),
-        (lambda: selection.probabilities(GOOD, "best"), r"method must be one of .*, got 'best'"),
+        (lambda: selection.probabilities(GOOD, "best"), r"probabilities: method must be one of .*, got 'best'"),
     ],
 )
 def test_errors(call, match):
@@ -278,7 +290,7 @@ def test_errors(call, match):
 def test_errors_before_tracing():
     with pytest.raises(ValueError, match=r"got shape \(2, 3\)"):
         jax.jit(lambda f: selection.roulette(KEY, f, 2))(MATRIX)
-    with pytest.raises(ValueError, match=r"k=4 larger than the population P=3"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 3\], got 4"):
         jax.jit(lambda f: selection.tournament(KEY, f, 2, k=4))(GOOD)
     with pytest.raises(TypeError, match=r"roulette takes no keyword"):
         selection.probabilities(GOOD, "roulette", pressure=1.5)
