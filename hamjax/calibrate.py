@@ -2,7 +2,7 @@
 
 Static int8 quantization fixes each activation's scale and zero point
 ahead of time. The statistics are collected at the input of every site
-that :func:`hamjax.quant_graph.find_sites` finds, on any apply function,
+that :func:`hamjax.jaxpr.find_sites` finds, on any apply function,
 by evaluating its jaxpr with a recording hook (jitted, one call per batch).
 
 Methods:
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamjax import quant
-from hamjax.quant_graph import find_sites, intercept
+from hamjax.jaxpr import find_sites, intercept
 
 METHODS = ("minmax", "percentile", "mse")
 Ranges = dict[str, tuple[float, float]]

@@ -11,7 +11,7 @@ chosen by *terms*, small frozen dataclasses:
   widths differ), :class:`AttentionTransfer` (Zagoruyko & Komodakis),
   :class:`AttentionProbs` (transformer attention maps),
   :class:`Relational` (Park et al. 2019) on named intermediates
-  (:mod:`hamjax.intermediates`);
+  (:func:`hamjax.jaxpr.capture`);
 * :class:`SelfDistillation`: shallow exits of the student learn from its
   own final layer (Zhang et al. 2019); and :class:`EmaTeacher` as the
   teacher makes an exponential moving average of the student its teacher.
@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from hamjax import data as data_lib
-from hamjax import distill, intermediates
+from hamjax import distill, jaxpr
 from hamjax import train as train_lib
 from hamjax._base import TRAINABLE, ApplyFn, call_model, is_protocol_apply, with_trainable
 
@@ -344,7 +344,7 @@ def _join_vars(student_vars, adapters, protocol: bool):
 def _with_adapters(student_apply, names: tuple[str, ...]) -> ApplyFn:
     """The student as an ApplyFn whose trainable params also hold the adapters; ``with_taps=True`` adds taps."""
     protocol = is_protocol_apply(student_apply)
-    captured = intermediates.capture(student_apply, names)
+    captured = jaxpr.capture(student_apply, names)
 
     def fn(variables, x, *, train, rng, mutable, with_taps=False, **kw):
         s_vars, adapters = _split_vars(variables, protocol)
@@ -386,7 +386,7 @@ def _needs(terms) -> tuple[tuple[str, ...], dict[int, tuple[str, ...]]]:
 
 
 def _teacher_forward(apply_fn, names):
-    captured = intermediates.capture(apply_fn, names)
+    captured = jaxpr.capture(apply_fn, names)
 
     def forward(params, x):
         y, taps = call_model(captured, params, x)[0]
@@ -530,7 +530,7 @@ def fit(
     s_names, t_names = _needs(terms)
     protocol = is_protocol_apply(student_apply)
     s_logits, s_shapes = jax.eval_shape(
-        lambda p, x: call_model(intermediates.capture(student_apply, s_names), p, x)[0], student_params, x0
+        lambda p, x: call_model(jaxpr.capture(student_apply, s_names), p, x)[0], student_params, x0
     )
     forwards = [_teacher_forward(apply, t_names.get(k, ())) for k, (apply, _) in enumerate(teacher_list)]
     t_shapes = [jax.eval_shape(f, p, x0) for f, (_, p) in zip(forwards, teacher_list, strict=True)]

@@ -15,7 +15,7 @@ Per-channel quantization keeps one ``(s, z)`` per slice along
 Bit widths may be traced arrays, so ``jax.vmap`` over a vector of bit
 widths is one call; they are checked to lie in [2, 16] when concrete.
 
-This module is the arithmetic; :mod:`hamjax.quant_graph` finds which
+This module is the arithmetic; :mod:`hamjax.jaxpr` finds which
 operands of which ops to quantize in any apply function, and
 :mod:`hamjax.calibrate` estimates activation ranges.
 
@@ -338,7 +338,7 @@ def default_channel_axes(path, leaf) -> tuple[int, ...]:
 
     Flax's ``Dense`` kernels are ``(in, out)`` and its ``Conv`` kernels
     ``(..., in, out)``, so the last axis is the output channel. For the
-    exact axes of any model, take them from :func:`hamjax.quant_graph.find_sites`.
+    exact axes of any model, take them from :func:`hamjax.jaxpr.find_sites`.
     """
     del path, leaf
     return (-1,)
@@ -392,7 +392,7 @@ def quantize_params(
         :func:`hamjax.prune.default_filter` (kernels) if ``None``.
       channel_axes: ``channel_axes(path, leaf) -> axes`` or a dict from
         ``jax.tree_util.keystr(path)`` to axes (as
-        :func:`hamjax.quant_graph.weight_channel_axes` gives); defaults to
+        :func:`hamjax.jaxpr.weight_channel_axes` gives); defaults to
         :func:`default_channel_axes`.
 
     Returns:

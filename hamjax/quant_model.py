@@ -1,7 +1,7 @@
 """Quantized models: post-training int8 (weight-only, dynamic, static) and QAT.
 
 Both entry points work on any apply function through
-:mod:`hamjax.quant_graph`:
+:mod:`hamjax.jaxpr`:
 
 * :func:`fake_quant_apply` is a function transform for quantization-aware
   training: at every site the weight is fake-quantized (per output channel
@@ -32,7 +32,7 @@ import numpy as np
 
 from hamjax import calibrate as calibrate_lib
 from hamjax import quant
-from hamjax.quant_graph import Site, find_sites, intercept, weight_channel_axes
+from hamjax.jaxpr import Site, find_sites, intercept, weight_channel_axes
 
 MODES = ("weight_only", "dynamic", "static")
 QAT_ACTIVATIONS = ("static", "dynamic", "none")
@@ -192,7 +192,7 @@ class QuantizedApply:
           ``weight`` (the :class:`hamjax.quant.QTensor`, or ``None`` when the
           weight is quantized at the op), ``activation`` (``(scale,
           zero_point)`` float32 arrays for static mode, else ``None``) and
-          ``site`` (the :class:`hamjax.quant_graph.Site`).
+          ``site`` (the :class:`hamjax.jaxpr.Site`).
         """
         leaves = {
             jax.tree_util.keystr(p): x

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from conformance import check_function_transform
 
-from hamjax import precision, quant_graph, quant_model
+from hamjax import jaxpr, precision, quant_model
 
 
 def _mlp(params, x):
@@ -23,7 +23,7 @@ BITS = {"bits": jnp.array([3.0, 5.0, 8.0])}
 RANGES = {"['w1']": (-3.0, 3.0), "['w2']": (0.0, 6.0)}
 
 CASES = [
-    ("intercept(identity)", lambda hp: lambda f: quant_graph.intercept(f, lambda i, s, a, w: (a, w)), {}, True),
+    ("intercept(identity)", lambda hp: lambda f: jaxpr.intercept(f, lambda i, s, a, w: (a, w)), {}, True),
     (
         "fake_quant_apply(static)",
         lambda hp: (

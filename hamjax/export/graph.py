@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import ad, batching, mlir
 
-from hamjax import quant_graph
+from hamjax.jaxpr import bind_equation, call_body, interpret
 
 TAG_PRIMITIVE = "hamjax_export_tag"
 TAG_PREFIX = "hamjax_tag__"
@@ -88,9 +88,11 @@ def _where(eqn) -> str:
     """The innermost frame of user code (not JAX, Flax or jax2onnx) that produced ``eqn``."""
     frames = getattr(getattr(eqn.source_info, "traceback", None), "frames", None) or []
     libraries = (f"{os.sep}jax{os.sep}", f"{os.sep}flax{os.sep}", f"{os.sep}jax2onnx{os.sep}")
-    here = {os.path.abspath(__file__), os.path.abspath(quant_graph.__file__)}
+    here = os.path.abspath(__file__)
+    interpreter = os.path.dirname(os.path.abspath(interpret.__file__))  # hamjax/jaxpr/, not user code either
     for frame in frames:
-        if not any(s in frame.file_name for s in libraries) and os.path.abspath(frame.file_name) not in here:
+        path = os.path.abspath(frame.file_name)
+        if not any(s in frame.file_name for s in libraries) and path != here and os.path.dirname(path) != interpreter:
             return f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
     return "unknown location"
 
@@ -184,14 +186,14 @@ def _eval_without_pools(jaxpr, consts, args) -> list:
     env.update(zip(jaxpr.invars, args, strict=True))
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
-        body = quant_graph.call_body(eqn)
+        body = call_body(eqn)
         pooled = _pool_by_slices(eqn, invals[0]) if eqn.primitive.name in _POOLS else None
         if pooled is not None:
             outs = [pooled]
         elif body is not None and eqn.primitive.name not in ("custom_jvp_call", "custom_vjp_call"):
             outs = _eval_without_pools(body[0], body[1], invals)
         else:
-            outs = quant_graph.bind_equation(eqn, invals)
+            outs = bind_equation(eqn, invals)
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 

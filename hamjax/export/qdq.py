@@ -30,7 +30,7 @@ import numpy as np
 
 from hamjax import quant
 from hamjax.export import graph
-from hamjax.quant_graph import intercept
+from hamjax.jaxpr import intercept
 
 
 def _weights_at_ops(qapply, weights, example, kw) -> dict[str, np.ndarray]:

@@ -94,7 +94,7 @@ class CNN(nnx.Module):
     ``convs/{i}/bias``; ``norms/{i}/scale|bias`` (params) and
     ``norms/{i}/mean|var`` (batch stats); ``dense/{j}/kernel|bias`` for the
     hidden dense layers; ``head/kernel|bias`` for the classifier. Named
-    intermediates (:mod:`hamjax.intermediates`): ``features/{i}``, stage
+    intermediates (:mod:`hamjax.jaxpr.intermediates`): ``features/{i}``, stage
     ``i``'s pooled maps ``(N, H_i, W_i, C_i)``; ``hidden/{j}``, dense layer
     ``j``'s activation; ``embedding``, what the head reads.
 

@@ -117,7 +117,7 @@ class HAMNet(nnx.Module):
     channel MLP with a residual. Tokens are mean-pooled, normalized by
     ``norm`` and classified by ``head``.
 
-    Named intermediates (:mod:`hamjax.intermediates`): ``layers/{i}`` (each
+    Named intermediates (:mod:`hamjax.jaxpr.intermediates`): ``layers/{i}`` (each
     layer's output, ``(N, T, hidden)``), ``layers/{i}/attention`` (the
     attention probabilities of attention layers, ``(N, heads, T, T)``) and
     ``embedding`` (the normalized pooled tokens, ``(N, hidden)``).

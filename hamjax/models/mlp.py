@@ -48,7 +48,7 @@ class MLP(nnx.Module):
 
     Parameters live at ``layers/{i}/kernel`` with shape ``(sizes[i], sizes[i+1])``
     and ``layers/{i}/bias`` with shape ``(sizes[i+1],)``. Named intermediates
-    (:mod:`hamjax.intermediates`): ``hidden/{i}``, the activation of hidden
+    (:mod:`hamjax.jaxpr.intermediates`): ``hidden/{i}``, the activation of hidden
     layer ``i`` ``(N, sizes[i+1])``, and ``embedding``, the last of them.
 
     Args:

@@ -22,7 +22,7 @@ class SelfAttention(nnx.Module):
     ``h`` means slicing those columns and rows. Attention itself is
     ``softmax(Q K^T / sqrt(head_dim)) V`` with the softmax in float32; the
     probabilities ``(N, heads, T, T)`` are marked with ``checkpoint_name``
-    as ``tap`` so that :func:`hamjax.intermediates.capture` can read them
+    as ``tap`` so that :func:`hamjax.jaxpr.capture` can read them
     (attention transfer).
 
     Args:
@@ -217,7 +217,7 @@ class ViT(nnx.Module):
     ``head``. Mean pooling keeps every token's output in the loss and avoids
     a concatenation in the exported graph.
 
-    Named intermediates (:mod:`hamjax.intermediates`): ``blocks/{i}`` (each
+    Named intermediates (:mod:`hamjax.jaxpr.intermediates`): ``blocks/{i}`` (each
     block's output, ``(N, T, hidden)``), ``blocks/{i}/attention`` (its
     attention probabilities, ``(N, heads, T, T)``) and ``embedding`` (the
     normalized pooled tokens, ``(N, hidden)``).

@@ -3,7 +3,7 @@
 Feature, attention and relational distillation compare what two models
 compute inside, so they need those values from models hamjax did not
 write. :func:`capture` gets them through the jaxpr (the mechanism of
-:func:`hamjax.quant_graph.intercept`), which works the same on Flax NNX,
+:func:`hamjax.jaxpr.intercept`), which works the same on Flax NNX,
 Flax Linen and plain ``jax.numpy`` functions. Two kinds of value have
 names:
 
@@ -28,10 +28,8 @@ from collections.abc import Sequence
 
 import jax
 
-from hamjax import quant_graph
 from hamjax._base import ApplyFn
-
-__all__ = ["capture", "names", "shapes"]
+from hamjax.jaxpr.interpret import intercept
 
 
 def _check_names(wanted) -> tuple[str, ...]:
@@ -93,12 +91,12 @@ def capture(apply_fn, wanted: str | Sequence[str]):
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jax.ad_checkpoint import checkpoint_name
-      >>> from hamjax import intermediates
+      >>> from hamjax import jaxpr
       >>> def f(p, x):
       ...     h = checkpoint_name(jnp.tanh(x @ p["w1"]), "hidden")
       ...     return h @ p["w2"]
       >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
-      >>> y, taps = jax.jit(intermediates.capture(f, ["hidden", "w2"]))(params, jnp.ones((5, 3)))
+      >>> y, taps = jax.jit(jaxpr.capture(f, ["hidden", "w2"]))(params, jnp.ones((5, 3)))
       >>> taps["hidden"].shape, bool(jnp.array_equal(taps["w2"], y))
       ((5, 4), True)
     """
@@ -108,7 +106,7 @@ def capture(apply_fn, wanted: str | Sequence[str]):
     def run(call, *args, **kw):
         found, seen = {}, []
         on_output = functools.partial(_record, found, seen, wanted_set)
-        out = call(quant_graph.intercept(apply_fn, on_output=on_output), *args, **kw)
+        out = call(intercept(apply_fn, on_output=on_output), *args, **kw)
         return out, _select(found, seen, wanted)
 
     if isinstance(apply_fn, ApplyFn):
@@ -143,9 +141,9 @@ def names(apply_fn, params, x, **kw) -> tuple[str, ...]:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from hamjax import intermediates, models, functional
+      >>> from hamjax import jaxpr, models, functional
       >>> apply_fn, params = functional(models.build("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 10)))
-      >>> intermediates.names(apply_fn, params, jnp.ones((1, 8, 8, 1)))
+      >>> jaxpr.names(apply_fn, params, jnp.ones((1, 8, 8, 1)))
       ('params/layers/0/kernel', 'hidden/0', 'embedding', 'params/layers/1/kernel')
     """
     seen: list[str] = []
@@ -154,7 +152,7 @@ def names(apply_fn, params, x, **kw) -> tuple[str, ...]:
         seen.append(name)
         return value
 
-    jax.eval_shape(lambda p, xx: quant_graph.intercept(apply_fn, on_output=on_output)(p, xx, **kw), params, x)
+    jax.eval_shape(lambda p, xx: intercept(apply_fn, on_output=on_output)(p, xx, **kw), params, x)
     return tuple(seen)
 
 
@@ -179,8 +177,8 @@ def shapes(apply_fn, params, x, wanted: str | Sequence[str], **kw) -> dict[str, 
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from hamjax import intermediates
-      >>> intermediates.shapes(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, jnp.ones((4, 3)), "w")["w"].shape
+      >>> from hamjax import jaxpr
+      >>> jaxpr.shapes(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, jnp.ones((4, 3)), "w")["w"].shape
       (4, 2)
     """
 

@@ -1,12 +1,18 @@
-"""Find and rewrite the quantizable ops and named values of any apply function, through its jaxpr.
+"""Re-evaluate any apply function's jaxpr with hooks at its weighted ops and named values.
 
-hamjax quantizes models it did not write (Flax NNX, Linen, plain
-``jax.numpy``) by tracing ``apply_fn`` to a jaxpr and re-evaluating it
-with a hook at every *site*: a ``dot_general`` or ``conv_general_dilated``
-where one operand depends on the input (the activation) and the other
-does not (the weight: a params leaf, possibly reshaped, transposed or
-computed from params and constants). Products of two activations
-(attention scores) are not sites; they stay in floating point.
+hamjax rewrites models it did not write (Flax NNX, Linen, plain
+``jax.numpy``) by tracing ``apply_fn`` to a jaxpr and evaluating it again,
+equation by equation, while tracking where each value comes from: from
+the inputs, or from one params leaf through layout ops only (reshape,
+transpose, dtype casts). That provenance finds the *sites*
+(:class:`~hamjax.jaxpr.Site`): a ``dot_general`` or
+``conv_general_dilated`` where one operand depends on the input (the
+activation) and the other does not (the weight). Products of two
+activations (attention scores) are not sites. :func:`intercept` hands each
+site's operands, and each named value, to a callback that may read or
+replace them: quantization fake-quantizes them, calibration records their
+ranges, distillation captures intermediates, exporters collect the weights
+as the ops see them.
 
 Calls (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, checkpoint) are
 inlined so sites inside them are found; control flow (``scan``,
@@ -33,45 +39,11 @@ import jax.extend.core as jcore
 import numpy as np
 
 from hamjax._base import ApplyFn
+from hamjax.jaxpr.equations import MARKER_PRIMITIVE, SITE_PRIMITIVES, Site, bind_equation, call_body
 
-SITE_PRIMITIVES = ("dot_general", "conv_general_dilated")
-_CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
-_SUBJAXPR_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 # Inlining these drops their custom derivative rule, so a marked value inside one is not read.
 _CUSTOM = {"custom_jvp_call", "custom_vjp_call"}
 _SAME_LAYOUT = {"convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Site:
-    """One quantizable op.
-
-    Attributes:
-      name: unique name (the weight leaf's key path, ``"#k"`` for repeats).
-      leaf: key path of the params leaf the weight comes from through layout
-        ops only, or ``None`` for a computed weight.
-      primitive: ``"dot_general"`` or ``"conv_general_dilated"``.
-      weight_operand: 0 or 1, the weight's position among the op's operands.
-      channel_axes: the weight's output-channel axes at the op.
-      leaf_channel_axes: the same axes in the leaf's coordinates, or ``None``
-        when the path from the leaf does not preserve them (a reshape).
-      activation_shape, weight_shape: operand shapes at the op.
-      dimension_numbers: the op's dimension numbers, for exporters.
-      path: the name of the op's output as an intermediate: the weight
-        leaf's ``/``-joined key path (``"params/layers/0/kernel"``, with
-        ``"#k"`` for repeats), or ``name`` for a computed weight.
-    """
-
-    name: str
-    leaf: str | None
-    primitive: str
-    weight_operand: int
-    channel_axes: tuple[int, ...]
-    leaf_channel_axes: tuple[int, ...] | None
-    activation_shape: tuple[int, ...]
-    weight_shape: tuple[int, ...]
-    dimension_numbers: Any = dataclasses.field(compare=False, repr=False, default=None)
-    path: str = ""
 
 
 # A value's provenance: does it depend on the inputs, and which params leaf
@@ -87,10 +59,10 @@ _DATA = _Tag(True)
 _CONST = _Tag(False)
 
 Hook = Callable[[int, Site, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-OutputHook = Callable[[str, jax.Array], jax.Array]
+"""``hook(index, site, activation, weight) -> (activation, weight)``, called at every site."""
 
-# The primitive of ``jax.ad_checkpoint.checkpoint_name``: an identity that names a value.
-MARKER_PRIMITIVE = "name"
+OutputHook = Callable[[str, jax.Array], jax.Array]
+"""``on_output(name, value) -> value``, called at every named intermediate."""
 
 
 def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
@@ -157,29 +129,6 @@ class _Context:
             eqn.params.get("dimension_numbers"),
             path,
         )
-
-
-def call_body(eqn):
-    """``(jaxpr, consts)`` of a call equation (``jit``, ``custom_jvp_call``, ...) that can be inlined, else None."""
-    if eqn.primitive.name not in _CALLS:
-        return None
-    for key in _SUBJAXPR_KEYS:
-        sub = eqn.params.get(key)
-        if isinstance(sub, jcore.ClosedJaxpr):
-            return sub.jaxpr, sub.consts
-        if isinstance(sub, jcore.Jaxpr):
-            return sub, ()
-    return None
-
-
-def bind_equation(eqn, invals) -> list:
-    """Apply ``eqn``'s primitive to ``invals`` under its context; always a list of outputs."""
-    params = eqn.primitive.get_bind_params(eqn.params)
-    # Older JAX returns (subfuns, params), newer JAX the params alone.
-    subfuns, params = params if isinstance(params, tuple) else ((), params)
-    with eqn.ctx.manager:
-        out = eqn.primitive.bind(*subfuns, *invals, **params)
-    return out if eqn.primitive.multiple_results else [out]
 
 
 def _layout_tag(eqn, tag: _Tag) -> _Tag:
@@ -278,7 +227,7 @@ def _run(fn, params, x, kw: dict, hook: Hook | None, on_output: OutputHook | Non
     outs, _ = _eval(closed.jaxpr, closed.consts, flat, tags, ctx)
     if ctx.skipped:
         warnings.warn(
-            f"hamjax.quant_graph: weights flow into {sorted(set(ctx.skipped))}, whose inner ops are not rewritten",
+            f"hamjax.jaxpr.intercept: weights flow into {sorted(set(ctx.skipped))}, whose inner ops are not rewritten",
             stacklevel=3,
         )
     return jax.tree.unflatten(jax.tree.structure(out_shape), outs), ctx
@@ -288,13 +237,14 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
     """A function transform: ``apply_fn`` with ``hook`` called at every site.
 
     ``hook(index, site, activation, weight) -> (activation, weight)`` may
-    replace either operand (fake-quantize it, record statistics of it).
-    ``on_output(name, value) -> value`` sees, and may replace, every named
-    intermediate: each site's output (named by :attr:`Site.path`) and each
-    value marked with ``jax.ad_checkpoint.checkpoint_name`` (named by its
-    name, ``"#k"`` added for repeats); calls that hold a marked value are
-    inlined (except ``custom_jvp``/``custom_vjp`` functions, whose gradient
-    rule inlining would drop). The result speaks the same protocol as ``apply_fn``: a
+    read or replace either operand of each site (record statistics of it,
+    fake-quantize it, factorise or mask the weight). ``on_output(name,
+    value) -> value`` sees, and may replace, every named intermediate: each
+    site's output (named by :attr:`Site.path`) and each value marked with
+    ``jax.ad_checkpoint.checkpoint_name`` (named by its name, ``"#k"`` added
+    for repeats); calls that hold a marked value are inlined (except
+    ``custom_jvp``/``custom_vjp`` functions, whose gradient rule inlining
+    would drop). The result speaks the same protocol as ``apply_fn``: a
     :class:`hamjax.ApplyFn` stays one (train mode, dropout keys and updated
     batch statistics work). The jaxpr is traced at each call, so call the
     result under ``jax.jit``.
@@ -310,11 +260,11 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from hamjax import quant_graph
+      >>> from hamjax import jaxpr
       >>> def f(p, x):
       ...     return jnp.tanh(x @ p["w1"]) @ p["w2"]
       >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
-      >>> doubled = quant_graph.intercept(f, lambda i, site, a, w: (2 * a, w))
+      >>> doubled = jaxpr.intercept(f, lambda i, site, a, w: (2 * a, w))
       >>> bool(jnp.allclose(doubled(params, jnp.ones((1, 3))), 2 * jnp.tanh(jnp.full((1, 4), 6.0)) @ params["w2"]))
       True
     """
@@ -332,60 +282,3 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
         return _run(apply_fn, params, x, kw, hook, on_output)[0]
 
     return rewritten
-
-
-def find_sites(apply_fn, params, x, **kw) -> tuple[Site, ...]:
-    """The quantizable ops of ``apply_fn`` on inputs shaped like ``x``, in evaluation order.
-
-    Args:
-      apply_fn: any apply function of the contract.
-      params: its params.
-      x: an example input (only shapes and dtypes matter).
-      **kw: keyword arguments for ``apply_fn``.
-
-    Returns:
-      A tuple of :class:`Site`.
-
-    Raises:
-      ValueError: if ``apply_fn`` has no quantizable op.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from hamjax import quant_graph
-      >>> sites = quant_graph.find_sites(lambda p, x: x @ p["w"].T, {"w": jnp.ones((5, 3))}, jnp.ones((2, 3)))
-      >>> [(s.name, s.channel_axes, s.leaf_channel_axes) for s in sites]
-      [("['w']", (1,), (0,))]
-    """
-    found: list[Site] = []
-
-    def hook(i, site, a, w):
-        found.append(site)
-        return a, w
-
-    jax.eval_shape(lambda p, xx: intercept(apply_fn, hook)(p, xx, **kw), params, x)
-    if not found:
-        raise ValueError(
-            "find_sites: apply_fn has no dot_general or conv_general_dilated with a params operand; nothing to quantize"
-        )
-    return tuple(found)
-
-
-def weight_channel_axes(sites) -> dict[str, tuple[int, ...]]:
-    """Per-leaf output-channel axes for the leaves whose every use agrees on them.
-
-    Args:
-      sites: from :func:`find_sites`.
-
-    Returns:
-      ``{leaf key path: axes}``; leaves used with different or unknown axes
-      are left out (quantize those per tensor or at the op).
-    """
-    axes: dict[str, tuple[int, ...] | None] = {}
-    for s in sites:
-        if s.leaf is None:
-            continue
-        if s.leaf in axes and axes[s.leaf] != s.leaf_channel_axes:
-            axes[s.leaf] = None
-        else:
-            axes.setdefault(s.leaf, s.leaf_channel_axes)
-    return {k: v for k, v in axes.items() if v is not None}

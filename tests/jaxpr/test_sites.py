@@ -1,4 +1,4 @@
-"""Site discovery and rewriting of hamjax.quant_graph on NNX, Linen and plain jax.numpy models."""
+"""Site discovery of hamjax.jaxpr.sites on NNX, Linen and plain jax.numpy models."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import pytest
 from reference_models import random_model
 
 import hamjax
-from hamjax import quant_graph
+from hamjax import jaxpr
 
 
 def _identity(i, site, a, w):
@@ -50,7 +50,7 @@ def _site_summary(sites):
 @pytest.mark.parametrize(("name", "n_sites"), [("mlp", 3), ("cnn", 5), ("vit", 14), ("hamnet", 22)])
 def test_find_sites_on_reference_models(name, n_sites):
     apply_fn, _, params = random_model(name, input_shape=(28, 28, 1))
-    sites = quant_graph.find_sites(apply_fn, params, jnp.zeros((2, 28, 28, 1)))
+    sites = jaxpr.find_sites(apply_fn, params, jnp.zeros((2, 28, 28, 1)))
     kernels = _kernels(params)
     assert len(sites) == len(kernels) == n_sites
     assert sorted(s.name for s in sites) == sorted(kernels)
@@ -64,12 +64,12 @@ def test_find_sites_on_reference_models(name, n_sites):
         else:
             assert s.primitive == "dot_general" and s.channel_axes == s.leaf_channel_axes == (1,)
     # The same function gives the same sites in the same order.
-    assert quant_graph.find_sites(apply_fn, params, jnp.zeros((2, 28, 28, 1))) == sites
+    assert jaxpr.find_sites(apply_fn, params, jnp.zeros((2, 28, 28, 1))) == sites
 
 
 def test_attention_scores_are_not_sites():
     apply_fn, _, params = random_model("vit", input_shape=(28, 28, 1))
-    sites = quant_graph.find_sites(apply_fn, params, jnp.zeros((2, 28, 28, 1)))
+    sites = jaxpr.find_sites(apply_fn, params, jnp.zeros((2, 28, 28, 1)))
     names = [s.name for s in sites]
     assert all("#" not in n for n in names)  # no computed-weight site: Q K^T and A V stay float
     assert names[:5] == [
@@ -110,10 +110,10 @@ def test_find_sites_on_linen_model():
         ("['params']['Dense_1']['kernel']", (1,)),
     ]
     for apply_fn, params in [hamjax.linen_functional(model, variables), (model.apply, variables)]:
-        sites = quant_graph.find_sites(apply_fn, params, x)
+        sites = jaxpr.find_sites(apply_fn, params, x)
         assert [(s.name, s.leaf_channel_axes) for s in sites] == expected
         assert [s.primitive for s in sites] == ["conv_general_dilated", "dot_general", "dot_general"]
-        out = jax.jit(quant_graph.intercept(apply_fn, _identity))(params, x)
+        out = jax.jit(jaxpr.intercept(apply_fn, _identity))(params, x)
         np.testing.assert_array_equal(out, jax.jit(apply_fn)(params, x))
 
 
@@ -122,25 +122,25 @@ def test_find_sites_on_linen_model():
 
 def test_transposed_weight_maps_channel_axes_to_the_leaf():
     params, x = _plain()
-    sites = quant_graph.find_sites(lambda p, x: x @ p["w"].T, params, x)
+    sites = jaxpr.find_sites(lambda p, x: x @ p["w"].T, params, x)
     assert _site_summary(sites) == [("['w']", "['w']", 1, (1,), (0,))]
     assert sites[0].activation_shape == (2, 3) and sites[0].weight_shape == (3, 5)
-    sites = quant_graph.find_sites(lambda p, x: jnp.einsum("ni,oi->no", x, p["w"]), params, x)
+    sites = jaxpr.find_sites(lambda p, x: jnp.einsum("ni,oi->no", x, p["w"]), params, x)
     assert _site_summary(sites) == [("['w']", "['w']", 1, (0,), (0,))]
-    sites = quant_graph.find_sites(lambda p, x: p["w"] @ x.T, params, x)
+    sites = jaxpr.find_sites(lambda p, x: p["w"] @ x.T, params, x)
     assert _site_summary(sites) == [("['w']", "['w']", 0, (0,), (0,))]
 
 
 def test_reshaped_weight_has_no_leaf_channel_axes():
     params, x = _plain()
-    sites = quant_graph.find_sites(lambda p, x: x @ p["w"].reshape(3, 5), params, x)
+    sites = jaxpr.find_sites(lambda p, x: x @ p["w"].reshape(3, 5), params, x)
     assert _site_summary(sites) == [("['w']", "['w']", 1, (1,), None)]
 
 
 def test_computed_weight_is_a_site_without_leaf():
     params, x = _plain()
     mask = np.tril(np.ones((3, 5), np.float32))
-    sites = quant_graph.find_sites(lambda p, x: jnp.tanh(x @ p["v"]) @ p["w"] @ (p["v"] * mask), params, x)
+    sites = jaxpr.find_sites(lambda p, x: jnp.tanh(x @ p["v"]) @ p["w"] @ (p["v"] * mask), params, x)
     assert _site_summary(sites) == [
         ("['v']", "['v']", 1, (1,), (1,)),
         ("['w']", "['w']", 1, (1,), (1,)),
@@ -150,30 +150,37 @@ def test_computed_weight_is_a_site_without_leaf():
 
 def test_weight_used_twice_gets_a_numbered_name():
     params, x = _plain()
-    sites = quant_graph.find_sites(lambda p, x: x @ p["v"] @ p["w"] @ p["v"] + x @ p["v"], params, x)
+    sites = jaxpr.find_sites(lambda p, x: x @ p["v"] @ p["w"] @ p["v"] + x @ p["v"], params, x)
     assert [s.name for s in sites] == ["['v']", "['w']", "['v']#1", "['v']#2"]
     assert [s.leaf for s in sites] == ["['v']", "['w']", "['v']", "['v']"]
 
 
 def test_product_of_two_activations_is_not_a_site():
     params, x = _plain()
-    sites = quant_graph.find_sites(lambda p, x: (x @ x.T) @ x @ p["v"], params, x)
+    sites = jaxpr.find_sites(lambda p, x: (x @ x.T) @ x @ p["v"], params, x)
     assert [s.name for s in sites] == ["['v']"]
     with pytest.raises(ValueError, match="nothing to quantize"):
-        quant_graph.find_sites(lambda p, x: (x @ x.T) + p["b"][:2][None], params, x)
+        jaxpr.find_sites(lambda p, x: (x @ x.T) + p["b"][:2][None], params, x)
 
 
 def test_function_without_dot_or_conv_raises():
     params, x = _plain()
     with pytest.raises(ValueError, match="dot_general or conv_general_dilated"):
-        quant_graph.find_sites(lambda p, x: jnp.tanh(x) * p["b"][:3][None], params, x)
+        jaxpr.find_sites(lambda p, x: jnp.tanh(x) * p["b"][:3][None], params, x)
 
 
 def test_sites_inside_jit_calls_are_found():
     params, x = _plain()
     inner = jax.jit(lambda a, w: jnp.tanh(a @ w))
-    sites = quant_graph.find_sites(lambda p, x: inner(x, p["v"]) @ p["w"], params, x)
+    sites = jaxpr.find_sites(lambda p, x: inner(x, p["v"]) @ p["w"], params, x)
     assert _site_summary(sites) == [("['v']", "['v']", 1, (1,), (1,)), ("['w']", "['w']", 1, (1,), (1,))]
+
+
+def test_sites_inside_checkpoint_are_found():
+    params, x = _plain()
+    inner = jax.checkpoint(lambda a, w: jnp.tanh(a @ w))
+    sites = jaxpr.find_sites(lambda p, x: inner(x, p["v"]) @ p["w"], params, x)
+    assert [s.name for s in sites] == ["['v']", "['w']"]
 
 
 def test_conv_channel_axes_follow_the_kernel_layout():
@@ -187,9 +194,9 @@ def test_conv_channel_axes_follow_the_kernel_layout():
         k = p["k"].transpose(3, 2, 0, 1)
         return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "OIHW", "NHWC"))
 
-    assert _site_summary(quant_graph.find_sites(hwio, params, x)) == [("['k']", "['k']", 1, (3,), (3,))]
-    assert _site_summary(quant_graph.find_sites(oihw, params, x)) == [("['k']", "['k']", 1, (0,), (3,))]
-    np.testing.assert_array_equal(jax.jit(quant_graph.intercept(oihw, _identity))(params, x), jax.jit(oihw)(params, x))
+    assert _site_summary(jaxpr.find_sites(hwio, params, x)) == [("['k']", "['k']", 1, (3,), (3,))]
+    assert _site_summary(jaxpr.find_sites(oihw, params, x)) == [("['k']", "['k']", 1, (0,), (3,))]
+    np.testing.assert_array_equal(jax.jit(jaxpr.intercept(oihw, _identity))(params, x), jax.jit(oihw)(params, x))
 
 
 def test_weight_flowing_into_scan_warns():
@@ -203,7 +210,7 @@ def test_weight_flowing_into_scan_warns():
         return c @ p["v"]
 
     with pytest.warns(UserWarning, match="scan"):
-        sites = quant_graph.find_sites(f, params, x)
+        sites = jaxpr.find_sites(f, params, x)
     assert [s.name for s in sites] == ["['v']"]  # only the op outside the scan
 
 
@@ -215,13 +222,13 @@ def test_weight_flowing_into_cond_warns():
         return h @ p["w"]
 
     with pytest.warns(UserWarning, match="cond"):
-        sites = quant_graph.find_sites(f, params, x)
+        sites = jaxpr.find_sites(f, params, x)
     assert [s.name for s in sites] == ["['w']"]  # only the op outside the cond
 
 
 def test_weight_channel_axes_drops_conflicting_leaves():
     params, x = _plain()
-    sites = quant_graph.find_sites(
+    sites = jaxpr.find_sites(
         lambda p, x: jnp.tanh(x @ p["v"]) @ p["v"].T @ p["w"].reshape(3, 5) @ p["w"] @ p["v"], params, x
     )
     assert [(s.name, s.leaf_channel_axes) for s in sites] == [
@@ -231,102 +238,8 @@ def test_weight_channel_axes_drops_conflicting_leaves():
         ("['w']#1", (1,)),
         ("['v']#2", (1,)),
     ]
-    assert quant_graph.weight_channel_axes(sites) == {}
+    assert jaxpr.weight_channel_axes(sites) == {}
     # Uses that agree (["w"] twice, transposed both times) keep their leaf's axes.
-    sites = quant_graph.find_sites(lambda p, x: x @ p["w"].T @ p["v"].T @ p["w"].T, params, x)
+    sites = jaxpr.find_sites(lambda p, x: x @ p["w"].T @ p["v"].T @ p["w"].T, params, x)
     assert [s.name for s in sites] == ["['w']", "['v']", "['w']#1"]
-    assert quant_graph.weight_channel_axes(sites) == {"['w']": (0,), "['v']": (0,)}
-
-
-# ---------------------------------------------------------------- intercept
-
-
-def test_identity_hook_is_bit_identical_on_plain_function():
-    params, x = _plain()
-
-    def f(p, x):
-        return jnp.tanh(x @ p["v"] + p["b"][None]) @ p["w"]
-
-    g = quant_graph.intercept(f, _identity)
-    np.testing.assert_array_equal(jax.jit(g)(params, x), jax.jit(f)(params, x))
-    np.testing.assert_allclose(g(params, x), f(params, x), rtol=1e-6)
-    grads = [jax.jit(jax.grad(lambda p, h=h: h(p, x).sum()))(params) for h in (f, g)]
-    _assert_trees_equal(grads[1], grads[0])
-
-
-def test_identity_hook_is_bit_identical_on_nnx_models():
-    x = _normal(np.random.default_rng(1), (4, 8, 8, 1))
-    apply_fn, _, params = random_model("mlp", input_shape=(8, 8, 1))
-    g = quant_graph.intercept(apply_fn, _identity)
-    assert isinstance(g, hamjax.ApplyFn)
-    np.testing.assert_array_equal(jax.jit(g)(params, x), jax.jit(apply_fn)(params, x))
-    grads = [jax.jit(jax.grad(lambda p, h=h: h(p, x).sum()))(params) for h in (apply_fn, g)]
-    _assert_trees_equal(grads[1], grads[0])
-    # Attention (custom_jvp softmax, products of activations) evaluates unchanged too.
-    apply_fn, _, params = random_model("vit", input_shape=(8, 8, 1), num_layers=1, hidden_size=16, num_heads=2)
-    g = quant_graph.intercept(apply_fn, _identity)
-    np.testing.assert_array_equal(jax.jit(g)(params, x), jax.jit(apply_fn)(params, x))
-
-
-def test_identity_hook_keeps_cnn_train_mode_and_batch_stats():
-    apply_fn, _, params = random_model("cnn", input_shape=(8, 8, 1))
-    x = _normal(np.random.default_rng(1), (4, 8, 8, 1))
-    g = quant_graph.intercept(apply_fn, _identity)
-
-    def run(h):
-        return jax.jit(lambda p, x: h(p, x, train=True, rng=jax.random.key(2), mutable=True))(params, x)
-
-    (y0, v0), (y1, v1) = run(apply_fn), run(g)
-    np.testing.assert_array_equal(y1, y0)
-    _assert_trees_equal(v1, v0)
-    # Train mode really ran: the batch statistics moved.
-    assert not np.allclose(v1["batch_stats"]["norms"][0]["mean"], params["batch_stats"]["norms"][0]["mean"])
-
-    def grads(h):
-        return jax.grad(lambda p: h(p, x, train=True, rng=jax.random.key(2), mutable=True)[0].sum())(params)
-
-    # Separate programs, so that XLA cannot merge the two computations into one.
-    _assert_trees_equal(jax.jit(lambda: grads(g))(), jax.jit(lambda: grads(apply_fn))())
-
-
-def test_hook_replaces_operands():
-    params, x = _plain()
-
-    def f(p, x):
-        return x @ p["v"] + p["b"][None]
-
-    zero_act = quant_graph.intercept(f, lambda i, s, a, w: (jnp.zeros_like(a), w))
-    np.testing.assert_array_equal(zero_act(params, x), np.broadcast_to(params["b"], (2, 5)))
-    double_w = quant_graph.intercept(f, lambda i, s, a, w: (a, 2 * w))
-    np.testing.assert_allclose(double_w(params, x), x @ (2 * params["v"]) + params["b"][None], rtol=1e-6)
-
-    # On an NNX model: zeroing the first site's activation equals feeding zeros.
-    apply_fn, _, mparams = random_model("mlp", input_shape=(8, 8, 1))
-    xm = _normal(np.random.default_rng(1), (3, 8, 8, 1))
-    first_zero = jax.jit(quant_graph.intercept(apply_fn, lambda i, s, a, w: (a * (i != 0), w)))
-    np.testing.assert_allclose(first_zero(mparams, xm), jax.jit(apply_fn)(mparams, 0 * xm), rtol=1e-6, atol=1e-6)
-
-
-def test_hook_sees_sites_in_order_with_operands():
-    params, x = _plain()
-    seen = []
-
-    def hook(i, site, a, w):
-        seen.append((i, site.name, a.shape, w.shape))
-        return a, w
-
-    quant_graph.intercept(lambda p, x: jnp.tanh(x @ p["v"]) @ p["w"], hook)(params, x)
-    assert seen == [(0, "['v']", (2, 3), (3, 5)), (1, "['w']", (2, 5), (5, 3))]
-
-
-def test_intercept_passes_keyword_arguments():
-    params, x = _plain()
-
-    def f(p, x, *, scale, offset):
-        return scale * (x @ p["v"]) + offset
-
-    g = quant_graph.intercept(f, _identity)
-    offset = jnp.arange(5.0)[None]
-    np.testing.assert_allclose(g(params, x, scale=3.0, offset=offset), f(params, x, scale=3.0, offset=offset))
-    sites = quant_graph.find_sites(f, params, x, scale=2.0, offset=offset)
-    assert [s.name for s in sites] == ["['v']"]
+    assert jaxpr.weight_channel_axes(sites) == {"['w']": (0,), "['v']": (0,)}

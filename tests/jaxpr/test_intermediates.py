@@ -1,4 +1,4 @@
-"""Named intermediates (hamjax.intermediates) on plain jax.numpy functions, Flax Linen and the NNX reference models."""
+"""Named intermediates (hamjax.jaxpr.intermediates) on plain jax.numpy functions, Flax Linen and the NNX reference models."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +9,7 @@ from jax.ad_checkpoint import checkpoint_name
 from reference_models import random_model
 
 import hamjax
-from hamjax import intermediates
+from hamjax import jaxpr
 
 SHAPE = (8, 8, 1)
 
@@ -39,7 +39,7 @@ def _images(n=4, seed=1):
 
 
 def _captured_y(f, p, x, wanted=()):
-    return intermediates.capture(f, wanted)(p, x)[0]
+    return jaxpr.capture(f, wanted)(p, x)[0]
 
 
 def _plain_params(seed=0):
@@ -55,9 +55,9 @@ def _plain(p, x):
 
 def test_plain_function_names_and_values():
     params, x = _plain_params()
-    assert intermediates.names(_plain, params, x) == ("w1", "hidden/0", "w2")
+    assert jaxpr.names(_plain, params, x) == ("w1", "hidden/0", "w2")
     # Taps come back in the order asked for, not the order of evaluation.
-    y, taps = intermediates.capture(_plain, ["w2", "hidden/0", "w1"])(params, x)
+    y, taps = jaxpr.capture(_plain, ["w2", "hidden/0", "w1"])(params, x)
     assert list(taps) == ["w2", "hidden/0", "w1"]
     pre = np.asarray(x) @ np.asarray(params["w1"])
     hidden = np.tanh(pre + np.asarray(params["b1"])[None])
@@ -66,7 +66,7 @@ def test_plain_function_names_and_values():
     np.testing.assert_allclose(y, hidden @ np.asarray(params["w2"]), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(taps["w2"], y)  # the last product is the output itself
     # One name as a plain string.
-    _, taps = intermediates.capture(_plain, "hidden/0")(params, x)
+    _, taps = jaxpr.capture(_plain, "hidden/0")(params, x)
     assert list(taps) == ["hidden/0"]
     np.testing.assert_allclose(taps["hidden/0"], hidden, rtol=1e-5, atol=1e-6)
 
@@ -80,8 +80,8 @@ def test_weight_names_are_slash_joined_key_paths():
         layers = p["enc"]["layers"]
         return jax.nn.relu(x @ layers[0]["kernel"]) @ layers[1]["kernel"]
 
-    assert intermediates.names(f, params, x) == ("enc/layers/0/kernel", "enc/layers/1/kernel")
-    y, taps = intermediates.capture(f, ["enc/layers/0/kernel"])(params, x)
+    assert jaxpr.names(f, params, x) == ("enc/layers/0/kernel", "enc/layers/1/kernel")
+    y, taps = jaxpr.capture(f, ["enc/layers/0/kernel"])(params, x)
     np.testing.assert_allclose(taps["enc/layers/0/kernel"], x @ params["enc"]["layers"][0]["kernel"], rtol=1e-6)
     np.testing.assert_array_equal(y, f(params, x))
 
@@ -96,8 +96,8 @@ def test_repeated_marker_and_weight_used_twice_get_numbered_names():
         h = checkpoint_name(jnp.tanh(h) @ p["v"], "h")
         return 2.0 * h
 
-    assert intermediates.names(f, params, x) == ("v", "h", "v#1", "h#1")
-    y, taps = intermediates.capture(f, ["h", "h#1", "v", "v#1"])(params, x)
+    assert jaxpr.names(f, params, x) == ("v", "h", "v#1", "h#1")
+    y, taps = jaxpr.capture(f, ["h", "h#1", "v", "v#1"])(params, x)
     first = np.asarray(x) @ np.asarray(params["v"])
     second = np.tanh(first) @ np.asarray(params["v"])
     np.testing.assert_allclose(taps["h"], first, rtol=1e-5, atol=1e-6)
@@ -131,8 +131,8 @@ def test_markers_inside_jit_are_found_and_custom_jvp_is_left_whole():
         return _softsign(outer(x @ p["w"])) @ p["v"]
 
     # The custom_jvp function is not inlined (that would drop its rule), so its marker is not read.
-    assert intermediates.names(f, params, x) == ("w", "in_jit", "in_nested_jit", "v")
-    y, taps = jax.jit(intermediates.capture(f, ["in_jit", "in_nested_jit"]))(params, x)
+    assert jaxpr.names(f, params, x) == ("w", "in_jit", "in_nested_jit", "v")
+    y, taps = jax.jit(jaxpr.capture(f, ["in_jit", "in_nested_jit"]))(params, x)
     pre = np.asarray(x) @ np.asarray(params["w"])
     in_jit = np.sin(pre)
     nested = 2.0 * in_jit + 1.0
@@ -167,9 +167,9 @@ def test_capture_keeps_the_custom_jvp_rule():
     got = jax.grad(lambda p: _captured_y(f, p, x, "w2").sum())(params)
     _assert_trees_close(got, want, rtol=1e-5, atol=1e-6)
     # A marker inside a custom_jvp function is not read: inlining the call would drop its rule.
-    assert "rounded" not in intermediates.names(f, params, x)
+    assert "rounded" not in jaxpr.names(f, params, x)
     with pytest.raises(ValueError, match="rounded"):
-        intermediates.capture(f, "rounded")(params, x)
+        jaxpr.capture(f, "rounded")(params, x)
 
 
 # ---------------------------------------------------------------- the model is unchanged
@@ -177,7 +177,7 @@ def test_capture_keeps_the_custom_jvp_rule():
 
 def test_plain_output_is_bit_identical():
     params, x = _plain_params()
-    captured = intermediates.capture(_plain, ["hidden/0", "w2"])
+    captured = jaxpr.capture(_plain, ["hidden/0", "w2"])
     np.testing.assert_array_equal(jax.jit(captured)(params, x)[0], jax.jit(_plain)(params, x))
     np.testing.assert_array_equal(captured(params, x)[0], _plain(params, x))
 
@@ -185,7 +185,7 @@ def test_plain_output_is_bit_identical():
 def test_nnx_output_and_batch_stats_are_bit_identical():
     apply_fn, _, params = random_model("cnn", input_shape=SHAPE, dropout_rate=0.5)
     x = _images()
-    captured = intermediates.capture(apply_fn, ["features/1", "embedding"])
+    captured = jaxpr.capture(apply_fn, ["features/1", "embedding"])
     assert isinstance(captured, hamjax.ApplyFn)
     assert captured.collections == apply_fn.collections
     y, taps = jax.jit(captured)(params, x)
@@ -211,7 +211,7 @@ def test_nnx_output_and_batch_stats_are_bit_identical():
 def test_nnx_attention_model_output_is_bit_identical():
     apply_fn, _, params = random_model("vit", input_shape=SHAPE, num_layers=1, hidden_size=16, num_heads=2)
     x = _images()
-    y, _ = jax.jit(intermediates.capture(apply_fn, ["blocks/0/attention", "embedding"]))(params, x)
+    y, _ = jax.jit(jaxpr.capture(apply_fn, ["blocks/0/attention", "embedding"]))(params, x)
     np.testing.assert_array_equal(y, jax.jit(apply_fn)(params, x))
 
 
@@ -244,8 +244,8 @@ def _linen():
 
 def test_linen_output_and_batch_stats_are_bit_identical():
     apply_fn, variables, x = _linen()
-    assert intermediates.names(apply_fn, variables, x) == ("params/Dense_0/kernel", "hidden", "params/Dense_1/kernel")
-    captured = intermediates.capture(apply_fn, ["hidden", "params/Dense_1/kernel"])
+    assert jaxpr.names(apply_fn, variables, x) == ("params/Dense_0/kernel", "hidden", "params/Dense_1/kernel")
+    captured = jaxpr.capture(apply_fn, ["hidden", "params/Dense_1/kernel"])
     y, taps = jax.jit(captured)(variables, x)
     np.testing.assert_array_equal(y, jax.jit(apply_fn)(variables, x))
     # Eval mode: the hidden tap is the normalized, activated Dense_0 output.
@@ -268,13 +268,13 @@ def test_linen_output_and_batch_stats_are_bit_identical():
 
 
 def _marked(apply_fn, params, x):
-    return [n for n in intermediates.names(apply_fn, params, x) if not n.startswith("params/")]
+    return [n for n in jaxpr.names(apply_fn, params, x) if not n.startswith("params/")]
 
 
 def _check_shapes(apply_fn, params, x, expected):
-    got = intermediates.shapes(apply_fn, params, x, list(expected))
+    got = jaxpr.shapes(apply_fn, params, x, list(expected))
     assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (s, jnp.float32) for k, s in expected.items()}
-    _, taps = jax.jit(intermediates.capture(apply_fn, list(expected)))(params, x)
+    _, taps = jax.jit(jaxpr.capture(apply_fn, list(expected)))(params, x)
     assert {k: v.shape for k, v in taps.items()} == expected
     return taps
 
@@ -371,7 +371,7 @@ def test_hamnet_taps():
     for i in (0, 2):
         _check_attention(taps[f"layers/{i}/attention"], 4, 8)
     with pytest.raises(ValueError, match="layers/1/attention"):  # mixer layers have no attention
-        intermediates.shapes(apply_fn, params, x, "layers/1/attention")
+        jaxpr.shapes(apply_fn, params, x, "layers/1/attention")
 
 
 # ---------------------------------------------------------------- gradients and transforms
@@ -379,7 +379,7 @@ def test_hamnet_taps():
 
 def test_gradient_through_a_tap_equals_the_hand_gradient():
     params, x = _plain_params()
-    captured = intermediates.capture(_plain, "hidden/0")
+    captured = jaxpr.capture(_plain, "hidden/0")
     got = jax.grad(lambda p: captured(p, x)[1]["hidden/0"].sum())(params)
     h = np.tanh(np.asarray(x) @ np.asarray(params["w1"]) + np.asarray(params["b1"])[None])
     dh = 1 - h**2  # d sum(tanh(z)) / dz
@@ -395,7 +395,7 @@ def test_gradient_through_a_tap_equals_the_hand_gradient():
 def test_gradient_of_the_output_is_unchanged_on_nnx():
     apply_fn, _, params = random_model("mlp", input_shape=SHAPE)
     x = _images()
-    captured = intermediates.capture(apply_fn, "embedding")
+    captured = jaxpr.capture(apply_fn, "embedding")
     grads = [
         jax.jit(jax.grad(lambda p, h=h: h(p, x).sum()))(params) for h in (apply_fn, lambda p, x: captured(p, x)[0])
     ]
@@ -404,7 +404,7 @@ def test_gradient_of_the_output_is_unchanged_on_nnx():
 
 def test_jit_matches_eager():
     params, x = _plain_params()
-    captured = intermediates.capture(_plain, ["w1", "hidden/0"])
+    captured = jaxpr.capture(_plain, ["w1", "hidden/0"])
     _assert_trees_close(jax.jit(captured)(params, x), captured(params, x), rtol=1e-6, atol=1e-6)
 
 
@@ -412,7 +412,7 @@ def test_vmap_over_params_matches_per_member_calls():
     stacked = [_plain_params(seed)[0] for seed in range(3)]
     _, x = _plain_params()
     batch = jax.tree.map(lambda *a: jnp.stack(a), *stacked)
-    captured = intermediates.capture(_plain, ["hidden/0", "w1"])
+    captured = jaxpr.capture(_plain, ["hidden/0", "w1"])
     y, taps = jax.vmap(lambda p: captured(p, x))(batch)
     assert y.shape == (3, 4, 2) and taps["hidden/0"].shape == (3, 4, 5)
     for i, p in enumerate(stacked):
@@ -426,7 +426,7 @@ def test_vmap_over_params_matches_per_member_calls():
     apply_fn, _, p0 = random_model("mlp", input_shape=SHAPE, seed=0)
     _, _, p1 = random_model("mlp", input_shape=SHAPE, seed=1)
     xm = _images()
-    captured = intermediates.capture(apply_fn, ["hidden/0", "embedding"])
+    captured = jaxpr.capture(apply_fn, ["hidden/0", "embedding"])
     y, taps = jax.jit(jax.vmap(lambda p: captured(p, xm)))(jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1))
     for i, p in enumerate((p0, p1)):
         yi, ti = jax.jit(captured)(p, xm)
@@ -439,7 +439,7 @@ def test_vmap_over_params_matches_per_member_calls():
 
 def test_missing_name_raises_with_the_available_names():
     params, x = _plain_params()
-    captured = intermediates.capture(_plain, ["hidden/0", "hidden/9"])
+    captured = jaxpr.capture(_plain, ["hidden/0", "hidden/9"])
     with pytest.raises(ValueError, match="no intermediate named") as info:
         captured(params, x)
     message = str(info.value)
@@ -450,7 +450,7 @@ def test_missing_name_raises_with_the_available_names():
     # NNX: a typo in a layer name lists the real ones.
     apply_fn, _, mparams = random_model("mlp", input_shape=SHAPE)
     with pytest.raises(ValueError, match=r"'hidden/2'.*'hidden/1'"):
-        intermediates.capture(apply_fn, "hidden/2")(mparams, _images())
+        jaxpr.capture(apply_fn, "hidden/2")(mparams, _images())
 
 
 @pytest.mark.parametrize(
@@ -462,23 +462,23 @@ def test_bad_names_raise_before_tracing(wanted, match):
         raise AssertionError("capture traced the model")
 
     with pytest.raises(ValueError, match=match):
-        intermediates.capture(never_called, wanted)
+        jaxpr.capture(never_called, wanted)
     with pytest.raises(ValueError, match=match):
-        intermediates.capture(hamjax.ApplyFn(never_called, ("params",)), wanted)
+        jaxpr.capture(hamjax.ApplyFn(never_called, ("params",)), wanted)
 
 
 def test_shapes():
     params, x = _plain_params()
-    got = intermediates.shapes(_plain, params, x, ["hidden/0", "w2"])
+    got = jaxpr.shapes(_plain, params, x, ["hidden/0", "w2"])
     assert got == {
         "hidden/0": jax.ShapeDtypeStruct((4, 5), jnp.float32),
         "w2": jax.ShapeDtypeStruct((4, 2), jnp.float32),
     }
-    assert intermediates.shapes(_plain, params, jnp.zeros((7, 3)), "hidden/0")["hidden/0"].shape == (7, 5)
+    assert jaxpr.shapes(_plain, params, jnp.zeros((7, 3)), "hidden/0")["hidden/0"].shape == (7, 5)
     with pytest.raises(ValueError, match=r"'nope'.*'hidden/0'"):
-        intermediates.shapes(_plain, params, x, ["hidden/0", "nope"])
+        jaxpr.shapes(_plain, params, x, ["hidden/0", "nope"])
     with pytest.raises(ValueError, match="repeat"):
-        intermediates.shapes(_plain, params, x, ["w1", "w1"])
+        jaxpr.shapes(_plain, params, x, ["w1", "w1"])
 
 
 def test_keyword_arguments_reach_the_model():
@@ -488,8 +488,8 @@ def test_keyword_arguments_reach_the_model():
         return checkpoint_name(scale * (x @ p["w1"]) + offset, "scaled")
 
     offset = jnp.arange(5.0)[None]
-    assert intermediates.names(f, params, x, scale=3.0, offset=offset) == ("w1", "scaled")
-    assert intermediates.shapes(f, params, x, "scaled", scale=3.0, offset=offset)["scaled"].shape == (4, 5)
-    y, taps = intermediates.capture(f, "scaled")(params, x, scale=3.0, offset=offset)
+    assert jaxpr.names(f, params, x, scale=3.0, offset=offset) == ("w1", "scaled")
+    assert jaxpr.shapes(f, params, x, "scaled", scale=3.0, offset=offset)["scaled"].shape == (4, 5)
+    y, taps = jaxpr.capture(f, "scaled")(params, x, scale=3.0, offset=offset)
     np.testing.assert_allclose(taps["scaled"], 3.0 * (x @ params["w1"]) + offset, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(y, taps["scaled"])
