@@ -7,20 +7,41 @@ onnxruntime or TensorRT session needs only the same three methods and a
 with ``time.perf_counter`` around ``runner.block(runner(x))`` after warm-up
 calls that absorb compilation; inputs are host numpy arrays on every runtime,
 so host-to-device transfer is part of every latency.
+
+Sizes, peak memory and the environment a measurement was taken in come from
+:mod:`hamjax.footprint` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import numpy as np
+
+from hamjax._checks import check_int, check_number
+from hamjax.footprint import environment, param_bytes, param_count, peak_memory_bytes, process_peak_rss_bytes
+
+__all__ = [
+    "JaxRunner",
+    "Latency",
+    "Measurement",
+    "Runner",
+    "Throughput",
+    "accuracy",
+    "environment",
+    "latency",
+    "measure",
+    "param_bytes",
+    "param_count",
+    "peak_memory_bytes",
+    "process_peak_rss_bytes",
+    "throughput",
+]
 
 
 @runtime_checkable
@@ -122,35 +143,33 @@ class Throughput(NamedTuple):
     p50_batch_ms: float
 
 
-def _check_count(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_batch(x: Any, name: str) -> int:
+def _rows(where: str, arg: str, x: Any) -> int:
+    """The leading (batch) size of ``x``, which must be an array with at least one row."""
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) == 0:
-        raise ValueError(f"{name} must be an array with a leading batch axis, got {type(x).__name__} {shape}")
+        raise ValueError(f"{where}: {arg} must be an array with a leading batch axis, got {type(x).__name__} {shape}")
     if shape[0] < 1:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(shape)}")
+        raise ValueError(f"{where}: {arg} must not be empty, got shape {tuple(shape)}")
     return int(shape[0])
 
 
-def _check_sizes(sizes: Sequence[int], name: str, *, allow_empty: bool) -> None:
+def _check_sizes(where: str, arg: str, sizes: Sequence[int], *, allow_empty: bool) -> None:
     if isinstance(sizes, int | np.integer) or not (allow_empty or len(sizes)):
-        raise ValueError(f"{name} must be a non-empty sequence of integers >= 1, got {sizes!r}")
-    for b in sizes:
-        _check_count(b, name, 1)
+        raise ValueError(f"{where}: {arg} must be a non-empty sequence of integers >= 1, got {sizes!r}")
+    for i, b in enumerate(sizes):
+        check_int(where, f"{arg}[{i}]", b, minimum=1)
 
 
-def _batch_of(make_input: Callable[[int], np.ndarray] | np.ndarray, batch_size: int, name: str) -> np.ndarray:
+def _batch_of(
+    where: str, arg: str, make_input: Callable[[int], np.ndarray] | np.ndarray, batch_size: int
+) -> np.ndarray:
     """Build a batch of ``batch_size`` rows from a factory or by tiling example rows."""
     if callable(make_input):
         x = make_input(batch_size)
-        if _check_batch(x, name) != batch_size:
-            raise ValueError(f"{name}({batch_size}) returned {x.shape[0]} rows, expected {batch_size}")
+        if _rows(where, arg, x) != batch_size:
+            raise ValueError(f"{where}: {arg}({batch_size}) returned {x.shape[0]} rows, expected {batch_size}")
         return x
-    n = _check_batch(make_input, name)
+    n = _rows(where, arg, make_input)
     if n == batch_size:
         return make_input
     return np.take(np.asarray(make_input), np.arange(batch_size) % n, axis=0)
@@ -176,11 +195,10 @@ def latency(runner: Runner, x: np.ndarray, *, warmup: int = 10, runs: int = 100,
       >>> lat.batch_size, lat.runs, lat.p50_ms <= lat.p95_ms
       (4, 5, True)
     """
-    _check_count(warmup, "warmup", 0)
-    _check_count(runs, "runs", 1)
-    if not min_time_s >= 0:
-        raise ValueError(f"min_time_s must be >= 0, got {min_time_s!r}")
-    batch_size = _check_batch(x, "x")
+    check_int("latency", "warmup", warmup, minimum=0)
+    check_int("latency", "runs", runs, minimum=1)
+    check_number("latency", "min_time_s", min_time_s, minimum=0)
+    batch_size = _rows("latency", "x", x)
     for _ in range(warmup):
         runner.block(runner(x))
     times: list[float] = []
@@ -229,101 +247,15 @@ def throughput(
       >>> [t.batch_size for t in throughput(runner, rows, [1, 8], warmup=1, runs=3)]
       [1, 8]
     """
-    _check_sizes(batch_sizes, "batch_sizes", allow_empty=False)
-    _check_count(warmup, "warmup", 0)
-    _check_count(runs, "runs", 1)
+    _check_sizes("throughput", "batch_sizes", batch_sizes, allow_empty=False)
+    check_int("throughput", "warmup", warmup, minimum=0)
+    check_int("throughput", "runs", runs, minimum=1)
     results = []
     for b in batch_sizes:
-        lat = latency(runner, _batch_of(make_input, int(b), "make_input"), warmup=warmup, runs=runs)
+        lat = latency(runner, _batch_of("throughput", "make_input", make_input, int(b)), warmup=warmup, runs=runs)
         per_s = int(b) / (lat.p50_ms / 1e3) if lat.p50_ms > 0 else math.inf
         results.append(Throughput(batch_size=int(b), samples_per_s=per_s, p50_batch_ms=lat.p50_ms))
     return results
-
-
-def _array_leaves(params: Any) -> list[Any]:
-    return [leaf for leaf in jax.tree_util.tree_leaves(params) if hasattr(leaf, "shape") and hasattr(leaf, "dtype")]
-
-
-def param_count(params: Any) -> int:
-    """Number of elements in the array leaves of ``params`` (``None`` leaves ignored).
-
-    Args:
-      params: any pytree of arrays (``jax.ShapeDtypeStruct`` leaves count too).
-
-    Returns:
-      The total element count.
-
-    Examples:
-      >>> import numpy as np
-      >>> param_count({"w": np.zeros((3, 4)), "b": np.zeros(4), "mask": None})
-      16
-    """
-    return sum(math.prod(leaf.shape) for leaf in _array_leaves(params))
-
-
-def param_bytes(params: Any) -> int:
-    """Bytes held by the array leaves of ``params``, by each leaf's own dtype.
-
-    Args:
-      params: any pytree of arrays; an int8 leaf counts one byte per element,
-        bfloat16 two.
-
-    Returns:
-      The total ``nbytes``.
-
-    Examples:
-      >>> import numpy as np
-      >>> param_bytes({"w": np.zeros((3, 4), np.int8), "b": np.zeros(4, np.float32)})
-      28
-    """
-    total = 0
-    for leaf in _array_leaves(params):
-        nbytes = getattr(leaf, "nbytes", None)
-        total += int(nbytes) if nbytes is not None else math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-    return total
-
-
-def peak_memory_bytes(device: Any = None) -> int | None:
-    """Peak bytes in use on a jax device, where the backend reports it.
-
-    GPU backends report ``peak_bytes_in_use`` in ``device.memory_stats()``, the
-    high-water mark since the process started (jax offers no reset). On CPU,
-    jax 0.10's ``memory_stats()`` returns ``None``, so this returns ``None``
-    rather than a guess; see :func:`process_peak_rss_bytes` for host memory.
-
-    Args:
-      device: a ``jax.Device``; defaults to ``jax.devices()[0]``.
-
-    Returns:
-      The peak in bytes, or None where the backend does not report it.
-
-    Examples:
-      >>> import jax
-      >>> jax.default_backend() != "cpu" or peak_memory_bytes() is None
-      True
-    """
-    device = jax.devices()[0] if device is None else device
-    try:
-        stats = device.memory_stats()
-    except Exception:  # some backends raise instead of returning None
-        return None
-    if not stats or "peak_bytes_in_use" not in stats:
-        return None
-    return int(stats["peak_bytes_in_use"])
-
-
-def process_peak_rss_bytes() -> int:
-    """Peak resident set size of this process, in bytes (``getrusage`` max RSS).
-
-    Returns:
-      Bytes; Linux reports KiB and macOS bytes, both converted.
-
-    Examples:
-      >>> process_peak_rss_bytes() > 0
-      True
-    """
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss) if sys.platform == "darwin" else int(rss) * 1024
 
 
 def accuracy(runner_or_apply: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256, params: Any = None) -> float:
@@ -351,19 +283,21 @@ def accuracy(runner_or_apply: Any, x: np.ndarray, y: np.ndarray, *, batch_size: 
     """
     if isinstance(runner_or_apply, Runner):
         if params is not None:
-            raise ValueError("params must be None when runner_or_apply is a Runner (it holds its own)")
+            raise ValueError("accuracy: params must be None when runner_or_apply is a Runner (it holds its own)")
         runner = runner_or_apply
     elif callable(runner_or_apply):
         if params is None:
-            raise ValueError("params is required when runner_or_apply is an apply_fn")
+            raise ValueError("accuracy: params is required when runner_or_apply is an apply_fn")
         runner = JaxRunner(runner_or_apply, params)
     else:
-        raise ValueError(f"runner_or_apply must be a Runner or an apply_fn, got {type(runner_or_apply).__name__}")
-    _check_count(batch_size, "batch_size", 1)
-    n = _check_batch(x, "x")
+        raise ValueError(
+            f"accuracy: runner_or_apply must be a Runner or an apply_fn, got {type(runner_or_apply).__name__}"
+        )
+    check_int("accuracy", "batch_size", batch_size, minimum=1)
+    n = _rows("accuracy", "x", x)
     labels = np.asarray(y)
     if labels.ndim == 0 or labels.shape[0] != n:
-        raise ValueError(f"y must have {n} rows like x, got shape {labels.shape}")
+        raise ValueError(f"accuracy: y must have {n} rows like x, got shape {labels.shape}")
     if labels.ndim > 1:
         labels = labels.argmax(-1)
     correct = 0
@@ -464,23 +398,23 @@ def measure(
       >>> m.params, m.size_bytes, m.latency.batch_size, m.throughput[0].batch_size
       (16, 64, 1, 8)
     """
-    _check_batch(example, "example")
-    _check_count(warmup, "warmup", 0)
-    _check_count(runs, "runs", 1)
+    _rows("measure", "example", example)
+    check_int("measure", "warmup", warmup, minimum=0)
+    check_int("measure", "runs", runs, minimum=1)
     if latency_batch is not None:
-        _check_count(latency_batch, "latency_batch", 1)
-    _check_sizes(throughput_batches, "throughput_batches", allow_empty=True)
+        check_int("measure", "latency_batch", latency_batch, minimum=1)
+    _check_sizes("measure", "throughput_batches", throughput_batches, allow_empty=True)
     if (x_test is None) != (y_test is None):
-        raise ValueError("x_test and y_test must be given together")
+        raise ValueError("measure: x_test and y_test must be given together")
     if params is None:
         params = getattr(runner, "params", None)
     if size_bytes is None:
         if params is None:
-            raise ValueError("size_bytes is required when there are no params to size")
+            raise ValueError("measure: size_bytes is required when there are no params to size")
         size_bytes = param_bytes(params)
     lat = None
     if latency_batch is not None:
-        lat = latency(runner, _batch_of(example, latency_batch, "example"), warmup=warmup, runs=runs)
+        lat = latency(runner, _batch_of("measure", "example", example, latency_batch), warmup=warmup, runs=runs)
     thr = throughput(runner, example, throughput_batches, warmup=warmup, runs=runs) if throughput_batches else []
     acc = None if x_test is None else accuracy(runner, x_test, y_test)
     peak = getattr(runner, "peak_memory_bytes", None)
@@ -493,34 +427,3 @@ def measure(
         accuracy=acc,
         peak_memory_bytes=peak() if callable(peak) else None,
     )
-
-
-def environment() -> dict:
-    """Versions and device facts to store beside measured figures.
-
-    Returns:
-      ``{"python", "platform", "cpu_count", "device", "hamjax", "jax", "jaxlib", "flax", "optax",
-      "orbax-checkpoint", "onnxruntime"}`` (``None`` for a package that is not installed).
-
-    Examples:
-      >>> from hamjax.measure import environment
-      >>> "jax" in environment()
-      True
-    """
-    import os
-    import platform
-    from importlib import metadata
-
-    device = jax.devices()[0]
-    out = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "device": f"{device.platform}:{device.device_kind}",
-    }
-    for pkg in ("hamjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "onnxruntime"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
