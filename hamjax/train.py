@@ -11,6 +11,10 @@ number: the batch at step ``t`` is :func:`hamjax.data.batch_at` of ``t``,
 and the dropout key is ``fold_in(key(seed), t)``. A checkpoint therefore
 needs only the train state and the early-stopping record, and a run killed
 and resumed ends with bit-identical params.
+
+The jitted steps the loop runs (:class:`TrainState`, :class:`Objective`,
+:func:`make_train_step`, :func:`evaluate`, ...) live in
+:mod:`hamjax.train_steps` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,7 +31,35 @@ import optax
 
 from hamjax import data as data_lib
 from hamjax import precision as precision_lib
-from hamjax._base import call_model, trainable, with_trainable
+from hamjax._base import trainable
+from hamjax._checks import check_choice, check_int, check_number, check_positive
+from hamjax.train_steps import (
+    Objective,
+    TrainState,
+    batch_grads,
+    cross_entropy,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+    supervised,
+)
+
+__all__ = [
+    "LOSS_SCALES",
+    "OPTIMIZERS",
+    "Objective",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "batch_grads",
+    "cross_entropy",
+    "evaluate",
+    "fit",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "supervised",
+]
 
 Params = Any
 
@@ -40,20 +72,20 @@ class TrainConfig:
     """What :func:`fit` does.
 
     Attributes:
-      epochs: passes over the training split (> 0).
-      batch_size: examples per step (> 0, at most the training split).
-      learning_rate: peak learning rate (> 0).
+      epochs: passes over the training split, an integer >= 1.
+      batch_size: examples per step, an integer >= 1, at most the training split.
+      learning_rate: peak learning rate, a finite number > 0.
       optimizer: one of ``OPTIMIZERS``.
       weight_decay: decoupled weight decay (``adamw``) or L2 added to the
         gradient (others); >= 0.
-      warmup_steps: linear warm-up steps before cosine decay; 0 keeps the
-        learning rate constant.
+      warmup_steps: linear warm-up steps before cosine decay (an integer >= 0);
+        0 keeps the learning rate constant.
       eval_every: steps between validations; ``None`` is once per epoch.
       patience: stop after this many validations without improvement;
         ``None`` never stops early.
       checkpoint_every: steps between checkpoints (with ``checkpoint_dir``);
         ``None`` is once per epoch.
-      seed: everything random (data order, dropout) derives from it.
+      seed: an integer; everything random (data order, dropout) derives from it.
       precision: a mixed-precision policy string such as
         ``"p=f32,c=bf16,o=f32"`` (see :class:`hamjax.precision.Policy`);
         ``None`` trains the model as it is.
@@ -76,29 +108,28 @@ class TrainConfig:
     loss_scale: str = "auto"
 
     def __post_init__(self):
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"TrainConfig.{name} must be > 0, got {value!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError(
-                f"TrainConfig.weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, {self.warmup_steps}"
-            )
+        def normalise(name, value):
+            object.__setattr__(self, name, value)  # plain Python values, so the config stays JSON for checkpoints
+
+        where = "TrainConfig"
+        for name in ("epochs", "batch_size"):
+            normalise(name, check_int(where, name, getattr(self, name), minimum=1))
+        normalise("learning_rate", check_positive(where, "learning_rate", self.learning_rate))
+        check_choice(where, "optimizer", self.optimizer, OPTIMIZERS)
+        normalise("weight_decay", check_number(where, "weight_decay", self.weight_decay, minimum=0))
+        normalise("warmup_steps", check_int(where, "warmup_steps", self.warmup_steps, minimum=0))
         for name in ("eval_every", "patience", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {value!r}")
+            if getattr(self, name) is not None:
+                normalise(name, check_int(where, name, getattr(self, name), minimum=1))
+        normalise("seed", check_int(where, "seed", self.seed))
         if isinstance(self.precision, precision_lib.Policy):
-            object.__setattr__(self, "precision", str(self.precision))  # the config must stay JSON for checkpoints
+            normalise("precision", str(self.precision))
         if self.precision is not None:
             try:
                 precision_lib.Policy.parse(self.precision)
             except ValueError as err:
-                raise ValueError(f"TrainConfig.precision={self.precision!r} is not a policy: {err}") from None
-        if self.loss_scale not in LOSS_SCALES:
-            raise ValueError(f"TrainConfig.loss_scale must be one of {LOSS_SCALES}, got {self.loss_scale!r}")
+                raise ValueError(f"{where}: precision={self.precision!r} is not a policy: {err}") from None
+        check_choice(where, "loss_scale", self.loss_scale, LOSS_SCALES)
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
@@ -128,221 +159,6 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
     return opt
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of ``logits`` (N, C) against integer ``labels`` (N,)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-
-
-def batch_grads(
-    apply_fn,
-    params: Params,
-    split: data_lib.Split,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    step: int = 0,
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
-) -> Params:
-    """Gradients of the loss on one training batch with respect to the trainable params.
-
-    The batch is the one :func:`fit` would use at ``step`` (see
-    :func:`hamjax.data.batch_at`); the model runs in eval mode. Pruning
-    criteria such as SNIP saliency score weights from these.
-
-    Args:
-      apply_fn: the model's apply function (any kind of the contract).
-      params: its params.
-      split: the :class:`hamjax.data.Split` to draw the batch from.
-      batch_size: examples in the batch (capped at the split's size).
-      seed: the data-order seed.
-      step: which step's batch to use.
-      loss_fn: ``loss_fn(logits, labels) -> scalar``.
-
-    Returns:
-      A pytree shaped like :func:`~hamjax._base.trainable` of ``params``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> import hamjax
-      >>> ds = hamjax.data.load("digits")
-      >>> params = {"w": jnp.zeros((64, 10))}
-      >>> g = hamjax.train.batch_grads(lambda p, x: x.reshape(x.shape[0], -1) @ p["w"], params, ds.train, 32)
-      >>> g["w"].shape
-      (64, 10)
-    """
-    x, y = data_lib.batch_at(split, min(batch_size, len(split.y)), step, seed=seed)
-
-    def loss(train_params):
-        logits, _ = call_model(apply_fn, with_trainable(apply_fn, params, train_params), x)
-        return loss_fn(logits, y)
-
-    return jax.grad(loss)(trainable(apply_fn, params))
-
-
-class TrainState(NamedTuple):
-    """What one training step carries: params, optimizer state and step."""
-
-    params: Params
-    opt_state: Any
-    step: jax.Array
-
-
-class Objective(NamedTuple):
-    """What a training step minimises, when it is more than ``loss_fn(logits, labels)``.
-
-    ``loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state)``
-    returns ``(loss, (logits, new_params, metrics))``: the scalar to
-    minimise, the model's logits on ``x`` (for the accuracy metric), the
-    params with updated collections (from :func:`~hamjax._base.call_model`
-    in train mode) and a dict of extra scalar metrics. ``params`` already
-    holds the trainable params being differentiated.
-
-    Attributes:
-      loss: the function above.
-      frozen: arrays every step reads but never trains (a teacher's
-        params). They are an argument of the jitted step, not constants
-        baked into it, so one compilation serves any values.
-      per_example: arrays with a leading axis over the training split (a
-        teacher's cached outputs), or ``None``. Each step receives, as
-        ``batch``, the rows of the examples in its batch.
-
-    Examples:
-      >>> import jax, optax
-      >>> from hamjax import call_model
-      >>> from hamjax.train import Objective
-      >>> def smoothed(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
-      ...     logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
-      ...     targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), 0.1)
-      ...     return optax.softmax_cross_entropy(logits, targets).mean(), (logits, new_params, {})
-      >>> objective = Objective(smoothed)
-    """
-
-    loss: Callable[..., tuple[jax.Array, tuple[jax.Array, Params, dict]]]
-    frozen: Any = None
-    per_example: Any = None
-
-
-def supervised(loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy) -> Objective:
-    """The plain objective: ``loss_fn(logits, labels)`` of the model in train mode.
-
-    Args:
-      loss_fn: ``loss_fn(logits, labels) -> scalar``.
-
-    Returns:
-      An :class:`Objective`.
-    """
-
-    def loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
-        del frozen, batch, opt_state
-        logits, new_params = call_model(apply_fn, params, x, train=True, rng=rng)
-        return loss_fn(logits, y), (logits, new_params, {})
-
-    return Objective(loss)
-
-
-def make_train_step(
-    apply_fn,
-    optimizer: optax.GradientTransformation,
-    *,
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
-    seed: int = 0,
-    objective: Objective | None = None,
-) -> Callable[..., tuple[TrainState, dict]]:
-    """Build a jitted ``step(state, x, y, frozen=None, batch=None) -> (state, metrics)``.
-
-    Gradients flow into :func:`~hamjax._base.trainable` params only; batch
-    statistics come back through the training protocol; dropout uses
-    ``fold_in(key(seed), step)``. The loss is differentiated multiplied by
-    :func:`hamjax.precision.loss_scale_of` the optimizer state (1 unless
-    the optimizer is a loss-scale adapter, which unscales the gradients).
-
-    Args:
-      apply_fn: the model's apply function.
-      optimizer: an optax transformation over the trainable params.
-      loss_fn: ``loss_fn(logits, labels) -> scalar``.
-      seed: the seed of the dropout keys.
-      objective: replaces ``loss_fn`` with an :class:`Objective`; the step
-        then takes its ``frozen`` arrays and the ``batch`` rows of its
-        ``per_example`` arrays as arguments.
-
-    Returns:
-      The jitted step; ``metrics`` has ``loss`` (unscaled) and ``accuracy``
-      of the batch, the ``loss_scale`` of the next step and the objective's
-      own metrics.
-    """
-    base_key = jax.random.key(seed)
-    objective = objective or supervised(loss_fn)
-
-    def step(state: TrainState, x, y, frozen=None, batch=None):
-        rng = jax.random.fold_in(base_key, state.step)
-        scale = precision_lib.loss_scale_of(state.opt_state)
-
-        def loss_of(train_params):
-            params = with_trainable(apply_fn, state.params, train_params)
-            loss, (logits, new_params, extra) = objective.loss(
-                apply_fn, params, x, y, rng=rng, frozen=frozen, batch=batch, opt_state=state.opt_state
-            )
-            return loss * scale, (loss, logits, new_params, extra)
-
-        (_, (loss, logits, new_params, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            trainable(apply_fn, state.params)
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, trainable(apply_fn, state.params))
-        new_trainable = optax.apply_updates(trainable(apply_fn, state.params), updates)
-        params = with_trainable(apply_fn, new_params, new_trainable)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        metrics = {**extra, "loss": loss, "accuracy": accuracy, "loss_scale": precision_lib.loss_scale_of(opt_state)}
-        return TrainState(params, opt_state, state.step + 1), metrics
-
-    return jax.jit(step, donate_argnums=0)
-
-
-def make_eval_step(apply_fn, *, loss_fn=cross_entropy) -> Callable:
-    """Build a jitted ``eval(params, x, y, n_valid) -> (loss_sum, correct)`` over padded batches."""
-
-    def evaluate(params, x, y, n_valid):
-        logits, _ = call_model(apply_fn, params, x)
-        valid = jnp.arange(x.shape[0]) < n_valid
-        per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-        correct = (jnp.argmax(logits, -1) == y) & valid
-        return jnp.sum(jnp.where(valid, per_example, 0.0)), jnp.sum(correct)
-
-    return jax.jit(evaluate)
-
-
-def evaluate(apply_fn, params, split: data_lib.Split, *, batch_size: int = 256, eval_step=None) -> dict:
-    """Loss and accuracy of the model on a whole split.
-
-    The last partial batch is padded to ``batch_size``, so one shape compiles.
-
-    Args:
-      apply_fn: the model's apply function.
-      params: its params.
-      split: a :class:`hamjax.data.Split`.
-      batch_size: examples per evaluation call.
-      eval_step: a step from :func:`make_eval_step`, reused across calls.
-
-    Returns:
-      ``{"loss": float, "accuracy": float}``.
-    """
-    n = len(split.y)
-    if n == 0:
-        raise ValueError("evaluate: the split is empty")
-    eval_step = eval_step or make_eval_step(apply_fn)
-    batch_size = min(batch_size, n)
-    loss_sum, correct = 0.0, 0
-    for start in range(0, n, batch_size):
-        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
-        valid = len(y)
-        if valid < batch_size:
-            x = np.concatenate([x, np.zeros((batch_size - valid, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(batch_size - valid, y.dtype)])
-        l_sum, c = eval_step(params, x, y, valid)
-        loss_sum += float(l_sum)
-        correct += int(c)
-    return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
 class TrainResult(NamedTuple):
@@ -423,7 +239,9 @@ def fit(
     """
     train = dataset.train
     if config.batch_size > len(train.y):
-        raise ValueError(f"TrainConfig.batch_size={config.batch_size} exceeds the {len(train.y)} training examples")
+        raise ValueError(
+            f"fit: TrainConfig.batch_size={config.batch_size} exceeds the {len(train.y)} training examples"
+        )
     per_epoch = data_lib.steps_per_epoch(len(train.y), config.batch_size)
     total = per_epoch * config.epochs
     eval_every = config.eval_every or per_epoch
@@ -463,7 +281,7 @@ def fit(
             )
     train_step = make_train_step(apply_fn, optimizer, seed=config.seed, objective=objective)
     eval_step = make_eval_step(apply_fn, loss_fn=loss_fn)
-    start = int(state.step)
+    start = int(state.count)
     bar = _Progress(progress, total, start)
     losses = []
     try:

@@ -83,21 +83,48 @@ def test_early_stopping_returns_the_best_params(digits):
     assert result.stopped_early
     assert len(result.history) == 3  # the first validation is the best; two more without improvement
     assert result.best_step == 2
-    assert int(result.state.step) == 6
+    assert int(result.state.count) == 6
 
 
 def test_bad_config_and_data_are_named():
-    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"TrainConfig: epochs must be an integer >= 1, got 0"):
         TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="optimizer must be one of"):
+    with pytest.raises(ValueError, match="TrainConfig: optimizer must be one of"):
         TrainConfig(optimizer="rmsprop9")
-    with pytest.raises(ValueError, match="patience"):
+    with pytest.raises(ValueError, match=r"TrainConfig: patience must be an integer >= 1, got 0"):
         TrainConfig(patience=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("learning_rate", float("inf"), "TrainConfig: learning_rate must be a finite number > 0, got inf"),
+        ("learning_rate", float("nan"), "TrainConfig: learning_rate must be a finite number > 0, got nan"),
+        ("epochs", "5", "TrainConfig: epochs must be an integer >= 1, got '5'"),
+        ("epochs", 2.5, "TrainConfig: epochs must be an integer >= 1, got 2.5"),
+        ("batch_size", True, "TrainConfig: batch_size must be an integer >= 1, got True"),
+        ("weight_decay", -1e-4, "TrainConfig: weight_decay must be a finite number >= 0, got -0.0001"),
+        ("warmup_steps", -1, "TrainConfig: warmup_steps must be an integer >= 0, got -1"),
+        ("eval_every", 1.5, "TrainConfig: eval_every must be an integer >= 1, got 1.5"),
+        ("seed", 0.5, "TrainConfig: seed must be an integer, got 0.5"),
+        ("loss_scale", "always", "TrainConfig: loss_scale must be one of .*, got 'always'"),
+    ],
+)
+def test_config_refuses_a_bad_field_in_one_line_naming_it(field, value, message):
+    with pytest.raises(ValueError, match=message) as err:
+        TrainConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_config_holds_plain_python_values():
+    cfg = TrainConfig(epochs=np.int64(2), learning_rate=1, weight_decay=np.float32(0.5), seed=np.int32(3))
+    assert (cfg.epochs, cfg.learning_rate, cfg.weight_decay, cfg.seed) == (2, 1.0, 0.5, 3)
+    assert type(cfg.epochs) is int and type(cfg.learning_rate) is float and type(cfg.seed) is int
 
 
 def test_batch_larger_than_the_split_is_refused(digits):
     apply_fn, params = _plain_mlp()
-    with pytest.raises(ValueError, match="batch_size=100000 exceeds"):
+    with pytest.raises(ValueError, match="fit: TrainConfig.batch_size=100000 exceeds"):
         fit(apply_fn, params, digits, TrainConfig(batch_size=100000), progress=False)
 
 
@@ -175,14 +202,3 @@ def test_resuming_with_another_config_is_refused(tmp_path, digits):
         fit(
             apply_fn, params, digits, TrainConfig(epochs=2, batch_size=32), checkpoint_dir=str(tmp_path), progress=False
         )
-
-
-def test_batch_grads_are_the_gradient_on_the_batch_fit_would_use(digits):
-    apply_fn, params = _plain_mlp()
-    grads = hamjax.train.batch_grads(apply_fn, params, digits.train, 32, seed=3, step=5)
-    x, y = hamjax.data.batch_at(digits.train, 32, 5, seed=3)
-    expected = jax.grad(lambda p: hamjax.train.cross_entropy(apply_fn(p, x), y))(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads, expected)
-    nnx_fn, variables = hamjax.functional(hamjax.models.build("mlp", input_shape=(8, 8, 1), sizes=(64, 16, 10)))
-    g = hamjax.train.batch_grads(nnx_fn, variables, digits.train, 10**6)  # capped at the split's size
-    assert set(g) == {"layers"} and g["layers"][0]["kernel"].shape == (64, 16)
