@@ -13,6 +13,7 @@ import math
 from flax import nnx
 
 from hamjax.models.cnn import CNN, CNNConfig
+from hamjax.models.external import ImportedModel, ModelImportError, check_model, import_model
 from hamjax.models.hamnet import HAMNet, HAMNetConfig
 from hamjax.models.mlp import MLP, MLPConfig
 from hamjax.models.student import from_config, make_student, param_count
@@ -25,12 +26,16 @@ __all__ = [
     "CNNConfig",
     "HAMNet",
     "HAMNetConfig",
+    "ImportedModel",
     "MLPConfig",
+    "ModelImportError",
     "ViT",
     "ViTConfig",
     "build",
+    "check_model",
     "config_of",
     "from_config",
+    "import_model",
     "make_student",
     "param_count",
 ]

@@ -1,4 +1,4 @@
-"""Tests for hamjax.data: bundled datasets, resumable batching, device streaming."""
+"""Tests for hamjax.data.bundled: the bundled datasets and their seeded stratified splits."""
 
 import collections
 import hashlib
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hamjax import data
+from hamjax.data import bundled
 
 
 def _row_hashes(split: data.Split) -> list[bytes]:
@@ -21,9 +22,6 @@ def _all_rows(ds: data.Dataset) -> collections.Counter:
         ints = np.rint(split.x * scale).astype(np.uint8).reshape(len(split.y), -1)
         counter.update((row.tobytes(), int(label)) for row, label in zip(ints, split.y, strict=True))
     return counter
-
-
-# --------------------------------------------------------------------------- datasets
 
 
 @pytest.mark.parametrize(
@@ -116,21 +114,25 @@ def test_returned_arrays_do_not_alias_the_cache():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(ValueError, match=r"name must be one of \('mnist', 'digits'\), got 'cifar'"):
+    with pytest.raises(ValueError, match=r"load: name must be one of \('mnist', 'digits'\), got 'cifar'"):
         data.load("cifar")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"val_fraction": 0.0}, "val_fraction must lie strictly between 0 and 1, got 0.0"),
-        ({"val_fraction": 1.5}, "val_fraction must lie strictly between 0 and 1, got 1.5"),
-        ({"test_fraction": -0.1}, "test_fraction must lie strictly between 0 and 1, got -0.1"),
-        ({"test_fraction": 1.0}, "test_fraction must lie strictly between 0 and 1"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction must be < 1"),
-        ({"val_fraction": 1e-5}, r"val_fraction=1e-05 leaves an empty split"),
-        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
-        ({"seed": 1.5}, "seed must be an integer >= 0, got 1.5"),
+        ({"val_fraction": 0.0}, "load: val_fraction must be a finite number > 0 and < 1, got 0.0"),
+        ({"val_fraction": 1.5}, "load: val_fraction must be a finite number > 0 and < 1, got 1.5"),
+        ({"test_fraction": -0.1}, "load: test_fraction must be a finite number > 0 and < 1, got -0.1"),
+        ({"test_fraction": 1.0}, "load: test_fraction must be a finite number > 0 and < 1, got 1.0"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            r"load: val_fraction \+ test_fraction must be < 1 to leave training data, got val_fraction=0.5 \+ "
+            r"test_fraction=0.5 = 1.0",
+        ),
+        ({"val_fraction": 1e-5}, r"load: val_fraction=1e-05 leaves an empty split of the 1797 examples"),
+        ({"seed": -1}, "load: seed must be an integer >= 0, got -1"),
+        ({"seed": 1.5}, "load: seed must be an integer >= 0, got 1.5"),
     ],
 )
 def test_load_rejects_bad_arguments(kwargs, match):
@@ -139,102 +141,12 @@ def test_load_rejects_bad_arguments(kwargs, match):
 
 
 def test_missing_package_names_what_to_install(monkeypatch):
-    real_find_spec = data.importlib.util.find_spec
+    real_find_spec = bundled.importlib.util.find_spec
     monkeypatch.setattr(
-        data.importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real_find_spec(name, *a)
+        bundled.importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real_find_spec(name, *a)
     )
-    data._arrays.cache_clear()
+    bundled._arrays.cache_clear()
     with pytest.raises(ModuleNotFoundError, match=r"pip install scikit-learn"):
         data.load("digits")
     monkeypatch.undo()
     assert len(data.load("digits").test.y) == 359
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def _toy_split(n: int = 103) -> data.Split:
-    x = np.arange(n * 4, dtype=np.float32).reshape(n, 2, 2, 1)
-    return data.Split(x=x, y=np.arange(n, dtype=np.int32))
-
-
-def test_steps_per_epoch():
-    assert data.steps_per_epoch(10, 3) == 3
-    assert data.steps_per_epoch(10, 3, drop_last=False) == 4
-    assert data.steps_per_epoch(9, 3, drop_last=False) == 3
-    assert data.steps_per_epoch(5, 5) == 1
-
-
-@pytest.mark.parametrize(
-    ("args", "match"),
-    [
-        ((10, 0), "batch_size must be an integer >= 1, got 0"),
-        ((10, 11), "batch_size must be at most the number of examples n=10, got 11"),
-        ((0, 1), "n must be an integer >= 1, got 0"),
-    ],
-)
-def test_steps_per_epoch_rejects_bad_arguments(args, match):
-    with pytest.raises(ValueError, match=match):
-        data.steps_per_epoch(*args)
-
-
-def test_epoch_permutation_is_deterministic_and_ignores_global_state():
-    np.random.seed(0)
-    a = data.epoch_permutation(50, seed=1, epoch=2)
-    np.random.seed(123)
-    np.random.random(10)
-    b = data.epoch_permutation(50, seed=1, epoch=2)
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(np.sort(a), np.arange(50))
-    assert not np.array_equal(a, data.epoch_permutation(50, seed=1, epoch=3))
-    assert not np.array_equal(a, data.epoch_permutation(50, seed=2, epoch=2))
-    a[0] = -1  # the caller owns the result; the cache must not change
-    assert data.epoch_permutation(50, seed=1, epoch=2)[0] >= 0
-
-
-def test_batch_at_matches_batches_for_two_epochs():
-    split, batch_size, seed = _toy_split(103), 10, 4
-    steps = data.steps_per_epoch(103, batch_size)
-    assert steps == 10
-    seen_per_epoch = []
-    for epoch in range(2):
-        seen = []
-        for i, (x, y) in enumerate(data.batches(split, batch_size, seed=seed, epoch=epoch)):
-            bx, by = data.batch_at(split, batch_size, epoch * steps + i, seed=seed)
-            np.testing.assert_array_equal(x, bx)
-            np.testing.assert_array_equal(y, by)
-            np.testing.assert_array_equal(x[:, 0, 0, 0], y * 4.0)  # rows stay paired with labels
-            seen.extend(y.tolist())
-        assert i == steps - 1
-        assert len(seen) == len(set(seen)) == 100  # drop_last: 3 examples left out, none repeated
-        seen_per_epoch.append(seen)
-    assert seen_per_epoch[0] != seen_per_epoch[1]
-
-
-def test_batches_without_shuffle_or_drop_last():
-    split = _toy_split(10)
-    sizes = [len(y) for _, y in data.batches(split, 4, drop_last=False)]
-    assert sizes == [4, 4, 2]
-    ordered = np.concatenate([y for _, y in data.batches(split, 4, shuffle=False, drop_last=False)])
-    np.testing.assert_array_equal(ordered, np.arange(10))
-    np.testing.assert_array_equal(data.batch_at(split, 4, 2, seed=0, shuffle=False)[1], [0, 1, 2, 3])
-
-
-@pytest.mark.parametrize(
-    ("batch_size", "match"),
-    [(0, "batch_size must be an integer >= 1, got 0"), (11, "batch_size must be at most .* n=10, got 11")],
-)
-def test_bad_batch_size_raises_eagerly(batch_size, match):
-    split = _toy_split(10)
-    with pytest.raises(ValueError, match=match):
-        data.batches(split, batch_size)
-    with pytest.raises(ValueError, match=match):
-        data.batch_at(split, batch_size, 0, seed=0)
-
-
-def test_bad_step_and_epoch_raise():
-    split = _toy_split(10)
-    with pytest.raises(ValueError, match="step must be an integer >= 0, got -1"):
-        data.batch_at(split, 2, -1, seed=0)
-    with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -2"):
-        data.batches(split, 2, epoch=-2)
