@@ -1,49 +1,14 @@
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from supernets import HAND_PICKED, NO_ATTENTION, SMALL, STEM, STEM2, TINY, architecture, sampled
 
 from hamjax import measure
-from hamjax.search import evolution, nas
+from hamjax.search import nas, supernet
 from hamjax.search import population as pop
 
-# A 4x4 token grid so the 3x3 convolution sees real neighbours; three layers so depth 1..3 are all tried.
-SMALL = nas.SupernetConfig(
-    input_shape=(8, 8, 2), num_classes=3, patch_size=2, hidden_size=12, max_layers=3, widths=(4, 8, 12), num_heads=2
-)
-TINY = nas.SupernetConfig(
-    input_shape=(8, 8, 1), patch_size=4, hidden_size=16, max_layers=2, widths=(8, 16), num_heads=2
-)
-# SMALL's space behind convolutional stems: one stride-2 convolution keeps SMALL's 4x4 token grid
-# (8x8x2 -> 4x4x3); two need patch_size 4 (8x8x2 -> 4x4x3 -> 2x2x5, a 2x2 grid).
-STEM = dataclasses.replace(SMALL, stem_channels=(3,))
-STEM2 = dataclasses.replace(SMALL, patch_size=4, stem_channels=(3, 5))
-
-
-def _values(depth, *layers, config=SMALL):
-    """Gene values from (op, width, act) per layer; unspecified layers are filled with dense/4/relu."""
-    values = {"depth": depth}
-    for i in range(config.max_layers):
-        op, width, act = layers[i] if i < len(layers) else ("dense", config.widths[0], "relu")
-        values |= {f"op{i}": op, f"width{i}": width, f"act{i}": act}
-    return values
-
-
-def _sampled(config, n, seed=0):
-    genomes = nas.space(config).sample(jax.random.key(seed), n)
-    return [nas.space(config).decode(genomes, i) for i in range(n)]
-
-
-HAND_PICKED = [
-    _values(1, ("attention", 4, "gelu")),
-    _values(3, ("dense", 12, "relu"), ("conv", 4, "tanh"), ("attention", 8, "silu")),
-    _values(3, ("identity", 8, "relu"), ("conv", 12, "silu"), ("dense", 8, "gelu")),
-    _values(2, ("conv", 8, "relu"), ("identity", 4, "tanh")),
-    _values(3, ("attention", 12, "tanh"), ("attention", 4, "relu"), ("conv", 8, "gelu")),
-]
-GENOMES = HAND_PICKED + _sampled(SMALL, 4)
+GENOMES = HAND_PICKED + sampled(SMALL, 4)
 
 
 @pytest.fixture(scope="module")
@@ -56,56 +21,7 @@ def small():
     return params, x
 
 
-# config and space ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"input_shape": (8, 8)}, "input_shape"),
-        ({"input_shape": (8, 0, 1)}, r"input_shape\[1\]"),
-        ({"num_classes": 0}, "num_classes"),
-        ({"patch_size": 3}, "patch_size 3 must divide"),
-        ({"patch_size": 0}, "patch_size"),
-        ({"hidden_size": 0}, "hidden_size"),
-        ({"max_layers": 0}, "max_layers"),
-        ({"widths": ()}, "widths"),
-        ({"widths": (32, 32)}, "distinct"),
-        ({"widths": (32, 0)}, "widths"),
-        ({"widths": (32, 6)}, r"divisible by num_heads=4, got \[6\]"),
-        ({"num_heads": 0}, "num_heads"),
-        ({"hidden_size": 2.5}, "hidden_size"),
-    ],
-)
-def test_config_validation(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        nas.SupernetConfig(**kwargs)
-
-
-def test_config_defaults_and_properties():
-    config = nas.SupernetConfig()
-    assert config.grid == (4, 4) and config.num_tokens == 16 and config.max_width == 128
-    assert hash(config) == hash(nas.SupernetConfig(input_shape=[28, 28, 1]))
-
-
-def test_space_has_one_plus_three_genes_per_layer():
-    s = nas.space(SMALL)
-    assert len(s) == 1 + 3 * SMALL.max_layers
-    assert s.names[:4] == ("depth", "op0", "width0", "act0")
-    assert s.genes["depth"] == evolution.Int(1, 3)
-    assert s.genes["width2"] == evolution.Choice((4, 8, 12))
-    assert s.genes["op1"].options == nas.OPS and s.genes["act1"].options == nas.ACTIVATIONS
-
-
-@pytest.mark.parametrize("values", HAND_PICKED[:2])
-def test_encode_decode_roundtrip(values):
-    genome = nas.encode(SMALL, values)
-    assert all(v.shape == () and v.dtype == jnp.int32 for v in genome.values())
-    assert int(genome["op0"]) == nas.OPS.index(values["op0"])
-    assert int(genome["width0"]) == SMALL.widths.index(values["width0"])
-    assert nas.decode(SMALL, genome) == values
-    floats = {k: v.astype(jnp.float32) for k, v in genome.items()}
-    assert nas.decode(SMALL, floats) == values
+# genes ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -118,22 +34,14 @@ def test_encode_decode_roundtrip(values):
         ({"act0": "sigmoid"}, "'act0'"),
     ],
 )
-def test_encode_rejects_genomes_outside_the_space(change, match):
-    with pytest.raises(ValueError, match=match):
-        nas.encode(SMALL, HAND_PICKED[1] | change)
+def test_param_count_rejects_genomes_outside_the_space(change, match):
     with pytest.raises(ValueError, match=match):
         nas.param_count(SMALL, HAND_PICKED[1] | change)
 
 
-def test_encode_and_decode_reject_wrong_keys_and_shapes():
-    values = dict(HAND_PICKED[0])
-    del values["act2"]
-    with pytest.raises(ValueError, match="genes"):
-        nas.encode(SMALL, values)
-    with pytest.raises(ValueError, match="scalar"):
-        nas.decode(SMALL, nas.space(SMALL).encode(HAND_PICKED[0]))
-    with pytest.raises(ValueError, match="'op0'"):
-        nas.decode(SMALL, nas.encode(SMALL, HAND_PICKED[0]) | {"op0": jnp.int32(9)})
+def test_nas_reexports_the_supernet():
+    for name in ("OPS", "SupernetConfig", "space", "encode", "decode", "init"):
+        assert getattr(nas, name) is getattr(supernet, name), name
 
 
 def test_describe():
@@ -142,16 +50,6 @@ def test_describe():
 
 
 # the supernet ----------------------------------------------------------------------------------
-
-
-def test_init_shapes_and_dtypes():
-    params = nas.init(SMALL, jax.random.key(0))
-    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
-    layer = params["layers"][2]
-    assert layer["dense"]["w1"].shape == (12, 12) and layer["attention"]["out"].shape == (12, 12)
-    assert layer["conv"]["kernel"].shape == (3, 3, 12) and params["pos"].shape == (16, 12)
-    assert params["stem"]["kernel"].shape == (8, 12) and params["head"]["kernel"].shape == (12, 3)
-    assert len(params["layers"]) == 3
 
 
 def test_apply_rejects_bad_inputs(small):
@@ -241,7 +139,7 @@ def test_materialise_matches_apply_and_counts_params(small, index):
 
 def test_materialised_attention_keeps_every_head_narrower(small):
     params, _ = small
-    _, small_params = nas.materialise(SMALL, params, _values(1, ("attention", 4, "relu")))
+    _, small_params = nas.materialise(SMALL, params, architecture(1, ("attention", 4, "relu")))
     q = small_params["layers"][0]["q"]
     assert q.shape == (12, 4)
     full = params["layers"][0]["attention"]["q"]
@@ -250,17 +148,19 @@ def test_materialised_attention_keeps_every_head_narrower(small):
 
 def test_identity_layers_add_no_params():
     stem_and_head = 8 * 12 + 12 + 16 * 12 + 2 * 12 + 12 * 3 + 3
-    all_identity = _values(3, *[("identity", 12, "relu")] * 3)
+    all_identity = architecture(3, *[("identity", 12, "relu")] * 3)
     assert nas.param_count(SMALL, all_identity) == stem_and_head
-    one = _values(1, ("dense", 8, "relu"))
-    with_identities = _values(3, ("dense", 8, "relu"), ("identity", 12, "gelu"), ("identity", 4, "tanh"))
+    one = architecture(1, ("dense", 8, "relu"))
+    with_identities = architecture(3, ("dense", 8, "relu"), ("identity", 12, "gelu"), ("identity", 4, "tanh"))
     assert (
         nas.param_count(SMALL, with_identities)
         == nas.param_count(SMALL, one)
         == stem_and_head + 24 + 2 * 12 * 8 + 8 + 12
     )
     # layers beyond depth count for nothing whatever they hold
-    assert nas.param_count(SMALL, _values(1, ("dense", 8, "relu"), ("conv", 12, "relu"))) == nas.param_count(SMALL, one)
+    assert nas.param_count(SMALL, architecture(1, ("dense", 8, "relu"), ("conv", 12, "relu"))) == nas.param_count(
+        SMALL, one
+    )
 
 
 # populations -------------------------------------------------------------------------------------
@@ -273,10 +173,10 @@ def _tiny_batches(steps=3):
 
 def test_population_trains_supernets_and_leaves_genomes_bit_identical():
     values = [
-        _values(1, ("dense", 8, "relu"), config=TINY),
-        _values(2, ("attention", 16, "gelu"), ("conv", 8, "tanh"), config=TINY),
-        _values(2, ("conv", 16, "silu"), ("identity", 8, "relu"), config=TINY),
-        _values(2, ("identity", 8, "relu"), ("attention", 8, "silu"), config=TINY),
+        architecture(1, ("dense", 8, "relu"), config=TINY),
+        architecture(2, ("attention", 16, "gelu"), ("conv", 8, "tanh"), config=TINY),
+        architecture(2, ("conv", 16, "silu"), ("identity", 8, "relu"), config=TINY),
+        architecture(2, ("identity", 8, "relu"), ("attention", 8, "silu"), config=TINY),
     ]
     genomes = {k: jnp.stack([nas.encode(TINY, v)[k] for v in values]) for k in nas.space(TINY).names}
     params = nas.population_params(TINY, jax.random.key(0), genomes)
@@ -327,28 +227,6 @@ def test_member_apply_equals_apply_on_the_rounded_genome(small):
 
 
 # convolutional stem and the depthwise convolution -----------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"stem_channels": (3,), "patch_size": 4}, r"stem_channels=\(3,\)\) need patch_size 2, got 4"),
-        ({"stem_channels": (3, 0), "patch_size": 4}, r"stem_channels\[\]"),
-        ({"stem_channels": 3}, "stem_channels must be a tuple"),
-    ],
-)
-def test_stem_config_validation(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        dataclasses.replace(SMALL, **kwargs)
-
-
-def test_stem_config_properties_and_shapes():
-    assert SMALL.stem_channels == () and SMALL.stem_convs == () and SMALL.embed_features == 2 * 2 * 2
-    assert STEM2.stem_convs == ((2, 3), (3, 5)) and STEM2.embed_features == 5 and STEM2.grid == (2, 2)
-    assert nas.SupernetConfig(patch_size=4, stem_channels=[16, 32]).stem_channels == (16, 32)
-    params = nas.init(STEM2, jax.random.key(0))
-    assert [c["kernel"].shape for c in params["stem"]["convs"]] == [(3, 3, 2, 3), (3, 3, 3, 5)]
-    assert params["stem"]["kernel"].shape == (5, 12) and params["pos"].shape == (4, 12)
 
 
 def test_linear_stem_embeds_each_patch(small):
@@ -407,35 +285,6 @@ def test_stem_materialise_matches_apply_and_counts_params(config, index):
 
 
 # a subset of ops ---------------------------------------------------------------------------------
-
-NO_ATTENTION = dataclasses.replace(STEM, ops=("identity", "conv", "dense"))
-
-
-@pytest.mark.parametrize(
-    ("ops", "match"),
-    [
-        ((), "non-empty"),
-        ("conv", "non-empty tuple"),
-        (("conv", "pool"), "distinct names"),
-        (("conv", "conv"), "distinct names"),
-    ],
-)
-def test_ops_validation(ops, match):
-    with pytest.raises(ValueError, match=match):
-        dataclasses.replace(SMALL, ops=ops)
-
-
-def test_ops_subset_space_and_params():
-    assert NO_ATTENTION.ops == ("dense", "conv", "identity")  # kept in OPS order
-    assert SMALL.ops == nas.OPS
-    assert nas.space(NO_ATTENTION).genes["op2"].options == ("dense", "conv", "identity")
-    params = nas.init(NO_ATTENTION, jax.random.key(0))
-    assert all(set(layer) == {"ln", "dense", "conv"} for layer in params["layers"])
-    assert set(nas.init(dataclasses.replace(SMALL, ops=("identity",)), jax.random.key(0))["layers"][0]) == {"ln"}
-    with pytest.raises(ValueError, match="'op0'"):
-        nas.encode(NO_ATTENTION, HAND_PICKED[0])  # attention is not in the space
-    genome = nas.encode(NO_ATTENTION, HAND_PICKED[2])
-    assert int(genome["op0"]) == 2 and int(genome["op1"]) == 1 and int(genome["op2"]) == 0
 
 
 @pytest.mark.parametrize("index", [2, 3])
