@@ -1,0 +1,328 @@
+"""The population trainer: :class:`Population` trains and evaluates every member in one compiled call.
+
+The per-member step is mapped over the member axis, and ``steps`` optimizer
+steps run per call under ``lax.scan``, so dispatch is paid once per call, not
+once per step.
+
+Per-member hyperparameters are ``(P,)`` arrays (:data:`HYPERPARAMETERS`),
+so a population can hold 32 learning rates, sparsities or bit widths in one
+compiled step:
+
+* ``learning_rate``, ``weight_decay``: AdamW's, written into each member's
+  own ``optax.inject_hyperparams`` state before every update;
+* ``sparsity``: after every update the member's weights are pruned to that
+  fraction by magnitude, per layer (:func:`hamjax.prune.magnitude_masks`),
+  so its params always hold exactly that sparsity (projected gradient
+  descent onto the sparsity constraint);
+* ``bits``: quantization-aware training: the forward pass sees the weights
+  fake-quantized per output channel at that width
+  (:func:`hamjax.quant.fake_quant_weights`, straight-through gradients)
+  while the float weights are updated, and :meth:`Population.evaluate`
+  scores the quantized model;
+* ``temperature``, ``alpha``: distillation from ``Population(teacher=...)``:
+  the loss is ``alpha * soft_target_loss(T) + (1 - alpha) * loss_fn``
+  (:func:`hamjax.distill.soft_target_loss`), the teacher's logits computed
+  once per batch for all members.
+
+Pruning and quantization touch the leaves :func:`hamjax.prune.default_filter`
+selects (weight matrices and kernels, not biases, norms or batch statistics).
+
+How the member axis executes is a choice (:data:`EXECUTIONS`), because on
+XLA:CPU a plain ``vmap`` over compute-bound members can lose to a loop:
+
+* ``"vmap"``: every member in one batched program;
+* ``"chunked"``: ``lax.map(..., batch_size=chunk)``, ``chunk`` members at a time;
+* ``"sequential"``: ``lax.map`` one member at a time (a compiled loop);
+* ``"auto"``: :meth:`Population.choose` times the candidates on the real
+  shapes and keeps the fastest.
+
+Everything here is re-exported by :mod:`hamjax.search.population`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hamjax import distill, prune
+from hamjax._base import call_model
+from hamjax._checks import check_choice, check_int
+from hamjax.distill.losses import cross_entropy
+from hamjax.quant import MAX_BITS, MIN_BITS, fake_quant_weights
+
+EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
+OPTIMIZER_HYPERPARAMETERS = ("learning_rate", "weight_decay")
+TRANSFORM_HYPERPARAMETERS = ("sparsity", "bits", "temperature", "alpha")
+HYPERPARAMETERS = OPTIMIZER_HYPERPARAMETERS + TRANSFORM_HYPERPARAMETERS
+DISTILL_DEFAULTS = {"temperature": 4.0, "alpha": 0.9}
+
+# name -> (check of a concrete value, what the error says it must be)
+_RANGES = {
+    "learning_rate": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "sparsity": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+    "bits": (
+        lambda v: (v >= MIN_BITS) & (v <= MAX_BITS) & (v == np.round(v)),
+        f"an integer in [{MIN_BITS}, {MAX_BITS}]",
+    ),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "alpha": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+}
+
+
+def size(population) -> int:
+    """The member count ``P`` of a population (the leading axis of its leaves)."""
+    leaves = jax.tree.leaves(population)
+    if not leaves:
+        raise ValueError("population: no array leaves")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            f"population: every leaf needs the same leading member axis, got sizes {sorted(map(str, sizes))}"
+        )
+    return int(sizes.pop())
+
+
+class PopulationState(NamedTuple):
+    """What a population carries between calls: member params, optimizer states, hyperparameters, step count.
+
+    Attributes:
+      params: the members' params, leading axis ``P``.
+      opt_state: their optimizer states, leading axis ``P``.
+      hparams: ``name -> (P,)`` float32 hyperparameters.
+      count: int32 scalar, the optimizer steps every member has taken.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> trainer = Population(lambda p, x: x @ p["w"])
+      >>> state = trainer.init({"w": jnp.zeros((4, 3, 2))})
+      >>> int(state.count), sorted(state.hparams)
+      (0, ['learning_rate', 'weight_decay'])
+    """
+
+    params: Any
+    opt_state: Any
+    hparams: dict
+    count: jax.Array
+
+
+def _check_hparams(hparams: Mapping, p: int) -> dict:
+    unknown = sorted(set(hparams) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ValueError(f"Population: unknown hyperparameters {unknown}; expected among {HYPERPARAMETERS}")
+    out = {}
+    for name, value in hparams.items():
+        arr = jnp.asarray(value, jnp.float32)
+        if arr.ndim == 0:
+            arr = jnp.full((p,), arr)
+        if arr.shape != (p,):
+            raise ValueError(f"Population: hyperparameter {name} must have shape ({p},), got {arr.shape}")
+        if not isinstance(arr, jax.core.Tracer):
+            check, what = _RANGES[name]
+            v = np.asarray(arr)
+            if not bool(np.all(np.isfinite(v) & check(v))):
+                raise ValueError(f"Population: hyperparameter {name} must be finite and {what}, got {v}")
+        out[name] = arr
+    return out
+
+
+def _selected(params) -> Any:
+    """A tree of bools: the leaves pruning and quantization touch (:func:`hamjax.prune.default_filter`)."""
+    return jax.tree_util.tree_map_with_path(prune.default_filter, params)
+
+
+@dataclasses.dataclass
+class Population:
+    """Trains and evaluates a whole population in one compiled call.
+
+    Args:
+      apply_fn: the apply function shared by every member (any kind of the
+        contract; :class:`hamjax.ApplyFn` members train in train mode).
+      loss_fn: ``loss_fn(logits, labels) -> scalar``.
+      execution: one of :data:`EXECUTIONS`.
+      chunk: members per ``lax.map`` step for ``"chunked"``.
+      teacher: ``(teacher_apply_fn, teacher_params)`` to distill from, or
+        ``None``. With a teacher every member's state carries
+        ``temperature`` and ``alpha`` (defaults :data:`DISTILL_DEFAULTS`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from hamjax.search import population as pop
+      >>> f = lambda p, x: x @ p["w"]
+      >>> params = pop.init(lambda k: {"w": 0.1 * jax.random.normal(k, (4, 3))}, jax.random.key(0), 8)
+      >>> trainer = pop.Population(f)
+      >>> state = trainer.init(params, {"learning_rate": jnp.logspace(-3, -1, 8), "sparsity": 0.5})
+      >>> xs, ys = np.ones((5, 16, 4), np.float32), np.zeros((5, 16), np.int32)
+      >>> state, losses = trainer.train(state, xs, ys)
+      >>> losses.shape, float((state.params["w"] == 0).mean())
+      ((8, 5), 0.5)
+    """
+
+    apply_fn: Any
+    loss_fn: Callable = cross_entropy
+    execution: str = "vmap"
+    chunk: int = 8
+    teacher: tuple | None = None
+    chosen: str | None = None
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        check_choice("Population", "execution", self.execution, EXECUTIONS)
+        self.chunk = check_int("Population", "chunk", self.chunk, minimum=1)
+        if self.teacher is not None and (not isinstance(self.teacher, tuple | list) or len(self.teacher) != 2):
+            raise ValueError("Population: teacher must be a (teacher_apply_fn, teacher_params) pair")
+        self._optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+        self._compiled: dict = {}
+
+    # one member -------------------------------------------------------------------------------
+    def _forward_params(self, params, hparams):
+        """The params the forward pass sees: fake-quantized weights when the member has ``bits``."""
+        if "bits" not in hparams:
+            return params
+        transform = fake_quant_weights(jnp.round(hparams["bits"]), filter=prune.default_filter)
+        quantized, _ = transform.apply(params, transform.init(params))
+        return quantized
+
+    def _loss(self, logits, y, teacher_logits, hparams):
+        loss = self.loss_fn(logits, y)
+        if teacher_logits is None:
+            return loss
+        alpha = hparams["alpha"]
+        soft = distill.soft_target_loss(logits, teacher_logits, temperature=hparams["temperature"])
+        return alpha * soft + (1.0 - alpha) * loss
+
+    def _member_step(self, params, opt_state, hparams, x, y, teacher_logits):
+        def loss(p):
+            logits, new_p = call_model(self.apply_fn, self._forward_params(p, hparams), x, train=True)
+            return self._loss(logits, y, teacher_logits, hparams), new_p
+
+        (value, new_params), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        if "bits" in hparams:  # keep the float weights; take only new collections (batch statistics)
+            new_params = jax.tree.map(lambda keep, p, n: p if keep else n, _selected(params), params, new_params)
+        hyper = dict(opt_state.hyperparams)
+        hyper.update({k: hparams[k].astype(hyper[k].dtype) for k in OPTIMIZER_HYPERPARAMETERS if k in hparams})
+        opt_state = opt_state._replace(hyperparams=hyper)
+        updates, opt_state = self._optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(new_params, updates)
+        if "sparsity" in hparams:
+            params = prune.apply_masks(params, prune.magnitude_masks(params, hparams["sparsity"]))
+        return params, opt_state, value
+
+    def _member_train(self, params, opt_state, hparams, xs, ys, teacher_logits):
+        def body(carry, batch):
+            p, s = carry
+            p, s, value = self._member_step(p, s, hparams, *batch)
+            return (p, s), value
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xs, ys, teacher_logits))
+        return params, opt_state, losses
+
+    def _member_eval(self, params, hparams, x, y):
+        logits, _ = call_model(self.apply_fn, self._forward_params(params, hparams), x)
+        ok = jnp.all(jnp.isfinite(logits))
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        return {"loss": self.loss_fn(logits, y), "accuracy": jnp.where(ok, accuracy, 0.0)}
+
+    # the member axis -------------------------------------------------------------------------
+    def _over_members(self, fn, execution: str, members, shared):
+        if execution == "vmap":
+            return jax.vmap(lambda m: fn(*m, *shared))(members)
+        batch = self.chunk if execution == "chunked" else None
+        return jax.lax.map(lambda m: fn(*m, *shared), members, batch_size=batch)
+
+    def _train_fn(self, execution: str):
+        if execution not in self._compiled:
+
+            def run(state: PopulationState, xs, ys):
+                members = (state.params, state.opt_state, state.hparams)
+                teacher_logits = None
+                if self.teacher is not None:
+                    teacher_apply, teacher_params = self.teacher
+                    teacher_logits = jax.lax.map(lambda x: call_model(teacher_apply, teacher_params, x)[0], xs)
+                    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+                shared = (xs, ys, teacher_logits)
+                params, opt_state, losses = self._over_members(self._member_train, execution, members, shared)
+                return PopulationState(params, opt_state, state.hparams, state.count + xs.shape[0]), losses
+
+            self._compiled[execution] = jax.jit(run, donate_argnums=0)
+        return self._compiled[execution]
+
+    # public ---------------------------------------------------------------------------------
+    def init(self, params, hparams: Mapping | None = None) -> PopulationState:
+        """The starting state: ``params`` (a population), fresh optimizer states, ``hparams`` per member."""
+        p = size(params)
+        hp = _check_hparams(dict(hparams or {}), p)
+        distilling = sorted(set(hp) & set(DISTILL_DEFAULTS))
+        if distilling and self.teacher is None:
+            raise ValueError(f"Population: hyperparameters {distilling} need Population(teacher=(apply_fn, params))")
+        opt_state = jax.vmap(self._optimizer.init)(params)
+        defaults = {k: jnp.broadcast_to(v, (p,)) for k, v in opt_state.hyperparams.items() if k in HYPERPARAMETERS}
+        if self.teacher is not None:
+            defaults.update({k: jnp.full((p,), v, jnp.float32) for k, v in DISTILL_DEFAULTS.items()})
+        state = PopulationState(params, opt_state, {**defaults, **hp}, jnp.zeros((), jnp.int32))
+        # Fresh buffers throughout: the train step donates its state, the caller keeps its params,
+        # and no two leaves may share a buffer.
+        return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+
+    def train(self, state: PopulationState, xs, ys) -> tuple[PopulationState, jax.Array]:
+        """``xs.shape[0]`` optimizer steps for every member in one call.
+
+        Args:
+          state: from :meth:`init` or a previous call (donated: use the returned one).
+          xs, ys: ``(steps, batch, ...)`` inputs and labels, the same batches for every member.
+
+        Returns:
+          ``(state, losses)`` with ``losses`` of shape ``(P, steps)``.
+        """
+        xs, ys = jnp.asarray(xs), jnp.asarray(ys)
+        if xs.ndim < 2 or ys.shape[:2] != xs.shape[:2]:
+            raise ValueError(
+                f"Population.train: xs (steps, batch, ...) and ys (steps, batch) disagree: {xs.shape}, {ys.shape}"
+            )
+        execution = self.execution
+        if execution == "auto":
+            execution = self.chosen or self.choose(state, xs, ys)
+        return self._train_fn(execution)(state, xs, ys)
+
+    def choose(self, state: PopulationState, xs, ys, *, repeats: int = 3) -> str:
+        """Time every execution on these shapes (after compiling) and keep the fastest for ``"auto"``.
+
+        Runs on copies, so ``state`` is untouched; the timings (median seconds
+        per call) are kept in :attr:`timings`.
+        """
+        for execution in EXECUTIONS[1:]:
+            fn = self._train_fn(execution)
+            copy = jax.tree.map(jnp.array, state)
+            copy, _ = fn(copy, xs, ys)
+            jax.block_until_ready(copy)
+            seconds = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                copy, _ = fn(copy, xs, ys)
+                jax.block_until_ready(copy)
+                seconds.append(time.perf_counter() - started)
+            self.timings[execution] = float(np.median(seconds))
+        self.chosen = min(self.timings, key=self.timings.get)
+        return self.chosen
+
+    def evaluate(self, state_or_params, x, y) -> dict:
+        """Per-member ``{"loss": (P,), "accuracy": (P,)}`` on one batch (eval mode).
+
+        Given a :class:`PopulationState` whose members have ``bits``, each
+        member is scored with its weights fake-quantized at its own width;
+        bare params are scored as they are. The loss is ``loss_fn`` alone.
+        """
+        if isinstance(state_or_params, PopulationState):
+            params, hparams = state_or_params.params, {k: v for k, v in state_or_params.hparams.items() if k == "bits"}
+        else:
+            params, hparams = state_or_params, {}
+        if "eval" not in self._compiled:
+            self._compiled["eval"] = jax.jit(jax.vmap(self._member_eval, in_axes=(0, 0, None, None)))
+        return self._compiled["eval"](params, hparams, jnp.asarray(x), jnp.asarray(y))

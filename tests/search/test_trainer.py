@@ -1,0 +1,156 @@
+"""Tests for hamjax.search.trainer: Population trains every member at once, with per-member hyperparameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from members import alone, batches, make, mlp, teacher_trainer
+
+import hamjax
+from hamjax.search import population as pop
+
+
+@pytest.mark.parametrize("execution", ["vmap", "chunked", "sequential"])
+def test_every_member_trains_as_if_alone(execution):
+    params = pop.init(make, jax.random.key(0), 4)
+    lrs = jnp.asarray([1e-3, 3e-3, 1e-2, 3e-2])
+    trainer = pop.Population(mlp, execution=execution, chunk=3)
+    xs, ys = batches()
+    state, losses = trainer.train(trainer.init(params, {"learning_rate": lrs}), xs, ys)
+    assert losses.shape == (4, 4) and int(state.count) == 4
+    for i in range(4):
+        want_params, want_losses = alone(pop.member(params, i), float(lrs[i]), xs, ys)
+        np.testing.assert_allclose(losses[i], want_losses, rtol=1e-5, atol=1e-6)
+        for got, want in zip(jax.tree.leaves(pop.member(state.params, i)), jax.tree.leaves(want_params), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_zero_learning_rate_member_does_not_move_and_caller_params_survive():
+    params = pop.init(make, jax.random.key(1), 3)
+    before = jax.tree.map(np.asarray, params)
+    trainer = pop.Population(mlp)
+    state, _ = trainer.train(trainer.init(params, {"learning_rate": jnp.asarray([0.0, 1e-2, 1e-2])}), *batches())
+    np.testing.assert_array_equal(pop.member(state.params, 0)["w1"], before["w1"][0])
+    assert not np.allclose(pop.member(state.params, 1)["w1"], before["w1"][1])
+    np.testing.assert_array_equal(params["w1"], before["w1"])  # the state was donated, not the caller's arrays
+
+
+def test_auto_times_the_executions_and_keeps_the_fastest():
+    params = pop.init(make, jax.random.key(3), 4)
+    trainer = pop.Population(mlp, execution="auto", chunk=2)
+    state = trainer.init(params)
+    state, losses = trainer.train(state, *batches())
+    assert trainer.chosen in pop.EXECUTIONS[1:] and set(trainer.timings) == set(pop.EXECUTIONS[1:])
+    assert losses.shape == (4, 4) and int(state.count) == 4
+
+
+def test_reference_models_train_as_a_population(digits):
+    module = hamjax.models.build("cnn", input_shape=digits.input_shape, num_classes=digits.num_classes)
+    apply_fn, variables = hamjax.functional(module)
+    params = pop.stack([variables, jax.tree.map(lambda a: a * 0.5, variables)])
+    trainer = pop.Population(apply_fn)
+    x = digits.train.x[:64].reshape(2, 32, *digits.input_shape)
+    y = digits.train.y[:64].reshape(2, 32)
+    state, losses = trainer.train(trainer.init(params, {"learning_rate": 1e-3}), x, y)
+    assert losses.shape == (2, 2) and np.all(np.isfinite(losses))
+    before, after = (
+        jax.tree.leaves(variables["batch_stats"]),
+        jax.tree.leaves(pop.member(state.params, 0)["batch_stats"]),
+    )
+    assert any(not np.allclose(a, b) for a, b in zip(after, before, strict=True))  # train mode updated them
+    metrics = trainer.evaluate(state, digits.test.x[:50], digits.test.y[:50])
+    assert metrics["accuracy"].shape == (2,)
+
+
+def test_per_member_sparsity_holds_exactly_after_every_call_and_zero_sparsity_changes_nothing():
+    params = pop.init(make, jax.random.key(4), 3)
+    sparsity = jnp.asarray([0.0, 0.5, 0.9])
+    trainer = pop.Population(mlp)
+    xs, ys = batches()
+    state, _ = trainer.train(trainer.init(params, {"learning_rate": 1e-2, "sparsity": sparsity}), xs, ys)
+    plain, _ = trainer.train(trainer.init(params, {"learning_rate": 1e-2}), xs, ys)
+    for i, s in enumerate(np.asarray(sparsity)):
+        m = pop.member(state.params, i)
+        for name in ("w1", "b1", "w2"):  # b1 is (1, 16): a matrix to the default filter
+            zeros = int(np.sum(np.asarray(m[name]) == 0))
+            assert zeros == int(np.floor(np.float32(s) * m[name].size)), (i, name, zeros)
+    for got, want in zip(
+        jax.tree.leaves(pop.member(state.params, 0)), jax.tree.leaves(pop.member(plain.params, 0)), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_per_member_bits_train_and_score_the_fake_quantized_model():
+    params = pop.init(make, jax.random.key(5), 3)
+    bits = jnp.asarray([2.0, 4.0, 8.0])
+    trainer = pop.Population(mlp)
+    xs, ys = batches()
+    state, losses = trainer.train(trainer.init(params, {"learning_rate": 1e-2, "bits": bits}), xs, ys)
+    for i, b in enumerate([2, 4, 8]):
+        t = hamjax.quant.fake_quant_weights(b)
+        start = pop.member(params, i)
+        q0, _ = t.apply(start, t.init(start))
+        np.testing.assert_allclose(losses[i, 0], hamjax.distill.cross_entropy(mlp(q0, xs[0]), ys[0]), rtol=1e-5)
+        trained = pop.member(state.params, i)
+        q, _ = t.apply(trained, t.init(trained))
+        assert not np.array_equal(q["w1"], trained["w1"])  # the float weights are kept and updated, not snapped
+        want = np.mean(np.argmax(mlp(q, xs[1]), -1) == ys[1])
+        assert float(trainer.evaluate(state, xs[1], ys[1])["accuracy"][i]) == pytest.approx(want)
+    assert np.all(np.isfinite(losses)) and losses[0, 0] != losses[2, 0]
+
+
+def test_per_member_temperature_and_alpha_distill_from_the_teacher():
+    params = pop.init(make, jax.random.key(6), 3)
+    trainer = teacher_trainer()
+    temperature, alpha = jnp.asarray([1.0, 4.0, 8.0]), jnp.asarray([0.0, 0.5, 0.9])
+    xs, ys = batches()
+    state = trainer.init(params, {"temperature": temperature, "alpha": alpha})
+    assert set(state.hparams) == {"learning_rate", "weight_decay", "temperature", "alpha"}
+    _, losses = trainer.train(state, xs, ys)
+    teacher_logits = mlp(trainer.teacher[1], xs[0])
+    for i in range(3):
+        logits = mlp(pop.member(params, i), xs[0])
+        soft = hamjax.distill.soft_target_loss(logits, teacher_logits, temperature=float(temperature[i]))
+        want = alpha[i] * soft + (1 - alpha[i]) * hamjax.distill.cross_entropy(logits, ys[0])
+        np.testing.assert_allclose(losses[i, 0], want, rtol=1e-5)
+    defaults = teacher_trainer().init(params)
+    np.testing.assert_array_equal(defaults.hparams["temperature"], np.full(3, pop.DISTILL_DEFAULTS["temperature"]))
+
+
+def test_sparsity_and_bits_train_a_reference_model_with_batch_statistics(digits):
+    module = hamjax.models.build("cnn", input_shape=digits.input_shape, num_classes=digits.num_classes)
+    apply_fn, variables = hamjax.functional(module)
+    params = pop.stack([variables, variables])
+    trainer = pop.Population(apply_fn)
+    x = digits.train.x[:64].reshape(2, 32, *digits.input_shape)
+    y = digits.train.y[:64].reshape(2, 32)
+    hp = {"learning_rate": 1e-3, "sparsity": jnp.asarray([0.25, 0.75]), "bits": jnp.asarray([8.0, 4.0])}
+    state, losses = trainer.train(trainer.init(params, hp), x, y)
+    assert np.all(np.isfinite(losses))
+    for i, s in enumerate((0.25, 0.75)):
+        m = pop.member(state.params, i)
+        assert hamjax.prune.sparsity_of(m) == pytest.approx(s, abs=0.01)
+        stats, start = jax.tree.leaves(m["batch_stats"]), jax.tree.leaves(variables["batch_stats"])
+        assert any(not np.allclose(a, b) for a, b in zip(stats, start, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: pop.Population(mlp, execution="pmap"), "Population: execution must be one of"),
+        (lambda: pop.Population(mlp, chunk=0), "Population: chunk must be an integer >= 1, got 0"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"momentum": 0.9}), "unknown hyperparameters"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"learning_rate": jnp.ones(2)}), r"shape \(3,\)"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"learning_rate": -1.0}), "finite and >= 0"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"sparsity": 1.0}), r"sparsity .* in \[0, 1\)"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"bits": 3.5}), "bits .* an integer in"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"bits": 1}), "bits .* an integer in"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"temperature": 2.0}), "need Population.teacher"),
+        (lambda: pop.Population(mlp, teacher=(mlp,)), "teacher must be a"),
+        (lambda: teacher_trainer().init({"w": jnp.ones((3, 2))}, {"temperature": 0.0}), "temperature .* > 0"),
+        (lambda: teacher_trainer().init({"w": jnp.ones((3, 2))}, {"alpha": 1.5}), r"alpha .* in \[0, 1\]"),
+    ],
+)
+def test_bad_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
