@@ -17,7 +17,7 @@ Reference: the best reference model, the CNN (``hamjax.models.build("cnn")``,
 trains it: ``hamjax.fit`` with ``TrainConfig(epochs=20, patience=5, seed)``
 (Adam at 1e-3, batch 128, the params of the best validation accuracy kept).
 
-Search: :func:`hamjax.search.engine.run`, strategy ``"evolution"``
+Search: :func:`hamjax.search.engine.run`, method ``"evolution"``
 (regularized evolution, tournament of 8, mutation rate 0.3), 20 generations
 of 32 candidates in both modes. Each candidate is trained from scratch as a
 masked sub-network of its own supernet for ``steps`` Adam steps at 3e-3 at
@@ -173,7 +173,7 @@ def pick_winner(history, cap: float) -> engine.Candidate:
 
 def search(ds, args) -> tuple[engine.SearchResult, dict]:
     config = engine.SearchConfig(
-        strategy="evolution",
+        method="evolution",
         generations=GENERATIONS,
         population_size=POPULATION,
         steps=args.steps,
@@ -201,7 +201,7 @@ def search(ds, args) -> tuple[engine.SearchResult, dict]:
     result = engine.run(SUPERNET, ds, config, progress=False, on_generation=on_generation)
     wall = time.perf_counter() - started
     stats = {
-        "config": {k: getattr(config, k) for k in ("strategy", "generations", "population_size", "steps")}
+        "config": {k: getattr(config, k) for k in ("method", "generations", "population_size", "steps")}
         | {
             "batch_size": config.batch_size,
             "learning_rate": config.learning_rate,

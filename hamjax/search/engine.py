@@ -1,7 +1,8 @@
 """Architecture search runs: random, regularized evolution or Bayesian (Optuna), one generation per compiled call.
 
-Every generation proposes ``population_size`` genomes of :func:`hamjax.search.nas.space`,
-trains all of them at once as masked sub-networks of their own supernets
+Every generation proposes ``population_size`` genomes of :func:`hamjax.search.nas.space`
+(:func:`propose`, by the config's ``method``), trains all of them at once as
+masked sub-networks of their own supernets
 (:class:`hamjax.search.population.Population`), scores them on validation
 data (a diverged member scores ``-inf``) and appends them to the history.
 
@@ -13,19 +14,6 @@ generation, once per distinct architecture in the run, and the measurement
 is kept in the history (so checkpointed, and never taken again on resume);
 otherwise only the members of the final Pareto front are timed.
 
-* ``"random"``: genomes drawn uniformly from the space.
-* ``"evolution"``: regularized evolution (Real et al. 2019): the population is
-  the last ``population_size`` candidates; each child is a mutated copy of
-  the winner of a tournament of ``sample_size``; the oldest leave. With
-  ``selection="accuracy"`` (the default) the most accurate contestant wins;
-  with ``selection="pareto"`` the one of lowest non-dominated rank in the
-  population under all objectives (:func:`nondominated_rank`), then the
-  most accurate, then the oldest (:func:`tournament_fitness`).
-* ``"bayesian"``: an Optuna sampler (``SearchConfig.sampler``: TPE or GP),
-  rebuilt each generation from the whole history, asks for a batch of
-  ``population_size`` trials; with ``selection="pareto"`` its study is
-  multi-objective over the objectives.
-
 Each generation depends only on the history and ``(seed, generation)``,
 and the history is checkpointed with orbax every ``checkpoint_every``
 generations, so a run killed at any point and resumed from its ``workdir``
@@ -35,187 +23,78 @@ are timed again, and under ``selection="pareto"`` or a Bayesian search the
 measurements steer what comes next.) The result holds the history, the
 best candidate and the Pareto front over the objectives
 (:func:`pareto_front`), each front member with its batch-1 latency measured.
+
+The config, the candidates and the three methods are defined in
+:mod:`hamjax.search.proposals` and re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hamjax import checkpoint, measure
 from hamjax import data as data_lib
-from hamjax.search import evolution, nas, selection
+from hamjax.search import nas
 from hamjax.search import population as population_lib
-from hamjax.search.pareto import nondominated_rank, pareto_front
+from hamjax.search.pareto import pareto_front
+from hamjax.search.proposals import (
+    METHODS,
+    OBJECTIVES,
+    SAMPLERS,
+    SELECTIONS,
+    Candidate,
+    SearchConfig,
+    check_objectives,
+    objective_columns,
+    propose,
+    tournament_fitness,
+)
 
-STRATEGIES = ("random", "evolution", "bayesian")
-OBJECTIVES = ("accuracy", "params", "latency")
-SELECTIONS = ("accuracy", "pareto")
-SAMPLERS = ("tpe", "gp")
+__all__ = [
+    "METHODS",
+    "OBJECTIVES",
+    "SAMPLERS",
+    "SELECTIONS",
+    "Candidate",
+    "SearchConfig",
+    "SearchResult",
+    "check_objectives",
+    "evaluate_generation",
+    "json_safe",
+    "propose",
+    "run",
+    "tournament_fitness",
+]
+
 # Fields added after checkpoints were first written: left out of the checkpoint
 # fingerprint at their defaults, so those checkpoints still resume.
 _LATER_FIELDS = ("objectives", "selection", "sampler")
-
-
-def check_objectives(objectives: str | Sequence[str]) -> tuple[str, ...]:
-    """The search objectives as a tuple in :data:`OBJECTIVES` order.
-
-    Args:
-      objectives: names from :data:`OBJECTIVES`, as a sequence or one
-        comma-separated string; ``"accuracy"`` must be one of them.
-
-    Returns:
-      The names, each once, in :data:`OBJECTIVES` order.
-
-    Raises:
-      ValueError: an unknown name, a repeated one, or no ``"accuracy"``.
-
-    Examples:
-      >>> check_objectives("latency,accuracy")
-      ('accuracy', 'latency')
-    """
-    if isinstance(objectives, str):
-        objectives = [name.strip() for name in objectives.split(",")]
-    try:
-        names = tuple(objectives)
-    except TypeError:
-        raise ValueError(f"objectives must be a sequence of names from {OBJECTIVES}, got {objectives!r}") from None
-    for name in names:
-        if name not in OBJECTIVES:
-            raise ValueError(f"objective {name!r} is not one of {OBJECTIVES}")
-    repeated = sorted({name for name in names if names.count(name) > 1}, key=OBJECTIVES.index)
-    if repeated:
-        raise ValueError(f"objectives name {', '.join(map(repr, repeated))} more than once: {names}")
-    if "accuracy" not in names:
-        raise ValueError(f"objectives must include 'accuracy', got {names}")
-    return tuple(name for name in OBJECTIVES if name in names)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    """How a search runs.
-
-    Attributes:
-      strategy: one of :data:`STRATEGIES`.
-      generations: generations to run.
-      population_size: candidates trained together per generation.
-      steps: optimizer steps per candidate.
-      batch_size: training batch size.
-      learning_rate: Adam learning rate of every candidate.
-      sample_size: tournament size of regularized evolution.
-      mutation_rate: per-gene mutation probability.
-      eval_rows: validation rows that score a candidate.
-      execution: how the member axis runs (see :data:`hamjax.search.population.EXECUTIONS`).
-      checkpoint_every: generations between checkpoints.
-      seed: the run's seed.
-      objectives: what a candidate is scored on, from :data:`OBJECTIVES`
-        (a list or a comma-separated string is normalised by
-        :func:`check_objectives`): the Pareto front is over these, and
-        ``"latency"`` makes every candidate's latency measured during its
-        generation.
-      selection: ``"accuracy"`` (the default, and the selection of runs from
-        before multi-objective search, whose checkpoints stay valid): the
-        evolution tournament and the Bayesian study look at accuracy alone,
-        whatever the objectives. ``"pareto"``: the tournament winner is the
-        contestant of lowest non-dominated rank under the objectives, then
-        the most accurate, then the oldest, and the Bayesian study is
-        multi-objective. ``selection="pareto"`` with
-        ``objectives=("accuracy",)`` picks exactly as ``"accuracy"`` does.
-        Ignored by ``"random"``.
-      sampler: the Optuna sampler of ``"bayesian"``, one of :data:`SAMPLERS`:
-        ``"tpe"`` (``TPESampler``) or ``"gp"`` (``GPSampler``, which needs
-        ``torch`` and ``scipy``); ignored by the other strategies.
-
-    Raises:
-      ValueError: a field out of its range, naming it; ``sampler="gp"`` for a
-        Bayesian search where ``torch`` or ``scipy`` is not installed.
-    """
-
-    strategy: str = "evolution"
-    generations: int = 20
-    population_size: int = 32
-    steps: int = 100
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    sample_size: int = 8
-    mutation_rate: float = 0.3
-    eval_rows: int = 500
-    execution: str = "vmap"
-    checkpoint_every: int = 1
-    seed: int = 0
-    objectives: tuple[str, ...] = ("accuracy", "params")
-    selection: str = "accuracy"
-    sampler: str = "tpe"
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"SearchConfig: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        for name in ("generations", "population_size", "steps", "batch_size", "eval_rows", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                what = "population size" if name == "population_size" else name
-                raise ValueError(f"SearchConfig: {what} must be an integer >= 1, got {value!r}")
-        if not 1 <= self.sample_size <= self.population_size:
-            raise ValueError(
-                f"SearchConfig: tournament size sample_size={self.sample_size} must be in [1, population_size="
-                f"{self.population_size}]"
-            )
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"SearchConfig: learning_rate must be finite and > 0, got {self.learning_rate}")
-        if not 0.0 <= self.mutation_rate <= 1.0:
-            raise ValueError(f"SearchConfig: mutation_rate must be in [0, 1], got {self.mutation_rate}")
-        if self.execution not in population_lib.EXECUTIONS:
-            raise ValueError(f"SearchConfig: execution must be one of {population_lib.EXECUTIONS}")
-        try:
-            object.__setattr__(self, "objectives", check_objectives(self.objectives))
-        except ValueError as err:
-            raise ValueError(f"SearchConfig: {err}") from None
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"SearchConfig: selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"SearchConfig: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.sampler == "gp" and self.strategy == "bayesian":
-            missing = [name for name in ("torch", "scipy") if importlib.util.find_spec(name) is None]
-            if missing:
-                raise ValueError(
-                    f"SearchConfig: sampler='gp' (optuna's GPSampler) needs {' and '.join(missing)}, which is not "
-                    "installed; install it or use sampler='tpe'"
-                )
-
-
+# Fields renamed since checkpoints were first written: old name -> new name, applied to a saved fingerprint.
+_RENAMED_FIELDS = {"strategy": "method"}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
 
 
 @dataclasses.dataclass(frozen=True)
-class Candidate:
-    """One trained architecture: its genes, score and size.
-
-    ``latency_ms`` is the batch-1 p50 latency of the materialised network:
-    measured for every candidate when latency is an objective, else ``None``
-    in the history and measured for the members of the Pareto front.
-    """
-
-    generation: int
-    genome: dict
-    accuracy: float
-    params: int
-    description: str
-    latency_ms: float | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """A finished search: every candidate, the best one and the Pareto front."""
+    """A finished search: every candidate, the best one and the Pareto front.
+
+    Attributes:
+      history: every candidate, oldest first.
+      best: the most accurate candidate (the smaller one on a tie).
+      pareto: the Pareto front over the objectives, each with its latency measured.
+      resumed_from: the checkpointed generation this run resumed after, or ``None``.
+
+    Examples:
+      >>> c = Candidate(0, {}, 0.9, 100, "")
+      >>> sorted(SearchResult((c,), c, (c,)).to_dict())
+      ['best', 'history', 'pareto']
+    """
 
     history: tuple[Candidate, ...]
     best: Candidate
@@ -223,139 +102,12 @@ class SearchResult:
     resumed_from: int | None = None
 
     def to_dict(self) -> dict:
+        """History, best and Pareto front as JSON-ready dicts (``resumed_from`` is left out)."""
         return {
             "history": [c.to_dict() for c in self.history],
             "best": self.best.to_dict(),
             "pareto": [c.to_dict() for c in self.pareto],
         }
-
-
-def _objective_values(candidate: Candidate, objectives: Sequence[str]) -> list[float]:
-    """The candidate's value of each objective (accuracy, params, latency in ms)."""
-    table = {"accuracy": candidate.accuracy, "params": candidate.params, "latency": candidate.latency_ms}
-    return [table[name] for name in objectives]
-
-
-def _columns(candidates: Sequence[Candidate], objectives: Sequence[str]) -> list[list[float]]:
-    """One list per objective: its values over the candidates."""
-    rows = [_objective_values(c, objectives) for c in candidates]
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in objectives]
-
-
-def tournament_fitness(candidates: Sequence[Candidate], config: SearchConfig) -> np.ndarray:
-    """The fitness the evolution tournament compares (higher wins): accuracy, or a Pareto order.
-
-    With ``config.selection == "accuracy"`` it is the accuracies. With
-    ``"pareto"`` it is ``N - 1`` minus each candidate's position in the order (lowest
-    :func:`nondominated_rank` under ``config.objectives``, then highest
-    accuracy, then oldest, i.e. earliest in ``candidates``), so a tournament
-    picks the contestant first in that order. A diverged candidate (accuracy
-    ``-inf`` or NaN) comes last either way. Under ``objectives=("accuracy",)``
-    the ranks follow accuracy, so both give the same order and the same picks.
-
-    Args:
-      candidates: the population, oldest first.
-      config: the :class:`SearchConfig`.
-
-    Returns:
-      ``(len(candidates),)`` float32 fitness.
-
-    Examples:
-      >>> alive = [Candidate(0, {}, acc, size, "") for acc, size in [(0.9, 1000), (0.9, 100), (0.5, 50)]]
-      >>> tournament_fitness(alive, SearchConfig(selection="pareto")).tolist()
-      [0.0, 2.0, 1.0]
-    """
-    acc = np.asarray([c.accuracy for c in candidates], np.float32)
-    if config.selection == "accuracy":
-        return acc
-    acc = np.where(np.isnan(acc), -np.inf, acc).astype(np.float64)
-    costs = _columns(candidates, config.objectives)[1:]
-    rank = nondominated_rank(acc, *costs)
-    order = np.lexsort((np.arange(len(candidates)), -acc, rank))
-    position = np.empty(len(candidates), np.float32)
-    position[order] = np.arange(len(candidates))
-    return len(candidates) - 1 - position
-
-
-def _genome_batch(space: evolution.Space, members: Sequence[dict]) -> dict:
-    rows = [space.encode(m) for m in members]
-    return {name: jnp.concatenate([r[name] for r in rows]) for name in space.names}
-
-
-def _sampler(config: SearchConfig, generation: int):
-    import optuna
-
-    seed = config.seed * 100_003 + generation
-    if config.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.population_size)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.population_size)
-
-
-def _propose_bayesian(space: evolution.Space, history: list[Candidate], config: SearchConfig, generation: int):
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    genes = space.genes
-    dists = {}
-    for name, gene in genes.items():
-        if isinstance(gene, evolution.Int):
-            dists[name] = optuna.distributions.IntDistribution(gene.low, gene.high)
-        elif isinstance(gene, evolution.Float):
-            dists[name] = optuna.distributions.FloatDistribution(gene.low, gene.high, log=gene.log)
-        else:
-            dists[name] = optuna.distributions.CategoricalDistribution(list(range(len(gene.options))))
-    sampler = _sampler(config, generation)
-    multi = config.selection == "pareto"
-    if multi:
-        directions = ["maximize"] + ["minimize"] * (len(config.objectives) - 1)
-        study = optuna.create_study(directions=directions, sampler=sampler)
-        # A diverged candidate is told accuracy 0 and the worst costs of the
-        # history, so every candidate with some accuracy dominates it.
-        worst = [max(column) for column in _columns(history, config.objectives)[1:]]
-    else:
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-    for c in history:
-        encoded = space.encode(c.genome)
-        params = {
-            n: int(encoded[n][0]) if not isinstance(genes[n], evolution.Float) else float(encoded[n][0]) for n in genes
-        }
-        finite = bool(np.isfinite(c.accuracy))
-        value = c.accuracy if finite else 0.0
-        if multi:
-            costs = _objective_values(c, config.objectives)[1:] if finite else worst
-            trial = optuna.trial.create_trial(params=params, distributions=dists, values=[value, *costs])
-        else:
-            trial = optuna.trial.create_trial(params=params, distributions=dists, value=value)
-        study.add_trial(trial)
-    trials = [study.ask(dists) for _ in range(config.population_size)]
-    dtypes = {n: jnp.float32 if isinstance(g, evolution.Float) else jnp.int32 for n, g in genes.items()}
-    return {n: jnp.asarray([t.params[n] for t in trials], dtypes[n]) for n in genes}
-
-
-def propose(space: evolution.Space, history: list[Candidate], config: SearchConfig, generation: int) -> dict:
-    """The genome batch of ``generation`` (a function of the history, the seed and the generation only).
-
-    Args:
-      space: the search space (:func:`hamjax.search.nas.space`).
-      history: every candidate so far, oldest first, with ``latency_ms`` set
-        when latency is an objective.
-      config: the :class:`SearchConfig`.
-      generation: the generation to propose.
-
-    Returns:
-      A batch of ``config.population_size`` genomes of ``space``.
-    """
-    key = jax.random.fold_in(jax.random.key(config.seed), generation)
-    if config.strategy == "random" or not history:
-        return space.sample(key, config.population_size)
-    if config.strategy == "bayesian":
-        return _propose_bayesian(space, history, config, generation)
-    alive = history[-config.population_size :]
-    fitness = jnp.asarray(tournament_fitness(alive, config), jnp.float32)
-    k_select, k_mutate = jax.random.split(key)
-    parents = selection.tournament(k_select, fitness, config.population_size, k=min(config.sample_size, len(alive)))
-    batch = _genome_batch(space, [alive[int(i)].genome for i in np.asarray(parents)])
-    return evolution.mutate(k_mutate, space, batch, rate=config.mutation_rate)
 
 
 def evaluate_generation(
@@ -424,8 +176,9 @@ def run(
         restored = ckpt.restore_latest({"generation": np.zeros((), np.int32)})
         if restored is not None:
             step, _, meta = restored
-            if meta.get("fingerprint") != fingerprint:
-                differences = _differences(meta.get("fingerprint") or {}, fingerprint)
+            saved = _upgrade(meta.get("fingerprint") or {})
+            if saved != fingerprint:
+                differences = _differences(saved, fingerprint)
                 raise ValueError(
                     f"search: {ckpt.directory} holds a checkpoint of another search ({differences}); use a new workdir"
                 )
@@ -498,7 +251,7 @@ def _latency_meter(supernet: nas.SupernetConfig, example: np.ndarray, known: Seq
 
 def _result(history: list[Candidate], resumed, objectives: Sequence[str], latency_ms) -> SearchResult:
     best = max(history, key=lambda c: (c.accuracy, -c.params))
-    accuracy, *costs = _columns(history, objectives)
+    accuracy, *costs = objective_columns(history, objectives)
     pareto = [history[i] for i in pareto_front(accuracy, *costs)]
     if "latency" not in objectives:
         pareto = [dataclasses.replace(c, latency_ms=latency_ms(c.genome)) for c in pareto]
@@ -512,6 +265,14 @@ def _fingerprint(supernet: nas.SupernetConfig, config: SearchConfig) -> dict:
         if fields[name] == _DEFAULTS[name]:
             del fields[name]
     return json_safe({"config": fields, "supernet": repr(supernet)})
+
+
+def _upgrade(saved: dict) -> dict:
+    """A saved fingerprint with its renamed fields under their current names."""
+    fields = saved.get("config")
+    if not isinstance(fields, dict) or not set(fields) & set(_RENAMED_FIELDS):
+        return saved
+    return {**saved, "config": {_RENAMED_FIELDS.get(name, name): value for name, value in fields.items()}}
 
 
 def _differences(saved: dict, current: dict) -> str:
@@ -530,7 +291,18 @@ def _differences(saved: dict, current: dict) -> str:
 
 
 def json_safe(value):
-    """``value`` as it comes back from JSON (tuples become lists)."""
+    """``value`` as it comes back from JSON (tuples become lists).
+
+    Args:
+      value: anything ``json.dumps`` accepts.
+
+    Returns:
+      ``json.loads(json.dumps(value))``.
+
+    Examples:
+      >>> json_safe({"widths": (8, 16)})
+      {'widths': [8, 16]}
+    """
     import json
 
     return json.loads(json.dumps(value))

@@ -1,5 +1,4 @@
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -8,111 +7,12 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
+from searches import INF, LATENCY, SN, search_config, supernet_of
 
 from hamjax import measure
-from hamjax.search import engine, nas, selection
-
-TINY = dict(patch_size=4, hidden_size=16, max_layers=2, widths=(8, 16), num_heads=2)
-SN = nas.SupernetConfig(input_shape=(8, 8, 1), num_classes=10, **TINY)  # the digits supernet, for runs without data
-LATENCY = ("accuracy", "params", "latency")
-INF, NAN = float("inf"), float("nan")
-
-
-def _supernet(ds):
-    return nas.SupernetConfig(input_shape=tuple(ds.input_shape), num_classes=ds.num_classes, **TINY)
-
-
-def _config(**kw):
-    base = dict(generations=3, population_size=4, steps=10, batch_size=64, sample_size=2, eval_rows=120)
-    return engine.SearchConfig(**{**base, **kw})
-
-
-def _history(n, *, seed=0, accuracies=None):
-    """``n`` hand-made candidates of ``SN`` with accuracies (every fifth diverged) and fake latencies."""
-    space = nas.space(SN)
-    genomes = space.sample(jax.random.key(seed), n)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        values = nas.decode(SN, {k: genomes[k][i] for k in space.names})
-        size = nas.param_count(SN, values)
-        acc = accuracies[i] if accuracies is not None else (float(rng.uniform(0.1, 0.9)) if i % 5 else -INF)
-        out.append(engine.Candidate(0, values, acc, size, nas.describe(values), size / 1000))
-    return out
-
-
-def test_pareto_tournament_prefers_the_non_dominated():
-    alive = [engine.Candidate(0, {}, a, p, "") for a, p in [(0.9, 1000), (0.9, 100), (0.5, 50), (-INF, 10)]]
-    by_accuracy = engine.tournament_fitness(alive, _config())
-    by_pareto = engine.tournament_fitness(alive, _config(selection="pareto"))
-    # by accuracy the older of the two 0.9s wins; by rank 1 dominates 0, and 2 (rank 0) beats 0 (rank 1)
-    assert selection.elite(by_accuracy, 4).tolist() == [0, 1, 2, 3]
-    assert selection.elite(by_pareto, 4).tolist() == [1, 2, 0, 3]
-    # the diverged member, though the smallest, wins only a tournament it alone entered
-    chance = selection.probabilities(by_pareto, "tournament", k=4)
-    assert chance[3] == pytest.approx(0.25**4) and chance[2] > chance[0]
-    # with latency as well, 0 (the fastest) is no longer dominated: all finite members share rank 0
-    alive = [dataclasses.replace(c, latency_ms=ms) for c, ms in zip(alive, [1.0, 3.0, 2.0, 0.1], strict=True)]
-    by_all = engine.tournament_fitness(alive, _config(selection="pareto", objectives=LATENCY))
-    assert selection.elite(by_all, 4).tolist() == [0, 1, 2, 3]
-
-
-def test_pareto_tournament_on_accuracy_alone_is_the_accuracy_tournament():
-    history = _history(6, accuracies=[0.1, 0.2, 0.5, 0.7, 0.7, -INF])  # the last four are the population
-    space = nas.space(SN)
-    one, plain = _config(selection="pareto", objectives=("accuracy",)), _config()
-    alive = [dataclasses.replace(c, accuracy=NAN) if i == 1 else c for i, c in enumerate(history[2:])]
-    np.testing.assert_array_equal(
-        selection.elite(engine.tournament_fitness(alive, one), 4),
-        selection.elite(engine.tournament_fitness(alive, plain), 4),
-    )
-    for generation in (1, 2):
-        a, b = engine.propose(space, history, one, generation), engine.propose(space, history, plain, generation)
-        for name in space.names:
-            np.testing.assert_array_equal(a[name], b[name])
-
-
-def test_multi_objective_bayesian_proposes_valid_genomes(monkeypatch):
-    import optuna
-
-    studies = []
-    create = optuna.create_study
-    monkeypatch.setattr(optuna, "create_study", lambda **kw: studies.append(create(**kw)) or studies[-1])
-    space, history = nas.space(SN), _history(10)
-    config = _config(strategy="bayesian", selection="pareto", objectives=LATENCY)
-    batch = engine.propose(space, history, config, 3)
-    space.validate(batch)
-    for i in range(config.population_size):
-        values = nas.decode(SN, {n: batch[n][i] for n in space.names})
-        assert nas.param_count(SN, values) > 0
-    again = engine.propose(space, history, config, 3)
-    assert all(np.array_equal(batch[n], again[n]) for n in space.names)
-    study = studies[0]
-    d = optuna.study.StudyDirection
-    assert study.directions == [d.MAXIMIZE, d.MINIMIZE, d.MINIMIZE]
-    told = [t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    worst = [max(c.params for c in history), max(c.latency_ms for c in history)]
-    finite = [c for c in history if math.isfinite(c.accuracy)]
-    assert len(finite) == 8 and told == [
-        [c.accuracy, c.params, c.latency_ms] if math.isfinite(c.accuracy) else [0.0, *worst] for c in history
-    ]
-    # selection by accuracy keeps the single-objective study whatever the objectives
-    engine.propose(space, history, _config(strategy="bayesian", objectives=LATENCY), 3)
-    assert studies[-1].directions == [d.MAXIMIZE]
-
-
-def test_gp_sampler_needs_torch_or_proposes():
-    if importlib.util.find_spec("torch") is None:
-        with pytest.raises(ValueError, match=r"sampler='gp' \(optuna's GPSampler\) needs torch"):
-            _config(strategy="bayesian", sampler="gp")
-        assert _config(sampler="gp").sampler == "gp"  # only the Bayesian strategy samples with it
-    else:
-        space = nas.space(SN)
-        batch = engine.propose(space, _history(6), _config(strategy="bayesian", sampler="gp", selection="pareto"), 2)
-        space.validate(batch)
+from hamjax.search import engine, nas, proposals
 
 
 def _fake_evaluate(supernet, dataset, config, genomes, generation, *, trainer=None):
@@ -137,8 +37,8 @@ def test_latency_objective_times_each_architecture_once(digits, tmp_path, monkey
     timed = []
     monkeypatch.setattr(engine, "evaluate_generation", _fake_evaluate)
     monkeypatch.setattr(engine.measure, "latency", _fake_latency(timed))
-    sn, workdir = _supernet(digits), str(tmp_path)
-    config = _config(objectives=LATENCY, selection="pareto", mutation_rate=0.0)
+    sn, workdir = supernet_of(digits), str(tmp_path)
+    config = search_config(objectives=LATENCY, selection="pareto", mutation_rate=0.0)
 
     def stop(generation, new):
         if generation == 0:
@@ -166,13 +66,13 @@ def test_latency_objective_times_each_architecture_once(digits, tmp_path, monkey
     ]
     for kw, match in refused:
         with pytest.raises(ValueError, match=match):
-            engine.run(sn, digits, _config(mutation_rate=0.0, **kw), workdir=workdir, progress=False)
+            engine.run(sn, digits, search_config(mutation_rate=0.0, **kw), workdir=workdir, progress=False)
 
 
 def test_pareto_selection_resumes_to_the_same_result(digits, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "evaluate_generation", _fake_evaluate)
     monkeypatch.setattr(engine.measure, "latency", _fake_latency([]))
-    sn, config = _supernet(digits), _config(selection="pareto", generations=4)
+    sn, config = supernet_of(digits), search_config(selection="pareto", generations=4)
     whole = engine.run(sn, digits, config, workdir=str(tmp_path / "a"), progress=False)
 
     def stop(generation, new):
@@ -187,22 +87,22 @@ def test_pareto_selection_resumes_to_the_same_result(digits, tmp_path, monkeypat
 
 
 def test_default_fingerprint_is_the_one_before_objectives():
-    config = _config()
+    config = search_config()
     before = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("objectives", "selection", "sampler")}
     assert engine._fingerprint(SN, config) == engine.json_safe({"config": before, "supernet": repr(SN)})
-    assert engine._fingerprint(SN, _config(objectives=LATENCY))["config"]["objectives"] == list(LATENCY)
+    assert engine._fingerprint(SN, search_config(objectives=LATENCY))["config"]["objectives"] == list(LATENCY)
 
 
 @pytest.mark.parametrize(
-    "strategy",
+    "method",
     [pytest.param("random", marks=pytest.mark.slow), "evolution", pytest.param("bayesian", marks=pytest.mark.slow)],
 )
-def test_every_strategy_searches(digits, strategy):
+def test_every_method_searches(digits, method):
     seen = []
     result = engine.run(
-        _supernet(digits),
+        supernet_of(digits),
         digits,
-        _config(strategy=strategy),
+        search_config(method=method),
         progress=False,
         on_generation=lambda g, new: seen.append((g, len(new))),
     )
@@ -213,14 +113,14 @@ def test_every_strategy_searches(digits, strategy):
     sizes = [c.params for c in result.pareto]
     assert sizes == sorted(sizes) and accs == sorted(accs)
     for c in result.history:
-        assert c.params == nas.param_count(_supernet(digits), c.genome)
+        assert c.params == nas.param_count(supernet_of(digits), c.genome)
 
 
 @pytest.mark.slow  # real training and one latency measurement per architecture
-@pytest.mark.parametrize("strategy", ["evolution", "bayesian"])
-def test_a_three_objective_search_measures_every_candidate(digits, strategy):
-    config = _config(strategy=strategy, generations=2, objectives=LATENCY, selection="pareto")
-    result = engine.run(_supernet(digits), digits, config, progress=False)
+@pytest.mark.parametrize("method", ["evolution", "bayesian"])
+def test_a_three_objective_search_measures_every_candidate(digits, method):
+    config = search_config(method=method, generations=2, objectives=LATENCY, selection="pareto")
+    result = engine.run(supernet_of(digits), digits, config, progress=False)
     assert len(result.history) == 8 and all(c.latency_ms > 0 for c in result.history)
     by_architecture = {}
     for c in result.history:
@@ -231,17 +131,17 @@ def test_a_three_objective_search_measures_every_candidate(digits, strategy):
 
 
 def test_evolution_children_come_from_the_last_population(digits):
-    sn = _supernet(digits)
+    sn = supernet_of(digits)
     space = nas.space(sn)
-    history = engine.run(sn, digits, _config(generations=1), progress=False).history
-    children = engine.propose(space, list(history), _config(mutation_rate=0.0), 1)
+    history = engine.run(sn, digits, search_config(generations=1), progress=False).history
+    children = engine.propose(space, list(history), search_config(mutation_rate=0.0), 1)
     alive = {json.dumps(c.genome, sort_keys=True) for c in history}
     for i in range(4):
         assert json.dumps(nas.decode(sn, {n: children[n][i] for n in space.names}), sort_keys=True) in alive
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(digits, tmp_path):
-    sn, config = _supernet(digits), _config(strategy="evolution", generations=3)
+    sn, config = supernet_of(digits), search_config(method="evolution", generations=3)
     whole = engine.run(sn, digits, config, workdir=str(tmp_path / "a"), progress=False)
 
     def stop(generation, new):
@@ -254,35 +154,27 @@ def test_an_interrupted_search_resumes_to_the_same_result(digits, tmp_path):
     assert resumed.resumed_from == 1
     assert resumed.to_dict()["history"] == whole.to_dict()["history"]
     with pytest.raises(ValueError, match="another search"):
-        engine.run(sn, digits, _config(generations=4, seed=5), workdir=str(tmp_path / "b"), progress=False)
+        engine.run(sn, digits, search_config(generations=4, seed=5), workdir=str(tmp_path / "b"), progress=False)
 
 
-@pytest.mark.parametrize(
-    ("kw", "match"),
-    [
-        ({"population_size": 0}, "population size must be an integer >= 1"),
-        ({"sample_size": 5}, "tournament size sample_size=5"),
-        ({"strategy": "grid"}, "strategy must be one of"),
-        ({"learning_rate": -1.0}, "learning_rate"),
-        ({"mutation_rate": 2.0}, "mutation_rate"),
-        ({"generations": 0}, "generations must be"),
-        ({"objectives": ("params",)}, "objectives must include 'accuracy', got \\('params',\\)"),
-        ({"objectives": ("accuracy", "flops")}, "objective 'flops' is not one of"),
-        ({"objectives": ("accuracy", "params", "params")}, "objectives name 'params' more than once"),
-        ({"objectives": 3}, "objectives must be a sequence of names"),
-        ({"selection": "nsga"}, "selection must be one of"),
-        ({"sampler": "cmaes"}, "sampler must be one of"),
-    ],
-)
-def test_bad_configs_are_named(kw, match):
-    with pytest.raises(ValueError, match=match):
-        _config(**kw)
+def test_engine_reexports_the_proposals():
+    for name in (
+        "METHODS",
+        "OBJECTIVES",
+        "SearchConfig",
+        "Candidate",
+        "check_objectives",
+        "propose",
+        "tournament_fitness",
+    ):
+        assert getattr(engine, name) is getattr(proposals, name), name
 
 
-def test_objectives_are_normalised():
-    assert _config(objectives=["latency", "accuracy"]).objectives == ("accuracy", "latency")
-    assert _config(objectives="accuracy, params,latency").objectives == LATENCY
-    assert _config(objectives=("params", "accuracy")) == _config()
+def test_a_fingerprint_saved_before_the_method_rename_still_matches():
+    current = engine._fingerprint(SN, search_config())
+    saved = {**current, "config": {("strategy" if k == "method" else k): v for k, v in current["config"].items()}}
+    assert "strategy" in saved["config"] and engine._upgrade(saved) == current
+    assert engine._upgrade(current) is current
 
 
 def test_data_that_does_not_fit_the_supernet_is_refused(digits):
@@ -290,7 +182,7 @@ def test_data_that_does_not_fit_the_supernet_is_refused(digits):
         input_shape=(28, 28, 1), num_classes=10, patch_size=7, hidden_size=16, max_layers=1, widths=(8,), num_heads=2
     )
     with pytest.raises(ValueError, match="the supernet takes"):
-        engine.run(sn, digits, _config(), progress=False)
+        engine.run(sn, digits, search_config(), progress=False)
 
 
 def _cli(out, *extra):
