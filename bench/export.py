@@ -50,7 +50,7 @@ import numpy as np
 
 import hamjax
 from hamjax import data as data_lib
-from hamjax import export, measure, quant_model
+from hamjax import export, measure, quant
 from hamjax.export import runtime
 from hamjax.recipe_quant import calibration_batches
 from hamjax.train import TrainConfig, fit
@@ -121,7 +121,7 @@ def run_model(name: str, ds, args, workdir: Path) -> tuple[dict, list[dict]]:
     config = TrainConfig(epochs=args.epochs, batch_size=128, learning_rate=1e-3, seed=seed)
     params = fit(apply_fn, params, ds, config, progress=False).params
     train_s = time.perf_counter() - started
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, calibration=calibration_batches(ds, 8, 128, seed))
+    qapply, qparams = quant.quantize_model(apply_fn, params, calibration=calibration_batches(ds, 8, 128, seed))
     example, check_data = ds.val.x[:64], ds.val.x[64:512]
     fp32 = export.onnx(apply_fn, params, example, workdir / f"{name}.fp32.onnx", check_data=check_data)
     int8 = export.onnx(qapply, qparams, example, workdir / f"{name}.int8.onnx", precision="int8", check_data=check_data)

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import hamjax
-from hamjax import calibrate, measure, quant, quant_model
 from hamjax import data as data_lib
+from hamjax import measure, quant
 from hamjax._base import trainable
 from hamjax.recipe_quant import calibration_batches
 from hamjax.train import TrainConfig, TrainState, evaluate, fit, make_optimizer, make_train_step
@@ -57,18 +57,18 @@ def _points(a: float, b: float) -> float:
 def ptq_rows(apply_fn, params, ds, batches):
     """Test accuracy and bytes of every post-training variant."""
     variants = [
-        ("int8 weight-only", dict(mode="weight_only", bits=8)),
-        ("int4 weight-only", dict(mode="weight_only", bits=4)),
-        ("int8 dynamic", dict(mode="dynamic")),
-        ("int8 static minmax", dict(mode="static", method="minmax")),
-        ("int8 static percentile", dict(mode="static", method="percentile", percentile=99.99)),
-        ("int8 static mse", dict(mode="static", method="mse")),
-        ("int8 static mse per-tensor", dict(mode="static", method="mse", per_channel=False)),
+        ("int8 weight-only", dict(method="weight_only", bits=8)),
+        ("int4 weight-only", dict(method="weight_only", bits=4)),
+        ("int8 dynamic", dict(method="dynamic")),
+        ("int8 static minmax", dict(method="static", calibration_method="minmax")),
+        ("int8 static percentile", dict(method="static", calibration_method="percentile", percentile=99.99)),
+        ("int8 static mse", dict(method="static", calibration_method="mse")),
+        ("int8 static mse per-tensor", dict(method="static", calibration_method="mse", per_channel=False)),
     ]
     rows = {}
     for name, kw in variants:
-        qapply, qparams = quant_model.quantize_model(
-            apply_fn, params, calibration=batches if kw["mode"] == "static" else None, example=batches[0], **kw
+        qapply, qparams = quant.quantize_model(
+            apply_fn, params, calibration=batches if kw["method"] == "static" else None, example=batches[0], **kw
         )
         rows[name] = {
             "accuracy": evaluate(qapply, qparams, ds.test)["accuracy"],
@@ -81,10 +81,10 @@ def ptq_rows(apply_fn, params, ds, batches):
 def qat(apply_fn, params, ds, batches, epochs, seed):
     """QAT from the float params, and the float control finetuned for the same epochs."""
     cfg = TrainConfig(epochs=epochs, batch_size=128, learning_rate=1e-4, seed=seed)
-    ranges = calibrate.calibrate(apply_fn, params, batches, method="mse")
-    qat_fn = quant_model.fake_quant_apply(apply_fn, activations="static", ranges=ranges)
+    ranges = quant.calibrate(apply_fn, params, batches, method="mse")
+    qat_fn = quant.fake_quant_apply(apply_fn, method="static", ranges=ranges)
     trained = fit(qat_fn, params, ds, cfg, progress=False).params
-    qapply, qparams = quant_model.quantize_model(apply_fn, trained, calibration=batches, method="mse")
+    qapply, qparams = quant.quantize_model(apply_fn, trained, calibration=batches, calibration_method="mse")
     control = fit(apply_fn, params, ds, cfg, progress=False).params
     return evaluate(qapply, qparams, ds.test)["accuracy"], evaluate(apply_fn, control, ds.test)["accuracy"], qat_fn
 

@@ -6,7 +6,6 @@ A model is a pair ``(apply_fn, params)``; see :func:`functional`.
 """
 
 from hamjax import (
-    calibrate,
     checkpoint,
     data,
     distill,
@@ -19,7 +18,6 @@ from hamjax import (
     precision,
     prune,
     quant,
-    quant_model,
     recipes,
     report,
     shrink,
@@ -49,7 +47,6 @@ __all__ = [
     "TrainConfig",
     "Transform",
     "__version__",
-    "calibrate",
     "call_model",
     "chain",
     "checkpoint",
@@ -68,7 +65,6 @@ __all__ = [
     "precision",
     "prune",
     "quant",
-    "quant_model",
     "recipes",
     "report",
     "shrink",

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hamjax import calibrate as calibrate_lib
 from hamjax import data as data_lib
-from hamjax import measure, quant_model, report
+from hamjax import measure, quant, report
 from hamjax import train as train_lib
 from hamjax.recipe_steps import stage_checkpoint_dir
 from hamjax.recipes import Context, Field, register_step
@@ -27,7 +26,7 @@ _QUANT_FIELDS = {
     "act_bits": Field(int, 8, low=2, high=16, doc="activation bit width (dynamic, static, qat)"),
     "per_channel": Field(bool, True, doc="one weight scale per output channel"),
     "symmetric": Field(bool, True, doc="symmetric weights (zero point 0)"),
-    "method": Field(str, "mse", choices=calibrate_lib.METHODS, doc="activation calibration method"),
+    "method": Field(str, "mse", choices=quant.CALIBRATION_METHODS, doc="activation calibration method"),
     "percentile": Field(float, 99.99, above=50.0, high=100.0, doc="percentile for method = percentile"),
     "calibration_batches": Field(int, 8, low=1, doc="training batches used to calibrate activation ranges"),
     "batch_size": Field(int, 128, low=1, doc="examples per calibration and QAT batch"),
@@ -58,9 +57,9 @@ def _run_quantize(f: dict, context: Context) -> Context:
     common = dict(per_channel=f["per_channel"], symmetric=f["symmetric"])
     calibration = dict(method=f["method"], percentile=f["percentile"], bits=f["act_bits"])
     if mode == "qat":
-        ranges = calibrate_lib.calibrate(apply_fn, params, batches, **calibration)
-        qat_fn = quant_model.fake_quant_apply(
-            apply_fn, bits=f["bits"], act_bits=f["act_bits"], activations="static", ranges=ranges, **common
+        ranges = quant.calibrate(apply_fn, params, batches, **calibration)
+        qat_fn = quant.fake_quant_apply(
+            apply_fn, bits=f["bits"], act_bits=f["act_bits"], method="static", ranges=ranges, **common
         )
         config = train_lib.TrainConfig(
             epochs=f["finetune_epochs"],
@@ -77,15 +76,15 @@ def _run_quantize(f: dict, context: Context) -> Context:
             progress=context.progress,
         )
         params = context.params = result.params
-    qapply, qparams = quant_model.quantize_model(
+    qapply, qparams = quant.quantize_model(
         apply_fn,
         params,
-        mode="static" if mode == "qat" else mode,
+        method="static" if mode == "qat" else mode,
         bits=f["bits"],
         act_bits=f["act_bits"],
         calibration=batches,
         example=batches[0],
-        method=f["method"],
+        calibration_method=f["method"],
         percentile=f["percentile"],
         **common,
     )

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from conformance import check_function_transform
 
-from hamjax import jaxpr, precision, quant_model
+from hamjax import jaxpr, precision, quant
 
 
 def _mlp(params, x):
@@ -27,22 +27,20 @@ CASES = [
     (
         "fake_quant_apply(static)",
         lambda hp: (
-            lambda f: quant_model.fake_quant_apply(
-                f, bits=hp["bits"], act_bits=hp["bits"], activations="static", ranges=RANGES
-            )
+            lambda f: quant.fake_quant_apply(f, bits=hp["bits"], act_bits=hp["bits"], method="static", ranges=RANGES)
         ),
         BITS,
         True,
     ),
     (
         "fake_quant_apply(dynamic, per-tensor)",
-        lambda hp: lambda f: quant_model.fake_quant_apply(f, bits=hp["bits"], activations="dynamic", per_channel=False),
+        lambda hp: lambda f: quant.fake_quant_apply(f, bits=hp["bits"], method="dynamic", per_channel=False),
         BITS,
         True,
     ),
     (
         "fake_quant_apply(weights only)",
-        lambda hp: lambda f: quant_model.fake_quant_apply(f, bits=hp["bits"], activations="none"),
+        lambda hp: lambda f: quant.fake_quant_apply(f, bits=hp["bits"], method="weight_only"),
         BITS,
         True,
     ),

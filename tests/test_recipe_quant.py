@@ -57,7 +57,7 @@ def test_qat_finetunes_then_converts(trained, digits):
     _, params, _ = trained
     assert ctx.params is not params  # QAT updated the float params
     qapply, qparams = ctx.extras["quantized"]
-    assert qapply.mode == "static"
+    assert qapply.method == "static"
     assert hamjax.train.evaluate(qapply, qparams, digits.test)["accuracy"] > 0.85
 
 

@@ -8,7 +8,7 @@ symbolic (``B``), so one file serves every batch size. Three precisions:
   float32 unless ``fp16_io=True``). For GPUs; onnxruntime's CPU provider has
   few float16 kernels.
 * ``"int8"``: a QDQ graph of hamjax's quantized model (see
-  :mod:`hamjax.export.qdq`): pass a :class:`~hamjax.quant_model.QuantizedApply`
+  :mod:`hamjax.export.qdq`): pass a :class:`~hamjax.quant.QuantizedApply`
   and its qparams, or a float model with ``calibration`` batches (static
   int8, per-channel weights, MSE-calibrated activations).
 
@@ -91,7 +91,7 @@ class ExportResult:
 
 
 def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[np.ndarray, Path]:
-    from hamjax.quant_model import QuantizedApply
+    from hamjax.quant import QuantizedApply
 
     if precision not in PRECISIONS:
         raise ValueError(f"export.onnx: precision must be one of {PRECISIONS}, got {precision!r}")
@@ -112,7 +112,7 @@ def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[
     if precision == "int8" and not quantized and calibration is None:
         raise ValueError(
             "export.onnx: precision='int8' needs calibration batches for a float model, "
-            "or a (qapply, qparams) pair from hamjax.quant_model.quantize_model"
+            "or a (qapply, qparams) pair from hamjax.quant.quantize_model"
         )
     if quantized and not (isinstance(params, dict) and "weights" in params):
         raise ValueError("export.onnx: a QuantizedApply needs its qparams ({'weights', 'activations'})")
@@ -126,11 +126,11 @@ def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[
 
 def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw):
     """``(onnx model, reference function)``: the JAX function the file must reproduce."""
-    from hamjax import quant_model
+    from hamjax import quant
 
     if precision == "int8":
-        if not isinstance(apply_fn, quant_model.QuantizedApply):
-            apply_fn, params = quant_model.quantize_model(apply_fn, params, calibration=calibration, **kw)
+        if not isinstance(apply_fn, quant.QuantizedApply):
+            apply_fn, params = quant.quantize_model(apply_fn, params, calibration=calibration, **kw)
         model = qdq.quantized_model(apply_fn, params, example, dynamic_batch=dynamic_batch, **kw)
         qapply, qparams = apply_fn, params
         return model, jax.jit(lambda x: qapply(qparams, x, **kw))
@@ -219,7 +219,7 @@ def onnx(
     Args:
       apply_fn: any apply function of the contract (a plain function, a
         :class:`hamjax.ApplyFn` in eval mode), or a
-        :class:`~hamjax.quant_model.QuantizedApply` for ``precision="int8"``.
+        :class:`~hamjax.quant.QuantizedApply` for ``precision="int8"``.
       params: its params (the qparams for a QuantizedApply).
       example_input: a real input batch: its shape and dtype define the
         ONNX input, and it is part of the check.

@@ -1,16 +1,16 @@
 """An int8 ONNX graph in QDQ form from hamjax's own quantized model.
 
 jax2onnx has no quantize/dequantize lowering, so hamjax traces its
-quantized model (:class:`hamjax.quant_model.QuantizedApply`) with every
+quantized model (:class:`hamjax.quant.QuantizedApply`) with every
 quantized operand *tagged* (:func:`hamjax.export.graph.tag`), converts it,
 and rewrites each tag into the standard ONNX operators:
 
 * a weight becomes an int8 initializer (codes at the op's layout) followed
   by ``DequantizeLinear`` with its per-channel (or per-tensor) scales;
 * an activation becomes ``QuantizeLinear -> DequantizeLinear`` with the
-  calibrated scale and zero point (static mode, uint8 for asymmetric
+  calibrated scale and zero point (static method, uint8 for asymmetric
   activations, the layout onnxruntime's x86 kernels prefer), or
-  ``DynamicQuantizeLinear -> DequantizeLinear`` (dynamic mode); weight-only
+  ``DynamicQuantizeLinear -> DequantizeLinear`` (dynamic method); weight-only
   models keep float activations.
 
 onnxruntime fuses these patterns into integer kernels (``QGemm``,
@@ -67,7 +67,7 @@ def _check(qapply) -> None:
             f"export int8: ONNX QDQ export needs 8-bit weights and activations, "
             f"got bits={qapply.bits}, act_bits={qapply.act_bits}"
         )
-    if qapply.mode == "dynamic" and qapply.act_symmetric:
+    if qapply.method == "dynamic" and qapply.act_symmetric:
         raise graph.ExportError(
             "export int8: dynamic symmetric activations have no ONNX operator "
             "(DynamicQuantizeLinear is asymmetric uint8); quantize with act_symmetric=False"
@@ -97,7 +97,7 @@ def trace_tagged(qapply, qparams, example, *, dynamic_batch: bool = True, **kw):
         j = index.get(site.name)
         if j is None:  # a skipped site stays float
             return a, w
-        if qapply.mode != "weight_only":
+        if qapply.method != "weight_only":
             a = graph.tag(a, f"a{j}")
         return a, graph.tag(grids[j].astype(w.dtype), f"w{j}")
 
@@ -129,7 +129,7 @@ class _Rewriter:
 
     def activation(self, j: int, x: str, out: str) -> list:
         make = self.helper.make_node
-        if self.qapply.mode == "dynamic":
+        if self.qapply.method == "dynamic":
             q, s, z = f"hq_a{j}_q", f"hq_a{j}_s", f"hq_a{j}_z"
             return [make("DynamicQuantizeLinear", [x], [q, s, z]), make("DequantizeLinear", [q, s, z], [out])]
         scale, zero = (np.asarray(v, np.float32).reshape(()) for v in self.sites[j]["activation"])
@@ -181,7 +181,7 @@ class _Rewriter:
         g.node.extend(nodes)
         g.initializer.extend(self.inits)
         self.inits = []
-        if self.qapply.mode == "static":
+        if self.qapply.method == "static":
             self.fold_gemm_bias()
         graph.prune(self.model)
 
@@ -248,7 +248,7 @@ def quantized_model(qapply, qparams, example, *, dynamic_batch: bool = True, mod
     """The int8 QDQ ONNX model of a quantized model (see the module docstring).
 
     Args:
-      qapply, qparams: from :func:`hamjax.quant_model.quantize_model` with
+      qapply, qparams: from :func:`hamjax.quant.quantize_model` with
         ``bits = act_bits = 8``.
       example: an input batch (its shape and dtype; the batch stays symbolic
         when ``dynamic_batch``).

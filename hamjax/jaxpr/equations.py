@@ -24,7 +24,17 @@ MARKER_PRIMITIVE = "name"
 """The primitive of ``jax.ad_checkpoint.checkpoint_name``: an identity that names a value."""
 
 # ``jax.checkpoint`` binds "remat2" in current JAX ("checkpoint"/"remat" in older releases).
-_CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "remat2", "checkpoint"}
+_CALLS = {
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "remat",
+    "remat2",
+    "checkpoint",
+}
 _SUBJAXPR_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from reference_models import random_model
 
-from hamjax import export, quant_model
+from hamjax import export, quant
 from hamjax.export import convert, runtime
 
 SHAPE = (8, 8, 1)
@@ -61,7 +61,7 @@ def test_int8_from_a_float_model_with_calibration(tmp_path):
 
 def test_int8_from_a_quantized_pair(tmp_path):
     apply_fn, _, params = random_model("cnn", input_shape=SHAPE, num_classes=10)
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, calibration=[_x(128, 1)])
+    qapply, qparams = quant.quantize_model(apply_fn, params, calibration=[_x(128, 1)])
     result = export.onnx(qapply, qparams, _x(), tmp_path / "m.onnx", precision="int8", check_data=_x(200, 3))
     (data,) = [c for c in result.checks if c.inputs == "data"]
     assert data.rows == 264 and data.argmax_agreement >= 0.995
@@ -123,7 +123,7 @@ def test_bad_arguments_are_refused_before_tracing(tmp_path, monkeypatch, kwargs,
 
 def test_a_quantized_model_must_export_as_int8(tmp_path):
     apply_fn, _, params = random_model("mlp", input_shape=SHAPE, num_classes=10)
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, calibration=[_x(64)])
+    qapply, qparams = quant.quantize_model(apply_fn, params, calibration=[_x(64)])
     with pytest.raises(ValueError, match="exports as precision='int8'"):
         export.onnx(qapply, qparams, _x(), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="already quantized"):

@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 from reference_models import random_model
 
-from hamjax import quant_model
+from hamjax import quant
 from hamjax.export import graph, qdq, runtime
 
 
@@ -15,13 +15,11 @@ def _data(shape, rows=256, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, size=(rows, *shape)).astype(np.float32)
 
 
-def _quantized(name, mode="static", **kw):
+def _quantized(name, method="static", **kw):
     shape = (8, 8, 1)
     apply_fn, _, params = random_model(name, input_shape=shape, num_classes=10)
     x = _data(shape)
-    qapply, qparams = quant_model.quantize_model(
-        apply_fn, params, mode=mode, calibration=[x[:128]], example=x[:16], **kw
-    )
+    qapply, qparams = quant.quantize_model(apply_fn, params, method=method, calibration=[x[:128]], example=x[:16], **kw)
     return qapply, qparams, x
 
 
@@ -70,16 +68,16 @@ def test_bias_is_folded_into_the_gemm_as_int32():
     assert len(int32) >= 2 * len(gemms)
 
 
-def test_dynamic_mode_uses_dynamic_quantize_linear():
-    qapply, qparams, x = _quantized("mlp", mode="dynamic")
+def test_dynamic_method_uses_dynamic_quantize_linear():
+    qapply, qparams, x = _quantized("mlp", method="dynamic")
     model = qdq.quantized_model(qapply, qparams, x[:4])
     ops = {n.op_type for n in model.graph.node}
     assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
     assert _agreement(model, qapply, qparams, x)[0] >= 0.995
 
 
-def test_weight_only_mode_keeps_float_activations():
-    qapply, qparams, x = _quantized("mlp", mode="weight_only")
+def test_weight_only_method_keeps_float_activations():
+    qapply, qparams, x = _quantized("mlp", method="weight_only")
     model = qdq.quantized_model(qapply, qparams, x[:4])
     ops = {n.op_type for n in model.graph.node}
     assert "DequantizeLinear" in ops and not ops & {"QuantizeLinear", "DynamicQuantizeLinear"}
@@ -99,8 +97,8 @@ def test_per_tensor_weights_export():
 def test_skipped_sites_stay_float():
     apply_fn, _, params = random_model("mlp", input_shape=(8, 8, 1), num_classes=10)
     x = _data((8, 8, 1))
-    sites = quant_model.quantize_model(apply_fn, params, calibration=[x[:64]])[0].sites
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, calibration=[x[:64]], skip=[sites[-1].name])
+    sites = quant.quantize_model(apply_fn, params, calibration=[x[:64]])[0].sites
+    qapply, qparams = quant.quantize_model(apply_fn, params, calibration=[x[:64]], skip=[sites[-1].name])
     model = qdq.quantized_model(qapply, qparams, x[:4])
     int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("_q")]
     assert len(int8) == len(sites) - 1
@@ -120,6 +118,6 @@ def test_bit_widths_other_than_8_are_refused():
 
 
 def test_dynamic_symmetric_activations_are_refused():
-    qapply, qparams, x = _quantized("mlp", mode="dynamic", act_symmetric=True)
+    qapply, qparams, x = _quantized("mlp", method="dynamic", act_symmetric=True)
     with pytest.raises(graph.ExportError, match="DynamicQuantizeLinear"):
         qdq.quantized_model(qapply, qparams, x[:4])

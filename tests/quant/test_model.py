@@ -1,4 +1,4 @@
-"""Quantized models of hamjax.quant_model: PTQ in three modes, QAT, storage, export table, errors."""
+"""Quantized models of hamjax.quant.model: PTQ by three methods, QAT, storage, export table, errors."""
 
 import itertools
 
@@ -9,8 +9,9 @@ import pytest
 from reference_models import random_model
 
 import hamjax
-from hamjax import calibrate, checkpoint, measure, quant, quant_model
-from hamjax.train import cross_entropy, evaluate
+from hamjax import checkpoint, measure, quant
+from hamjax.distill import cross_entropy
+from hamjax.train import evaluate
 
 LAYERS = [f"['params']['layers'][{i}]['kernel']" for i in range(3)]
 
@@ -31,7 +32,7 @@ def trained(digits):
 @pytest.fixture(scope="module")
 def static_int8(trained, digits):
     apply_fn, params, _ = trained
-    return quant_model.quantize_model(apply_fn, params, calibration=[digits.train.x[:256]], method="minmax")
+    return quant.quantize_model(apply_fn, params, calibration=[digits.train.x[:256]], calibration_method="minmax")
 
 
 def _accuracy(qapply, qparams, digits):
@@ -42,14 +43,14 @@ def _accuracy(qapply, qparams, digits):
 
 
 @pytest.mark.parametrize(
-    ("mode", "method"),
+    ("method", "calibration_method"),
     [("weight_only", None), ("dynamic", None), ("static", "minmax"), ("static", "percentile"), ("static", "mse")],
 )
-def test_int8_modes_keep_accuracy(trained, digits, mode, method):
+def test_int8_methods_keep_accuracy(trained, digits, method, calibration_method):
     apply_fn, params, float_accuracy = trained
-    kw = {"method": method} if method else {}
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, mode=mode, calibration=[digits.train.x[:256]], **kw)
-    assert qapply.mode == mode and [s.name for s in qapply.sites] == LAYERS
+    kw = {"calibration_method": calibration_method} if calibration_method else {}
+    qapply, qparams = quant.quantize_model(apply_fn, params, method=method, calibration=[digits.train.x[:256]], **kw)
+    assert qapply.method == method and [s.name for s in qapply.sites] == LAYERS
     assert _accuracy(qapply, qparams, digits) >= float_accuracy - 0.01
     # The quantized model is not the float model: its logits moved.
     x = digits.test.x[:64]
@@ -61,7 +62,7 @@ def test_fewer_weight_bits_lose_more(trained, digits):
     example = digits.test.x[:8]
     accuracy = {}
     for bits in (8, 4, 2):
-        qapply, qparams = quant_model.quantize_model(apply_fn, params, mode="weight_only", bits=bits, example=example)
+        qapply, qparams = quant.quantize_model(apply_fn, params, method="weight_only", bits=bits, example=example)
         assert all(qparams["weights"]["params"]["layers"][i]["kernel"].bits == bits for i in range(3))
         accuracy[bits] = _accuracy(qapply, qparams, digits)
     assert accuracy[8] >= float_accuracy - 0.01
@@ -80,7 +81,7 @@ def test_qapply_under_jit_equals_eager(static_int8, digits):
 def test_weight_only_equals_float_model_on_dequantized_weights(trained, digits):
     apply_fn, params, _ = trained
     x = digits.test.x[:64]
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, mode="weight_only", bits=4, example=x)
+    qapply, qparams = quant.quantize_model(apply_fn, params, method="weight_only", bits=4, example=x)
     dequantized = quant.dequantize_tree(qparams["weights"])
     np.testing.assert_array_equal(jax.jit(qapply)(qparams, x), jax.jit(apply_fn)(dequantized, x))
     kernel = dequantized["params"]["layers"][1]["kernel"]
@@ -99,7 +100,7 @@ def test_qparams_bytes(static_int8, trained):
     assert measure.param_bytes(params) == 4 * (kernels + outputs)
     # At a realistic size the ratio approaches 4.
     apply_fn, _, big = random_model("mlp")
-    _, qbig = quant_model.quantize_model(apply_fn, big, mode="weight_only", example=jnp.zeros((1, 28, 28, 1)))
+    _, qbig = quant.quantize_model(apply_fn, big, method="weight_only", example=jnp.zeros((1, 28, 28, 1)))
     assert 3.85 < measure.param_bytes(big) / measure.param_bytes(qbig) < 4.0
 
 
@@ -121,10 +122,10 @@ def test_site_table_static(static_int8):
         assert lo == 0.0 and float(zero_point) == -128.0  # pixels and ReLU outputs are non-negative
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
-def test_site_table_without_static_ranges(trained, digits, mode):
+@pytest.mark.parametrize("method", ["dynamic", "weight_only"])
+def test_site_table_without_static_ranges(trained, digits, method):
     apply_fn, params, _ = trained
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, mode=mode, example=digits.test.x[:8])
+    qapply, qparams = quant.quantize_model(apply_fn, params, method=method, example=digits.test.x[:8])
     rows = qapply.site_table(qparams)
     assert [r["name"] for r in rows] == LAYERS
     assert all(r["activation"] is None and quant.is_qtensor(r["weight"]) for r in rows)
@@ -145,8 +146,8 @@ def test_qparams_orbax_round_trip(static_int8, digits, tmp_path):
 
 def test_static_with_precomputed_ranges(trained, digits):
     apply_fn, params, _ = trained
-    ranges = calibrate.calibrate(apply_fn, params, [digits.train.x[:256]], method="percentile")
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, ranges=ranges, example=digits.test.x[:8])
+    ranges = quant.calibrate(apply_fn, params, [digits.train.x[:256]], method="percentile")
+    qapply, qparams = quant.quantize_model(apply_fn, params, ranges=ranges, example=digits.test.x[:8])
     assert set(qparams["activations"]) == set(ranges)
     for name, (lo, hi) in ranges.items():
         np.testing.assert_allclose(qparams["activations"][name], [lo, hi])
@@ -156,7 +157,9 @@ def test_static_with_precomputed_ranges(trained, digits):
 
 def test_cnn_static_int8_agrees_with_float(digits):
     apply_fn, _, params = random_model("cnn", input_shape=(8, 8, 1))
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, calibration=[digits.train.x[:256]], method="minmax")
+    qapply, qparams = quant.quantize_model(
+        apply_fn, params, calibration=[digits.train.x[:256]], calibration_method="minmax"
+    )
     x = digits.test.x
     agree = np.mean(np.argmax(jax.jit(qapply)(qparams, x), -1) == np.argmax(jax.jit(apply_fn)(params, x), -1))
     assert agree >= 0.95
@@ -179,7 +182,7 @@ def test_computed_and_conflicting_weights_are_quantized_at_the_op():
         return jnp.tanh(x @ (p["w"] * mask)) @ p["v"] @ p["v"].T
 
     x = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)
-    qapply, qparams = quant_model.quantize_model(f, params, mode="weight_only", bits=4, example=x)
+    qapply, qparams = quant.quantize_model(f, params, method="weight_only", bits=4, example=x)
     assert [s.name for s in qapply.sites] == ["dot_general#0", "['v']", "['v']#1"]
     assert qapply.stored == frozenset()  # a computed weight and a leaf used with two layouts
     assert not any(quant.is_qtensor(a) for a in jax.tree.leaves(qparams["weights"], is_leaf=quant.is_qtensor))
@@ -207,7 +210,7 @@ def test_static_mode_matches_a_hand_written_quantized_model():
         return jnp.maximum(x @ p["w1"] + p["b1"][None], 0.0) @ p["w2"]
 
     x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
-    qapply, qparams = quant_model.quantize_model(f, params, calibration=[x], method="minmax", per_channel=False)
+    qapply, qparams = quant.quantize_model(f, params, calibration=[x], calibration_method="minmax", per_channel=False)
     w1, w2 = (qparams["weights"][k] for k in ("w1", "w2"))
     assert w1.scale.shape == (1, 1)
     (lo1, hi1), (lo2, hi2) = (qparams["activations"][k] for k in ("['w1']", "['w2']"))
@@ -229,8 +232,8 @@ def test_static_mode_matches_a_hand_written_quantized_model():
 def test_skip_keeps_a_site_float(trained, digits):
     apply_fn, params, _ = trained
     x = digits.test.x[:64]
-    qapply, qparams = quant_model.quantize_model(
-        apply_fn, params, calibration=[digits.train.x[:256]], method="minmax", skip=[LAYERS[0], LAYERS[2]]
+    qapply, qparams = quant.quantize_model(
+        apply_fn, params, calibration=[digits.train.x[:256]], calibration_method="minmax", skip=[LAYERS[0], LAYERS[2]]
     )
     layers = qparams["weights"]["params"]["layers"]
     assert not quant.is_qtensor(layers[0]["kernel"]) and not quant.is_qtensor(layers[2]["kernel"])
@@ -239,20 +242,20 @@ def test_skip_keeps_a_site_float(trained, digits):
     assert [r["name"] for r in qapply.site_table(qparams)] == [LAYERS[1]]
     assert set(qparams["activations"]) == set(LAYERS)
     # Skipping every site leaves the float model.
-    qapply, qparams = quant_model.quantize_model(apply_fn, params, mode="dynamic", example=x, skip=LAYERS)
+    qapply, qparams = quant.quantize_model(apply_fn, params, method="dynamic", example=x, skip=LAYERS)
     np.testing.assert_array_equal(jax.jit(qapply)(qparams, x), jax.jit(apply_fn)(params, x))
     with pytest.raises(ValueError, match=r"skip names unknown sites \['nope'\]"):
-        quant_model.quantize_model(apply_fn, params, mode="dynamic", example=x, skip=["nope"])
+        quant.quantize_model(apply_fn, params, method="dynamic", example=x, skip=["nope"])
 
 
 # ---------------------------------------------------------------- quantization-aware training
 
 
-@pytest.mark.parametrize("activations", ["static", "dynamic"])
-def test_qat_trains(digits, activations):
+@pytest.mark.parametrize("method", ["static", "dynamic"])
+def test_qat_trains(digits, method):
     apply_fn, _, params = random_model("mlp", input_shape=(8, 8, 1), sizes=(64, 64, 10))
-    ranges = calibrate.calibrate(apply_fn, params, [digits.train.x[:256]]) if activations == "static" else None
-    qat = quant_model.fake_quant_apply(apply_fn, bits=4, activations=activations, ranges=ranges)
+    ranges = quant.calibrate(apply_fn, params, [digits.train.x[:256]]) if method == "static" else None
+    qat = quant.fake_quant_apply(apply_fn, bits=4, method=method, ranges=ranges)
     assert isinstance(qat, hamjax.ApplyFn)
     x, y = digits.train.x[:64], digits.train.y[:64]
     grads = jax.jit(jax.grad(lambda p: cross_entropy(qat(p, x), y)))(params)
@@ -267,7 +270,7 @@ def test_qat_trains(digits, activations):
 def test_qat_weight_only_gradient_is_straight_through():
     params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)}
     x = jnp.ones((2, 4))
-    qat = quant_model.fake_quant_apply(lambda p, x: x @ p["w"], bits=4, activations="none")
+    qat = quant.fake_quant_apply(lambda p, x: x @ p["w"], bits=4, method="weight_only")
     grads = jax.jit(jax.grad(lambda p: qat(p, x).sum()))(params)
     np.testing.assert_array_equal(grads["w"], np.full((4, 3), 2.0))  # d/dw sum(x @ w) with x = 1, two rows
     out = jax.jit(qat)(params, x)
@@ -279,7 +282,7 @@ def test_vmap_over_bits_through_fake_quant_apply(trained, digits):
     x = digits.test.x[:32]
 
     def logits(bits):
-        return quant_model.fake_quant_apply(apply_fn, bits=bits, act_bits=bits, activations="dynamic")(params, x)
+        return quant.fake_quant_apply(apply_fn, bits=bits, act_bits=bits, method="dynamic")(params, x)
 
     bits = [3, 4, 8]
     batched = jax.jit(jax.vmap(logits))(jnp.array(bits, jnp.float32))
@@ -298,31 +301,31 @@ def test_quantize_model_errors(trained, digits):
     apply_fn, params, _ = trained
     x = digits.test.x[:8]
     with pytest.raises(ValueError, match="needs calibration batches or ranges"):
-        quant_model.quantize_model(apply_fn, params, mode="static", example=x)
+        quant.quantize_model(apply_fn, params, method="static", example=x)
     with pytest.raises(ValueError, match="no calibration batches"):
-        quant_model.quantize_model(apply_fn, params, mode="static", calibration=[])
-    with pytest.raises(ValueError, match="mode must be one of"):
-        quant_model.quantize_model(apply_fn, params, mode="int8", example=x)
+        quant.quantize_model(apply_fn, params, method="static", calibration=[])
+    with pytest.raises(ValueError, match="method must be one of"):
+        quant.quantize_model(apply_fn, params, method="int8", example=x)
     with pytest.raises(ValueError, match="pass example="):
-        quant_model.quantize_model(apply_fn, params, mode="dynamic")
+        quant.quantize_model(apply_fn, params, method="dynamic")
     for bits in (1, 17, 8.5):
         with pytest.raises(ValueError, match="bits"):
-            quant_model.quantize_model(apply_fn, params, mode="dynamic", bits=bits, example=x)
+            quant.quantize_model(apply_fn, params, method="dynamic", bits=bits, example=x)
         with pytest.raises(ValueError, match="act_bits"):
-            quant_model.quantize_model(apply_fn, params, mode="dynamic", act_bits=bits, example=x)
+            quant.quantize_model(apply_fn, params, method="dynamic", act_bits=bits, example=x)
 
 
 def test_fake_quant_apply_errors(trained):
     apply_fn, _, _ = trained
     with pytest.raises(ValueError, match="needs ranges"):
-        quant_model.fake_quant_apply(apply_fn, activations="static")
-    with pytest.raises(ValueError, match="activations must be one of"):
-        quant_model.fake_quant_apply(apply_fn, activations="minmax")
+        quant.fake_quant_apply(apply_fn, method="static")
+    with pytest.raises(ValueError, match="method must be one of"):
+        quant.fake_quant_apply(apply_fn, method="minmax")
     for bits in (1, 17):
         with pytest.raises(ValueError, match="bits"):
-            quant_model.fake_quant_apply(apply_fn, bits=bits, activations="dynamic")
+            quant.fake_quant_apply(apply_fn, bits=bits, method="dynamic")
         with pytest.raises(ValueError, match="act_bits"):
-            quant_model.fake_quant_apply(apply_fn, act_bits=bits, activations="dynamic")
+            quant.fake_quant_apply(apply_fn, act_bits=bits, method="dynamic")
 
 
 @pytest.mark.parametrize(
@@ -336,4 +339,4 @@ def test_fake_quant_apply_errors(trained):
 def test_bad_precomputed_ranges_fail_before_tracing(trained, digits, bad, match):
     apply_fn, params, _ = trained
     with pytest.raises(ValueError, match=match):
-        quant_model.quantize_model(apply_fn, params, ranges=bad, example=digits.test.x[:8])
+        quant.quantize_model(apply_fn, params, ranges=bad, example=digits.test.x[:8])

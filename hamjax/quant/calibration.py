@@ -5,7 +5,7 @@ ahead of time. The statistics are collected at the input of every site
 that :func:`hamjax.jaxpr.find_sites` finds, on any apply function,
 by evaluating its jaxpr with a recording hook (jitted, one call per batch).
 
-Methods:
+Methods (:data:`CALIBRATION_METHODS`):
 
 * ``"minmax"``: the smallest and largest values seen.
 * ``"percentile"``: the ``(100 - p)``-th and ``p``-th percentiles, which
@@ -29,23 +29,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hamjax import quant
+from hamjax._checks import check_choice, check_int, check_number
 from hamjax.jaxpr import find_sites, intercept
+from hamjax.quant.numerics import check_bits
 
-METHODS = ("minmax", "percentile", "mse")
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+"""How :func:`calibrate` turns observed activations into ranges."""
+
 Ranges = dict[str, tuple[float, float]]
 
 
-def _inputs(batches: Iterable) -> list:
-    """The input arrays of ``batches`` (arrays, or ``(x, y)`` pairs), materialised."""
+def calibration_inputs(batches: Iterable, where: str = "calibrate") -> list:
+    """The input arrays of ``batches`` (arrays, or ``(x, y)`` pairs), materialised and checked.
+
+    Args:
+      batches: an iterable of floating arrays or ``(x, y)`` pairs (a generator is read once).
+      where: the calling function, for error messages.
+
+    Returns:
+      A list of the input arrays.
+
+    Raises:
+      ValueError: no batch, or a batch that is not a non-empty floating array.
+
+    Examples:
+      >>> import numpy as np
+      >>> from hamjax import quant
+      >>> [x.shape for x in quant.calibration_inputs([(np.ones((4, 3)), np.zeros(4)), np.ones((2, 3))])]
+      [(4, 3), (2, 3)]
+    """
     out = []
     for b in batches:
         x = b[0] if isinstance(b, (tuple, list)) else b
         if not hasattr(x, "shape") or not jnp.issubdtype(jnp.result_type(x), jnp.floating) or np.size(x) == 0:
-            raise ValueError(f"calibrate: every batch must be a non-empty floating array (or (x, y)), got {type(x)}")
+            raise ValueError(f"{where}: every batch must be a non-empty floating array (or (x, y)), got {type(x)}")
         out.append(x)
     if not out:
-        raise ValueError("calibrate: no calibration batches; pass at least one batch of inputs")
+        raise ValueError(f"{where}: no calibration batches; pass at least one batch of inputs")
     return out
 
 
@@ -79,8 +99,15 @@ def collect_minmax(apply_fn, params, batches: Iterable, **kw) -> Ranges:
 
     Raises:
       ValueError: empty ``batches``, or a non-finite activation.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import quant
+      >>> f = lambda p, x: x @ p["w"]
+      >>> quant.collect_minmax(f, {"w": jnp.ones((2, 2))}, [jnp.array([[-1.0, 3.0]]), jnp.array([[0.5, 4.0]])])
+      {"['w']": (-1.0, 4.0)}
     """
-    xs = _inputs(batches)
+    xs = calibration_inputs(batches, "collect_minmax")
     sites = find_sites(apply_fn, params, xs[0], **kw)
     record = _recorder(apply_fn, lambda a, i: jnp.stack([jnp.min(a), jnp.max(a)]).astype(jnp.float32), kw)
     lo = np.full(len(sites), np.inf)
@@ -97,13 +124,30 @@ def collect_minmax(apply_fn, params, batches: Iterable, **kw) -> Ranges:
 def collect_histograms(apply_fn, params, batches: Iterable, ranges: Ranges, *, num_bins: int = 2048, **kw) -> dict:
     """Histograms of each site's activation over ``ranges`` (values outside are counted in the end bins).
 
+    Args:
+      apply_fn: any apply function of the contract.
+      params: its params.
+      batches: input arrays or ``(x, y)`` pairs.
+      ranges: ``{site name: (lo, hi)}``, as :func:`collect_minmax` returns.
+      num_bins: bins per site, evenly spaced over its range.
+      **kw: keyword arguments for ``apply_fn``.
+
     Returns:
       ``{site name: counts}``, float64 arrays of ``num_bins``, in site order.
 
     Raises:
       ValueError: ``ranges`` lacks a site of ``apply_fn``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import quant
+      >>> f = lambda p, x: x @ p["w"]
+      >>> hists = quant.collect_histograms(f, {"w": jnp.ones((4, 2))}, [jnp.arange(8.0).reshape(2, 4)],
+      ...                                  {"['w']": (0.0, 8.0)}, num_bins=4)
+      >>> hists["['w']"].tolist()
+      [2.0, 2.0, 2.0, 2.0]
     """
-    xs = _inputs(batches)
+    xs = calibration_inputs(batches, "collect_histograms")
     # The hook indexes sites by position, so read the ranges in site order, whatever order the dict has.
     names = [s.name for s in find_sites(apply_fn, params, xs[0], **kw)]
     missing = [n for n in names if n not in ranges]
@@ -183,7 +227,7 @@ def calibrate(
       apply_fn: any apply function of the contract.
       params: its params (float; quantized weights should be dequantized first).
       batches: a few batches of inputs (arrays or ``(x, y)`` pairs).
-      method: one of ``METHODS``.
+      method: one of :data:`CALIBRATION_METHODS`.
       percentile: for ``"percentile"``, in (50, 100].
       bits: the activation bit width the ``"mse"`` search targets.
       symmetric: whether activations will be quantized symmetrically.
@@ -199,21 +243,18 @@ def calibrate(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from hamjax import calibrate
+      >>> from hamjax import quant
       >>> f = lambda p, x: jnp.maximum(x @ p["w1"], 0.0) @ p["w2"]
       >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
-      >>> ranges = calibrate.calibrate(f, params, [jnp.array([[-1.0, 0.0, 2.0], [0.0, -3.0, 0.0]])])
+      >>> ranges = quant.calibrate(f, params, [jnp.array([[-1.0, 0.0, 2.0], [0.0, -3.0, 0.0]])])
       >>> ranges
       {"['w1']": (-3.0, 2.0), "['w2']": (0.0, 1.0)}
     """
-    if method not in METHODS:
-        raise ValueError(f"calibrate: method must be one of {METHODS}, got {method!r}")
-    if not 50.0 < percentile <= 100.0:
-        raise ValueError(f"calibrate: percentile must be in (50, 100], got {percentile!r}")
-    quant.check_bits("calibrate", bits)
-    if num_bins < 16:
-        raise ValueError(f"calibrate: num_bins must be >= 16, got {num_bins!r}")
-    xs = _inputs(batches)
+    check_choice("calibrate", "method", method, CALIBRATION_METHODS)
+    check_number("calibrate", "percentile", percentile, minimum=50, exclusive_minimum=True, maximum=100)
+    check_bits("calibrate", "bits", bits)
+    check_int("calibrate", "num_bins", num_bins, minimum=16)
+    xs = calibration_inputs(batches)
     ranges = collect_minmax(apply_fn, params, xs, **kw)
     if method == "minmax":
         return ranges
@@ -230,5 +271,17 @@ def calibrate(
 
 
 def as_arrays(ranges: Ranges) -> dict[str, Any]:
-    """``ranges`` as float32 arrays of shape (2,), the form quantized params carry."""
+    """``ranges`` as float32 arrays of shape (2,), the form quantized params carry.
+
+    Args:
+      ranges: ``{site name: (lo, hi)}``.
+
+    Returns:
+      ``{site name: float32[2]}``.
+
+    Examples:
+      >>> from hamjax import quant
+      >>> {k: v.tolist() for k, v in quant.as_arrays({"['w']": (-1.0, 2.5)}).items()}
+      {"['w']": [-1.0, 2.5]}
+    """
     return {k: jnp.asarray(v, jnp.float32) for k, v in ranges.items()}

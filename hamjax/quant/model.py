@@ -1,7 +1,10 @@
 """Quantized models: post-training int8 (weight-only, dynamic, static) and QAT.
 
-Both entry points work on any apply function through
-:mod:`hamjax.jaxpr`:
+Both entry points work on any apply function through the interpreter of
+:mod:`hamjax.jaxpr`, and take one :data:`METHODS` value as ``method``:
+``"weight_only"`` (weights on their grid, activations float),
+``"dynamic"`` (activations quantized from each batch's own range) or
+``"static"`` (activations quantized with calibrated ranges).
 
 * :func:`fake_quant_apply` is a function transform for quantization-aware
   training: at every site the weight is fake-quantized (per output channel
@@ -11,7 +14,7 @@ Both entry points work on any apply function through
   ``(qapply, qparams)``: ``qparams["weights"]`` holds the params with
   :class:`hamjax.quant.QTensor` (int8 codes, scales, zero points) at every
   weight leaf, ``qparams["activations"]`` the calibrated ``(lo, hi)`` of
-  every site (static mode). ``qapply(qparams, x)`` runs the quantized model
+  every site (static method). ``qapply(qparams, x)`` runs the quantized model
   in JAX: weights dequantized from their codes, activations snapped onto
   their int8 grid. An exporter reads what it needs per op from
   :meth:`QuantizedApply.site_table`.
@@ -30,12 +33,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from hamjax import calibrate as calibrate_lib
-from hamjax import quant
+from hamjax._checks import check_choice
 from hamjax.jaxpr import Site, find_sites, intercept, weight_channel_axes
+from hamjax.quant.calibration import as_arrays, calibrate, calibration_inputs
+from hamjax.quant.numerics import check_bits, compute_qparams, fake_quant
+from hamjax.quant.weights import dequantize_tree, is_qtensor, quantize_params
 
-MODES = ("weight_only", "dynamic", "static")
-QAT_ACTIVATIONS = ("static", "dynamic", "none")
+METHODS = ("weight_only", "dynamic", "static")
+"""What :func:`quantize_model` and :func:`fake_quant_apply` quantize: weights only, or activations too."""
 
 
 def _site_hook(
@@ -43,7 +48,7 @@ def _site_hook(
     bits,
     symmetric: bool,
     per_channel: bool,
-    act_mode: str,
+    method: str,
     act_bits,
     act_symmetric: bool,
     ranges,
@@ -58,22 +63,17 @@ def _site_hook(
             return a, w
         if weight_at_op(site):
             axes = site.channel_axes if per_channel else None
-            w = quant.fake_quant(w, bits=bits, symmetric=symmetric, channel_axes=axes)
-        if act_mode == "dynamic":
-            a = quant.fake_quant(a, bits=act_bits, symmetric=act_symmetric)
-        elif act_mode == "static":
+            w = fake_quant(w, bits=bits, symmetric=symmetric, channel_axes=axes)
+        if method == "dynamic":
+            a = fake_quant(a, bits=act_bits, symmetric=act_symmetric)
+        elif method == "static":
             if site.name not in ranges:
                 raise ValueError(f"no activation range for site {site.name}; calibrate on this apply_fn first")
             lo, hi = ranges[site.name][0], ranges[site.name][1]
-            a = quant.fake_quant(a, bits=act_bits, symmetric=act_symmetric, lo=lo, hi=hi)
+            a = fake_quant(a, bits=act_bits, symmetric=act_symmetric, lo=lo, hi=hi)
         return a, w
 
     return hook
-
-
-def _check_choice(name: str, arg: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: {arg} must be one of {choices}, got {value!r}")
 
 
 def fake_quant_apply(
@@ -81,7 +81,7 @@ def fake_quant_apply(
     *,
     bits=8,
     act_bits=8,
-    activations: str = "static",
+    method: str = "static",
     ranges=None,
     per_channel: bool = True,
     symmetric: bool = True,
@@ -93,7 +93,7 @@ def fake_quant_apply(
     Every site's weight is fake-quantized from its own range (per output
     channel unless ``per_channel=False``) and its activation either with
     fixed calibrated ranges (``"static"``), from the batch (``"dynamic"``)
-    or not at all (``"none"``, weight-only). Gradients are straight-through
+    or not at all (``"weight_only"``). Gradients are straight-through
     (zero where a value was clipped). An :class:`hamjax.ApplyFn` stays one,
     so :func:`hamjax.fit` trains the result directly.
 
@@ -101,9 +101,9 @@ def fake_quant_apply(
       apply_fn: any apply function of the contract.
       bits: weight bit width in [2, 16] (may be traced).
       act_bits: activation bit width in [2, 16] (may be traced).
-      activations: one of ``QAT_ACTIVATIONS``.
+      method: one of :data:`METHODS`: how activations are quantized.
       ranges: for ``"static"``: ``{site name: (lo, hi)}`` from
-        :func:`hamjax.calibrate.calibrate` (kept fixed during training).
+        :func:`hamjax.quant.calibrate` (kept fixed during training).
       per_channel, symmetric: weight quantization.
       act_symmetric: symmetric activations (asymmetric is the default).
       skip: site names left in floating point.
@@ -112,27 +112,27 @@ def fake_quant_apply(
       The fake-quantized apply function.
 
     Raises:
-      ValueError: bad bits or mode, or ``"static"`` without ``ranges``.
+      ValueError: bad bits or method, or ``"static"`` without ``ranges``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from hamjax import quant_model
+      >>> from hamjax import quant
       >>> f = lambda p, x: jnp.tanh(x @ p["w"])
       >>> params, x = {"w": jnp.linspace(-1, 1, 12).reshape(4, 3)}, jnp.ones((2, 4))
-      >>> qat = quant_model.fake_quant_apply(f, bits=4, activations="dynamic")
+      >>> qat = quant.fake_quant_apply(f, bits=4, method="dynamic")
       >>> jax.grad(lambda p: qat(p, x).sum())(params)["w"].shape
       (4, 3)
     """
-    quant.check_bits("fake_quant_apply", bits)
-    quant.check_bits("fake_quant_apply", act_bits, "act_bits")
-    _check_choice("fake_quant_apply", "activations", activations, QAT_ACTIVATIONS)
-    if activations == "static" and ranges is None:
-        raise ValueError("fake_quant_apply: activations='static' needs ranges (from hamjax.calibrate.calibrate)")
+    check_bits("fake_quant_apply", "bits", bits)
+    check_bits("fake_quant_apply", "act_bits", act_bits)
+    check_choice("fake_quant_apply", "method", method, METHODS)
+    if method == "static" and ranges is None:
+        raise ValueError("fake_quant_apply: method='static' needs ranges (from hamjax.quant.calibrate)")
     hook = _site_hook(
         bits=bits,
         symmetric=symmetric,
         per_channel=per_channel,
-        act_mode=activations,
+        method=method,
         act_bits=act_bits,
         act_symmetric=act_symmetric,
         ranges=ranges,
@@ -149,17 +149,25 @@ class QuantizedApply:
     Attributes:
       apply_fn: the float model's apply function.
       sites: every quantizable op, in evaluation order.
-      mode: one of ``MODES``.
+      method: one of :data:`METHODS`.
       bits, symmetric, per_channel: how weights are quantized.
       act_bits, act_symmetric: how activations are quantized.
       stored: the weight leaves stored as :class:`hamjax.quant.QTensor`; the
         weights of other sites are fake-quantized at the op.
       skip: site names left in floating point.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import quant
+      >>> f = lambda p, x: x @ p["w"]
+      >>> qapply, qparams = quant.quantize_model(f, {"w": jnp.eye(3)}, method="weight_only", example=jnp.ones((1, 3)))
+      >>> qapply.method, [s.name for s in qapply.sites], qapply(qparams, jnp.ones((1, 3))).tolist()
+      ('weight_only', ["['w']"], [[1.0, 1.0, 1.0]])
     """
 
     apply_fn: Any
     sites: tuple[Site, ...]
-    mode: str
+    method: str
     bits: int = 8
     symmetric: bool = True
     per_channel: bool = True
@@ -169,12 +177,12 @@ class QuantizedApply:
     skip: frozenset = frozenset()
 
     def __call__(self, qparams, x, **kw):
-        weights = quant.dequantize_tree(qparams["weights"])
+        weights = dequantize_tree(qparams["weights"])
         hook = _site_hook(
             bits=self.bits,
             symmetric=self.symmetric,
             per_channel=self.per_channel,
-            act_mode="none" if self.mode == "weight_only" else self.mode,
+            method=self.method,
             act_bits=self.act_bits,
             act_symmetric=self.act_symmetric,
             ranges=qparams.get("activations", {}),
@@ -191,21 +199,21 @@ class QuantizedApply:
           ``primitive``, ``leaf``, ``weight_operand``, ``channel_axes``,
           ``weight`` (the :class:`hamjax.quant.QTensor`, or ``None`` when the
           weight is quantized at the op), ``activation`` (``(scale,
-          zero_point)`` float32 arrays for static mode, else ``None``) and
+          zero_point)`` float32 arrays for the static method, else ``None``) and
           ``site`` (the :class:`hamjax.jaxpr.Site`).
         """
         leaves = {
             jax.tree_util.keystr(p): x
-            for p, x in jax.tree_util.tree_leaves_with_path(qparams["weights"], is_leaf=quant.is_qtensor)
+            for p, x in jax.tree_util.tree_leaves_with_path(qparams["weights"], is_leaf=is_qtensor)
         }
         rows = []
         for s in self.sites:
             if s.name in self.skip:
                 continue
             act = None
-            if self.mode == "static":
+            if self.method == "static":
                 lo, hi = qparams["activations"][s.name]
-                act = quant.compute_qparams(lo, hi, bits=self.act_bits, symmetric=self.act_symmetric)
+                act = compute_qparams(lo, hi, bits=self.act_bits, symmetric=self.act_symmetric)
             rows.append(
                 {
                     "name": s.name,
@@ -225,7 +233,7 @@ def _example(example, batches):
     if example is not None:
         return example
     if batches is not None:
-        return calibrate_lib._inputs(batches[:1])[0]
+        return calibration_inputs(batches[:1], "quantize_model")[0]
     raise ValueError("quantize_model: pass example= (an input batch) or calibration batches")
 
 
@@ -243,14 +251,14 @@ def quantize_model(
     apply_fn,
     params,
     *,
-    mode: str = "static",
+    method: str = "static",
     bits: int = 8,
     per_channel: bool = True,
     symmetric: bool = True,
     act_bits: int = 8,
     act_symmetric: bool = False,
     calibration: Iterable | None = None,
-    method: str = "mse",
+    calibration_method: str = "mse",
     percentile: float = 99.99,
     ranges=None,
     example=None,
@@ -262,52 +270,52 @@ def quantize_model(
     Args:
       apply_fn: any apply function of the contract.
       params: its float params.
-      mode: ``"weight_only"`` (int weights, float activations),
-        ``"dynamic"`` (activations quantized per batch on the fly) or
-        ``"static"`` (activation ranges calibrated once).
+      method: one of :data:`METHODS`: ``"weight_only"`` (int weights,
+        float activations), ``"dynamic"`` (activations quantized per batch
+        on the fly) or ``"static"`` (activation ranges calibrated once).
       bits: weight bit width, concrete, in [2, 16] (int4 codes are stored
         one per int8 byte).
       per_channel: one weight scale per output channel (else per tensor).
       symmetric: symmetric weights (zero point 0).
       act_bits, act_symmetric: activation quantization.
-      calibration: static mode: a few batches (arrays or ``(x, y)`` pairs).
-      method, percentile: the calibration method (see
-        :func:`hamjax.calibrate.calibrate`).
-      ranges: static mode: precomputed ``{site: (lo, hi)}`` instead of
+      calibration: static method: a few batches (arrays or ``(x, y)`` pairs).
+      calibration_method, percentile: how ranges are calibrated, one of
+        :data:`hamjax.quant.CALIBRATION_METHODS` (see :func:`hamjax.quant.calibrate`).
+      ranges: static method: precomputed ``{site: (lo, hi)}`` instead of
         ``calibration``.
-      example: an input batch, for modes without calibration.
+      example: an input batch, for methods without calibration.
       skip: site names to keep in floating point (for example the first
         and last layers).
       **kw: keyword arguments for ``apply_fn``.
 
     Returns:
-      ``(qapply, qparams)``; ``qparams = {"weights": ..., "activations":
-      {site: float32[2]}}`` is a pytree (orbax saves it; its bytes are the
-      int8 storage).
+      ``(qapply, qparams)``; ``qparams`` is the pytree
+      ``{"weights": ..., "activations": {site: float32[2]}}`` (orbax saves it;
+      its bytes are the int8 storage).
 
     Raises:
-      ValueError: bad mode or bits, static mode without calibration data,
+      ValueError: bad method or bits, static method without calibration data,
         empty calibration data, non-finite ranges, unknown skipped sites.
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from hamjax import quant_model
+      >>> from hamjax import quant
       >>> f = lambda p, x: jnp.maximum(x @ p["w1"], 0.0) @ p["w2"]
       >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
       >>> params = {"w1": jax.random.normal(k1, (8, 16)), "w2": jax.random.normal(k2, (16, 4))}
       >>> x = jax.random.normal(k3, (32, 8))
-      >>> qapply, qparams = quant_model.quantize_model(f, params, calibration=[x])
+      >>> qapply, qparams = quant.quantize_model(f, params, calibration=[x])
       >>> qparams["weights"]["w1"].values.dtype.name
       'int8'
       >>> bool(jnp.mean(jnp.argmax(qapply(qparams, x), -1) == jnp.argmax(f(params, x), -1)) > 0.9)
       True
     """
-    _check_choice("quantize_model", "mode", mode, MODES)
-    quant.check_bits("quantize_model", bits)
-    quant.check_bits("quantize_model", act_bits, "act_bits")
+    check_choice("quantize_model", "method", method, METHODS)
+    check_bits("quantize_model", "bits", bits)
+    check_bits("quantize_model", "act_bits", act_bits)
     batches = list(calibration) if calibration is not None else None
-    if mode == "static" and batches is None and ranges is None:
-        raise ValueError("quantize_model: mode='static' needs calibration batches or ranges")
+    if method == "static" and batches is None and ranges is None:
+        raise ValueError("quantize_model: method='static' needs calibration batches or ranges")
     sites = find_sites(apply_fn, params, _example(example, batches), **kw)
     skip = frozenset(skip)
     unknown = skip - {s.name for s in sites}
@@ -315,14 +323,14 @@ def quantize_model(
         raise ValueError(
             f"quantize_model: skip names unknown sites {sorted(unknown)}; sites: {[s.name for s in sites]}"
         )
-    if mode == "static" and ranges is not None:
+    if method == "static" and ranges is not None:
         _check_ranges(ranges, [s for s in sites if s.name not in skip])
-    if mode == "static" and ranges is None:
-        ranges = calibrate_lib.calibrate(
+    if method == "static" and ranges is None:
+        ranges = calibrate(
             apply_fn,
             params,
             batches,
-            method=method,
+            method=calibration_method,
             percentile=percentile,
             bits=act_bits,
             symmetric=act_symmetric,
@@ -337,7 +345,7 @@ def quantize_model(
         stored = frozenset(s.leaf for s in active if s.leaf is not None and s.leaf not in shared)
     weights = params
     if stored:
-        weights = quant.quantize_params(
+        weights = quantize_params(
             params,
             bits=bits,
             symmetric=symmetric,
@@ -345,8 +353,8 @@ def quantize_model(
             filter=lambda p, x: jax.tree_util.keystr(p) in stored,
             channel_axes=axes,
         )
-    qparams = {"weights": weights, "activations": calibrate_lib.as_arrays(ranges) if mode == "static" else {}}
+    qparams = {"weights": weights, "activations": as_arrays(ranges) if method == "static" else {}}
     qapply = QuantizedApply(
-        apply_fn, sites, mode, int(bits), symmetric, per_channel, int(act_bits), act_symmetric, stored, skip
+        apply_fn, sites, method, int(bits), symmetric, per_channel, int(act_bits), act_symmetric, stored, skip
     )
     return qapply, qparams
