@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hamjax import measure
 from hamjax.export import tensorrt as trt_export
+from hamjax.export import trt_engine
 
 IN, OUT = 8, 5
 HAS_TENSORRT, WHY_NOT = trt_export.available()
@@ -98,14 +99,6 @@ def test_fixture_models_compute_their_references(tmp_path, make, reference):
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is available here")
-def test_available_says_what_is_missing():
-    ok, reason = trt_export.available()
-    assert ok is False
-    assert "tensorrt" in reason.lower()
-    assert "pip install tensorrt cuda-python" in reason
-
-
-@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is available here")
 def test_build_without_tensorrt_says_how_to_install(tmp_path):
     path = linear_onnx(tmp_path)
     with pytest.raises(trt_export.TensorRTUnavailable, match="pip install tensorrt cuda-python"):
@@ -113,39 +106,21 @@ def test_build_without_tensorrt_says_how_to_install(tmp_path):
     assert not (tmp_path / "model.fp16.engine").exists()
 
 
-@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is available here")
-def test_engine_without_tensorrt_raises_unavailable(tmp_path):
-    path = tmp_path / "model.fp16.engine"
-    path.write_bytes(b"not an engine")
-    with pytest.raises(trt_export.TensorRTUnavailable, match="tensorrt"):
-        trt_export.Engine(path)
-
-
-def test_engine_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.engine"):
-        trt_export.Engine(tmp_path / "missing.engine")
-
-
-def test_unavailable_is_a_runtime_error():
-    assert issubclass(trt_export.TensorRTUnavailable, RuntimeError)
-    assert trt_export.PRECISIONS == ("fp32", "fp16", "int8")
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"precision": "bf16"}, r"precision must be one of \('fp32', 'fp16', 'int8'\), got 'bf16'"),
-        ({"min_batch": 0}, "min_batch must be an integer >= 1, got 0"),
-        ({"max_batch": 2.5}, "max_batch must be an integer >= 1, got 2.5"),
-        ({"opt_batch": True}, "opt_batch must be an integer >= 1, got True"),
+        ({"precision": "bf16"}, r"build: precision must be one of \('fp32', 'fp16', 'int8'\), got 'bf16'"),
+        ({"min_batch": 0}, "build: min_batch must be an integer >= 1, got 0"),
+        ({"max_batch": 2.5}, "build: max_batch must be an integer >= 1, got 2.5"),
+        ({"opt_batch": True}, "build: opt_batch must be an integer >= 1, got True"),
         ({"min_batch": 8, "max_batch": 4}, "got min_batch=8, max_batch=4"),
         ({"min_batch": 300}, "got min_batch=300, max_batch=256"),
         ({"min_batch": 1, "opt_batch": 64, "max_batch": 32}, "min=1, opt=64, max=32"),
         ({"min_batch": 4, "opt_batch": 2}, "min=4, opt=2, max=256"),
-        ({"workspace_gib": 0}, "workspace_gib must be a finite number of GiB > 0, got 0"),
-        ({"workspace_gib": -1.0}, "workspace_gib must be a finite number of GiB > 0"),
-        ({"workspace_gib": float("inf")}, "workspace_gib must be a finite number of GiB > 0"),
-        ({"workspace_gib": "2"}, "workspace_gib must be a number of GiB > 0"),
+        ({"workspace_gib": 0}, "build: workspace_gib must be a finite number > 0, got 0"),
+        ({"workspace_gib": -1.0}, "build: workspace_gib must be a finite number > 0, got -1.0"),
+        ({"workspace_gib": float("inf")}, "build: workspace_gib must be a finite number > 0, got inf"),
+        ({"workspace_gib": "2"}, "build: workspace_gib must be a finite number > 0, got '2'"),
         ({"precision": "int8"}, r"hamjax\.export\.onnx\(\.\.\., precision='int8'\) first"),
     ],
 )
@@ -153,6 +128,12 @@ def test_build_rejects_bad_arguments_before_tensorrt(tmp_path, kwargs, match):
     path = linear_onnx(tmp_path)
     with pytest.raises(ValueError, match=match):
         trt_export.build(path, **kwargs)
+
+
+def test_tensorrt_reexports_the_engine_side():
+    for name in ("Engine", "TensorRTUnavailable", "available", "INSTALL_HINT"):
+        assert getattr(trt_export, name) is getattr(trt_engine, name), name
+    assert trt_export.PRECISIONS == ("fp32", "fp16", "int8")
 
 
 def test_build_missing_onnx_file(tmp_path):
