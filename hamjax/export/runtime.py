@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from hamjax._checks import check_choice, check_int
+
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 INTEGER_OPS = frozenset(
@@ -146,11 +148,6 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
     return resolved
 
 
-def _check_positive(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
-        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-
-
 def _model_source(model: Any) -> str | bytes:
     """A path or serialized bytes that ``InferenceSession`` accepts; paths stay paths for external data."""
     if isinstance(model, onnx.ModelProto):
@@ -234,10 +231,11 @@ class Session:
         optimization: str = "all",
         config: Mapping[str, str] | None = None,
     ):
-        _check_positive(batch_size, "batch_size")
-        _check_positive(threads, "threads")
-        if optimization not in _OPTIMIZATION_LEVELS:
-            raise ValueError(f"optimization must be one of {', '.join(_OPTIMIZATION_LEVELS)}, got {optimization!r}")
+        if batch_size is not None:
+            batch_size = check_int("Session", "batch_size", batch_size, minimum=1)
+        if threads is not None:
+            threads = check_int("Session", "threads", threads, minimum=1)
+        check_choice("Session", "optimization", optimization, _OPTIMIZATION_LEVELS)
         self._source = _model_source(model)
         self._requested = resolve_providers(providers)
         self._threads = threads

@@ -246,9 +246,13 @@ def test_two_inputs_are_rejected():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-        ({"threads": 0}, "threads must be an integer >= 1"),
-        ({"optimization": "max"}, "optimization must be one of none, basic, extended, all, got 'max'"),
+        ({"batch_size": 0}, "Session: batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, "Session: batch_size must be an integer >= 1, got 2.5"),
+        ({"threads": 0}, "Session: threads must be an integer >= 1, got 0"),
+        (
+            {"optimization": "max"},
+            r"Session: optimization must be one of \('none', 'basic', 'extended', 'all'\), got 'max'",
+        ),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, match):
