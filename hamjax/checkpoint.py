@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from hamjax._checks import check_int
+
 PyTree = Any
 
 
@@ -53,10 +55,9 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, every: int | None = None, max_to_keep: int = 2):
         import orbax.checkpoint as ocp
 
-        if every is not None and every < 1:
-            raise ValueError(f"Checkpointer: every must be >= 1 or None, got {every}")
-        if max_to_keep < 1:
-            raise ValueError(f"Checkpointer: max_to_keep must be >= 1, got {max_to_keep}")
+        if every is not None:
+            every = check_int("Checkpointer", "every", every, minimum=1)
+        max_to_keep = check_int("Checkpointer", "max_to_keep", max_to_keep, minimum=1)
         self.directory = os.path.abspath(os.fspath(directory))
         self.every = every
         self._ocp = ocp

@@ -33,9 +33,11 @@ def test_checkpointer_keeps_the_newest_and_rejects_mismatched_trees(tmp_path):
 
 
 def test_checkpointer_validates_arguments(tmp_path):
-    with pytest.raises(ValueError, match="every"):
+    with pytest.raises(ValueError, match="Checkpointer: every must be an integer >= 1, got 0"):
         Checkpointer(tmp_path, every=0)
-    with pytest.raises(ValueError, match="max_to_keep"):
+    with pytest.raises(ValueError, match="Checkpointer: every must be an integer >= 1, got 2.5"):
+        Checkpointer(tmp_path, every=2.5)
+    with pytest.raises(ValueError, match="Checkpointer: max_to_keep must be an integer >= 1, got 0"):
         Checkpointer(tmp_path, max_to_keep=0)
 
 
