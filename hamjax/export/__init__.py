@@ -5,13 +5,13 @@
 * :mod:`hamjax.export.runtime`: :class:`~hamjax.export.runtime.Session`, an
   onnxruntime session with batching and provider choice that
   :mod:`hamjax.measure` measures like any other runner.
-* :mod:`hamjax.export.tensorrt`: TensorRT engines from those files, where a
-  GPU and the ``tensorrt`` extra exist.
+* :mod:`hamjax.export.tensorrt`: TensorRT engines built from those files, where a
+  GPU and the ``tensorrt`` extra exist, and run by :mod:`hamjax.export.trt_engine`.
 * :mod:`hamjax.export.graph` and :mod:`hamjax.export.qdq`: the tracing and
   the int8 rewrite underneath.
 """
 
-from hamjax.export import graph, qdq, runtime, tensorrt
+from hamjax.export import graph, qdq, runtime, tensorrt, trt_engine
 from hamjax.export.convert import (
     MAX_RELATIVE_ERROR,
     MIN_ARGMAX_AGREEMENT,
@@ -34,4 +34,5 @@ __all__ = [
     "qdq",
     "runtime",
     "tensorrt",
+    "trt_engine",
 ]
