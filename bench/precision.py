@@ -52,7 +52,7 @@ def train_and_test(name, ds, epochs, seed):
         row = {"test_accuracy": evaluate(served, result.params, ds.test)["accuracy"]}
         opt_state = result.state.opt_state
         if isinstance(opt_state, precision.DynamicLossScaleState):
-            row.update(final_loss_scale=float(opt_state.loss_scale), skipped_steps=int(opt_state.skipped))
+            row.update(final_loss_scale=float(opt_state.loss_scale), skipped_steps=int(opt_state.skipped_count))
         out[label] = row
         print(f"  {name} {label:5s} seed {seed} acc={row['test_accuracy']:.4f}", file=sys.stderr)
     return out

@@ -6,8 +6,9 @@ before differentiating and divides the gradients by ``S`` before the
 update; :func:`dynamic_loss_scale` adapts ``S``, skipping the steps whose
 gradients overflowed. Its state is a pytree in the optax state, so
 :func:`loss_scale_of` finds the scale there and the whole step stays one
-jitted, ``lax.scan``-able function. :mod:`hamjax.precision` re-exports
-everything here.
+jitted, ``lax.scan``-able function. :func:`prepare_training` sets a model
+and its optimizer up to train under a :class:`~hamjax.precision.Policy`,
+with loss scaling when the policy computes in float16.
 
 References:
   Micikevicius et al., "Mixed Precision Training", ICLR 2018.
@@ -22,18 +23,36 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from hamjax._base import trainable
+from hamjax._checks import check_choice, check_int, check_number, check_positive
+from hamjax.precision.policy import Policy, get_policy, is_floating, with_policy
+
+__all__ = [
+    "LOSS_SCALES",
+    "DynamicLossScaleState",
+    "all_finite",
+    "dynamic_loss_scale",
+    "loss_scale_of",
+    "prepare_training",
+    "static_loss_scale",
+]
 
 PyTree = Any
 
-
-def _is_floating(x) -> bool:
-    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+LOSS_SCALES = ("auto", "dynamic", "none")
+"""The ``loss_scale=`` values of :func:`prepare_training` and :class:`hamjax.TrainConfig`."""
 
 
 def all_finite(tree: PyTree) -> jax.Array:
     """Whether every floating element of ``tree`` is finite, as a scalar boolean array.
+
+    Args:
+      tree: a pytree; its non-floating leaves are ignored.
+
+    Returns:
+      A boolean scalar array (``True`` for a tree with no floating leaf).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -41,7 +60,7 @@ def all_finite(tree: PyTree) -> jax.Array:
       >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.inf])}))
       False
     """
-    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _is_floating(x)]
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if is_floating(x)]
     return functools.reduce(jnp.logical_and, checks, jnp.asarray(True))
 
 
@@ -51,20 +70,20 @@ class DynamicLossScaleState(NamedTuple):
     Attributes:
       loss_scale: float32 scalar ``S``; the loss is multiplied by it before
         differentiation (see :func:`loss_scale_of`).
-      good_steps: int32 scalar, consecutive steps with finite gradients
+      finite_count: int32 scalar, consecutive steps with finite gradients
         since the scale last changed.
-      skipped: int32 scalar, steps skipped because a gradient was not finite.
+      skipped_count: int32 scalar, steps skipped because a gradient was not finite.
       inner_state: the wrapped optimizer's state.
     """
 
     loss_scale: jax.Array
-    good_steps: jax.Array
-    skipped: jax.Array
+    finite_count: jax.Array
+    skipped_count: jax.Array
     inner_state: optax.OptState
 
 
 def _unscale(g, scale):
-    if not _is_floating(g):
+    if not is_floating(g):
         return g
     wide = jnp.promote_types(g.dtype, jnp.float32)
     return (g.astype(wide) / scale.astype(wide)).astype(g.dtype)
@@ -75,8 +94,9 @@ def _loss_scaled(inner: optax.GradientTransformation, initial_scale: float, next
 
     def init_fn(params):
         # two separate zeros, not one array twice: a train step that donates its state donates each buffer once
-        good_steps, skipped = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-        return DynamicLossScaleState(jnp.asarray(initial_scale, jnp.float32), good_steps, skipped, inner.init(params))
+        finite_count, skipped_count = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+        scale = jnp.asarray(initial_scale, jnp.float32)
+        return DynamicLossScaleState(scale, finite_count, skipped_count, inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         grads = jax.tree.map(lambda g: _unscale(g, state.loss_scale), updates)
@@ -85,21 +105,11 @@ def _loss_scaled(inner: optax.GradientTransformation, initial_scale: float, next
         # Both branches are computed and one is selected (as jmp does): this stays cheap under vmap and scan.
         new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
         new_inner = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_inner, state.inner_state)
-        loss_scale, good_steps = next_scale(state.loss_scale, state.good_steps, finite)
-        skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
-        return new_updates, DynamicLossScaleState(loss_scale, good_steps, skipped, new_inner)
+        loss_scale, finite_count = next_scale(state.loss_scale, state.finite_count, finite)
+        skipped_count = state.skipped_count + jnp.where(finite, 0, 1).astype(jnp.int32)
+        return new_updates, DynamicLossScaleState(loss_scale, finite_count, skipped_count, new_inner)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _positive_finite(name: str, value, where: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {name} must be a number, got {value!r}") from err
-    if not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{where}: {name} must be finite and > 0, got {value!r}")
-    return v
 
 
 def dynamic_loss_scale(
@@ -119,7 +129,7 @@ def dynamic_loss_scale(
     ``g / S``; after ``growth_interval`` finite steps in a row ``S`` grows
     to ``S·growth_factor``. When any gradient is ``inf`` or ``nan`` the
     step is skipped: the updates are zeros, ``inner``'s state is kept,
-    ``S`` drops to ``max(S·backoff_factor, min_scale)`` and ``skipped``
+    ``S`` drops to ``max(S·backoff_factor, min_scale)`` and ``skipped_count``
     counts it. :func:`hamjax.train.make_train_step` scales the loss by
     :func:`loss_scale_of` of the optimizer state, so this is all a
     training loop needs.
@@ -148,29 +158,25 @@ def dynamic_loss_scale(
       >>> updates["w"].tolist(), float(state.loss_scale)
       ([-0.10000000149011612, -0.20000000298023224], 8.0)
       >>> updates, state = opt.update({"w": jnp.array([jnp.inf, 0.0])}, state, params)
-      >>> updates["w"].tolist(), float(state.loss_scale), int(state.skipped)
+      >>> updates["w"].tolist(), float(state.loss_scale), int(state.skipped_count)
       ([0.0, 0.0], 4.0, 1)
 
     References:
       Micikevicius et al., "Mixed Precision Training", ICLR 2018 (section 3.2).
     """
     where = "dynamic_loss_scale"
-    initial_scale = _positive_finite("initial_scale", initial_scale, where)
-    min_scale = _positive_finite("min_scale", min_scale, where)
-    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int | np.integer) or growth_interval < 1:
-        raise ValueError(f"{where}: growth_interval must be an int >= 1, got {growth_interval!r}")
-    growth_factor = _positive_finite("growth_factor", growth_factor, where)
-    if not growth_factor > 1:
-        raise ValueError(f"{where}: growth_factor must be > 1, got {growth_factor!r}")
-    backoff_factor = _positive_finite("backoff_factor", backoff_factor, where)
-    if not backoff_factor < 1:
-        raise ValueError(f"{where}: backoff_factor must be in (0, 1), got {backoff_factor!r}")
+    initial_scale = check_positive(where, "initial_scale", initial_scale)
+    min_scale = check_positive(where, "min_scale", min_scale)
+    growth_interval = check_int(where, "growth_interval", growth_interval, minimum=1)
+    growth_factor = check_number(where, "growth_factor", growth_factor, minimum=1, exclusive_minimum=True)
+    backoff_factor = check_number(
+        where, "backoff_factor", backoff_factor, minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True
+    )
     if min_scale > initial_scale:
         raise ValueError(f"{where}: min_scale={min_scale!r} must be <= initial_scale={initial_scale!r}")
-    growth_interval = int(growth_interval)
 
-    def next_scale(scale, good_steps, finite):
-        good = good_steps + 1
+    def next_scale(scale, finite_count, finite):
+        good = finite_count + 1
         grow = good >= growth_interval
         grown = scale * growth_factor
         grown = jnp.where(grow & jnp.isfinite(grown), grown, scale)
@@ -203,10 +209,10 @@ def static_loss_scale(inner: optax.GradientTransformation, scale: float) -> opta
       >>> updates["w"].tolist(), float(state.loss_scale)
       ([-1.0], 4.0)
     """
-    scale = _positive_finite("scale", scale, "static_loss_scale")
+    scale = check_positive("static_loss_scale", "scale", scale)
 
-    def next_scale(loss_scale, good_steps, finite):
-        return loss_scale, jnp.where(finite, good_steps + 1, 0).astype(jnp.int32)
+    def next_scale(loss_scale, finite_count, finite):
+        return loss_scale, jnp.where(finite, finite_count + 1, 0).astype(jnp.int32)
 
     return _loss_scaled(inner, scale, next_scale)
 
@@ -245,3 +251,53 @@ def loss_scale_of(opt_state) -> jax.Array:
     """
     found = _find_loss_scale(opt_state)
     return jnp.ones((), jnp.float32) if found is None else found
+
+
+def prepare_training(
+    apply_fn: Callable,
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    policy: Policy | str | None,
+    *,
+    loss_scale: str = "auto",
+) -> tuple[Callable, PyTree, optax.GradientTransformation]:
+    """Set a model and its optimizer up to train under ``policy``.
+
+    :func:`hamjax.train.fit` does this when ``TrainConfig.precision`` is
+    set; a hand-written loop can call it and scale its loss by
+    :func:`loss_scale_of` of the optimizer state.
+
+    Args:
+      apply_fn: the model's apply function (any kind of the contract).
+      params: its params; floating leaves are cast to ``param_dtype``.
+      optimizer: the optax optimizer over the trainable params.
+      policy: a :class:`~hamjax.precision.Policy`, its string, or ``None`` (no casting).
+      loss_scale: one of :data:`LOSS_SCALES`: ``"dynamic"`` wraps ``optimizer`` in
+        :func:`dynamic_loss_scale`; ``"auto"`` does so when the policy
+        computes in float16; ``"none"`` never does. An optimizer that already
+        holds a loss scale is left as it is.
+
+    Returns:
+      ``(apply_fn, params, optimizer)``.
+
+    Raises:
+      ValueError: for an unknown ``loss_scale`` or a bad policy.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> from hamjax.precision import loss_scale_of, prepare_training
+      >>> f, p, opt = prepare_training(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, optax.sgd(0.1), "p=f32,c=f16,o=f32")
+      >>> f(p, jnp.ones((1, 3))).dtype.name, float(loss_scale_of(opt.init(p)))
+      ('float32', 32768.0)
+    """
+    check_choice("prepare_training", "loss_scale", loss_scale, LOSS_SCALES)
+    if policy is not None:
+        policy = get_policy(policy)
+        apply_fn = with_policy(apply_fn, policy)
+        params = policy.cast_to_param(params)
+    half = policy is not None and policy.compute_dtype == jnp.float16
+    if loss_scale == "dynamic" or (loss_scale == "auto" and half):
+        abstract_state = jax.eval_shape(optimizer.init, trainable(apply_fn, params))
+        if _find_loss_scale(abstract_state) is None:
+            optimizer = dynamic_loss_scale(optimizer)
+    return apply_fn, params, optimizer

@@ -114,6 +114,11 @@ def test_casts_touch_floating_leaves_only():
     np.testing.assert_array_equal(policy.cast_to_compute(tree)["w"], np.ones((2, 3)))
 
 
+def test_is_floating_picks_the_leaves_a_policy_casts():
+    tree = _mixed_tree()
+    assert [k for k, v in tree.items() if precision.is_floating(v)] == ["w", "h", "host"]
+
+
 def test_casts_work_under_jit_and_vmap():
     policy = Policy.parse(BF16)
     tree = {k: v for k, v in _mixed_tree().items() if k not in ("none", "python", "host")}
@@ -245,9 +250,9 @@ def test_kept_statistics_accumulate_what_bfloat16_statistics_round_away():
 
 
 def test_train_config_validates_precision_and_loss_scale():
-    with pytest.raises(ValueError, match=r"TrainConfig.precision='p=f32,c=bf17,o=f32' is not a policy.*'bf17'"):
+    with pytest.raises(ValueError, match=r"TrainConfig: precision='p=f32,c=bf17,o=f32' is not a policy.*'bf17'"):
         TrainConfig(precision="p=f32,c=bf17,o=f32")
-    with pytest.raises(ValueError, match=r"TrainConfig.loss_scale must be one of .*got 'always'"):
+    with pytest.raises(ValueError, match=r"TrainConfig: loss_scale must be one of .*got 'always'"):
         TrainConfig(loss_scale="always")
     assert TrainConfig(precision=Policy.parse(BF16)).precision == BF16
 

@@ -1,4 +1,4 @@
-"""fp16 loss scaling: the dynamic and static optax adapters and ``loss_scale_of``."""
+"""fp16 loss scaling: the dynamic and static optax adapters, ``loss_scale_of`` and ``prepare_training``."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,14 @@ import numpy as np
 import optax
 import pytest
 
-from hamjax.loss_scale import DynamicLossScaleState, dynamic_loss_scale, loss_scale_of, static_loss_scale
-from hamjax.precision import with_policy
+from hamjax.precision import (
+    DynamicLossScaleState,
+    dynamic_loss_scale,
+    loss_scale_of,
+    prepare_training,
+    static_loss_scale,
+    with_policy,
+)
 
 F16 = "p=f32,c=f16,o=f32"
 
@@ -15,16 +21,16 @@ F16 = "p=f32,c=f16,o=f32"
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"initial_scale": 0.0}, "initial_scale must be finite and > 0, got 0.0"),
-        ({"initial_scale": float("inf")}, "initial_scale must be finite and > 0, got inf"),
-        ({"initial_scale": "big"}, "initial_scale must be a number, got 'big'"),
-        ({"growth_interval": 0}, "growth_interval must be an int >= 1, got 0"),
-        ({"growth_interval": 2.5}, "growth_interval must be an int >= 1, got 2.5"),
-        ({"growth_interval": True}, "growth_interval must be an int >= 1, got True"),
-        ({"growth_factor": 1.0}, "growth_factor must be > 1, got 1.0"),
-        ({"backoff_factor": 0.0}, "backoff_factor must be finite and > 0, got 0.0"),
-        ({"backoff_factor": 1.0}, r"backoff_factor must be in \(0, 1\), got 1.0"),
-        ({"min_scale": -1.0}, "min_scale must be finite and > 0, got -1.0"),
+        ({"initial_scale": 0.0}, "dynamic_loss_scale: initial_scale must be a finite number > 0, got 0.0"),
+        ({"initial_scale": float("inf")}, "initial_scale must be a finite number > 0, got inf"),
+        ({"initial_scale": "big"}, "initial_scale must be a finite number > 0, got 'big'"),
+        ({"growth_interval": 0}, "growth_interval must be an integer >= 1, got 0"),
+        ({"growth_interval": 2.5}, "growth_interval must be an integer >= 1, got 2.5"),
+        ({"growth_interval": True}, "growth_interval must be an integer >= 1, got True"),
+        ({"growth_factor": 1.0}, "growth_factor must be a finite number > 1, got 1.0"),
+        ({"backoff_factor": 0.0}, "backoff_factor must be a finite number > 0 and < 1, got 0.0"),
+        ({"backoff_factor": 1.0}, "backoff_factor must be a finite number > 0 and < 1, got 1.0"),
+        ({"min_scale": -1.0}, "min_scale must be a finite number > 0, got -1.0"),
         ({"initial_scale": 2.0, "min_scale": 4.0}, "min_scale=4.0 must be <= initial_scale=2.0"),
     ],
 )
@@ -34,7 +40,7 @@ def test_dynamic_loss_scale_validates_its_arguments_eagerly(kwargs, match):
 
 
 def test_static_loss_scale_validates_its_scale():
-    with pytest.raises(ValueError, match="static_loss_scale: scale must be finite and > 0, got 0"):
+    with pytest.raises(ValueError, match="static_loss_scale: scale must be a finite number > 0, got 0"):
         static_loss_scale(optax.sgd(0.1), 0)
 
 
@@ -60,7 +66,7 @@ def test_finite_steps_apply_the_inner_update_exactly():
         ref_updates, ref_state = inner.update(g, ref_state, params)
         jax.tree.map(np.testing.assert_array_equal, updates, ref_updates)
         jax.tree.map(np.testing.assert_array_equal, state.inner_state, ref_state)
-    assert (float(state.loss_scale), int(state.good_steps), int(state.skipped)) == (1024.0, 3, 0)
+    assert (float(state.loss_scale), int(state.finite_count), int(state.skipped_count)) == (1024.0, 3, 0)
 
 
 def test_a_non_finite_step_is_skipped_and_halves_the_scale():
@@ -76,19 +82,19 @@ def test_a_non_finite_step_is_skipped_and_halves_the_scale():
         assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(lambda p: p.dtype, params)
         jax.tree.map(np.testing.assert_array_equal, new.inner_state, state.inner_state)
         assert float(new.loss_scale) == float(state.loss_scale) / 2
-        assert (int(new.good_steps), int(new.skipped)) == (0, int(state.skipped) + 1)
+        assert (int(new.finite_count), int(new.skipped_count)) == (0, int(state.skipped_count) + 1)
         state = new
-    assert float(state.loss_scale) == 8.0 and int(state.skipped) == 3
+    assert float(state.loss_scale) == 8.0 and int(state.skipped_count) == 3
 
 
-def test_scale_grows_after_growth_interval_good_steps_and_respects_min_scale():
+def test_scale_grows_after_growth_interval_finite_steps_and_respects_min_scale():
     opt = dynamic_loss_scale(optax.sgd(0.1), initial_scale=4.0, growth_interval=3, growth_factor=4.0, min_scale=2.0)
     params = _params()
     state = opt.init(params)
     scales = []
     for t in range(7):
         _, state = opt.update(_grads(t), state, params)
-        scales.append((float(state.loss_scale), int(state.good_steps)))
+        scales.append((float(state.loss_scale), int(state.finite_count)))
     assert scales == [(4.0, 1), (4.0, 2), (16.0, 0), (16.0, 1), (16.0, 2), (64.0, 0), (64.0, 1)]
     inf = jax.tree.map(lambda g: g.at[0].set(jnp.inf), _grads(0))
     for expected in (32.0, 16.0, 8.0, 4.0, 2.0, 2.0):
@@ -110,7 +116,7 @@ def test_gradients_keep_their_dtype_and_static_scale_never_changes():
     bad = jax.tree.map(lambda a: a.at[0].set(jnp.nan), g)
     for _ in range(3):
         updates, state = opt.update(bad, state, params)
-    assert float(state.loss_scale) == 256.0 and int(state.skipped) == 3 and int(state.good_steps) == 0
+    assert float(state.loss_scale) == 256.0 and int(state.skipped_count) == 3 and int(state.finite_count) == 0
 
 
 def test_loss_scaling_recovers_gradients_that_underflow_in_float16():
@@ -150,7 +156,7 @@ def test_under_jit_and_lax_scan_with_an_overflow_injected():
         carry, _ = step(carry, b)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), (p_scan, s_scan), carry)
     assert scales.tolist() == [4096.0, 8192.0, 4096.0, 4096.0, 8192.0, 8192.0]
-    assert int(s_scan.skipped) == 1
+    assert int(s_scan.skipped_count) == 1
     # the skipped step changed nothing: five adam steps on the plain quadratic give the same params
     inner, p, s = optax.adam(0.1), params, optax.adam(0.1).init(params)
     for _ in range(5):
@@ -168,3 +174,21 @@ def test_loss_scale_of_finds_the_scale_anywhere_in_a_state():
     nested = dynamic_loss_scale(dynamic_loss_scale(optax.sgd(0.1)))
     with pytest.raises(ValueError, match="more than one loss_scale"):
         loss_scale_of(nested.init(params))
+
+
+def test_prepare_training_wraps_the_optimizer_when_the_policy_needs_it():
+    params = {"w": jnp.ones((3, 2)), "step": jnp.zeros((), jnp.int32)}
+    apply_fn = lambda p, x: x @ p["w"]  # noqa: E731
+    f, p, opt = prepare_training(apply_fn, params, optax.sgd(0.1), F16)
+    assert f(p, jnp.ones((1, 3))).dtype == jnp.float32 and p["step"].dtype == jnp.int32
+    assert isinstance(opt.init(p), DynamicLossScaleState)
+    _, _, kept = prepare_training(apply_fn, params, opt, F16)
+    assert kept is opt  # an optimizer that holds a loss scale is wrapped once, not twice
+    _, p16, none = prepare_training(apply_fn, params, optax.sgd(0.1), "p=f16,c=f16,o=f32", loss_scale="none")
+    assert p16["w"].dtype == jnp.float16 and float(loss_scale_of(none.init(p16))) == 1.0
+    _, p32, plain = prepare_training(apply_fn, params, optax.sgd(0.1), "p=f32,c=bf16,o=f32")
+    assert float(loss_scale_of(plain.init(p32))) == 1.0
+    _, _, forced = prepare_training(apply_fn, params, optax.sgd(0.1), None, loss_scale="dynamic")
+    assert float(loss_scale_of(forced.init(params))) == 2.0**15
+    with pytest.raises(ValueError, match=r"prepare_training: loss_scale must be one of .*got 'always'"):
+        prepare_training(apply_fn, params, optax.sgd(0.1), F16, loss_scale="always")

@@ -1,4 +1,4 @@
-"""Mixed precision: a dtype policy, a function transform that applies it, fp16 loss scaling.
+"""Mixed-precision policies: which dtype params are stored in, the model computes in, outputs come out in.
 
 A :class:`Policy` names three dtypes in the style of jmp: the dtype params
 are stored and updated in, the dtype the model computes in, and the dtype
@@ -8,9 +8,9 @@ to the loss. :func:`with_policy` turns an apply function into one that
 computes under the policy; gradients with respect to float32 params come
 back float32, because the cast is differentiated like any other op.
 
-fp16 loss scaling (:func:`dynamic_loss_scale`, :func:`static_loss_scale`,
-:func:`loss_scale_of`) lives in :mod:`hamjax.loss_scale` and is re-exported
-here; :func:`prepare_training` sets a model and optimizer up for both.
+Only floating leaves are ever cast (:func:`is_floating`). fp16 loss scaling
+and :func:`~hamjax.precision.prepare_training`, which sets a model and its
+optimizer up for both, are in :mod:`hamjax.precision.loss_scale`.
 
 References:
   Micikevicius et al., "Mixed Precision Training", ICLR 2018.
@@ -28,18 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from hamjax._base import ApplyFn, is_protocol_apply, trainable
-from hamjax.loss_scale import (  # noqa: F401  (re-exported: the precision API includes loss scaling)
-    DynamicLossScaleState,
-    _find_loss_scale,
-    _is_floating,
-    all_finite,
-    dynamic_loss_scale,
-    loss_scale_of,
-    static_loss_scale,
-)
+from hamjax._base import ApplyFn, is_protocol_apply
+
+__all__ = ["Policy", "get_policy", "is_floating", "policy_of", "with_policy"]
 
 PyTree = Any
 
@@ -90,9 +82,29 @@ def _dtype(value, what: str) -> np.dtype:
     return dtype
 
 
+def is_floating(x) -> bool:
+    """Whether ``x`` is an array (or scalar) of a floating dtype: the leaves a policy casts.
+
+    Python scalars are weakly typed and take the dtype of the arrays they meet, so they are not
+    floating leaves; nor are integers, booleans and PRNG key arrays.
+
+    Args:
+      x: any pytree leaf.
+
+    Returns:
+      A Python bool.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax.precision import is_floating
+      >>> is_floating(jnp.ones(2, jnp.bfloat16)), is_floating(jnp.arange(2)), is_floating(0.5)
+      (True, False, False)
+    """
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
 def _cast_floating(tree: PyTree, dtype) -> PyTree:
-    # Python scalars are weakly typed and take the dtype of the arrays they meet, so they stay as they are.
-    return jax.tree.map(lambda x: x.astype(dtype) if _is_floating(x) and x.dtype != dtype else x, tree)
+    return jax.tree.map(lambda x: x.astype(dtype) if is_floating(x) and x.dtype != dtype else x, tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +217,15 @@ class Policy:
 def get_policy(policy: Policy | str) -> Policy:
     """A :class:`Policy` from a policy or its string form (see :meth:`Policy.parse`).
 
+    Args:
+      policy: a :class:`Policy`, returned as it is, or a string such as ``"p=f32,c=bf16,o=f32"``.
+
+    Returns:
+      The :class:`Policy`.
+
+    Raises:
+      ValueError: naming the bad part of a string.
+
     Examples:
       >>> from hamjax.precision import get_policy
       >>> get_policy("p=f32,c=f16,o=f32").compute_dtype.name
@@ -220,7 +241,20 @@ _WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def policy_of(apply_fn) -> Policy | None:
-    """The policy :func:`with_policy` gave ``apply_fn``, or ``None`` for an unwrapped function."""
+    """The policy :func:`with_policy` gave ``apply_fn``, or ``None`` for an unwrapped function.
+
+    Args:
+      apply_fn: any apply function.
+
+    Returns:
+      A :class:`Policy` or ``None``.
+
+    Examples:
+      >>> from hamjax.precision import policy_of, with_policy
+      >>> f = lambda p, x: x @ p["w"]
+      >>> str(policy_of(with_policy(f, "bf16"))), policy_of(f)
+      ('p=bf16,c=bf16,o=bf16', None)
+    """
     entry = _WRAPPED.get(apply_fn)
     return entry[1] if entry is not None else None
 
@@ -228,7 +262,7 @@ def policy_of(apply_fn) -> Policy | None:
 def _restore_dtypes(new: PyTree, like: PyTree, policy: Policy) -> PyTree:
     if jax.tree.structure(new) != jax.tree.structure(like):
         return policy.cast_to_param(new)
-    return jax.tree.map(lambda n, o: n.astype(o.dtype) if _is_floating(n) and _is_floating(o) else n, new, like)
+    return jax.tree.map(lambda n, o: n.astype(o.dtype) if is_floating(n) and is_floating(o) else n, new, like)
 
 
 def with_policy(apply_fn: Callable, policy: Policy | str, *, keep: tuple[str, ...] = ("batch_stats",)) -> Callable:
@@ -301,57 +335,3 @@ def with_policy(apply_fn: Callable, policy: Policy | str, *, keep: tuple[str, ..
 
     _WRAPPED[wrapped] = (base, policy)
     return wrapped
-
-
-LOSS_SCALES = ("auto", "dynamic", "none")
-
-
-def prepare_training(
-    apply_fn: Callable,
-    params: PyTree,
-    optimizer: optax.GradientTransformation,
-    policy: Policy | str | None,
-    *,
-    loss_scale: str = "auto",
-) -> tuple[Callable, PyTree, optax.GradientTransformation]:
-    """Set a model and its optimizer up to train under ``policy``.
-
-    :func:`hamjax.train.fit` does this when ``TrainConfig.precision`` is
-    set; a hand-written loop can call it and scale its loss by
-    :func:`loss_scale_of` of the optimizer state.
-
-    Args:
-      apply_fn: the model's apply function (any kind of the contract).
-      params: its params; floating leaves are cast to ``param_dtype``.
-      optimizer: the optax optimizer over the trainable params.
-      policy: a :class:`Policy`, its string, or ``None`` (no casting).
-      loss_scale: ``"dynamic"`` wraps ``optimizer`` in
-        :func:`dynamic_loss_scale`; ``"auto"`` does so when the policy
-        computes in float16; ``"none"`` never does. An optimizer that already
-        holds a loss scale is left as it is.
-
-    Returns:
-      ``(apply_fn, params, optimizer)``.
-
-    Raises:
-      ValueError: for an unknown ``loss_scale`` or a bad policy.
-
-    Examples:
-      >>> import jax.numpy as jnp, optax
-      >>> from hamjax.precision import loss_scale_of, prepare_training
-      >>> f, p, opt = prepare_training(lambda p, x: x @ p["w"], {"w": jnp.ones((3, 2))}, optax.sgd(0.1), "p=f32,c=f16,o=f32")
-      >>> f(p, jnp.ones((1, 3))).dtype.name, float(loss_scale_of(opt.init(p)))
-      ('float32', 32768.0)
-    """
-    if loss_scale not in LOSS_SCALES:
-        raise ValueError(f"prepare_training: loss_scale must be one of {LOSS_SCALES}, got {loss_scale!r}")
-    if policy is not None:
-        policy = get_policy(policy)
-        apply_fn = with_policy(apply_fn, policy)
-        params = policy.cast_to_param(params)
-    half = policy is not None and policy.compute_dtype == jnp.float16
-    if loss_scale == "dynamic" or (loss_scale == "auto" and half):
-        abstract_state = jax.eval_shape(optimizer.init, trainable(apply_fn, params))
-        if _find_loss_scale(abstract_state) is None:
-            optimizer = dynamic_loss_scale(optimizer)
-    return apply_fn, params, optimizer
