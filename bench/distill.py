@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 import hamjax
-from hamjax import distill_train, measure, models
+from hamjax import distill, measure, models
 
 
 def _accuracy(apply_fn, params, ds):
@@ -65,7 +65,7 @@ def run_pair(name, teacher_cfg, ds, seeds, epochs, terms):
         clocks["alone"].append(clock.median_step())
         clock = _Clock()
         start = time.perf_counter()
-        distilled = distill_train.fit(
+        distilled = distill.fit(
             s_apply,
             s_params,
             ds,
@@ -91,7 +91,7 @@ def run_pair(name, teacher_cfg, ds, seeds, epochs, terms):
         # The online teacher, timed over one epoch only.
         clock = _Clock()
         one = hamjax.TrainConfig(epochs=1, seed=seed)
-        distill_train.fit(
+        distill.fit(
             s_apply,
             s_params,
             ds,
@@ -125,7 +125,7 @@ def main(argv=None):
     seeds = (0,) if args.quick else (0, 1, 2)
     epochs = 20 if args.quick else 40
     ds = hamjax.data.load("mnist")
-    terms = (distill_train.SoftTargets(temperature=4.0, weight=0.9), distill_train.HardLabels(0.1))
+    terms = (distill.SoftTargets(temperature=4.0, weight=0.9), distill.HardLabels(0.1))
     cnn = models.config_of(models.build("cnn"))
     mlp = models.config_of(models.build("mlp"))
     results = [run_pair("cnn", cnn, ds, seeds, epochs, terms), run_pair("mlp", mlp, ds, seeds, epochs, terms)]

@@ -10,7 +10,7 @@ the student (the default) or go on with the teacher.
 
 from __future__ import annotations
 
-from hamjax import distill_train, models, report
+from hamjax import distill, models, report
 from hamjax import train as train_lib
 from hamjax._base import functional
 from hamjax.recipe_steps import stage_checkpoint_dir
@@ -33,11 +33,11 @@ _DISTILL_FIELDS = {
 
 
 def _terms(f: dict) -> tuple:
-    terms = [distill_train.SoftTargets(f["temperature"], f["alpha"]), distill_train.HardLabels(1 - f["alpha"])]
+    terms = [distill.SoftTargets(f["temperature"], f["alpha"]), distill.HardLabels(1 - f["alpha"])]
     if f["relational"]:
-        terms.append(distill_train.Relational(weight=f["relational"]))
+        terms.append(distill.Relational(weight=f["relational"]))
     if f["features"]:
-        terms.append(distill_train.Features("embedding", "embedding", weight=f["features"]))
+        terms.append(distill.Features("embedding", "embedding", weight=f["features"]))
     return tuple(terms)
 
 
@@ -57,7 +57,7 @@ def _run_distill(f: dict, context: Context) -> Context:
         patience=f["patience"],
         seed=context.seed,
     )
-    result = distill_train.fit(
+    result = distill.fit(
         apply_fn,
         params,
         context.dataset,

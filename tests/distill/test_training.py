@@ -1,3 +1,5 @@
+"""Training a student with distillation terms: caching, teachers, adapters, EMA teacher, policies, resume, errors."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,8 +8,7 @@ import optax
 import pytest
 
 import hamjax
-from hamjax import distill_train as dt
-from hamjax import models
+from hamjax import distill, models
 
 SHAPE = (8, 8, 1)
 
@@ -48,7 +49,7 @@ def test_per_example_rows_follow_the_batches(digits):
 
     def loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
         logits, new_params = hamjax.call_model(apply_fn, params, x, train=True, rng=rng)
-        return hamjax.train.cross_entropy(logits, y), (logits, new_params, {"match": jnp.all(batch == y)})
+        return distill.cross_entropy(logits, y), (logits, new_params, {"match": jnp.all(batch == y)})
 
     objective = hamjax.train.Objective(loss, per_example=np.asarray(digits.train.y))
     hamjax.fit(
@@ -62,7 +63,8 @@ def test_per_example_rows_follow_the_batches(digits):
 
 def test_cached_teacher_equals_online_teacher(digits, teacher):
     out = {
-        c: dt.fit(*_student(), digits, CONFIG, teachers=teacher, cache=c, progress=False) for c in ("always", "never")
+        c: distill.fit(*_student(), digits, CONFIG, teachers=teacher, cache=c, progress=False)
+        for c in ("always", "never")
     }
     assert out["always"].cached and not out["never"].cached
     for a, b in zip(jax.tree.leaves(out["always"].params), jax.tree.leaves(out["never"].params), strict=True):
@@ -70,7 +72,7 @@ def test_cached_teacher_equals_online_teacher(digits, teacher):
 
 
 def test_distillation_improves_on_an_untrained_start_and_beats_chance(digits, teacher):
-    result = dt.fit(
+    result = distill.fit(
         *_student(), digits, hamjax.TrainConfig(epochs=5, learning_rate=1e-2), teachers=teacher, progress=False
     )
     assert _accuracy(_student()[0], result.params, digits.test) > 0.6
@@ -88,7 +90,7 @@ def test_teacher_is_traced_once_whatever_the_number_of_steps(digits, teacher):
     counts = []
     for epochs in (1, 3):
         calls.clear()
-        dt.fit(
+        distill.fit(
             *_student(),
             digits,
             hamjax.TrainConfig(epochs=epochs, batch_size=64),
@@ -104,15 +106,15 @@ def test_feature_attention_and_relational_terms_on_transformers(digits):
     t_apply, t_params = hamjax.functional(models.build("vit", input_shape=SHAPE, hidden_size=32, num_heads=4))
     s_apply, s_params = hamjax.functional(models.build("vit", input_shape=SHAPE, hidden_size=16, num_heads=2))
     terms = (
-        dt.SoftTargets(),
-        dt.HardLabels(),
-        dt.Features("blocks/1", "blocks/1"),
-        dt.AttentionProbs("blocks/1/attention", "blocks/1/attention"),
-        dt.AttentionTransfer("blocks/0", "blocks/0"),
-        dt.Relational(),
+        distill.SoftTargets(),
+        distill.HardLabels(),
+        distill.Features("blocks/1", "blocks/1"),
+        distill.AttentionProbs("blocks/1/attention", "blocks/1/attention"),
+        distill.AttentionTransfer("blocks/0", "blocks/0"),
+        distill.Relational(),
     )
     metrics = []
-    result = dt.fit(
+    result = distill.fit(
         s_apply,
         s_params,
         digits,
@@ -133,8 +135,8 @@ def test_feature_attention_and_relational_terms_on_transformers(digits):
 
 def test_self_distillation_needs_no_teacher_and_trains_exit_heads(digits):
     apply_fn, params = hamjax.functional(models.build("cnn", input_shape=SHAPE, channels=(4, 8), dense=(16,)))
-    term = dt.SelfDistillation(exits=("features/0", "features/1"))
-    result = dt.fit(
+    term = distill.SelfDistillation(exits=("features/0", "features/1"))
+    result = distill.fit(
         apply_fn, params, digits, hamjax.TrainConfig(epochs=4, learning_rate=1e-2), terms=(term,), progress=False
     )
     assert result.adapters["0"]["features/0"]["kernel"].shape == (4, 10)
@@ -146,13 +148,13 @@ def test_self_distillation_needs_no_teacher_and_trains_exit_heads(digits):
 def test_ema_teacher_reads_the_average_from_the_optimizer_state(digits):
     apply_fn, params = _student()
     states = []
-    result = dt.fit(
+    result = distill.fit(
         apply_fn,
         params,
         digits,
         CONFIG,
-        teachers=dt.EmaTeacher(decay=0.9),
-        terms=(dt.SoftTargets(weight=0.5), dt.HardLabels(1.0)),
+        teachers=distill.EmaTeacher(decay=0.9),
+        terms=(distill.SoftTargets(weight=0.5), distill.HardLabels(1.0)),
         progress=False,
         callback=lambda s, st, m: states.append(jax.tree.map(np.asarray, (st.params, st.opt_state))),
     )
@@ -181,34 +183,36 @@ def test_several_teachers_with_weights_and_a_linen_student(digits, teacher):
 
     zeros = (plain_teacher, {"w": jnp.zeros((64, 10))})
     config = hamjax.TrainConfig(epochs=4, learning_rate=1e-2)
-    result = dt.fit(
+    result = distill.fit(
         apply_fn, variables, digits, config, teachers=[teacher, zeros], teacher_weights=(1.0, 0.0), progress=False
     )
     assert _accuracy(apply_fn, result.params, digits.test) > 0.6
     with pytest.raises(ValueError, match="teacher_weights"):
-        dt.fit(apply_fn, variables, digits, CONFIG, teachers=[teacher, zeros], teacher_weights=(1.0,), progress=False)
+        distill.fit(
+            apply_fn, variables, digits, CONFIG, teachers=[teacher, zeros], teacher_weights=(1.0,), progress=False
+        )
 
 
 def test_under_a_bf16_policy(digits, teacher):
     config = hamjax.TrainConfig(epochs=3, learning_rate=1e-2, precision="p=f32,c=bf16,o=f32")
-    result = dt.fit(*_student(), digits, config, teachers=teacher, progress=False)
+    result = distill.fit(*_student(), digits, config, teachers=teacher, progress=False)
     assert result.params["params"]["layers"][0]["kernel"].dtype == jnp.float32
     assert result.train.history[-1]["val_accuracy"] > 0.6
 
 
 def test_resume_after_an_interruption_gives_the_same_student(digits, teacher, tmp_path):
     config = hamjax.TrainConfig(epochs=2, batch_size=64, checkpoint_every=5)
-    whole = dt.fit(*_student(), digits, config, teachers=teacher, progress=False)
+    whole = distill.fit(*_student(), digits, config, teachers=teacher, progress=False)
 
     def stop(step, state, metrics):
         if step == 12:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        dt.fit(
+        distill.fit(
             *_student(), digits, config, teachers=teacher, checkpoint_dir=str(tmp_path), progress=False, callback=stop
         )
-    resumed = dt.fit(*_student(), digits, config, teachers=teacher, checkpoint_dir=str(tmp_path), progress=False)
+    resumed = distill.fit(*_student(), digits, config, teachers=teacher, checkpoint_dir=str(tmp_path), progress=False)
     assert resumed.train.resumed_from == 10
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -218,25 +222,36 @@ def test_bad_input_is_named_before_training(digits, teacher):
     student = _student()
     wide = hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=(64, 16, 12)))
     with pytest.raises(ValueError, match=r"teacher 0 outputs shape \(4, 12\).*\(4, 10\)"):
-        dt.fit(*student, digits, CONFIG, teachers=wide, progress=False)
+        distill.fit(*student, digits, CONFIG, teachers=wide, progress=False)
     with pytest.raises(ValueError, match="temperature"):
-        dt.SoftTargets(temperature=0.0)
+        distill.SoftTargets(temperature=0.0)
     with pytest.raises(ValueError, match="nope"):
-        dt.fit(*student, digits, CONFIG, teachers=teacher, terms=(dt.Features("nope", "embedding"),), progress=False)
+        distill.fit(
+            *student, digits, CONFIG, teachers=teacher, terms=(distill.Features("nope", "embedding"),), progress=False
+        )
     broken = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), teacher[1])
     for cache in ("always", "never"):
         with pytest.raises(ValueError, match="non-finite"):
-            dt.fit(*student, digits, CONFIG, teachers=(teacher[0], broken), cache=cache, progress=False)
+            distill.fit(*student, digits, CONFIG, teachers=(teacher[0], broken), cache=cache, progress=False)
     with pytest.raises(ValueError, match="needs a teacher"):
-        dt.fit(*student, digits, CONFIG, progress=False)
+        distill.fit(*student, digits, CONFIG, progress=False)
     with pytest.raises(ValueError, match="cache"):
-        dt.fit(*student, digits, CONFIG, teachers=teacher, cache="sometimes", progress=False)
+        distill.fit(*student, digits, CONFIG, teachers=teacher, cache="sometimes", progress=False)
     with pytest.raises(ValueError, match="cannot be cached"):
-        dt.fit(*student, digits, CONFIG, teachers=dt.EmaTeacher(), cache="always", progress=False)
+        distill.fit(*student, digits, CONFIG, teachers=distill.EmaTeacher(), cache="always", progress=False)
     with pytest.raises(ValueError, match="teacher 1"):
-        dt.fit(*student, digits, CONFIG, teachers=teacher, terms=(dt.Relational(teacher_index=1),), progress=False)
+        distill.fit(
+            *student, digits, CONFIG, teachers=teacher, terms=(distill.Relational(teacher_index=1),), progress=False
+        )
     conv = hamjax.functional(models.build("cnn", input_shape=SHAPE, channels=(4,), dense=(16,)))
     with pytest.raises(ValueError, match="differ before the last axis"):
-        dt.fit(*conv, digits, CONFIG, teachers=teacher, terms=(dt.Features("features/0", "embedding"),), progress=False)
+        distill.fit(
+            *conv,
+            digits,
+            CONFIG,
+            teachers=teacher,
+            terms=(distill.Features("features/0", "embedding"),),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="alpha"):
-        dt.SelfDistillation(exits=("hidden/0",), alpha=2.0)
+        distill.SelfDistillation(exits=("hidden/0",), alpha=2.0)
