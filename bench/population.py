@@ -6,7 +6,7 @@ models, ``--seed`` the seed. The last line printed is one JSON object:
 ``{"bench": "population", "env", "results", "targets"}``.
 
 Grid: two MLPs (plain ``jnp`` functions with relu, params a dict, softmax
-cross-entropy from :func:`hamjax.train.cross_entropy`), the 8x8-digits
+cross-entropy from :func:`hamjax.distill.cross_entropy`), the 8x8-digits
 64-128-10 and an MNIST-sized 784-300-100-10; batch 32 and 128; population
 ``P`` = 1, 8, 32, 128. Data is synthetic (normal inputs, random labels of 10
 classes); every call runs ``STEPS`` = 50 adamw steps (learning rate 1e-3,
@@ -90,8 +90,8 @@ import numpy as np
 import optax
 
 from hamjax import measure
+from hamjax.distill import cross_entropy
 from hamjax.search import population as pop
-from hamjax.train import cross_entropy
 
 MODELS = {"digits": (64, 128, 10), "mnist": (784, 300, 100, 10)}
 BATCHES = (32, 128)

@@ -33,11 +33,11 @@ from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import trainable
 from hamjax._checks import check_choice, check_int, check_number, check_positive
+from hamjax.distill.losses import cross_entropy
 from hamjax.train_steps import (
     Objective,
     TrainState,
     batch_grads,
-    cross_entropy,
     evaluate,
     make_eval_step,
     make_train_step,
@@ -52,7 +52,6 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "batch_grads",
-    "cross_entropy",
     "evaluate",
     "fit",
     "make_eval_step",

@@ -22,26 +22,9 @@ import optax
 from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import call_model, trainable, with_trainable
+from hamjax.distill.losses import cross_entropy
 
 Params = Any
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of ``logits`` (N, C) against integer ``labels`` (N,), in float32.
-
-    Args:
-      logits: ``(N, C)`` scores, any float dtype.
-      labels: ``(N,)`` integer class ids.
-
-    Returns:
-      A float32 scalar.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> round(float(cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))), 4)
-      1.3863
-    """
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
 
 
 def batch_grads(
