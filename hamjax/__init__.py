@@ -18,9 +18,7 @@ from hamjax import (
     quant,
     recipes,
     report,
-    shrink,
     streaming,
-    structured,
     train,
 )
 from hamjax._base import (
@@ -63,8 +61,6 @@ __all__ = [
     "quant",
     "recipes",
     "report",
-    "shrink",
     "streaming",
-    "structured",
     "train",
 ]

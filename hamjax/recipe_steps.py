@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from hamjax import data as data_lib
-from hamjax import prune, report, structured
+from hamjax import prune, report
 from hamjax import train as train_lib
 from hamjax._base import trainable, with_trainable
 from hamjax.recipes import Context, Field, RecipeError, register_step
@@ -167,9 +167,9 @@ def _run_prune(f: dict, context: Context) -> Context:
 
         def optimizer_for(inner, total):
             schedule = prune.polynomial_schedule(
-                f["sparsity"], end_step=max(1, int(0.75 * total)), frequency=max(1, total // 20)
+                f["sparsity"], end_step=max(1, int(0.75 * total)), update_every=max(1, total // 20)
             )
-            return prune.masked_optimizer(inner, pruner=method, schedule=schedule)
+            return prune.masked_optimizer(inner, method=method, schedule=schedule)
 
         params = _finetune(f, context, params, optimizer_for, stage, final=True)
     else:
@@ -198,13 +198,13 @@ def _run_structured(f: dict, context: Context) -> Context:
             "this model has no config"
         )
     apply_fn, params, stage = context.apply_fn, context.params, f["stage"]
-    masks = structured.structured_masks(context.config, params, f["sparsity"], kind=f["method"])
+    masks = prune.structured_masks(context.config, params, f["sparsity"], granularity=f["method"])
     params = prune.apply_masks(params, masks)
     if f["finetune_epochs"]:
         train_masks = trainable(apply_fn, masks)
         params = _finetune(f, context, params, lambda inner, total: prune.masked_optimizer(inner, train_masks), stage)
     if f["shrink"]:
-        apply_fn, params = structured.shrunk_model(context.config, params, masks)
+        apply_fn, params = prune.shrunk_model(context.config, params, masks)
         context.apply_fn, context.config = apply_fn, None
         notes = f"{f['method']} {f['sparsity']:.0%} structured, shrunk to a smaller dense model"
         row = report.Stage.from_model(stage, apply_fn, params, notes=notes)

@@ -9,8 +9,7 @@ from reference_models import random_model
 
 import hamjax
 from hamjax.models import MLPConfig
-from hamjax.shrink import ShrunkConfig, build_shrunk, shrink, shrunk_model
-from hamjax.structured import KINDS, structured_masks
+from hamjax.prune import GRANULARITIES, ShrunkConfig, apply_masks, build_shrunk, shrink, shrunk_model, structured_masks
 
 
 def _both(a, b):
@@ -20,14 +19,8 @@ def _both(a, b):
 
 def _all_masks(config, variables, s):
     base = config.base if isinstance(config, ShrunkConfig) else config
-    masks = [structured_masks(config, variables, s, kind=k) for k in KINDS[type(base)]]
+    masks = [structured_masks(config, variables, s, granularity=g) for g in GRANULARITIES[type(base)]]
     return masks[0] if len(masks) == 1 else _both(*masks)
-
-
-def _apply(masks, params):
-    return jax.tree.map(
-        lambda m, p: p if m is None else p * m.astype(p.dtype), masks, params, is_leaf=lambda x: x is None
-    )
 
 
 def _count(tree):
@@ -50,7 +43,7 @@ def test_shrunk_model_equals_masked_model(name, kw):
     forward = jax.jit(apply_fn)
     for s in (0.25, 0.5):
         masks = _all_masks(config, variables, s)
-        masked = forward(_apply(masks, variables), x)
+        masked = forward(apply_masks(variables, masks), x)
         small_fn, small = shrunk_model(config, variables, masks)
         out = jax.jit(small_fn)(small, x)
         np.testing.assert_allclose(out, masked, rtol=1e-5, atol=1e-5 * float(jnp.abs(masked).max()))
@@ -78,7 +71,7 @@ def test_shrunk_parameter_counts_are_hand_computed():
     assert _count(small["batch_stats"]) == norms
 
     _, config, variables = random_model("vit", input_shape=(8, 8, 1), hidden_size=32, num_heads=4)
-    new_config, small = shrink(config, variables, structured_masks(config, variables, 0.5, kind="heads"))
+    new_config, small = shrink(config, variables, structured_masks(config, variables, 0.5, granularity="heads"))
     assert new_config == ShrunkConfig(config, heads=(2, 2), mlp_hidden=(64, 64), token_hidden=(0, 0))
     removed_per_layer = 3 * (32 * 16 + 16) + 16 * 32
     assert _count(variables) - _count(small) == 2 * removed_per_layer
@@ -88,7 +81,7 @@ def test_shrunk_parameter_counts_are_hand_computed():
 
 def test_flattened_channels_drop_the_matching_dense_rows():
     _, config, variables = random_model("cnn", input_shape=(8, 8, 1), channels=(4, 5), dense=())
-    masks = structured_masks(config, variables, 0.5, kind="channels")
+    masks = structured_masks(config, variables, 0.5, granularity="channels")
     kept = np.flatnonzero(np.asarray(masks["params"]["convs"][1]["bias"]))
     _, small = shrink(config, variables, masks)
     head = np.asarray(variables["params"]["head"]["kernel"]).reshape(2, 2, 5, 10)  # (H, W, C, classes)
@@ -103,7 +96,7 @@ def test_shrinking_a_shrunk_transformer_again():
     small_fn, smaller = shrunk_model(first, small, second_masks)
     x = jax.random.normal(jax.random.key(2), (3, 8, 8, 1))
     first_fn, _ = shrunk_model(first, small, jax.tree.map(lambda a: None, small))
-    masked = jax.jit(first_fn)(_apply(second_masks, small), x)
+    masked = jax.jit(first_fn)(apply_masks(small, second_masks), x)
     np.testing.assert_allclose(jax.jit(small_fn)(smaller, x), masked, rtol=1e-5, atol=1e-5)
     assert smaller["params"]["layers"][0]["attn"]["query"]["kernel"].shape == (32, 16)  # 3 -> 2 heads of 8
 
@@ -121,7 +114,7 @@ def test_the_shrunk_model_speaks_the_training_protocol():
 
 def test_masks_that_are_not_whole_groups_are_rejected():
     _, config, variables = random_model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
-    masks = structured_masks(config, variables, 0.5, kind="neurons")
+    masks = structured_masks(config, variables, 0.5, granularity="neurons")
     layer = masks["params"]["layers"]
 
     def edit(path_leaf, fn):
@@ -154,10 +147,10 @@ def _zero_layer(masks):
 
 def test_mismatched_trees_are_rejected():
     _, config, variables = random_model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
-    masks = structured_masks(config, variables, 0.5, kind="neurons")
+    masks = structured_masks(config, variables, 0.5, granularity="neurons")
     _, other_config, other = random_model("cnn", input_shape=(8, 8, 1))
     with pytest.raises(ValueError, match=r"masks do not mirror variables .*missing \['params/layers/0/bias'"):
-        shrink(config, variables, structured_masks(other_config, other, 0.5, kind="neurons"))
+        shrink(config, variables, structured_masks(other_config, other, 0.5, granularity="neurons"))
     with pytest.raises(ValueError, match=r"masks\[params/layers/0/kernel\] has shape \(32, 64\)"):
         bad = jax.tree.map(lambda m: m, masks, is_leaf=lambda x: x is None)
         bad["params"]["layers"][0]["kernel"] = np.ones((32, 64), bool)

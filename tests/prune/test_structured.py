@@ -11,18 +11,12 @@ from conformance import check_transform
 from reference_models import random_model
 
 from hamjax.models import CNNConfig, MLPConfig, ViTConfig
-from hamjax.structured import neuron_masks, structured_masks, structured_prune
+from hamjax.prune import apply_masks, neuron_masks, structured_masks, structured_prune
 
 
 def _model(name, seed=0, **kw):
     """Config and random variables of a reference model."""
     return random_model(name, seed, **kw)[1:]
-
-
-def _apply(masks, params):
-    return jax.tree.map(
-        lambda m, p: p if m is None else p * m.astype(p.dtype), masks, params, is_leaf=lambda x: x is None
-    )
 
 
 def _removed(mask, axis, repeat=1):
@@ -40,7 +34,7 @@ def _expected_drop(s, size):
 @pytest.mark.parametrize("s", [0.0, 0.25, 0.5, 0.999])
 def test_mlp_neurons_drop_exact_counts_of_the_lowest_norm_columns(s):
     config, variables = _model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))
-    masks = structured_masks(config, variables, s, kind="neurons")["params"]["layers"]
+    masks = structured_masks(config, variables, s, granularity="neurons")["params"]["layers"]
     for i, size in enumerate((32, 24)):
         dropped = _removed(masks[i]["kernel"], 1)
         assert len(dropped) == _expected_drop(s, size)
@@ -54,8 +48,8 @@ def test_mlp_neurons_drop_exact_counts_of_the_lowest_norm_columns(s):
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (8, 8, 1)])
 def test_cnn_channels_are_whole_conv_bias_and_batch_norm_slices(input_shape):
     config, variables = _model("cnn", input_shape=input_shape)
-    masks = structured_masks(config, variables, 0.5, kind="channels")
-    masked = _apply(masks, variables)
+    masks = structured_masks(config, variables, 0.5, granularity="channels")
+    masked = apply_masks(variables, masks)
     for i, size in enumerate(config.channels):
         dropped = _removed(masks["params"]["convs"][i]["kernel"], 3)
         assert len(dropped) == size // 2
@@ -67,7 +61,7 @@ def test_cnn_channels_are_whole_conv_bias_and_batch_norm_slices(input_shape):
         assert not np.any(masked["params"]["norms"][i]["bias"][jnp.array(idx)])
     assert all(m is None for m in jax.tree.leaves(masks["batch_stats"], is_leaf=lambda x: x is None))
     assert masks["params"]["dense"][0]["kernel"] is None
-    dense = structured_masks(config, variables, 0.5, kind="neurons")["params"]
+    dense = structured_masks(config, variables, 0.5, granularity="neurons")["params"]
     assert [len(_removed(dense["dense"][j]["kernel"], 1)) for j in range(2)] == [60, 42]
     assert dense["convs"][0]["kernel"] is None and dense["head"]["kernel"] is None
 
@@ -76,8 +70,8 @@ def test_cnn_channels_are_whole_conv_bias_and_batch_norm_slices(input_shape):
 def test_heads_and_neurons_of_attention_models(name):
     config, variables = _model(name, input_shape=(8, 8, 1), hidden_size=32, num_heads=4)
     stack = "blocks" if name == "vit" else "layers"
-    heads = structured_masks(config, variables, 0.5, kind="heads")["params"][stack]
-    neurons = structured_masks(config, variables, 0.25, kind="neurons")["params"][stack]
+    heads = structured_masks(config, variables, 0.5, granularity="heads")["params"][stack]
+    neurons = structured_masks(config, variables, 0.25, granularity="neurons")["params"][stack]
     for i, kind in enumerate(("attention",) * config.num_layers if name == "vit" else config.layer_kinds):
         if kind == "attention":
             attn = heads[i]["attn"]
@@ -97,7 +91,7 @@ def test_heads_and_neurons_of_attention_models(name):
 
 def test_a_head_scores_the_l1_norm_of_its_query_key_value_columns_and_out_rows():
     config, variables = _model("vit", input_shape=(8, 8, 1), hidden_size=32, num_heads=4)
-    masks = structured_masks(config, variables, 0.9, kind="heads", norm="l1")  # floor(3.6) = 3 of 4 heads go
+    masks = structured_masks(config, variables, 0.9, granularity="heads", norm="l1")  # floor(3.6) = 3 of 4 heads go
     attn = variables["params"]["blocks"][0]["attn"]
     columns = sum(
         np.abs(np.asarray(attn[p]["kernel"])).reshape(32, 4, 8).sum(axis=(0, 2)) for p in ("query", "key", "value")
@@ -109,8 +103,8 @@ def test_a_head_scores_the_l1_norm_of_its_query_key_value_columns_and_out_rows()
 
 def test_masks_mirror_a_bare_params_tree():
     config, variables = _model("mlp", input_shape=(8, 8, 1))
-    full = structured_masks(config, variables, 0.5, kind="neurons")
-    bare = structured_masks(config, variables["params"], 0.5, kind="neurons")
+    full = structured_masks(config, variables, 0.5, granularity="neurons")
+    bare = structured_masks(config, variables["params"], 0.5, granularity="neurons")
     assert jax.tree.structure(bare, is_leaf=lambda x: x is None) == jax.tree.structure(
         full["params"], is_leaf=lambda x: x is None
     )
@@ -130,7 +124,7 @@ def test_neuron_masks_on_a_linen_dense_stack():
     masks = neuron_masks(variables, 0.5)
     assert masks["params"]["Dense_2"]["kernel"] is None
     x = jax.random.normal(jax.random.key(1), (4, 8))
-    hidden = nn.Dense(16).apply({"params": _apply(masks, variables)["params"]["Dense_0"]}, x)
+    hidden = nn.Dense(16).apply({"params": apply_masks(variables, masks)["params"]["Dense_0"]}, x)
     assert int((np.abs(np.asarray(hidden)).sum(axis=0) == 0).sum()) == 8
     assert len(_removed(masks["params"]["Dense_1"]["kernel"], 1)) == 6
     assert _removed(masks["params"]["Dense_1"]["bias"], 0) == _removed(masks["params"]["Dense_1"]["kernel"], 1)
@@ -153,7 +147,7 @@ def test_neuron_masks_on_a_plain_dict_orders_paths_naturally_and_honours_the_nor
 def test_neuron_masks_on_nnx_functional_variables_match_structured_masks():
     config, variables = _model("mlp", input_shape=(8, 8, 1))
     generic = neuron_masks(variables, 0.3)
-    specific = structured_masks(config, variables, 0.3, kind="neurons")
+    specific = structured_masks(config, variables, 0.3, granularity="neurons")
     for a, b in zip(
         jax.tree.leaves(generic, is_leaf=lambda x: x is None),
         jax.tree.leaves(specific, is_leaf=lambda x: x is None),
@@ -167,7 +161,7 @@ def test_jit_vmap_over_sparsities_gives_exact_counts():
     sparsities = jnp.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.99])
 
     def prune(s):
-        t = structured_prune(config, s, kind="neurons")
+        t = structured_prune(config, s, granularity="neurons")
         pruned, _ = t.apply(variables, t.init(variables))
         return [(p["kernel"] != 0).any(axis=0).sum() for p in pruned["params"]["layers"].values()]
 
@@ -178,7 +172,7 @@ def test_jit_vmap_over_sparsities_gives_exact_counts():
     vit_config, vit_variables = _model("vit", input_shape=(8, 8, 1), hidden_size=32, num_heads=4)
 
     def heads(s):
-        masks = structured_masks(vit_config, vit_variables, s, kind="heads")
+        masks = structured_masks(vit_config, vit_variables, s, granularity="heads")
         return masks["params"]["blocks"][1]["attn"]["key"]["bias"].reshape(4, 8).all(axis=1).sum()
 
     np.testing.assert_array_equal(jax.jit(jax.vmap(heads))(jnp.array([0.0, 0.25, 0.5, 0.75, 0.9])), [4, 3, 2, 1, 1])
@@ -191,7 +185,7 @@ def test_structured_prune_passes_the_conformance_check():
 
     config = MLPConfig(sizes=(64, 32, 24, 10))
     check_transform(
-        lambda hp: structured_prune(config, hp["sparsity"], kind="neurons"),
+        lambda hp: structured_prune(config, hp["sparsity"], granularity="neurons"),
         {"sparsity": jnp.array([0.0, 0.25, 0.5])},
         params_fn=params_fn,
     )
@@ -199,20 +193,22 @@ def test_structured_prune_passes_the_conformance_check():
 
 def test_errors_name_the_argument():
     config, variables = _model("mlp", input_shape=(8, 8, 1))
-    with pytest.raises(ValueError, match=r"kind='heads' is not valid for a MLPConfig.*\('neurons',\)"):
-        structured_masks(config, variables, 0.5, kind="heads")
-    with pytest.raises(ValueError, match=r"kind='channels'.*\('heads', 'neurons'\)"):
-        structured_prune(ViTConfig(), 0.5, kind="channels")
+    with pytest.raises(
+        ValueError, match=r"granularity must be one of \('neurons',\) for a MLPConfig model, got 'heads'"
+    ):
+        structured_masks(config, variables, 0.5, granularity="heads")
+    with pytest.raises(ValueError, match=r"granularity must be one of \('heads', 'neurons'\) .*got 'channels'"):
+        structured_prune(ViTConfig(), 0.5, granularity="channels")
     for bad in (1.0, -0.1, float("nan"), jnp.array([0.1, 0.2]), True):
-        with pytest.raises(ValueError, match=r"sparsity=.*expected a scalar in \[0, 1\)"):
-            structured_masks(config, variables, bad, kind="neurons")
-    with pytest.raises(ValueError, match=r"sparsity=1\.5"):
+        with pytest.raises(ValueError, match=r"structured_masks: sparsity must be a scalar in \[0, 1\), got"):
+            structured_masks(config, variables, bad, granularity="neurons")
+    with pytest.raises(ValueError, match=r"neuron_masks: sparsity must be a scalar in \[0, 1\), got 1\.5"):
         neuron_masks(variables, 1.5)
-    with pytest.raises(ValueError, match="norm='l3'"):
-        structured_prune(config, 0.5, kind="neurons", norm="l3")
+    with pytest.raises(ValueError, match=r"norm must be one of \('l1', 'l2'\), got 'l3'"):
+        structured_prune(config, 0.5, granularity="neurons", norm="l3")
     with pytest.raises(ValueError, match="variables do not match the config"):
-        structured_masks(MLPConfig(sizes=(64, 30, 10)), variables, 0.5, kind="neurons")
+        structured_masks(MLPConfig(sizes=(64, 30, 10)), variables, 0.5, granularity="neurons")
     with pytest.raises(ValueError, match="variables have no leaf params/convs/0/kernel"):
-        structured_masks(CNNConfig(input_shape=(8, 8, 1)), variables, 0.5, kind="channels")
+        structured_masks(CNNConfig(input_shape=(8, 8, 1)), variables, 0.5, granularity="channels")
     with pytest.raises(TypeError, match="expected an MLPConfig"):
-        structured_masks(object(), variables, 0.5, kind="neurons")
+        structured_masks(object(), variables, 0.5, granularity="neurons")

@@ -1,4 +1,4 @@
-"""Unstructured pruning: which weights to remove (masks), and the whole family's public names.
+"""Unstructured pruning masks: which weights to remove, how to apply masks, and how sparse a tree is.
 
 A *mask tree* has the structure of ``params``; each leaf is a bool array of
 the param's shape (``True`` keeps the weight) or ``None`` for a leaf that is
@@ -10,74 +10,22 @@ Every mask function selects leaves with a ``filter(path, leaf) -> bool``
 shape-static: ``sparsity`` may be a traced scalar, so ``jax.vmap`` over a
 batch of sparsities is one compiled call. The number of pruned weights is
 exactly ``floor(sparsity * n)`` per layer (or over all selected layers with
-``scope="global"``); ties are broken by position, lower index first.
-
-The transforms (:func:`magnitude_prune` ...), schedules,
-:func:`masked_optimizer` and :func:`iterative_prune` live in
-:mod:`hamjax.prune_schedule`; every name is available here as
-``hamjax.prune.<name>``.
+``scope="global"``); ties are broken by position, lower index first
+(:func:`hamjax.prune.ranking.rank_masks`).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hamjax._checks import check_int
-from hamjax._select import Filter, default_filter, is_none, map_selected, resolve_filter, selected
-
-Params = Any
-Masks = Any
-
-SCOPES = ("layer", "global")
-
-
-def _sparsity(name: str, value, arg: str = "sparsity") -> jax.Array:
-    """``value`` as a float32 scalar; checked to lie in [0, 1) when concrete."""
-    if isinstance(value, jax.core.Tracer):
-        if jnp.ndim(value) != 0:
-            raise ValueError(f"{name}: {arg} must be a scalar, got a traced array of shape {jnp.shape(value)}")
-        return jnp.asarray(value, jnp.float32)
-    try:
-        v = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        v = None
-    if v is None or v.ndim != 0 or not 0.0 <= float(v) < 1.0:
-        raise ValueError(f"{name}: {arg} must be a scalar in [0, 1), got {value!r}")
-    return jnp.asarray(value, jnp.float32)
-
-
-def _check_scope(name: str, scope: str) -> None:
-    if scope not in SCOPES:
-        raise ValueError(f"{name}: scope must be one of {SCOPES}, got {scope!r}")
-
-
-def _keep_top(flat: jax.Array, s: jax.Array) -> jax.Array:
-    """Keep all but the ``floor(s * n)`` lowest entries of a 1-D array; ties prune the lower index first."""
-    n = flat.shape[0]
-    k = jnp.clip(jnp.floor(s * n), 0, n).astype(jnp.int32)
-    order = jnp.argsort(flat, stable=True)
-    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    return rank >= k
-
-
-def _rank_tree(scores: Any, sparsity, scope: str) -> Masks:
-    """Masks that prune the lowest scores; ``scores`` is a tree with ``None`` at untouched leaves."""
-    leaves, treedef = jax.tree.flatten(scores, is_leaf=is_none)
-    arrays = [a.astype(jnp.float32) for a in leaves if a is not None]
-    if scope == "layer":
-        masks = [_keep_top(a.reshape(-1), sparsity).reshape(a.shape) for a in arrays]
-    else:
-        keep = _keep_top(jnp.concatenate([a.reshape(-1) for a in arrays]), sparsity)
-        cuts = np.cumsum([a.size for a in arrays])[:-1].tolist()
-        masks = [part.reshape(a.shape) for part, a in zip(jnp.split(keep, cuts), arrays, strict=True)]
-    it = iter(masks)
-    return jax.tree.unflatten(treedef, [None if a is None else next(it) for a in leaves])
+from hamjax._checks import check_choice, check_fraction, check_int
+from hamjax._select import Filter, is_none, map_selected
+from hamjax.prune.ranking import SCOPES, Masks, Params, random_scores, rank_masks
 
 
 def magnitude_masks(params: Params, sparsity, *, filter: Filter | None = None, scope: str = "layer") -> Masks:
@@ -110,10 +58,10 @@ def magnitude_masks(params: Params, sparsity, *, filter: Filter | None = None, s
       Han et al., "Learning both Weights and Connections for Efficient Neural
       Networks", NeurIPS 2015.
     """
-    _check_scope("magnitude_masks", scope)
-    s = _sparsity("magnitude_masks", sparsity)
+    check_choice("magnitude_masks", "scope", scope, SCOPES)
+    s = check_fraction("magnitude_masks", "sparsity", sparsity)
     scores = map_selected("magnitude_masks", params, filter, lambda path, w: jnp.abs(w))
-    return _rank_tree(scores, s, scope)
+    return rank_masks(scores, s, scope)
 
 
 def random_masks(params: Params, sparsity, key, *, filter: Filter | None = None) -> Masks:
@@ -138,29 +86,39 @@ def random_masks(params: Params, sparsity, key, *, filter: Filter | None = None)
     References:
       Liu et al., "The Unreasonable Effectiveness of Random Pruning", ICLR 2022.
     """
-    s = _sparsity("random_masks", sparsity)
-    return _rank_tree(_random_scores("random_masks", params, key, filter), s, "layer")
+    s = check_fraction("random_masks", "sparsity", sparsity)
+    return rank_masks(random_scores("random_masks", params, key, filter), s, "layer")
 
 
-def _random_scores(name: str, params, key, filter) -> Any:
-    """Uniform [0, 1) scores at selected leaves, ``None`` elsewhere."""
-    if isinstance(key, int):
-        key = jax.random.key(key)
-    leaves, treedef = jax.tree.flatten(map_selected(name, params, filter, lambda p, w: w), is_leaf=is_none)
-    sizes = [math.prod(w.shape) for w in leaves if w is not None]
-    # One draw for all leaves: a threefry call per shape compiles slowly on CPU.
-    parts = iter(jnp.split(jax.random.uniform(key, (sum(sizes),)), np.cumsum(sizes)[:-1].tolist()))
-    return jax.tree.unflatten(treedef, [None if w is None else next(parts).reshape(w.shape) for w in leaves])
+def check_tree(where: str, arg: str, params: Params, tree: Any, *, masks: bool) -> None:
+    """Raises unless ``tree`` matches ``params`` leaf by leaf: same structure and shapes.
 
+    Args:
+      where: the caller's name, for errors.
+      arg: the name of ``tree``'s argument (``"masks"``, ``"grads"``).
+      params: any pytree of arrays.
+      tree: the tree to check.
+      masks: ``True`` for a mask tree (bool arrays or ``None`` at each
+        leaf), ``False`` for a tree of arrays like ``params`` (gradients).
 
-def _check_tree(name: str, arg: str, params, tree, *, masks: bool) -> None:
-    """Raise unless ``tree`` matches ``params`` leaf by leaf (``None`` allowed for masks)."""
+    Raises:
+      ValueError: naming the first path where they differ.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax.prune.masks import check_tree
+      >>> check_tree("demo", "grads", {"w": jnp.ones(2)}, {"w": jnp.zeros(2)}, masks=False)
+      >>> check_tree("demo", "grads", {"w": jnp.ones(2)}, {"w": jnp.zeros(3)}, masks=False)
+      Traceback (most recent call last):
+      ...
+      ValueError: demo: grads do not match params at ['w']: expected an array of shape (2,), got float32(3,)
+    """
     p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
     t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
     if p_def != t_def:
         p_paths = [jax.tree_util.keystr(p) for p, _ in p_leaves]
         t_paths = [jax.tree_util.keystr(p) for p, _ in t_leaves]
-        where = next(
+        first = next(
             (
                 f"{a or '(missing)'} in params vs {b or '(missing)'} in {arg}"
                 for a, b in itertools.zip_longest(p_paths, t_paths)
@@ -168,7 +126,7 @@ def _check_tree(name: str, arg: str, params, tree, *, masks: bool) -> None:
             ),
             f"the container types ({p_def} vs {t_def})",
         )
-        raise ValueError(f"{name}: {arg} do not match params: first mismatch at {where}")
+        raise ValueError(f"{where}: {arg} do not match params: first mismatch at {first}")
     for (path, p), (_, t) in zip(p_leaves, t_leaves, strict=True):
         if t is None and (masks or p is None):
             continue
@@ -179,7 +137,7 @@ def _check_tree(name: str, arg: str, params, tree, *, masks: bool) -> None:
         if not ok:
             got = f"{getattr(t, 'dtype', type(t).__name__)}{getattr(t, 'shape', '')}"
             raise ValueError(
-                f"{name}: {arg} do not match params at {jax.tree_util.keystr(path)}: "
+                f"{where}: {arg} do not match params at {jax.tree_util.keystr(path)}: "
                 f"expected {want} of shape {getattr(p, 'shape', None)}, got {got}"
             )
 
@@ -213,9 +171,9 @@ def saliency_masks(
       Lee et al., "SNIP: Single-shot Network Pruning based on Connection
       Sensitivity", ICLR 2019.
     """
-    _check_scope("saliency_masks", scope)
-    s = _sparsity("saliency_masks", sparsity)
-    _check_tree("saliency_masks", "grads", params, grads, masks=False)
+    check_choice("saliency_masks", "scope", scope, SCOPES)
+    s = check_fraction("saliency_masks", "sparsity", sparsity)
+    check_tree("saliency_masks", "grads", params, grads, masks=False)
     scores = map_selected("saliency_masks", params, filter, lambda path, w: w)
     scores = jax.tree.map(
         lambda w, g: None if w is None else jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32)),
@@ -223,13 +181,28 @@ def saliency_masks(
         grads,
         is_leaf=is_none,
     )
-    return _rank_tree(scores, s, scope)
+    return rank_masks(scores, s, scope)
 
 
-def _check_nm(name: str, n, m) -> tuple[int, int]:
-    n, m = check_int(name, "n", n, minimum=1), check_int(name, "m", m, minimum=1)
+def check_nm(where: str, n, m) -> tuple[int, int]:
+    """``(n, m)`` as ints, or raises unless ``1 <= n <= m`` (keep ``n`` of every ``m`` weights).
+
+    Args:
+      where: the caller's name, for errors.
+      n: weights kept per group.
+      m: group size.
+
+    Returns:
+      ``(n, m)``.
+
+    Examples:
+      >>> from hamjax.prune.masks import check_nm
+      >>> check_nm("nm_masks", 2, 4)
+      (2, 4)
+    """
+    n, m = check_int(where, "n", n, minimum=1), check_int(where, "m", m, minimum=1)
     if n > m:
-        raise ValueError(f"{name}: n must be <= m (keep n of every m weights), got n={n}, m={m}")
+        raise ValueError(f"{where}: n must be <= m (keep n of every m weights), got n={n}, m={m}")
     return n, m
 
 
@@ -263,7 +236,7 @@ def nm_masks(params: Params, n: int, m: int, *, filter: Filter | None = None) ->
       2104.08378 (2021); Zhou et al., "Learning N:M Fine-grained Structured
       Sparse Neural Networks From Scratch", ICLR 2021.
     """
-    n, m = _check_nm("nm_masks", n, m)
+    n, m = check_nm("nm_masks", n, m)
 
     def one(path, w):
         if w.shape[-2] % m:
@@ -278,12 +251,26 @@ def nm_masks(params: Params, n: int, m: int, *, filter: Filter | None = None) ->
     return map_selected("nm_masks", params, filter, one)
 
 
-def _check_block(name: str, block) -> tuple[int, int]:
+def check_block(where: str, block) -> tuple[int, int]:
+    """``block`` as ``(rows, cols)`` ints, or raises unless it is two integers >= 1.
+
+    Args:
+      where: the caller's name, for errors.
+      block: the tile shape of block pruning.
+
+    Returns:
+      ``(rows, cols)``.
+
+    Examples:
+      >>> from hamjax.prune.masks import check_block
+      >>> check_block("block_masks", [4, 2])
+      (4, 2)
+    """
     try:
         bi, bo = block
-        return check_int(name, "block[0]", bi, minimum=1), check_int(name, "block[1]", bo, minimum=1)
+        return check_int(where, "block[0]", bi, minimum=1), check_int(where, "block[1]", bo, minimum=1)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: block must be two integers >= 1, got {block!r}") from err
+        raise ValueError(f"{where}: block must be two integers >= 1, got {block!r}") from err
 
 
 def block_masks(params: Params, sparsity, *, block=(4, 4), filter: Filter | None = None) -> Masks:
@@ -313,8 +300,8 @@ def block_masks(params: Params, sparsity, *, block=(4, 4), filter: Filter | None
       Gray et al., "GPU Kernels for Block-Sparse Weights", OpenAI 2017;
       Narang et al., "Block-Sparse Recurrent Neural Networks", arXiv 1711.02782.
     """
-    bi, bo = _check_block("block_masks", block)
-    s = _sparsity("block_masks", sparsity)
+    bi, bo = check_block("block_masks", block)
+    s = check_fraction("block_masks", "sparsity", sparsity)
 
     def norms(path, w):
         r, c = int(np.prod(w.shape[:-1])), w.shape[-1]
@@ -327,31 +314,13 @@ def block_masks(params: Params, sparsity, *, block=(4, 4), filter: Filter | None
         return jnp.sqrt(sq.sum(axis=(1, 3)))
 
     scores = map_selected("block_masks", params, filter, norms)
-    keep = _rank_tree(scores, s, "layer")
+    keep = rank_masks(scores, s, "layer")
     return jax.tree.map(
         lambda k, w: None if k is None else jnp.repeat(jnp.repeat(k, bi, 0), bo, 1).reshape(w.shape),
         keep,
         params,
         is_leaf=is_none,
     )
-
-
-def _ones(name: str, params, filter) -> Masks:
-    return map_selected(name, params, filter, lambda path, w: jnp.ones(w.shape, jnp.bool_))
-
-
-def _grads_of(name: str, grads):
-    if grads is None:
-        raise ValueError(f"{name}: apply needs grads= (gradients with the structure of params), got None")
-    return grads
-
-
-def _check_args(name: str, sparsity, filter, scope: str | None = None) -> None:
-    """Validate a transform factory's arguments before anything is traced."""
-    if scope is not None:
-        _check_scope(name, scope)
-    _sparsity(name, sparsity)
-    resolve_filter(name, filter)
 
 
 def check_masks(params: Params, masks: Masks) -> None:
@@ -370,7 +339,7 @@ def check_masks(params: Params, masks: Masks) -> None:
       >>> from hamjax import prune
       >>> prune.check_masks({"w": jnp.ones(2), "b": jnp.ones(1)}, {"w": jnp.ones(2, bool), "b": None})
     """
-    _check_tree("check_masks", "masks", params, masks, masks=True)
+    check_tree("check_masks", "masks", params, masks, masks=True)
 
 
 def apply_masks(params: Params, masks: Masks) -> Params:
@@ -398,15 +367,15 @@ def apply_masks(params: Params, masks: Masks) -> Params:
     )
 
 
-def _zero_counts(name: str, params, masks, filter) -> dict[str, tuple[int, int]]:
+def _zero_counts(where: str, params, masks, filter) -> dict[str, tuple[int, int]]:
     if masks is None:
-        tree = map_selected(name, params, filter, lambda path, w: w)
+        tree = map_selected(where, params, filter, lambda path, w: w)
     else:
         tree = jax.tree.map(lambda m, w: None if m is None else w, masks, apply_masks(params, masks), is_leaf=is_none)
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
     counts = {jax.tree_util.keystr(p): (int(jnp.sum(w == 0)), w.size) for p, w in leaves if w is not None}
     if not counts:
-        raise ValueError(f"{name}: masks prune no leaf (all None); expected at least one bool array")
+        raise ValueError(f"{where}: masks prune no leaf (all None); expected at least one bool array")
     return counts
 
 
@@ -452,69 +421,3 @@ def layer_sparsities(params: Params, masks: Masks = None, *, filter: Filter | No
       {"['w']": 0.25}
     """
     return {k: z / n for k, (z, n) in _zero_counts("layer_sparsities", params, masks, filter).items()}
-
-
-if TYPE_CHECKING:
-    from hamjax.prune_schedule import (
-        METHODS,
-        PRUNERS,
-        MaskedState,
-        MovementState,
-        PruneState,
-        block_prune,
-        constant_schedule,
-        global_magnitude_prune,
-        iterative_prune,
-        magnitude_prune,
-        masked_optimizer,
-        movement_prune,
-        nm_prune,
-        polynomial_schedule,
-        random_prune,
-        saliency_prune,
-    )
-
-
-def __getattr__(name: str):
-    # Lazy re-export: prune_schedule imports this module, so importing it eagerly here would be circular.
-    from hamjax import prune_schedule
-
-    if name in prune_schedule.__all__:
-        return getattr(prune_schedule, name)
-    raise AttributeError(f"module 'hamjax.prune' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-__all__ = [
-    "METHODS",
-    "PRUNERS",
-    "SCOPES",
-    "MaskedState",
-    "MovementState",
-    "PruneState",
-    "apply_masks",
-    "block_masks",
-    "block_prune",
-    "check_masks",
-    "constant_schedule",
-    "default_filter",
-    "global_magnitude_prune",
-    "iterative_prune",
-    "layer_sparsities",
-    "magnitude_masks",
-    "magnitude_prune",
-    "masked_optimizer",
-    "movement_prune",
-    "nm_masks",
-    "nm_prune",
-    "polynomial_schedule",
-    "random_masks",
-    "random_prune",
-    "saliency_masks",
-    "saliency_prune",
-    "selected",
-    "sparsity_of",
-]

@@ -1,4 +1,4 @@
-"""Physically remove what structured masks zeroed: smaller kernels, smaller configs, a faster model.
+"""Rebuilding smaller models: physically remove what structured masks zeroed (smaller kernels, configs, a faster model).
 
 :func:`shrink` slices every group that a mask removed out of the variables:
 a neuron's kernel column and bias entry and the matching row of the next
@@ -12,7 +12,7 @@ the shrunk model computes the same function (eval mode).
 MLP and CNN configs already hold one width per layer, so their shrunk config
 is an :class:`~hamjax.models.MLPConfig` or :class:`~hamjax.models.CNNConfig`.
 ViT and HAMNet configs hold one ``num_heads`` and ``mlp_ratio`` for all
-layers, so a shrunk one is a :class:`~hamjax.structured.ShrunkConfig`: the
+layers, so a shrunk one is a :class:`~hamjax.prune.ShrunkConfig`: the
 residual width ``hidden_size`` and ``head_dim`` stay, and each layer keeps
 its own head count and MLP widths. :func:`build_shrunk` builds it as the
 reference NNX module with narrower submodules swapped in (the attention's
@@ -31,20 +31,18 @@ from flax import nnx
 from hamjax._base import functional
 from hamjax.models import CNN, MLP, CNNConfig, HAMNet, HAMNetConfig, MLPConfig, ViT, ViTConfig
 from hamjax.models.vit import FeedForward, SelfAttention
-from hamjax.structured import (
+from hamjax.prune.groups import (
+    Group,
     ShrunkConfig,
-    _as_variables,
-    _check_shapes,
-    _flatten,
-    _Group,
-    _model_groups,
-    _path_str,
-    _units,
-    _widths,
-    _with_widths,
+    as_variables,
+    check_shapes,
+    flatten_paths,
+    model_groups,
+    path_str,
+    unit_view,
+    widths_of,
+    with_widths,
 )
-
-__all__ = ["NarrowSelfAttention", "ShrunkConfig", "build_shrunk", "shrink", "shrunk_model"]
 
 
 class NarrowSelfAttention(SelfAttention):
@@ -64,7 +62,7 @@ class NarrowSelfAttention(SelfAttention):
     Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from hamjax.shrink import NarrowSelfAttention
+      >>> from hamjax.prune import NarrowSelfAttention
       >>> NarrowSelfAttention(8, 1, 4, rngs=nnx.Rngs(0))(jnp.ones((3, 5, 8))).shape
       (3, 5, 8)
     """
@@ -99,7 +97,7 @@ def build_shrunk(config, *, seed: int = 0) -> nnx.Module:
     Examples:
       >>> import jax.numpy as jnp
       >>> from hamjax.models import ViTConfig
-      >>> from hamjax.shrink import ShrunkConfig, build_shrunk
+      >>> from hamjax.prune import ShrunkConfig, build_shrunk
       >>> base = ViTConfig(input_shape=(8, 8, 1), patch_size=4, hidden_size=16, num_layers=2)
       >>> model = build_shrunk(ShrunkConfig(base, heads=(1, 3), mlp_hidden=(8, 5), token_hidden=(0, 0)))
       >>> model.blocks[0].attn.query.kernel.shape, model(jnp.ones((2, 8, 8, 1))).shape
@@ -130,12 +128,12 @@ def build_shrunk(config, *, seed: int = 0) -> nnx.Module:
 
 def _mask_table(flat: dict, masks) -> dict:
     """``{path: bool ndarray or None}`` over the paths of ``flat``; masks may cover only ``"params"``."""
-    flat_masks, _ = _flatten(masks)
+    flat_masks, _ = flatten_paths(masks)
     if set(flat_masks) != set(flat):
         prefixed = {("params", *p): m for p, m in flat_masks.items()}
         if set(prefixed) != {p for p in flat if p[0] == "params"}:
-            missing = sorted(_path_str(p) for p in set(flat) - set(flat_masks))[:3]
-            extra = sorted(_path_str(p) for p in set(flat_masks) - set(flat))[:3]
+            missing = sorted(path_str(p) for p in set(flat) - set(flat_masks))[:3]
+            extra = sorted(path_str(p) for p in set(flat_masks) - set(flat))[:3]
             raise ValueError(
                 f"shrink: masks do not mirror variables (or their params): missing {missing}, unexpected {extra}"
             )
@@ -146,18 +144,18 @@ def _mask_table(flat: dict, masks) -> dict:
             continue
         if isinstance(m, jax.core.Tracer):
             raise ValueError(
-                f"shrink: masks[{_path_str(path)}] is traced; shrink changes shapes and needs concrete masks"
+                f"shrink: masks[{path_str(path)}] is traced; shrink changes shapes and needs concrete masks"
             )
         m = np.asarray(m).astype(bool)
         if m.shape != np.shape(flat[path]):
             raise ValueError(
-                f"shrink: masks[{_path_str(path)}] has shape {m.shape}, expected {np.shape(flat[path])} like the leaf"
+                f"shrink: masks[{path_str(path)}] has shape {m.shape}, expected {np.shape(flat[path])} like the leaf"
             )
         table[path] = m
     return table
 
 
-def _kept_units(group: _Group, table: dict) -> np.ndarray:
+def _kept_units(group: Group, table: dict) -> np.ndarray:
     """``(G,)`` bool: which units the masks keep; raises unless each unit is kept or removed whole."""
     kept, first = None, None
     for s in group.masked:
@@ -165,20 +163,20 @@ def _kept_units(group: _Group, table: dict) -> np.ndarray:
         if m is None:
             slot_kept = np.ones(group.size, bool)
         else:
-            units = _units(m, s, group.size, xp=np)
+            units = unit_view(m, s, group.size, xp=np)
             slot_kept = units.all(axis=1)
             partial = np.flatnonzero(units.any(axis=1) & ~slot_kept)
             if partial.size:
                 raise ValueError(
-                    f"shrink: masks[{_path_str(s.path)}] keeps only part of unit(s) {partial[:5].tolist()} of "
-                    f"{group.name}; structured masks must remove whole {group.kind}"
+                    f"shrink: masks[{path_str(s.path)}] keeps only part of unit(s) {partial[:5].tolist()} of "
+                    f"{group.name}; structured masks must remove whole {group.granularity}"
                 )
         if kept is None:
             kept, first = slot_kept, s.path
         elif not np.array_equal(kept, slot_kept):
             raise ValueError(
-                f"shrink: {group.name} is not masked as whole {group.kind}: masks[{_path_str(first)}] removes "
-                f"{np.flatnonzero(~kept).tolist()[:8]} but masks[{_path_str(s.path)}] removes "
+                f"shrink: {group.name} is not masked as whole {group.granularity}: masks[{path_str(first)}] removes "
+                f"{np.flatnonzero(~kept).tolist()[:8]} but masks[{path_str(s.path)}] removes "
                 f"{np.flatnonzero(~slot_kept).tolist()[:8]}"
             )
     return kept
@@ -192,7 +190,7 @@ def shrink(config, variables, masks):
       variables: the model's variables from :func:`hamjax.functional` (or
         only ``"params"`` for a model without batch norm).
       masks: a mask tree over ``variables`` (or over its ``"params"``), such
-        as :func:`~hamjax.structured.structured_masks` gives, or several of
+        as :func:`~hamjax.prune.structured_masks` gives, or several of
         them combined with ``&``. Every mask must remove whole groups.
 
     Returns:
@@ -211,41 +209,42 @@ def shrink(config, variables, masks):
     Examples:
       >>> import hamjax
       >>> from hamjax.models import build, config_of
-      >>> from hamjax.structured import structured_masks
-      >>> from hamjax.shrink import shrink
+      >>> from hamjax.prune import shrink, structured_masks
       >>> model = build("mlp", input_shape=(8, 8, 1))
       >>> _, variables = hamjax.functional(model)
-      >>> masks = structured_masks(config_of(model), variables, 0.5, kind="neurons")
+      >>> masks = structured_masks(config_of(model), variables, 0.5, granularity="neurons")
       >>> new_config, new_variables = shrink(config_of(model), variables, masks)
       >>> new_config.sizes, new_variables["params"]["layers"][1]["kernel"].shape
       ((64, 256, 256, 10), (256, 256))
     """
-    tree, unwrap = _as_variables(variables)
-    flat, treedef = _flatten(tree)
-    groups = _model_groups(config)
-    _check_shapes(config, groups, flat)
+    tree, unwrap = as_variables(variables)
+    flat, treedef = flatten_paths(tree)
+    groups = model_groups(config)
+    check_shapes(config, groups, flat)
     table = _mask_table(flat, masks)
     group_leaves = {s.path for g in groups for s in g.masked}
     for path, m in table.items():
         if m is not None and path not in group_leaves and not m.all():
             raise ValueError(
-                f"shrink: masks[{_path_str(path)}] zeroes entries of a leaf that holds no removable group; "
+                f"shrink: masks[{path_str(path)}] zeroes entries of a leaf that holds no removable group; "
                 "expected None (or all True) there"
             )
-    widths = {k: list(v) for k, v in _widths(config).items()}
+    widths = {k: list(v) for k, v in widths_of(config).items()}
     new = dict(flat)
     for g in groups:
         kept = _kept_units(g, table)
         n = int(kept.sum())
         if n == 0:
-            raise ValueError(f"shrink: masks remove all {g.size} {g.kind} of {g.name}; expected at least one kept")
+            raise ValueError(
+                f"shrink: masks remove all {g.size} {g.granularity} of {g.name}; expected at least one kept"
+            )
         widths[g.field[0]][g.field[1]] = n
         if n == g.size:
             continue
         for s in g.masked + g.dependent:
             index = np.flatnonzero(np.tile(np.repeat(kept, s.repeat), s.tile))
             new[s.path] = jnp.take(jnp.asarray(new[s.path]), index, axis=s.axis)
-    return _with_widths(config, widths), unwrap(jax.tree_util.tree_unflatten(treedef, list(new.values())))
+    return with_widths(config, widths), unwrap(jax.tree_util.tree_unflatten(treedef, list(new.values())))
 
 
 def shrunk_model(config, variables, masks, *, seed: int = 0):
@@ -269,17 +268,16 @@ def shrunk_model(config, variables, masks, *, seed: int = 0):
       >>> import jax, jax.numpy as jnp
       >>> import hamjax
       >>> from hamjax.models import build, config_of
-      >>> from hamjax.structured import structured_masks
-      >>> from hamjax.shrink import shrunk_model
+      >>> from hamjax.prune import shrunk_model, structured_masks
       >>> model = build("cnn", input_shape=(8, 8, 1))
       >>> _, variables = hamjax.functional(model)
-      >>> masks = structured_masks(config_of(model), variables, 0.5, kind="channels")
+      >>> masks = structured_masks(config_of(model), variables, 0.5, granularity="channels")
       >>> apply_fn, small = shrunk_model(config_of(model), variables, masks)
       >>> jax.jit(apply_fn)(small, jnp.ones((2, 8, 8, 1))).shape
       (2, 10)
     """
     new_config, new_variables = shrink(config, variables, masks)
-    new_variables, _ = _as_variables(new_variables)
+    new_variables, _ = as_variables(new_variables)
     # Build the module abstractly and load the shrunk values: random init would only be thrown away,
     # and compiling the initializers for every new shape dominates the cost on CPU.
     abstract = nnx.eval_shape(lambda: build_shrunk(new_config, seed=seed))
