@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 import hamjax
 from hamjax import data as data_lib
-from hamjax import measure, prune, structured
+from hamjax import measure, prune
 from hamjax._base import trainable, with_trainable
 from hamjax.train import TrainConfig, TrainState, batch_grads, evaluate, fit, make_optimizer, make_train_step
 
@@ -50,8 +50,8 @@ def movement_from_scratch(sparsity, apply_fn, init, ds, epochs, seed):
     """
     cfg = TrainConfig(epochs=epochs, batch_size=128, learning_rate=1e-3, seed=seed)
     total = data_lib.steps_per_epoch(len(ds.train.y), cfg.batch_size) * epochs
-    sched = prune.polynomial_schedule(sparsity, end_step=max(1, int(0.75 * total)), frequency=max(1, total // 20))
-    opt = prune.masked_optimizer(make_optimizer(cfg, total), pruner="movement", schedule=sched)
+    sched = prune.polynomial_schedule(sparsity, end_step=max(1, int(0.75 * total)), update_every=max(1, total // 20))
+    opt = prune.masked_optimizer(make_optimizer(cfg, total), method="movement", schedule=sched)
     final = fit(apply_fn, init, ds, cfg, optimizer=opt, progress=False).state.params  # the last are at the target
     return evaluate(apply_fn, final, ds.test)["accuracy"], prune.sparsity_of(trainable(apply_fn, final))
 
@@ -116,13 +116,13 @@ def structured_shrink(ds, epochs, dense_epochs, repeats, seed):
     config = hamjax.models.config_of(module)
     apply_fn, params = hamjax.functional(module)
     dense = fit(apply_fn, params, ds, TrainConfig(epochs=dense_epochs, seed=seed, patience=5), progress=False).params
-    masks = structured.structured_masks(config, dense, 0.5, kind="neurons")
+    masks = prune.structured_masks(config, dense, 0.5, granularity="neurons")
     masked = prune.apply_masks(dense, masks)
     train_masks = trainable(apply_fn, masks)
     tuned = _finetune(
         apply_fn, masked, ds, epochs, lambda inner, total: prune.masked_optimizer(inner, train_masks), seed
     )
-    small_fn, small = structured.shrunk_model(config, tuned.params, masks)
+    small_fn, small = prune.shrunk_model(config, tuned.params, masks)
     x = ds.test.x[:256]
     dense_runner, small_runner = measure.JaxRunner(apply_fn, dense), measure.JaxRunner(small_fn, small)
     ratios, dense_tp, small_tp = [], [], []
