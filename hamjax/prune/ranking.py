@@ -24,11 +24,30 @@ Masks = Any
 SCOPES = ("layer", "global")
 
 
-def _keep_top(flat: jax.Array, s: jax.Array) -> jax.Array:
-    """Keep all but the ``floor(s * n)`` lowest entries of a 1-D array; ties prune the lower index first."""
-    n = flat.shape[0]
-    k = jnp.clip(jnp.floor(s * n), 0, n).astype(jnp.int32)
-    order = jnp.argsort(flat, stable=True)
+def keep_top(scores: jax.Array, sparsity, *, min_kept: int = 0) -> jax.Array:
+    """Keeps all but the ``floor(sparsity * n)`` lowest of ``n`` scores, and at least ``min_kept`` of them.
+
+    Ties prune the lower index first, so the count is exact even for equal
+    scores and a traced ``sparsity``.
+
+    Args:
+      scores: a 1-D array of ``n`` scores.
+      sparsity: fraction in ``[0, 1]`` (possibly traced).
+      min_kept: how many entries are kept whatever the sparsity (structured
+        pruning keeps one unit per layer).
+
+    Returns:
+      ``(n,)`` bool, ``True`` where the score is kept.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax.prune.ranking import keep_top
+      >>> keep_top(jnp.array([3.0, 1.0, 2.0]), 0.99, min_kept=1).tolist()
+      [True, False, False]
+    """
+    n = scores.shape[0]
+    k = jnp.clip(jnp.floor(jnp.asarray(sparsity, jnp.float32) * n), 0, n - min_kept).astype(jnp.int32)
+    order = jnp.argsort(scores, stable=True)
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     return rank >= k
 
@@ -54,13 +73,12 @@ def rank_masks(scores: Any, sparsity, scope: str) -> Masks:
       >>> rank_masks({"w": jnp.array([3.0, 1.0, 2.0, 0.0]), "b": None}, 0.5, "layer")["w"].tolist()
       [True, False, True, False]
     """
-    s = jnp.asarray(sparsity, jnp.float32)
     leaves, treedef = jax.tree.flatten(scores, is_leaf=is_none)
     arrays = [a.astype(jnp.float32) for a in leaves if a is not None]
     if scope == "layer":
-        masks = [_keep_top(a.reshape(-1), s).reshape(a.shape) for a in arrays]
+        masks = [keep_top(a.reshape(-1), sparsity).reshape(a.shape) for a in arrays]
     else:
-        keep = _keep_top(jnp.concatenate([a.reshape(-1) for a in arrays]), s)
+        keep = keep_top(jnp.concatenate([a.reshape(-1) for a in arrays]), sparsity)
         cuts = np.cumsum([a.size for a in arrays])[:-1].tolist()
         masks = [part.reshape(a.shape) for part, a in zip(jnp.split(keep, cuts), arrays, strict=True)]
     it = iter(masks)

@@ -12,10 +12,10 @@ leaf's shape, or ``None`` for leaves left alone. Apply them with
 :func:`hamjax.prune.apply_masks`.
 
 Within a layer of ``G`` groups, exactly ``min(floor(s * G), G - 1)`` groups
-with the lowest score (the L1 or L2 norm of the group's weights) are dropped:
-scores are ranked with a stable double ``argsort``, so ties break by index
-and the count is exact even when the sparsity ``s`` is a traced array (one
-``jax.vmap`` call prunes at many sparsities).
+with the lowest score (the L1 or L2 norm of the group's weights) are dropped
+(:func:`hamjax.prune.ranking.keep_top`): ties break by index and the count
+is exact even when the sparsity ``s`` is a traced array (one ``jax.vmap``
+call prunes at many sparsities).
 
 References:
   Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017.
@@ -48,6 +48,7 @@ from hamjax.prune.groups import (
     widths_of,
 )
 from hamjax.prune.masks import apply_masks
+from hamjax.prune.ranking import keep_top
 
 NORMS = ("l1", "l2")
 """The ``norm=`` values that score a group: the L1 or L2 norm of its weights."""
@@ -74,13 +75,6 @@ def _scores(group: Group, flat: dict, norm: str) -> jax.Array:
     return total if norm == "l1" else jnp.sqrt(total)
 
 
-def _keep(scores: jax.Array, sparsity, size: int) -> jax.Array:
-    """``(size,)`` bool: all but the ``min(floor(s * size), size - 1)`` lowest scores."""
-    rank = jnp.argsort(jnp.argsort(scores, stable=True), stable=True)
-    drop = jnp.floor(jnp.asarray(sparsity, jnp.float32) * size).astype(jnp.int32)
-    return rank >= jnp.minimum(drop, size - 1)
-
-
 def _slot_mask(keep: jax.Array, slot: Slot, shape: tuple) -> jax.Array:
     line = jnp.tile(jnp.repeat(keep, slot.repeat), slot.tile)
     return jnp.broadcast_to(line.reshape([-1 if d == slot.axis else 1 for d in range(len(shape))]), shape)
@@ -100,7 +94,7 @@ def _masks_of(leaves, sparsity, *, groups, paths, norm):
     flat = dict(zip(paths, leaves, strict=True))
     masks = {}
     for g in groups:
-        keep = _keep(_scores(g, flat, norm), sparsity, g.size)
+        keep = keep_top(_scores(g, flat, norm), sparsity, min_kept=1)
         for s in g.masked:
             m = _slot_mask(keep, s, np.shape(flat[s.path]))
             masks[s.path] = m & masks[s.path] if s.path in masks else m

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hamjax.prune.ranking import keep_all, random_scores, rank_masks
+from hamjax.prune.ranking import keep_all, keep_top, random_scores, rank_masks
 
 
 def _scores():
@@ -59,3 +59,12 @@ def test_random_scores_and_keep_all_cover_the_selected_leaves():
     assert dense["b"] is None and dense["w"].dtype == jnp.bool_ and bool(dense["w"].all())
     with pytest.raises(ValueError, match="t: filter selects no leaf"):
         keep_all("t", params, lambda p, x: False)
+
+
+def test_keep_top_keeps_at_least_min_kept():
+    scores = jnp.array([0.5, 0.1, 0.9, 0.3])
+    np.testing.assert_array_equal(keep_top(scores, 0.5), [True, False, True, False])
+    np.testing.assert_array_equal(keep_top(scores, 1.0), [False, False, False, False])
+    np.testing.assert_array_equal(keep_top(scores, 1.0, min_kept=1), [False, False, True, False])
+    kept = jax.vmap(lambda s: keep_top(scores, s, min_kept=1).sum())(jnp.array([0.0, 0.25, 0.75, 0.99]))
+    np.testing.assert_array_equal(kept, [4, 3, 1, 1])
