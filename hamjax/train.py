@@ -33,7 +33,7 @@ from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import trainable
 from hamjax._checks import check_choice, check_int, check_number, check_positive
-from hamjax.distill.losses import cross_entropy
+from hamjax._losses import cross_entropy
 from hamjax.train_steps import (
     Objective,
     TrainState,

@@ -22,7 +22,7 @@ import optax
 from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import call_model, trainable, with_trainable
-from hamjax.distill.losses import cross_entropy
+from hamjax._losses import cross_entropy
 
 Params = Any
 

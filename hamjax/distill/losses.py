@@ -30,9 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hamjax._checks import check_finite, is_traced
+from hamjax._losses import cross_entropy
 from hamjax.distill._numerics import f32, floored_log, mean_kl, scalar_hyperparameter
 
 __all__ = [
@@ -68,28 +68,6 @@ def _soft_kl(student_logits, teacher_logits, t) -> jax.Array:
     """``T^2 * mean KL(softmax(teacher / T) || softmax(student / T))``."""
     log_p = jax.nn.log_softmax(f32(teacher_logits) / t, axis=-1)
     return t**2 * mean_kl(jnp.exp(log_p), log_p, jax.nn.log_softmax(f32(student_logits) / t, axis=-1))
-
-
-def cross_entropy(logits, labels) -> jax.Array:
-    """Mean softmax cross-entropy of ``logits`` against integer ``labels``, in float32.
-
-    ``loss = -mean_rows log softmax(logits)[label]``. Nothing is checked, so that this stays the
-    cheapest call in a training step: :func:`distillation_loss` checks its labels before using it.
-
-    Args:
-      logits: ``(..., C)`` floating array.
-      labels: integer class indices in ``[0, C)`` of shape ``(...)``.
-
-    Returns:
-      A float32 scalar.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from hamjax.distill import cross_entropy
-      >>> round(float(cross_entropy(jnp.array([[0.0, 0.0], [2.0, 0.0]]), jnp.array([0, 0]))), 4)
-      0.41
-    """
-    return optax.softmax_cross_entropy_with_integer_labels(f32(logits), labels).mean()
 
 
 def soft_target_loss(student_logits, teacher_logits, *, temperature=4.0) -> jax.Array:

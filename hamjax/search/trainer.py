@@ -54,7 +54,7 @@ import optax
 from hamjax import distill, prune
 from hamjax._base import call_model
 from hamjax._checks import check_choice, check_int
-from hamjax.distill.losses import cross_entropy
+from hamjax._losses import cross_entropy
 from hamjax.quant import MAX_BITS, MIN_BITS, fake_quant_weights
 
 EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
