@@ -4,13 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hamjax.search import engine, pareto
+from hamjax.search import engine, pareto, proposals
 
 INF, NAN = float("inf"), float("nan")
 
 
 def test_engine_uses_these_functions():
-    assert engine.pareto_front is pareto.pareto_front and engine.nondominated_rank is pareto.nondominated_rank
+    assert engine.pareto_front is pareto.pareto_front and proposals.nondominated_rank is pareto.nondominated_rank
 
 
 def test_pareto_front_keeps_the_non_dominated():
