@@ -52,7 +52,7 @@ import hamjax
 from hamjax import data as data_lib
 from hamjax import export, measure, quant
 from hamjax.export import runtime
-from hamjax.recipe_quant import calibration_batches
+from hamjax.recipes.steps.quantization import calibration_batches
 from hamjax.train import TrainConfig, fit
 
 MODELS = ("mlp", "cnn", "vit")

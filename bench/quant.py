@@ -43,7 +43,7 @@ import hamjax
 from hamjax import data as data_lib
 from hamjax import measure, quant
 from hamjax._base import trainable
-from hamjax.recipe_quant import calibration_batches
+from hamjax.recipes.steps.quantization import calibration_batches
 from hamjax.train import TrainConfig, TrainState, evaluate, fit, make_optimizer, make_train_step
 
 MODELS = (("mlp", {}), ("cnn", {}))

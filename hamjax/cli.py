@@ -72,7 +72,7 @@ def _export(args) -> int:
     from hamjax import data, export, models
     from hamjax._base import functional
     from hamjax.models import saved
-    from hamjax.recipe_quant import calibration_batches
+    from hamjax.recipes.steps.quantization import calibration_batches
 
     source = Path(args.model)
     if source.is_dir():

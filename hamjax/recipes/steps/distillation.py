@@ -5,18 +5,17 @@ The current model is the teacher; the student is
 ``param_ratio`` of its parameters), trained with Hinton's soft targets and
 the labels, plus optional relational (RKD) and feature terms on the
 models' ``embedding``. ``continue_with`` says whether later steps work on
-the student (the default) or go on with the teacher.
+the student (the default, so that pruning, quantization and export compound
+on it) or go on with the teacher.
 """
 
 from __future__ import annotations
 
-from hamjax import distill, models, report
-from hamjax import train as train_lib
+from hamjax import distill, models, report, train
 from hamjax._base import functional
-from hamjax.recipe_steps import stage_checkpoint_dir
-from hamjax.recipes import Context, Field, RecipeError, register_step
+from hamjax.recipes.schema import Context, Field, RecipeError, StepKind
 
-_DISTILL_FIELDS = {
+FIELDS = {
     "param_ratio": Field(float, 0.25, above=0.0, high=1.0, doc="student parameters / teacher parameters"),
     "depth_ratio": Field(float, 1.0, above=0.0, high=1.0, doc="student depth / teacher depth"),
     "temperature": Field(float, 4.0, above=0.0, doc="softmax temperature of the soft targets"),
@@ -32,6 +31,17 @@ _DISTILL_FIELDS = {
 }
 
 
+def reference(f: dict) -> str:
+    """The field behind the step's need of a reference model: the student is built from the teacher's config.
+
+    Examples:
+      >>> from hamjax.recipes.steps import distillation
+      >>> distillation.reference({"param_ratio": 0.25})
+      'param_ratio=0.25'
+    """
+    return f"param_ratio={f['param_ratio']:g}"
+
+
 def _terms(f: dict) -> tuple:
     terms = [distill.SoftTargets(f["temperature"], f["alpha"]), distill.HardLabels(1 - f["alpha"])]
     if f["relational"]:
@@ -41,16 +51,39 @@ def _terms(f: dict) -> tuple:
     return tuple(terms)
 
 
-def _run_distill(f: dict, context: Context) -> Context:
+def run(f: dict, context: Context) -> Context:
+    """Distill ``context``'s model into a student built from its config; add the student's report row.
+
+    Args:
+      f: the step's validated fields (:data:`FIELDS`).
+      context: the run so far; needs ``context.config``.
+
+    Returns:
+      ``context``, working on the student when ``continue_with = "student"``.
+
+    Raises:
+      RecipeError: the current model has no reference config.
+
+    Examples:
+      >>> import hamjax
+      >>> from hamjax import recipes
+      >>> module = hamjax.models.build("mlp", input_shape=(8, 8, 1))
+      >>> apply_fn, params = hamjax.functional(module)
+      >>> context = recipes.Context(apply_fn, params, hamjax.data.load("digits"), progress=False,
+      ...                           config=hamjax.models.config_of(module))
+      >>> fields = recipes.validate({"name": "r", "steps": [{"kind": "distill", "epochs": 1}]}).steps[0].params
+      >>> run(dict(fields), context).stages[-1].name  # doctest: +SKIP
+      'distilled'
+    """
     if context.config is None:
         raise RecipeError(
-            "distill needs a reference model (hamjax.models) to build a student of the same family; "
-            "this model has no config (a shrunk model has none: put distill before prune with shrink)"
+            f"distill ({reference(f)}) needs a hamjax reference model ({', '.join(models.MODELS)}) to build "
+            "its student from; this model has no config"
         )
     stage = f["stage"]
     student_config = models.make_student(context.config, param_ratio=f["param_ratio"], depth_ratio=f["depth_ratio"])
     apply_fn, params = functional(models.from_config(student_config, seed=context.seed))
-    config = train_lib.TrainConfig(
+    config = train.TrainConfig(
         epochs=f["epochs"],
         batch_size=f["batch_size"],
         learning_rate=f["learning_rate"],
@@ -64,12 +97,12 @@ def _run_distill(f: dict, context: Context) -> Context:
         config,
         teachers=(context.apply_fn, context.params),
         terms=_terms(f),
-        checkpoint_dir=stage_checkpoint_dir(context, stage),
+        checkpoint_dir=context.checkpoint_dir(stage),
         progress=context.progress,
     )
+    student, teacher = models.param_count(student_config), models.param_count(context.config)
     notes = (
-        f"student {models.param_count(student_config):,} params "
-        f"({models.param_count(student_config) / models.param_count(context.config):.0%} of the teacher), "
+        f"student {student:,} params ({student / teacher:.0%} of the teacher), "
         f"distilled at T={f['temperature']:g}, alpha={f['alpha']:g}"
     )
     context.stages.append(report.Stage.from_model(stage, apply_fn, result.params, notes=notes))
@@ -78,9 +111,10 @@ def _run_distill(f: dict, context: Context) -> Context:
     return context
 
 
-register_step(
+KIND = StepKind(
     "distill",
-    _DISTILL_FIELDS,
-    _run_distill,
+    FIELDS,
+    run,
     doc="train a smaller student of the current reference model with knowledge distillation from it",
+    reference=reference,
 )

@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 from hamjax import measure, report
-from hamjax.recipe_quant import calibration_batches
-from hamjax.recipes import Context, Field, register_step
+from hamjax.recipes.schema import Context, Field, StepKind
+from hamjax.recipes.steps.quantization import calibration_batches
 
-_EXPORT_FIELDS = {
+FIELDS = {
     "precisions": Field(str, "fp32,int8", doc="comma-separated: fp32, fp16, int8"),
     "tensorrt": Field(bool, True, doc="also build and measure a TensorRT fp16 engine where TensorRT and a GPU exist"),
     "threads": Field(int, 0, low=0, doc="onnxruntime intra-op threads (0: its default)"),
@@ -37,7 +37,17 @@ def _precisions(value: str) -> list[str]:
     return names if names and all(p in PRECISIONS for p in names) and len(set(names)) == len(names) else []
 
 
-def _check_export(f: dict) -> str | None:
+def check(f: dict) -> str | None:
+    """A message if ``precisions`` is not a list of distinct export precisions, else ``None``.
+
+    Args:
+      f: the step's fields with defaults filled in.
+
+    Examples:
+      >>> from hamjax.recipes.steps import onnx_export
+      >>> onnx_export.check({"precisions": "fp32,int4"})
+      "precisions = 'fp32,int4': give distinct names among ('fp32', 'fp16', 'int8'), comma-separated"
+    """
     from hamjax.export import PRECISIONS
 
     if not _precisions(f["precisions"]):
@@ -54,7 +64,26 @@ def _summary(result) -> str:
     return f"{result.path.name}, checked against JAX ({checks}){kernels}"
 
 
-def _run_export(f: dict, context: Context) -> Context:
+def run(f: dict, context: Context) -> Context:
+    """Export ``context``'s model to checked ONNX files and add one onnxruntime row per file.
+
+    Args:
+      f: the step's validated fields (:data:`FIELDS`).
+      context: the run so far; files go to ``workdir/export`` (a temporary
+        folder without a workdir).
+
+    Returns:
+      ``context`` with the export results in ``context.extras["onnx <precision>"]``.
+
+    Examples:
+      >>> import hamjax
+      >>> from hamjax import recipes
+      >>> apply_fn, params = hamjax.functional(hamjax.models.build("mlp", input_shape=(8, 8, 1)))
+      >>> context = recipes.Context(apply_fn, params, hamjax.data.load("digits"), progress=False)
+      >>> fields = {"precisions": "fp32", "tensorrt": False, "threads": 0, "stage": "onnx"}
+      >>> run(fields, context).extras["onnx fp32"].path.name  # doctest: +SKIP
+      'model.fp32.onnx'
+    """
     from hamjax import export
     from hamjax.export import runtime, tensorrt
 
@@ -116,10 +145,10 @@ def _run_export(f: dict, context: Context) -> Context:
     return context
 
 
-register_step(
+KIND = StepKind(
     "export",
-    _EXPORT_FIELDS,
-    _run_export,
+    FIELDS,
+    run,
     doc="write the current model as checked ONNX files (fp32, fp16, int8 QDQ) and measure them in onnxruntime",
-    check=_check_export,
+    check=check,
 )

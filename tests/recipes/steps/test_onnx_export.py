@@ -54,7 +54,7 @@ def test_export_step_uses_the_quantized_model_of_a_quantize_step(digits, tmp_pat
             "name": "t",
             "steps": [
                 {"kind": "train", "epochs": 2, "learning_rate": 1e-2},
-                {"kind": "quantize", "mode": "dynamic"},
+                {"kind": "quantize", "method": "dynamic"},
                 {"kind": "export", "precisions": "int8", "tensorrt": False},
             ],
         }

@@ -15,15 +15,13 @@ steps after it train and measure the model as it will run.
 
 from __future__ import annotations
 
-from hamjax import precision, report
-from hamjax import train as train_lib
-from hamjax.recipe_steps import stage_checkpoint_dir
-from hamjax.recipes import Context, Field, register_step
+from hamjax import precision, report, train
+from hamjax.recipes.schema import Context, Field, StepKind
 
-_PRECISION_FIELDS = {
+FIELDS = {
     "policy": Field(str, "p=f32,c=bf16,o=f32", doc="dtype policy p=params,c=compute,o=output (or one dtype)"),
     "loss_scale": Field(
-        str, "auto", choices=train_lib.LOSS_SCALES, doc="auto: dynamic loss scaling when computing in float16"
+        str, "auto", choices=precision.LOSS_SCALES, doc="auto: dynamic loss scaling when computing in float16"
     ),
     "finetune_epochs": Field(int, 2, low=0, doc="epochs of finetuning under the policy; 0 only casts"),
     "learning_rate": Field(float, 5e-4, above=0.0, doc="finetuning learning rate"),
@@ -32,7 +30,17 @@ _PRECISION_FIELDS = {
 }
 
 
-def _check_precision(f: dict) -> str | None:
+def check(f: dict) -> str | None:
+    """A message if ``policy`` is not a dtype policy, else ``None``.
+
+    Args:
+      f: the step's fields with defaults filled in.
+
+    Examples:
+      >>> from hamjax.recipes.steps import mixed_precision
+      >>> mixed_precision.check({"policy": "p=f32,c=bf16,o=f32"}) is None
+      True
+    """
     try:
         precision.Policy.parse(f["policy"])
     except ValueError as err:
@@ -40,11 +48,31 @@ def _check_precision(f: dict) -> str | None:
     return None
 
 
-def _run_precision(f: dict, context: Context) -> Context:
+def run(f: dict, context: Context) -> Context:
+    """Finetune (or cast) ``context``'s model under the step's dtype policy and serve it under it.
+
+    Args:
+      f: the step's validated fields (:data:`FIELDS`).
+      context: the run so far.
+
+    Returns:
+      ``context`` with the policy-wrapped apply function, the params in the
+      policy's param dtype and one more report row.
+
+    Examples:
+      >>> import hamjax
+      >>> from hamjax import recipes
+      >>> apply_fn, params = hamjax.functional(hamjax.models.build("mlp", input_shape=(8, 8, 1)))
+      >>> context = recipes.Context(apply_fn, params, hamjax.data.load("digits"), progress=False)
+      >>> fields = {"policy": "p=bf16,c=bf16,o=f32", "loss_scale": "auto", "finetune_epochs": 0,
+      ...           "learning_rate": 5e-4, "batch_size": 128, "stage": "bf16"}
+      >>> run(fields, context).extras["policy"]
+      'p=bf16,c=bf16,o=f32'
+    """
     policy, stage = precision.get_policy(f["policy"]), f["stage"]
     params = context.params
     if f["finetune_epochs"]:
-        config = train_lib.TrainConfig(
+        config = train.TrainConfig(
             epochs=f["finetune_epochs"],
             batch_size=f["batch_size"],
             learning_rate=f["learning_rate"],
@@ -52,12 +80,12 @@ def _run_precision(f: dict, context: Context) -> Context:
             precision=str(policy),
             loss_scale=f["loss_scale"],
         )
-        result = train_lib.fit(
+        result = train.fit(
             context.apply_fn,
             params,
             context.dataset,
             config,
-            checkpoint_dir=stage_checkpoint_dir(context, stage),
+            checkpoint_dir=context.checkpoint_dir(stage),
             progress=context.progress,
         )
         params = result.params
@@ -71,10 +99,10 @@ def _run_precision(f: dict, context: Context) -> Context:
     return context
 
 
-register_step(
+KIND = StepKind(
     "precision",
-    _PRECISION_FIELDS,
-    _run_precision,
+    FIELDS,
+    run,
     doc="finetune and serve the model under a mixed-precision dtype policy (bf16 / f16 compute)",
-    check=_check_precision,
+    check=check,
 )

@@ -1,4 +1,4 @@
-"""The built-in recipe steps on real (small) models and data."""
+"""The ``prune`` recipe step on real (small) models and data."""
 
 import numpy as np
 import pytest
@@ -78,12 +78,14 @@ def test_structured_shrink_gives_a_smaller_model_with_the_masked_accuracy(digits
     dense_count = hamjax.measure.param_count(dense.params)
     small_count = hamjax.measure.param_count(pruned.params)
     assert small_count < 0.6 * dense_count
-    assert ctx.config is None  # the shrunk model is no longer a reference config
+    # an MLP shrinks to a narrower MLP: the config goes on, so later steps can prune or distill it again
+    assert ctx.config == hamjax.models.MLPConfig(sizes=(64, 32, 16, 10))
     assert hamjax.train.evaluate(ctx.apply_fn, ctx.params, digits.test)["accuracy"] > 0.85
 
 
 def test_structured_needs_a_reference_model(digits):
-    with pytest.raises(RecipeError, match="needs a reference model"):
+    match = r"^prune \(method='neurons'\) needs a hamjax reference model \(mlp, cnn, vit, hamnet\) to know its layers"
+    with pytest.raises(RecipeError, match=match):
         recipes.run(_recipe({"kind": "prune", "method": "neurons"}), _context(digits, with_config=False))
 
 
@@ -105,3 +107,12 @@ def test_structured_needs_a_reference_model(digits):
 def test_prune_step_validation(step, match):
     with pytest.raises(RecipeError, match=match):
         recipes.validate({"name": "t", "steps": [{"kind": "prune", **step}]})
+
+
+def test_method_lists_are_the_prune_familys():
+    from hamjax.recipes.steps import pruning
+
+    choices = pruning.FIELDS["method"].choices
+    assert set(hamjax.prune.SCHEDULED_METHODS) <= set(choices) and set(hamjax.prune.METHODS) <= set(choices)
+    assert set(pruning.STRUCTURED) == {g for gs in hamjax.prune.GRANULARITIES.values() for g in gs}
+    assert pruning.reference({"method": "channels", "shrink": False}) == "method='channels'"

@@ -49,5 +49,5 @@ def test_recipe_step_can_go_on_with_the_teacher_and_needs_a_reference_model(digi
         Context(apply_fn, params, digits, progress=False, config=models.config_of(module)),
     )
     assert context.params is context.stages[0].params
-    with pytest.raises(RecipeError, match="reference model"):
+    with pytest.raises(RecipeError, match=r"^distill \(param_ratio=0.25\) needs a hamjax reference model"):
         run(_recipe(), Context(apply_fn, params, digits, progress=False))

@@ -27,10 +27,10 @@ def _quantize(trained, digits, **step):
     return recipes.run(recipe, ctx)
 
 
-@pytest.mark.parametrize("mode", ["weight_only", "dynamic", "static"])
-def test_post_training_modes_keep_accuracy_and_store_int8(trained, digits, mode):
+@pytest.mark.parametrize("method", ["weight_only", "dynamic", "static"])
+def test_post_training_methods_keep_accuracy_and_store_int8(trained, digits, method):
     apply_fn, params, _ = trained
-    ctx = _quantize(trained, digits, mode=mode, calibration_batches=4)
+    ctx = _quantize(trained, digits, method=method, calibration_batches=4)
     qapply, qparams = ctx.extras["quantized"]
     assert ctx.params is params  # the float model stays the current model
     kernels = [x for x in jax.tree.leaves(qparams, is_leaf=quant.is_qtensor) if quant.is_qtensor(x)]
@@ -42,18 +42,18 @@ def test_post_training_modes_keep_accuracy_and_store_int8(trained, digits, mode)
     assert row.name == "int8" and not row.timed
     assert row.size_bytes == measure.param_bytes(qparams) < measure.param_bytes(params) / 3
     assert row.param_count == measure.param_count(params)
-    assert mode.replace("_", "-") in row.notes or mode in row.notes
+    assert method.replace("_", "-") in row.notes or method in row.notes
 
 
 def test_report_row_has_accuracy_but_no_speed(trained, digits):
-    ctx = _quantize(trained, digits, mode="static", calibration_batches=2, method="minmax")
+    ctx = _quantize(trained, digits, method="static", calibration_batches=2, calibration_method="minmax")
     m = hamjax.report.measure_stages(ctx.stages[-1:], digits.test.x, digits.test.y, runs=2)[0]
     assert m.latency is None and m.throughput == ()
     assert m.accuracy > 0.8
 
 
 def test_qat_finetunes_then_converts(trained, digits):
-    ctx = _quantize(trained, digits, mode="qat", finetune_epochs=1, learning_rate=1e-4, calibration_batches=2)
+    ctx = _quantize(trained, digits, method="qat", finetune_epochs=1, learning_rate=1e-4, calibration_batches=2)
     _, params, _ = trained
     assert ctx.params is not params  # QAT updated the float params
     qapply, qparams = ctx.extras["quantized"]
@@ -62,7 +62,7 @@ def test_qat_finetunes_then_converts(trained, digits):
 
 
 def test_int4_weight_only_stores_codes_in_range(trained, digits):
-    ctx = _quantize(trained, digits, mode="weight_only", bits=4, stage="int4")
+    ctx = _quantize(trained, digits, method="weight_only", bits=4, stage="int4")
     qt = ctx.extras["quantized"][1]["weights"]["params"]["layers"][0]["kernel"]
     codes = np.asarray(qt.values)
     assert qt.bits == 4 and codes.min() >= -7 and codes.max() <= 7
@@ -72,12 +72,13 @@ def test_int4_weight_only_stores_codes_in_range(trained, digits):
 @pytest.mark.parametrize(
     "step, message",
     [
-        ({"mode": "qat"}, "finetune_epochs >= 1"),
-        ({"mode": "static", "finetune_epochs": 2}, "only applies to mode = 'qat'"),
+        ({"method": "qat"}, "finetune_epochs >= 1"),
+        ({"method": "static", "finetune_epochs": 2}, "only applies to method = 'qat'"),
         ({"bits": 1}, "bits must be >= 2"),
         ({"bits": 17}, "bits must be <= 16"),
         ({"act_bits": 20}, "act_bits must be <= 16"),
-        ({"method": "kl"}, "method must be one of"),
+        ({"calibration_method": "kl"}, "calibration_method must be one of"),
+        ({"method": "kl"}, r"steps\[0\]\.method must be one of \['weight_only', 'dynamic', 'static', 'qat'\]"),
         ({"percentile": 40.0}, "percentile must be > 50"),
         ({"calibration_batches": 0}, "calibration_batches must be >= 1"),
     ],

@@ -1,0 +1,37 @@
+"""The built-in recipe step kinds, one module each, collected in :data:`BUILTIN`.
+
+* ``train``: :mod:`hamjax.recipes.steps.training` (:mod:`hamjax.train`);
+* ``prune``: :mod:`hamjax.recipes.steps.pruning` (:mod:`hamjax.prune`);
+* ``distill``: :mod:`hamjax.recipes.steps.distillation` (:mod:`hamjax.distill`);
+* ``quantize``: :mod:`hamjax.recipes.steps.quantization` (:mod:`hamjax.quant`);
+* ``precision``: :mod:`hamjax.recipes.steps.mixed_precision` (:mod:`hamjax.precision`);
+* ``export``: :mod:`hamjax.recipes.steps.onnx_export` (:mod:`hamjax.export`).
+
+Each module exposes ``KIND``, a :class:`hamjax.recipes.StepKind`. A new
+built-in kind is a module here and one entry in :data:`BUILTIN`; imports
+point one way (registry -> steps -> schema and the families), so nothing
+registers itself on import.
+
+Examples:
+  >>> from hamjax.recipes.steps import BUILTIN
+  >>> sorted(BUILTIN)
+  ['distill', 'export', 'precision', 'prune', 'quantize', 'train']
+"""
+
+from hamjax.recipes.schema import StepKind
+from hamjax.recipes.steps import distillation, mixed_precision, onnx_export, pruning, quantization, training
+
+__all__ = ["BUILTIN"]
+
+BUILTIN: dict[str, StepKind] = {
+    kind.name: kind
+    for kind in (
+        training.KIND,
+        pruning.KIND,
+        distillation.KIND,
+        quantization.KIND,
+        mixed_precision.KIND,
+        onnx_export.KIND,
+    )
+}
+"""The built-in step kinds by name, in the order a recipe usually runs them."""
