@@ -32,6 +32,7 @@ from hamjax._base import (
     identity,
     linen_functional,
 )
+from hamjax.pipeline import OptimizeResult, optimize
 from hamjax.train import TrainConfig, fit
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "ApplyFn",
     "ChainState",
     "IdentityState",
+    "OptimizeResult",
     "TrainConfig",
     "Transform",
     "__version__",
@@ -56,6 +58,7 @@ __all__ = [
     "linen_functional",
     "measure",
     "models",
+    "optimize",
     "precision",
     "prune",
     "quant",

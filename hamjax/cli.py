@@ -1,7 +1,9 @@
 """The ``hamjax`` command.
 
-``hamjax optimize`` trains a reference model on bundled data through a
-recipe, reports every stage and saves the trained model; ``hamjax export``
+``hamjax optimize`` trains a reference model or the user's own
+(``--model package.module:function``) on bundled data or the user's arrays
+(``--data file.npz``) through a recipe with :func:`hamjax.optimize`,
+reports every stage and saves the dense and the optimized models; ``hamjax export``
 writes a reference model or a saved one as a checked ONNX file;
 ``hamjax search`` runs an architecture search; ``hamjax recipes`` lists
 and checks recipes.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 
@@ -22,47 +23,72 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _model_arg(text: str) -> str:
+    """``--model``: a reference model's name, or ``package.module:function`` (checked when imported)."""
+    from hamjax import models
+
+    if text in models.MODELS or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose a reference model from {', '.join(models.MODELS)}, "
+        "or give package.module:function)"
+    )
+
+
+def _data_arg(text: str) -> str:
+    """``--data``: a bundled dataset's name, or an ``.npz`` file (read when the run starts)."""
+    from hamjax import data
+
+    if text in data.DATASETS or text.endswith(".npz"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose a bundled dataset from {', '.join(data.DATASETS)}, or give a .npz file)"
+    )
+
+
 def _optimize(args) -> int:
-    from hamjax import data, measure, models, recipes, report
+    from hamjax import data, models, pipeline, recipes, report
     from hamjax._base import functional
-    from hamjax.models import saved
 
     recipe = recipes.load(args.recipe)
-    dataset = data.load(args.data, seed=args.seed)
-    module = models.build(args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
-    apply_fn, params = functional(module)
-    started = time.perf_counter()
-    context = recipes.Context(
+    dataset = (
+        data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)
+    )
+    if args.model in models.MODELS:
+        module = models.build(
+            args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes
+        )
+        apply_fn, params = functional(module)
+        config = models.config_of(module)
+    else:
+        apply_fn, params, _ = models.import_model(args.model)
+        # Against the data's own inputs and classes, so the message names the option at fault.
+        models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where=f"--model {args.model}")
+        config = None
+    result = pipeline.optimize(
         apply_fn,
         params,
         dataset,
+        recipe,
+        out=args.out,
         seed=args.seed,
-        workdir=args.out,
         progress=not args.quiet,
-        config=models.config_of(module),
+        config=config,
+        model_name=args.model,
     )
-    context = recipes.run(recipe, context)
-    train_seconds = time.perf_counter() - started
-    measurements = report.measure_stages(context.stages, dataset.test.x, dataset.test.y)
-    meta = {
-        "model": args.model,
-        "data": args.data,
-        "recipe": recipe.name,
-        "seed": args.seed,
-        "run_seconds": round(train_seconds, 2),
-        "env": measure.environment(),
-        "notes": [f"{s.name}: {s.notes}" for s in context.stages if s.notes],
-    }
-    report.print_table(measurements, title=f"hamjax optimize: {args.model} on {args.data}, recipe {recipe.name}")
-    out = report.write_report(args.out, measurements, meta)
-    print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
-    config, trained = context.extras.get("trained", (None, None))
-    if config is not None:
-        saved.save(out / "model", config, trained, meta={"model": args.model, "data": args.data, "seed": args.seed})
-        print(f"saved the trained model to {out / 'model'} (hamjax export {out / 'model'} --precision int8)")
+    report.print_table(result.stages, title=f"hamjax optimize: {args.model} on {args.data}, recipe {recipe.name}")
+    paths = result.paths
+    print(f"wrote {paths['report.json']} and {paths['report.md']}")
+    if "dense" in paths:
+        print(f"saved the dense model to {paths['dense']}")
+    final = result.meta["final_stage"]
+    if (paths["model"] / "model.json").exists():
+        print(f"saved the {final} model to {paths['model']} (hamjax export {paths['model']} --precision int8)")
+    else:
+        print(f"saved the {final} model's variables to {paths['model']} (hamjax.checkpoint.load_tree)")
     for key in ("onnx fp32", "onnx fp16", "onnx int8"):
-        if key in context.extras:
-            print(f"wrote {context.extras[key].path}")
+        if key in paths:
+            print(f"wrote {paths[key]}")
     return 0
 
 
@@ -121,7 +147,7 @@ def _search(args) -> int:
     from hamjax.search import engine, nas
 
     config = engine.SearchConfig(
-        strategy=args.strategy,
+        method=args.strategy,
         generations=args.generations,
         population_size=args.population,
         steps=args.steps,
@@ -238,12 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = sub.add_parser(
         "optimize",
-        help="train a reference model through a recipe and report every stage",
-        description="Train a reference model on bundled data through a recipe; print and write a report "
-        "with one row per stage (params, size, latency, throughput, accuracy).",
+        help="train a model through a recipe and report every stage",
+        description="Train a reference model or your own on bundled data or your own arrays through a recipe; "
+        "print and write a report with one row per stage (params, size, latency, throughput, accuracy).",
     )
-    opt.add_argument("--model", choices=models.MODELS, default="mlp", help="reference model (default: mlp)")
-    opt.add_argument("--data", choices=data.DATASETS, default="mnist", help="bundled dataset (default: mnist)")
+    opt.add_argument(
+        "--model",
+        type=_model_arg,
+        default="mlp",
+        metavar="MODEL",
+        help=f"a reference model ({', '.join(models.MODELS)}) or package.module:function returning "
+        "(apply_fn, params, example_input) (default: mlp)",
+    )
+    opt.add_argument(
+        "--data",
+        type=_data_arg,
+        default="mnist",
+        metavar="DATA",
+        help=f"a bundled dataset ({', '.join(data.DATASETS)}) or a .npz file with x_train, y_train and optional "
+        "x_val, y_val, x_test, y_test (default: mnist)",
+    )
     opt.add_argument("--recipe", default="default", help="bundled recipe name or .toml path (default: default)")
     opt.add_argument("--out", default="hamjax-out", help="output directory (default: hamjax-out)")
     opt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

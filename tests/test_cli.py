@@ -40,9 +40,18 @@ def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     for col in ("stage", "params", "size MB", "test accuracy"):
         assert col in printed
-    assert "report.md" in printed and "saved the trained model" in printed
+    assert "report.md" in printed and f"saved the dense model to {out / 'dense'}" in printed
+    assert f"saved the pruned model to {out / 'model'}" in printed
+    assert payload["meta"]["final_stage"] == "pruned" and payload["meta"]["model"] == "mlp"
+    # OUT/model is the final float model (the shrunk one) with its int8 ONNX file; OUT/dense the dense one
+    from hamjax.models import saved
 
-    # hamjax export reads the saved dense model back and writes a checked int8 file
+    _, _, final_config, _ = saved.load(out / "model")
+    _, _, dense_config, _ = saved.load(out / "dense")
+    assert final_config.sizes == (64, 256, 256, 10) and dense_config.sizes == (64, 512, 512, 10)
+    assert (out / "model" / "model.int8.onnx").read_bytes() == (out / "export" / "model.int8.onnx").read_bytes()
+
+    # hamjax export reads the saved final model back and writes a checked int8 file
     onnx_path = tmp_path / "dense.int8.onnx"
     assert cli.main(["export", str(out / "model"), "--precision", "int8", "--out", str(onnx_path)]) == 0
     printed = capsys.readouterr().out
@@ -69,7 +78,8 @@ def test_export_refuses_what_is_not_a_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["optimize", "--model", "resnet"], "invalid choice: 'resnet'"),
+        (["optimize", "--model", "resnet"], "invalid choice: 'resnet' (choose a reference model from mlp, cnn"),
+        (["optimize", "--data", "cifar"], "invalid choice: 'cifar' (choose a bundled dataset from mnist, digits"),
         (["optimize", "--seed", "x"], "invalid int value"),
         (["frobnicate"], "invalid choice"),
         (["search", "--objectives", "accuracy,flops"], "objective 'flops' is not one of"),
@@ -137,3 +147,97 @@ def test_console_script_help():
         [sys.executable, "-m", "hamjax.cli", "optimize", "--help"], capture_output=True, text=True, env=env, timeout=120
     )
     assert r.returncode == 0 and "--recipe" in r.stdout and "--model" in r.stdout
+
+
+_USER_MODEL = """
+import jax, jax.numpy as jnp
+
+
+def _mlp(classes):
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"w1": jax.random.normal(k1, (64, 128)) * 0.125, "w2": jax.random.normal(k2, (128, classes)) * 0.09}
+    apply_fn = lambda p, x: jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"]) @ p["w2"]
+    return apply_fn, params
+
+
+def build():
+    apply_fn, params = _mlp(10)
+    return apply_fn, params, jnp.zeros((2, 8, 8, 1))
+
+
+def five_classes():
+    apply_fn, params = _mlp(5)
+    return apply_fn, params, jnp.zeros((2, 8, 8, 1))
+
+
+def pair():
+    return _mlp(10)
+"""
+
+_SMALL = """
+name = "small"
+[[steps]]
+kind = "train"
+epochs = 4
+batch_size = 64
+learning_rate = 3e-3
+[[steps]]
+kind = "quantize"
+method = "dynamic"
+[[steps]]
+kind = "export"
+precisions = "int8"
+tensorrt = false
+"""
+
+
+@pytest.fixture
+def user_files(tmp_path, monkeypatch, digits):
+    """A module of the user's own (importable as usermodel) and digits as an .npz file, in the working directory."""
+    import numpy as np
+
+    (tmp_path / "usermodel.py").write_text(_USER_MODEL)
+    arrays = {f"{k}_{split}": getattr(getattr(digits, split), k) for split in ("train", "val", "test") for k in "xy"}
+    np.savez(tmp_path / "mine.npz", **arrays)
+    (tmp_path / "small.toml").write_text(_SMALL)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_optimize_a_model_and_arrays_of_the_users_own(user_files, capsys):
+    out = user_files / "out"
+    argv = ["optimize", "--model", "usermodel:build", "--data", "mine.npz", "--recipe", "small.toml"]
+    assert cli.main([*argv, "--out", str(out), "--quiet"]) == 0
+    payload = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in payload["stages"]] == ["dense", "int8", "onnx int8"]
+    assert payload["meta"]["model"] == "usermodel:build" and payload["meta"]["data"] == "mine"
+    dense, int8, onnx_int8 = payload["stages"]
+    assert dense["accuracy"] > 0.9 and abs(onnx_int8["accuracy"] - int8["accuracy"]) < 0.01
+    assert (out / "model" / "variables").is_dir() and (out / "model" / "model.int8.onnx").exists()
+    printed = capsys.readouterr().out
+    assert f"saved the dense model to {out / 'dense'}" in printed
+    assert f"saved the dense model's variables to {out / 'model'}" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--model", "no_such_module_xyz:build"], "cannot import module 'no_such_module_xyz'"),
+        (["--model", "usermodel:nothing"], "usermodel has no attribute 'nothing'"),
+        (["--model", "usermodel:pair"], "must return (apply_fn, params, example_input), got a tuple of 2 items"),
+        (
+            ["--model", "usermodel:five_classes"],
+            "--model usermodel:five_classes: the model gives 5 logits per example, but the labels have 10 classes",
+        ),
+        (["--data", "missing.npz"], "missing.npz"),
+        (["--recipe", "default"], "steps[1] (distill, param_ratio="),
+    ],
+)
+def test_bad_model_or_data_of_the_users_own_is_one_line(user_files, capsys, argv, match):
+    base = {"--model": "usermodel:build", "--data": "mine.npz", "--recipe": "small.toml"}
+    base.update(dict(zip(argv[::2], argv[1::2], strict=True)))
+    args = [x for pair in base.items() for x in pair]
+    assert cli.main(["optimize", *args, "--out", str(user_files / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hamjax optimize: error: ") and match in err and "\n" not in err
+    assert not (user_files / "out" / "report.json").exists()
