@@ -3,13 +3,19 @@
 Every optimization is a pure function over a params pytree or an apply
 function, so it composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 A model is a pair ``(apply_fn, params)``; see :func:`functional`.
+
+``import hamjax`` gives the contract, :func:`fit`, :func:`optimize` and the
+family namespaces. The two parts that pull in heavy backends load on first
+use: ``hamjax.export`` (onnx, onnxruntime, jax2onnx) and ``hamjax.search``
+(optuna, when a study is asked for); ``from hamjax import export`` works too.
 """
+
+import importlib
 
 from hamjax import (
     checkpoint,
     data,
     distill,
-    export,
     jaxpr,
     measure,
     models,
@@ -36,6 +42,22 @@ from hamjax.pipeline import OptimizeResult, optimize
 from hamjax.train import TrainConfig, fit
 
 __version__ = "0.1.0"
+
+# Subpackages whose imports are heavy: loaded by attribute access, once.
+_LAZY = ("export", "search")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f"hamjax.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'hamjax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ApplyFn",
@@ -64,6 +86,7 @@ __all__ = [
     "quant",
     "recipes",
     "report",
+    "search",
     "streaming",
     "train",
 ]
