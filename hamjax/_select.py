@@ -60,23 +60,23 @@ def default_filter(path, leaf) -> bool:
     return not (names and "embed" in names[-1].lower())
 
 
-def resolve_filter(name: str, filter: Filter | None) -> Filter:
-    """``filter``, or :func:`default_filter` for ``None``; raises naming ``name`` if it is not callable."""
+def resolve_filter(where: str, filter: Filter | None) -> Filter:
+    """``filter``, or :func:`default_filter` for ``None``; raises naming the caller ``where`` if it is not callable."""
     if filter is None:
         return default_filter
     if not callable(filter):
-        raise ValueError(f"{name}: filter must be a callable filter(path, leaf) -> bool or None, got {filter!r}")
+        raise ValueError(f"{where}: filter must be a callable filter(path, leaf) -> bool or None, got {filter!r}")
     return filter
 
 
-def map_selected(name: str, params, filter, fn) -> Any:
+def map_selected(where: str, params, filter, fn) -> Any:
     """A tree like ``params`` with ``fn(path, leaf)`` at selected leaves and ``None`` elsewhere."""
-    filter = resolve_filter(name, filter)
+    filter = resolve_filter(where, filter)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     flags = [bool(filter(path, leaf)) for path, leaf in leaves]
     if not any(flags):
         paths = [jax.tree_util.keystr(p) for p, _ in leaves]
-        raise ValueError(f"{name}: filter selects no leaf of params (leaves: {paths[:8]}); expected at least one")
+        raise ValueError(f"{where}: filter selects no leaf of params (leaves: {paths[:8]}); expected at least one")
     out = [fn(path, leaf) if flag else None for (path, leaf), flag in zip(leaves, flags, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
