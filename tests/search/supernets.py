@@ -1,4 +1,4 @@
-"""Supernet configs and hand-picked architectures shared by test_supernet.py and test_nas.py."""
+"""Supernet configs, hand-picked architectures and genomes outside the space, for test_supernet.py and test_nas.py."""
 
 import dataclasses
 
@@ -41,4 +41,13 @@ HAND_PICKED = [
     architecture(3, ("identity", 8, "relu"), ("conv", 12, "silu"), ("dense", 8, "gelu")),
     architecture(2, ("conv", 8, "relu"), ("identity", 4, "tanh")),
     architecture(3, ("attention", 12, "tanh"), ("attention", 4, "relu"), ("conv", 8, "gelu")),
+]
+
+# Changes that take HAND_PICKED[1] outside SMALL's space, with the text naming the gene at fault.
+OUTSIDE_THE_SPACE = [
+    ({"depth": 0}, "'depth'"),
+    ({"depth": 4}, "'depth'"),
+    ({"width1": 7}, "'width1'"),
+    ({"op2": "pool"}, "'op2'"),
+    ({"act0": "sigmoid"}, "'act0'"),
 ]

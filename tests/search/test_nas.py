@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from supernets import HAND_PICKED, NO_ATTENTION, SMALL, STEM, STEM2, TINY, architecture, sampled
+from supernets import HAND_PICKED, NO_ATTENTION, OUTSIDE_THE_SPACE, SMALL, STEM, STEM2, TINY, architecture, sampled
 
 from hamjax import measure
 from hamjax.search import nas, supernet
@@ -24,16 +24,7 @@ def small():
 # genes ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("change", "match"),
-    [
-        ({"depth": 0}, "'depth'"),
-        ({"depth": 4}, "'depth'"),
-        ({"width1": 7}, "'width1'"),
-        ({"op2": "pool"}, "'op2'"),
-        ({"act0": "sigmoid"}, "'act0'"),
-    ],
-)
+@pytest.mark.parametrize(("change", "match"), OUTSIDE_THE_SPACE)
 def test_param_count_rejects_genomes_outside_the_space(change, match):
     with pytest.raises(ValueError, match=match):
         nas.param_count(SMALL, HAND_PICKED[1] | change)
