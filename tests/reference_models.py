@@ -1,4 +1,4 @@
-"""Reference models with random (not initialised) variables, shared by the pruning tests."""
+"""Reference models with random (not initialised) variables, and a plain jax.numpy MLP, shared by the tests."""
 
 import functools
 
@@ -33,3 +33,21 @@ def random_model(name, seed=0, **kw):
         return jnp.asarray(value, a.dtype)
 
     return apply_fn, config_of(abstract), jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def plain_mlp(seed=0):
+    """``(apply_fn, params)`` of a plain jax.numpy MLP 64-64-10 with biases (no flax)."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    params = {
+        "w1": jax.random.normal(k1, (64, 64)) / 8.0,
+        "b1": jnp.zeros(64),
+        "w2": jax.random.normal(k2, (64, 10)) / 8.0,
+        "b2": jnp.zeros(10),
+    }
+
+    def apply_fn(p, x):
+        # explicit [None] broadcasts: the suite runs with jax_numpy_rank_promotion="raise"
+        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
+        return h @ p["w2"] + p["b2"][None]
+
+    return apply_fn, params

@@ -9,28 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_models import plain_mlp
 
 import hamjax
 from hamjax.train import TrainConfig, evaluate, fit
 
 FAST = TrainConfig(epochs=4, batch_size=64, learning_rate=3e-3)
-
-
-def _plain_mlp(seed=0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    params = {
-        "w1": jax.random.normal(k1, (64, 64)) / 8.0,
-        "b1": jnp.zeros(64),
-        "w2": jax.random.normal(k2, (64, 10)) / 8.0,
-        "b2": jnp.zeros(10),
-    }
-
-    def apply_fn(p, x):
-        # explicit [None] broadcasts: the suite runs with jax_numpy_rank_promotion="raise"
-        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
-        return h @ p["w2"] + p["b2"][None]
-
-    return apply_fn, params
 
 
 class _LinenMLP(nn.Module):
@@ -46,7 +30,7 @@ def _three_kinds():
     nnx_pair = hamjax.functional(hamjax.models.build("cnn", input_shape=(8, 8, 1), channels=(8, 16), dense=(32,)))
     model = _LinenMLP()
     linen_pair = hamjax.linen_functional(model, model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1))))
-    return {"nnx": nnx_pair, "linen": linen_pair, "plain": _plain_mlp()}
+    return {"nnx": nnx_pair, "linen": linen_pair, "plain": plain_mlp()}
 
 
 @pytest.mark.parametrize("kind", ["nnx", "linen", "plain"])
@@ -65,7 +49,7 @@ def test_all_three_kinds_of_model_train(kind, digits):
 
 
 def test_fit_is_deterministic_for_a_seed_and_differs_across_seeds(digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     cfg = TrainConfig(epochs=1, batch_size=64)
     a = fit(apply_fn, params, digits, cfg, progress=False).params
     b = fit(apply_fn, params, digits, cfg, progress=False).params
@@ -77,7 +61,7 @@ def test_fit_is_deterministic_for_a_seed_and_differs_across_seeds(digits):
 
 
 def test_early_stopping_returns_the_best_params(digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     cfg = TrainConfig(epochs=50, batch_size=64, learning_rate=1e-9, eval_every=2, patience=2)
     result = fit(apply_fn, params, digits, cfg, progress=False)
     assert result.stopped_early
@@ -123,13 +107,13 @@ def test_config_holds_plain_python_values():
 
 
 def test_batch_larger_than_the_split_is_refused(digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     with pytest.raises(ValueError, match="fit: TrainConfig.batch_size=100000 exceeds"):
         fit(apply_fn, params, digits, TrainConfig(batch_size=100000), progress=False)
 
 
 def test_weight_decay_and_warmup_optimizers_train(digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     for opt, lr in (("adamw", 3e-3), ("sgd", 0.5), ("momentum", 0.1)):
         cfg = TrainConfig(epochs=3, batch_size=64, optimizer=opt, learning_rate=lr, weight_decay=1e-4, warmup_steps=5)
         result = fit(apply_fn, params, digits, cfg, progress=False)
@@ -196,7 +180,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     fit(apply_fn, params, digits, TrainConfig(epochs=1, batch_size=64), checkpoint_dir=str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="written with config"):
         fit(

@@ -4,27 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from reference_models import plain_mlp
 
 import hamjax
 from hamjax import train, train_steps
 from hamjax.train_steps import TrainState, evaluate, make_eval_step, make_train_step
-
-
-def _plain_mlp(seed=0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    params = {
-        "w1": jax.random.normal(k1, (64, 64)) / 8.0,
-        "b1": jnp.zeros(64),
-        "w2": jax.random.normal(k2, (64, 10)) / 8.0,
-        "b2": jnp.zeros(10),
-    }
-
-    def apply_fn(p, x):
-        # explicit [None] broadcasts: the suite runs with jax_numpy_rank_promotion="raise"
-        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
-        return h @ p["w2"] + p["b2"][None]
-
-    return apply_fn, params
 
 
 def test_train_reexports_the_steps():
@@ -34,7 +18,7 @@ def test_train_reexports_the_steps():
 
 
 def test_train_step_counts_steps_and_lowers_the_loss(digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     opt = optax.adam(3e-3)
     step = make_train_step(apply_fn, opt)
     state = TrainState(jax.tree.map(jnp.array, params), opt.init(params), jnp.asarray(0, jnp.int32))
@@ -59,7 +43,7 @@ def test_eval_step_counts_only_the_valid_rows_and_evaluate_pads():
 
 
 def test_batch_grads_are_the_gradient_on_the_batch_fit_would_use(digits):
-    apply_fn, params = _plain_mlp()
+    apply_fn, params = plain_mlp()
     grads = hamjax.train.batch_grads(apply_fn, params, digits.train, 32, seed=3, step=5)
     x, y = hamjax.data.batch_at(digits.train, 32, 5, seed=3)
     expected = jax.grad(lambda p: hamjax.distill.cross_entropy(apply_fn(p, x), y))(params)
