@@ -1,4 +1,4 @@
-"""Reference models with random (not initialised) variables, and a plain jax.numpy MLP, shared by the tests."""
+"""Reference models with random (not initialised) variables, plain jax.numpy models and inputs, shared by the tests."""
 
 import functools
 
@@ -51,3 +51,15 @@ def plain_mlp(seed=0):
         return h @ p["w2"] + p["b2"][None]
 
     return apply_fn, params
+
+
+def normal(rng, shape):
+    """Float32 values drawn by numpy: eager jax.random compiles once per shape, which costs more than the tests."""
+    return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+def plain_params_and_x():
+    """Random params ``{"w": (5, 3), "v": (3, 5), "b": (5,)}`` and an input ``x`` ``(2, 3)`` for jnp functions."""
+    rng = np.random.default_rng(0)
+    params = {"w": normal(rng, (5, 3)), "v": normal(rng, (3, 5)), "b": normal(rng, (5,))}
+    return params, normal(rng, (2, 3))

@@ -1,12 +1,13 @@
 """Named intermediates (hamjax.jaxpr.intermediates) on plain jax.numpy functions, Flax Linen and the NNX reference models."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.ad_checkpoint import checkpoint_name
-from reference_models import random_model
+from reference_models import normal, random_model
 
 import hamjax
 from hamjax import jaxpr
@@ -14,25 +15,8 @@ from hamjax import jaxpr
 SHAPE = (8, 8, 1)
 
 
-def _normal(rng, shape):
-    """Random values from numpy: eager jax.random compiles once per shape, which costs more than these tests."""
-    return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-
-
-def _assert_trees_close(a, b, **tol):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
-
-
 def _images(n=4, seed=1):
-    return _normal(np.random.default_rng(seed), (n, *SHAPE))
+    return normal(np.random.default_rng(seed), (n, *SHAPE))
 
 
 # ---------------------------------------------------------------- plain jax.numpy
@@ -44,8 +28,8 @@ def _captured_y(f, p, x, wanted=()):
 
 def _plain_params(seed=0):
     rng = np.random.default_rng(seed)
-    params = {"w1": _normal(rng, (3, 5)), "b1": _normal(rng, (5,)), "w2": _normal(rng, (5, 2))}
-    return params, _normal(rng, (4, 3))
+    params = {"w1": normal(rng, (3, 5)), "b1": normal(rng, (5,)), "w2": normal(rng, (5, 2))}
+    return params, normal(rng, (4, 3))
 
 
 def _plain(p, x):
@@ -73,8 +57,8 @@ def test_plain_function_names_and_values():
 
 def test_weight_names_are_slash_joined_key_paths():
     rng = np.random.default_rng(0)
-    params = {"enc": {"layers": [{"kernel": _normal(rng, (3, 4))}, {"kernel": _normal(rng, (4, 2))}]}}
-    x = _normal(rng, (2, 3))
+    params = {"enc": {"layers": [{"kernel": normal(rng, (3, 4))}, {"kernel": normal(rng, (4, 2))}]}}
+    x = normal(rng, (2, 3))
 
     def f(p, x):
         layers = p["enc"]["layers"]
@@ -88,8 +72,8 @@ def test_weight_names_are_slash_joined_key_paths():
 
 def test_repeated_marker_and_weight_used_twice_get_numbered_names():
     rng = np.random.default_rng(0)
-    params = {"v": _normal(rng, (3, 3))}
-    x = _normal(rng, (4, 3))
+    params = {"v": normal(rng, (3, 3))}
+    x = normal(rng, (4, 3))
 
     def f(p, x):
         h = checkpoint_name(x @ p["v"], "h")
@@ -121,8 +105,8 @@ def _softsign_jvp(primals, tangents):
 
 def test_markers_inside_jit_are_found_and_custom_jvp_is_left_whole():
     rng = np.random.default_rng(0)
-    params = {"w": _normal(rng, (3, 4)), "v": _normal(rng, (4, 2))}
-    x = _normal(rng, (5, 3))
+    params = {"w": normal(rng, (3, 4)), "v": normal(rng, (4, 2))}
+    x = normal(rng, (5, 3))
     # Only activations enter these calls: they are inlined because a marker is inside.
     inner = jax.jit(lambda a: 2.0 * checkpoint_name(jnp.sin(a), "in_jit"))
     outer = jax.jit(lambda a: checkpoint_name(inner(a) + 1.0, "in_nested_jit"))
@@ -142,7 +126,7 @@ def test_markers_inside_jit_are_found_and_custom_jvp_is_left_whole():
     np.testing.assert_allclose(y, soft @ np.asarray(params["v"]), rtol=1e-5, atol=1e-6)
     # The custom derivative here is the true one, so the gradient through the captured function is unchanged.
     grads = [jax.grad(lambda p, h=h: h(p, x).sum())(params) for h in (f, lambda p, x: _captured_y(f, p, x))]
-    _assert_trees_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
 @jax.custom_jvp
@@ -165,7 +149,7 @@ def test_capture_keeps_the_custom_jvp_rule():
     want = jax.grad(lambda p: f(p, x).sum())(params)
     assert np.abs(np.asarray(want["w1"])).max() > 0  # the straight-through gradient is not zero
     got = jax.grad(lambda p: _captured_y(f, p, x, "w2").sum())(params)
-    _assert_trees_close(got, want, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
     # A marker inside a custom_jvp function is not read: inlining the call would drop its rule.
     assert "rounded" not in jaxpr.names(f, params, x)
     with pytest.raises(ValueError, match="rounded"):
@@ -196,7 +180,7 @@ def test_nnx_output_and_batch_stats_are_bit_identical():
     (y1, taps), v1 = jax.jit(lambda p, x: captured(p, x, train=True, rng=key, mutable=True))(params, x)
     y0, v0 = jax.jit(lambda p, x: apply_fn(p, x, train=True, rng=key, mutable=True))(params, x)
     np.testing.assert_array_equal(y1, y0)
-    _assert_trees_equal(v1, v0)
+    chex.assert_trees_all_equal(v1, v0)
     # Train mode really ran: statistics moved, and dropout (after hidden/1) zeroed part of the embedding.
     assert not np.allclose(v1["batch_stats"]["norms"][0]["mean"], params["batch_stats"]["norms"][0]["mean"])
     assert 0 < np.mean(np.asarray(taps["embedding"]) == 0) < 1
@@ -228,7 +212,7 @@ class _LinenNet(nn.Module):
 def _linen():
     model = _LinenNet()
     rng = np.random.default_rng(3)
-    x = _normal(rng, (6, 4))
+    x = normal(rng, (6, 4))
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)
 
     def draw(path, a):
@@ -259,7 +243,7 @@ def test_linen_output_and_batch_stats_are_bit_identical():
     (y1, taps), v1 = jax.jit(lambda v, x: captured(v, x, train=True, rng=key, mutable=True))(variables, x)
     y0, v0 = jax.jit(lambda v, x: apply_fn(v, x, train=True, rng=key, mutable=True))(variables, x)
     np.testing.assert_array_equal(y1, y0)
-    _assert_trees_equal(v1, v0)
+    chex.assert_trees_all_equal(v1, v0)
     assert not np.allclose(v1["batch_stats"]["BatchNorm_0"]["mean"], stats["mean"])
     assert not np.allclose(y1, y)  # batch statistics and dropout changed the output
 
@@ -389,7 +373,7 @@ def test_gradient_through_a_tap_equals_the_hand_gradient():
     # A loss on both the output and a tap: the sum of the two gradients.
     both = jax.grad(lambda p: captured(p, x)[0].sum() + captured(p, x)[1]["hidden/0"].sum())(params)
     out = jax.grad(lambda p: _plain(p, x).sum())(params)
-    _assert_trees_close(both, jax.tree.map(jnp.add, got, out), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(both, jax.tree.map(jnp.add, got, out), rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_of_the_output_is_unchanged_on_nnx():
@@ -399,13 +383,13 @@ def test_gradient_of_the_output_is_unchanged_on_nnx():
     grads = [
         jax.jit(jax.grad(lambda p, h=h: h(p, x).sum()))(params) for h in (apply_fn, lambda p, x: captured(p, x)[0])
     ]
-    _assert_trees_equal(grads[1], grads[0])
+    chex.assert_trees_all_equal(grads[1], grads[0])
 
 
 def test_jit_matches_eager():
     params, x = _plain_params()
     captured = jaxpr.capture(_plain, ["w1", "hidden/0"])
-    _assert_trees_close(jax.jit(captured)(params, x), captured(params, x), rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(jax.jit(captured)(params, x), captured(params, x), rtol=1e-6, atol=1e-6)
 
 
 def test_vmap_over_params_matches_per_member_calls():
@@ -431,7 +415,7 @@ def test_vmap_over_params_matches_per_member_calls():
     for i, p in enumerate((p0, p1)):
         yi, ti = jax.jit(captured)(p, xm)
         np.testing.assert_allclose(y[i], yi, rtol=1e-5, atol=1e-5)
-        _assert_trees_close({k: v[i] for k, v in taps.items()}, ti, rtol=1e-5, atol=1e-5)
+        chex.assert_trees_all_close({k: v[i] for k, v in taps.items()}, ti, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- errors

@@ -1,9 +1,10 @@
 """The interpreter of hamjax.jaxpr.interpret: intercept on plain jax.numpy functions and NNX models."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from reference_models import random_model
+from reference_models import normal, plain_params_and_x, random_model
 
 import hamjax
 from hamjax import jaxpr
@@ -13,28 +14,11 @@ def _identity(i, site, a, w):
     return a, w
 
 
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-
-
-def _normal(rng, shape):
-    """Random values from numpy: eager jax.random compiles once per shape, which costs more than these tests."""
-    return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-
-def _plain():
-    rng = np.random.default_rng(0)
-    params = {"w": _normal(rng, (5, 3)), "v": _normal(rng, (3, 5)), "b": _normal(rng, (5,))}
-    return params, _normal(rng, (2, 3))
-
-
 # ---------------------------------------------------------------- intercept
 
 
 def test_identity_hook_is_bit_identical_on_plain_function():
-    params, x = _plain()
+    params, x = plain_params_and_x()
 
     def f(p, x):
         return jnp.tanh(x @ p["v"] + p["b"][None]) @ p["w"]
@@ -43,17 +27,17 @@ def test_identity_hook_is_bit_identical_on_plain_function():
     np.testing.assert_array_equal(jax.jit(g)(params, x), jax.jit(f)(params, x))
     np.testing.assert_allclose(g(params, x), f(params, x), rtol=1e-6)
     grads = [jax.jit(jax.grad(lambda p, h=h: h(p, x).sum()))(params) for h in (f, g)]
-    _assert_trees_equal(grads[1], grads[0])
+    chex.assert_trees_all_equal(grads[1], grads[0])
 
 
 def test_identity_hook_is_bit_identical_on_nnx_models():
-    x = _normal(np.random.default_rng(1), (4, 8, 8, 1))
+    x = normal(np.random.default_rng(1), (4, 8, 8, 1))
     apply_fn, _, params = random_model("mlp", input_shape=(8, 8, 1))
     g = jaxpr.intercept(apply_fn, _identity)
     assert isinstance(g, hamjax.ApplyFn)
     np.testing.assert_array_equal(jax.jit(g)(params, x), jax.jit(apply_fn)(params, x))
     grads = [jax.jit(jax.grad(lambda p, h=h: h(p, x).sum()))(params) for h in (apply_fn, g)]
-    _assert_trees_equal(grads[1], grads[0])
+    chex.assert_trees_all_equal(grads[1], grads[0])
     # Attention (custom_jvp softmax, products of activations) evaluates unchanged too.
     apply_fn, _, params = random_model("vit", input_shape=(8, 8, 1), num_layers=1, hidden_size=16, num_heads=2)
     g = jaxpr.intercept(apply_fn, _identity)
@@ -62,7 +46,7 @@ def test_identity_hook_is_bit_identical_on_nnx_models():
 
 def test_identity_hook_keeps_cnn_train_mode_and_batch_stats():
     apply_fn, _, params = random_model("cnn", input_shape=(8, 8, 1))
-    x = _normal(np.random.default_rng(1), (4, 8, 8, 1))
+    x = normal(np.random.default_rng(1), (4, 8, 8, 1))
     g = jaxpr.intercept(apply_fn, _identity)
 
     def run(h):
@@ -70,7 +54,7 @@ def test_identity_hook_keeps_cnn_train_mode_and_batch_stats():
 
     (y0, v0), (y1, v1) = run(apply_fn), run(g)
     np.testing.assert_array_equal(y1, y0)
-    _assert_trees_equal(v1, v0)
+    chex.assert_trees_all_equal(v1, v0)
     # Train mode really ran: the batch statistics moved.
     assert not np.allclose(v1["batch_stats"]["norms"][0]["mean"], params["batch_stats"]["norms"][0]["mean"])
 
@@ -78,11 +62,11 @@ def test_identity_hook_keeps_cnn_train_mode_and_batch_stats():
         return jax.grad(lambda p: h(p, x, train=True, rng=jax.random.key(2), mutable=True)[0].sum())(params)
 
     # Separate programs, so that XLA cannot merge the two computations into one.
-    _assert_trees_equal(jax.jit(lambda: grads(g))(), jax.jit(lambda: grads(apply_fn))())
+    chex.assert_trees_all_equal(jax.jit(lambda: grads(g))(), jax.jit(lambda: grads(apply_fn))())
 
 
 def test_hook_replaces_operands():
-    params, x = _plain()
+    params, x = plain_params_and_x()
 
     def f(p, x):
         return x @ p["v"] + p["b"][None]
@@ -94,13 +78,13 @@ def test_hook_replaces_operands():
 
     # On an NNX model: zeroing the first site's activation equals feeding zeros.
     apply_fn, _, mparams = random_model("mlp", input_shape=(8, 8, 1))
-    xm = _normal(np.random.default_rng(1), (3, 8, 8, 1))
+    xm = normal(np.random.default_rng(1), (3, 8, 8, 1))
     first_zero = jax.jit(jaxpr.intercept(apply_fn, lambda i, s, a, w: (a * (i != 0), w)))
     np.testing.assert_allclose(first_zero(mparams, xm), jax.jit(apply_fn)(mparams, 0 * xm), rtol=1e-6, atol=1e-6)
 
 
 def test_hook_sees_sites_in_order_with_operands():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     seen = []
 
     def hook(i, site, a, w):
@@ -112,7 +96,7 @@ def test_hook_sees_sites_in_order_with_operands():
 
 
 def test_intercept_passes_keyword_arguments():
-    params, x = _plain()
+    params, x = plain_params_and_x()
 
     def f(p, x, *, scale, offset):
         return scale * (x @ p["v"]) + offset

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference_models import random_model
+from reference_models import normal, plain_params_and_x, random_model
 
 import hamjax
 from hamjax import jaxpr
@@ -21,23 +21,6 @@ def _kernels(params) -> list[str]:
         for p, _ in jax.tree_util.tree_leaves_with_path(params)
         if getattr(p[-1], "key", None) == "kernel"
     ]
-
-
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-
-
-def _normal(rng, shape):
-    """Random values from numpy: eager jax.random compiles once per shape, which costs more than these tests."""
-    return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-
-def _plain():
-    rng = np.random.default_rng(0)
-    params = {"w": _normal(rng, (5, 3)), "v": _normal(rng, (3, 5)), "b": _normal(rng, (5,))}
-    return params, _normal(rng, (2, 3))
 
 
 def _site_summary(sites):
@@ -121,7 +104,7 @@ def test_find_sites_on_linen_model():
 
 
 def test_transposed_weight_maps_channel_axes_to_the_leaf():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     sites = jaxpr.find_sites(lambda p, x: x @ p["w"].T, params, x)
     assert _site_summary(sites) == [("['w']", "['w']", 1, (1,), (0,))]
     assert sites[0].activation_shape == (2, 3) and sites[0].weight_shape == (3, 5)
@@ -132,13 +115,13 @@ def test_transposed_weight_maps_channel_axes_to_the_leaf():
 
 
 def test_reshaped_weight_has_no_leaf_channel_axes():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     sites = jaxpr.find_sites(lambda p, x: x @ p["w"].reshape(3, 5), params, x)
     assert _site_summary(sites) == [("['w']", "['w']", 1, (1,), None)]
 
 
 def test_computed_weight_is_a_site_without_leaf():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     mask = np.tril(np.ones((3, 5), np.float32))
     sites = jaxpr.find_sites(lambda p, x: jnp.tanh(x @ p["v"]) @ p["w"] @ (p["v"] * mask), params, x)
     assert _site_summary(sites) == [
@@ -149,14 +132,14 @@ def test_computed_weight_is_a_site_without_leaf():
 
 
 def test_weight_used_twice_gets_a_numbered_name():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     sites = jaxpr.find_sites(lambda p, x: x @ p["v"] @ p["w"] @ p["v"] + x @ p["v"], params, x)
     assert [s.name for s in sites] == ["['v']", "['w']", "['v']#1", "['v']#2"]
     assert [s.leaf for s in sites] == ["['v']", "['w']", "['v']", "['v']"]
 
 
 def test_product_of_two_activations_is_not_a_site():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     sites = jaxpr.find_sites(lambda p, x: (x @ x.T) @ x @ p["v"], params, x)
     assert [s.name for s in sites] == ["['v']"]
     with pytest.raises(ValueError, match="nothing to quantize"):
@@ -164,27 +147,27 @@ def test_product_of_two_activations_is_not_a_site():
 
 
 def test_function_without_dot_or_conv_raises():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     with pytest.raises(ValueError, match="dot_general or conv_general_dilated"):
         jaxpr.find_sites(lambda p, x: jnp.tanh(x) * p["b"][:3][None], params, x)
 
 
 def test_sites_inside_jit_calls_are_found():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     inner = jax.jit(lambda a, w: jnp.tanh(a @ w))
     sites = jaxpr.find_sites(lambda p, x: inner(x, p["v"]) @ p["w"], params, x)
     assert _site_summary(sites) == [("['v']", "['v']", 1, (1,), (1,)), ("['w']", "['w']", 1, (1,), (1,))]
 
 
 def test_sites_inside_checkpoint_are_found():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     inner = jax.checkpoint(lambda a, w: jnp.tanh(a @ w))
     sites = jaxpr.find_sites(lambda p, x: inner(x, p["v"]) @ p["w"], params, x)
     assert [s.name for s in sites] == ["['v']", "['w']"]
 
 
 def test_conv_channel_axes_follow_the_kernel_layout():
-    params = {"k": _normal(np.random.default_rng(0), (3, 3, 2, 4))}
+    params = {"k": normal(np.random.default_rng(0), (3, 3, 2, 4))}
     x = jnp.ones((1, 6, 6, 2))
 
     def hwio(p, x):
@@ -200,7 +183,7 @@ def test_conv_channel_axes_follow_the_kernel_layout():
 
 
 def test_weight_flowing_into_scan_warns():
-    params, x = _plain()
+    params, x = plain_params_and_x()
 
     def f(p, x):
         def body(c, _):
@@ -215,7 +198,7 @@ def test_weight_flowing_into_scan_warns():
 
 
 def test_weight_flowing_into_cond_warns():
-    params, x = _plain()
+    params, x = plain_params_and_x()
 
     def f(p, x):
         h = jax.lax.cond(jnp.sum(x) > 0, lambda w: x @ w, lambda w: -(x @ w), p["v"])
@@ -227,7 +210,7 @@ def test_weight_flowing_into_cond_warns():
 
 
 def test_weight_channel_axes_drops_conflicting_leaves():
-    params, x = _plain()
+    params, x = plain_params_and_x()
     sites = jaxpr.find_sites(
         lambda p, x: jnp.tanh(x @ p["v"]) @ p["v"].T @ p["w"].reshape(3, 5) @ p["w"] @ p["v"], params, x
     )
