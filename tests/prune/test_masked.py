@@ -7,28 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from param_trees import param_tree, zero_counts
 
 import hamjax
 from hamjax import prune
 from hamjax.train import TrainConfig, evaluate, fit, make_optimizer
 
 
-def _tree(seed=0):
-    k = jax.random.split(jax.random.key(seed), 3)
-    return {
-        "a": {"kernel": jax.random.normal(k[0], (20, 40)), "bias": jnp.linspace(-1, 1, 40)},
-        "b": {"kernel": 3.0 * jax.random.normal(k[1], (40, 12)), "bias": jnp.ones(12)},
-        "norm": {"scale": jnp.ones(12)},
-    }
-
-
-def _zeros(tree) -> dict[str, int]:
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(p): int((x == 0).sum()) for p, x in leaves}
-
-
 def _quadratic_step(opt, jit=True):
-    target = jax.tree.map(lambda x: x + 1.0, _tree(seed=1))
+    target = jax.tree.map(lambda x: x + 1.0, param_tree(seed=1))
 
     def loss(p):
         return sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target), strict=True))
@@ -41,7 +28,7 @@ def _quadratic_step(opt, jit=True):
 
 
 def test_masked_optimizer_keeps_pruned_weights_zero_through_50_adam_steps():
-    params = _tree()
+    params = param_tree()
     masks = prune.magnitude_masks(params, 0.6)
     opt = prune.masked_optimizer(optax.adam(1e-2), masks)
     state, step = opt.init(params), _quadratic_step(opt)
@@ -57,7 +44,7 @@ def test_masked_optimizer_keeps_pruned_weights_zero_through_50_adam_steps():
 
 
 def test_masked_optimizer_in_a_chain_exposes_masks_through_tree_get():
-    params = _tree()
+    params = param_tree()
     masks = prune.magnitude_masks(params, 0.5)
     opt = optax.chain(optax.clip_by_global_norm(1.0), prune.masked_optimizer(optax.sgd(0.1), masks))
     state = opt.init(params)
@@ -69,7 +56,7 @@ def test_masked_optimizer_in_a_chain_exposes_masks_through_tree_get():
 
 @pytest.mark.parametrize("method", prune.SCHEDULED_METHODS)
 def test_gradual_pruning_reaches_final_sparsity_at_end_step(method):
-    params = _tree()
+    params = param_tree()
     schedule = prune.polynomial_schedule(0.8, begin_step=2, end_step=12, update_every=2)
     opt = prune.masked_optimizer(optax.adam(1e-2), method=method, schedule=schedule)
     state, step = opt.init(params), _quadratic_step(opt)
@@ -86,25 +73,25 @@ def test_gradual_pruning_reaches_final_sparsity_at_end_step(method):
             assert (w[~m] == 0).all()
             # magnitude never regrows; movement may re-admit a weight, which restarts from zero
             assert (w[m] != 0).all() or method == "movement"
-        assert _zeros(params)["['a']['bias']"] == 0
+        assert zero_counts(params)["['a']['bias']"] == 0
     assert prune.sparsity_of(params, state.masks) == pytest.approx(0.8)
     if method == "movement":
         assert state.scores["a"]["kernel"].dtype == jnp.float32 and state.scores["a"]["bias"] is None
 
 
 def test_update_every_recomputes_masks_only_on_its_steps():
-    params = _tree()
+    params = param_tree()
     opt = prune.masked_optimizer(optax.sgd(1e-2), method="magnitude", schedule=0.5, update_every=3)
     state, step = opt.init(params), _quadratic_step(opt)
     counts = []
     for _ in range(6):
         params, state = step(params, state)
-        counts.append(_zeros(params)["['a']['kernel']"])
+        counts.append(zero_counts(params)["['a']['kernel']"])
     assert counts == [0, 0, 400, 400, 400, 400]
 
 
 def test_masked_optimizer_vmaps_over_final_sparsity():
-    params = _tree()
+    params = param_tree()
 
     def run(s):
         opt = prune.masked_optimizer(
@@ -123,7 +110,7 @@ def test_masked_optimizer_vmaps_over_final_sparsity():
 
 
 def test_masked_optimizer_errors():
-    params = _tree()
+    params = param_tree()
     with pytest.raises(ValueError, match="give masks= .* or schedule="):
         prune.masked_optimizer(optax.sgd(0.1))
     with pytest.raises(ValueError, match="masked_optimizer: method must be one of .*, got 'snip'"):

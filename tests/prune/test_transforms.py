@@ -6,23 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from param_trees import param_tree, zero_counts
 
 import hamjax
 from hamjax import prune
-
-
-def _tree(seed=0):
-    k = jax.random.split(jax.random.key(seed), 3)
-    return {
-        "a": {"kernel": jax.random.normal(k[0], (20, 40)), "bias": jnp.linspace(-1, 1, 40)},
-        "b": {"kernel": 3.0 * jax.random.normal(k[1], (40, 12)), "bias": jnp.ones(12)},
-        "norm": {"scale": jnp.ones(12)},
-    }
-
-
-def _zeros(tree) -> dict[str, int]:
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(p): int((x == 0).sum()) for p, x in leaves}
 
 
 @pytest.mark.parametrize(
@@ -36,7 +23,7 @@ def _zeros(tree) -> dict[str, int]:
     ids=["magnitude", "global", "nm", "block"],
 )
 def test_transforms_apply_their_masks(make, masks_fn):
-    params = _tree()
+    params = param_tree()
     t = make()
     state = t.init(params)
     assert state.count == 0 and bool(jax.tree.reduce(lambda a, b: a & b.all(), state.masks, True))
@@ -47,28 +34,28 @@ def test_transforms_apply_their_masks(make, masks_fn):
     np.testing.assert_array_equal(out["a"]["bias"], params["a"]["bias"])
     assert state.count == 1 and state.masks["a"]["bias"] is None
     again, state = t.apply(out, state)  # idempotent on already-pruned params
-    assert _zeros(again) == _zeros(out) and state.count == 2
+    assert zero_counts(again) == zero_counts(out) and state.count == 2
 
 
 def test_random_prune_masks_are_fixed_at_init_and_seeded():
-    params = _tree()
+    params = param_tree()
     t = prune.random_prune(0.25, seed=3)
     state = t.init(params)
     out1, state = t.apply(params, state)
     out2, _ = t.apply(jax.tree.map(lambda x: x + 1.0, params), state)
     np.testing.assert_array_equal(out1["a"]["kernel"] == 0, out2["a"]["kernel"] == 0)
-    assert _zeros(out1)["['a']['kernel']"] == 200 and _zeros(out1)["['b']['kernel']"] == 120
+    assert zero_counts(out1)["['a']['kernel']"] == 200 and zero_counts(out1)["['b']['kernel']"] == 120
     other = prune.random_prune(0.25, seed=4)
     assert not np.array_equal(other.init(params).masks["a"]["kernel"], state.masks["a"]["kernel"])
 
 
 def test_saliency_prune_reads_grads():
-    params = _tree()
+    params = param_tree()
     grads = jax.tree.map(jnp.cos, params)
     t = prune.saliency_prune(0.7)
     out, state = t.apply(params, t.init(params), grads=grads)
     masks = prune.saliency_masks(params, grads, 0.7)
-    assert sum(_zeros(out).values()) == math.floor(0.7 * (800 + 480))
+    assert sum(zero_counts(out).values()) == math.floor(0.7 * (800 + 480))
     np.testing.assert_array_equal(state.masks["b"]["kernel"], masks["b"]["kernel"])
     with pytest.raises(ValueError, match="saliency_prune: apply needs grads="):
         t.apply(params, t.init(params))
@@ -94,7 +81,7 @@ def test_movement_scores_accumulate_and_prefer_moving_away_from_zero():
 
 
 def test_transforms_chain_and_vmap_over_sparsity():
-    params = _tree()
+    params = param_tree()
 
     def run(s):
         t = hamjax.chain(prune.magnitude_prune(s), hamjax.identity())
