@@ -1,13 +1,15 @@
-"""Every transform runs through the shared conformance check.
+"""Every param transform runs through the shared conformance check, once jitted and once eagerly (chex variants).
 
 Later transforms join by adding a ``(name, make, hparams_batch)`` case.
 """
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
+from absl.testing import parameterized
 from conformance import check_transform
 
 import hamjax
@@ -74,9 +76,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "make", "hparams"), CASES, ids=[c[0] for c in CASES])
-def test_conformance(name, make, hparams):
-    check_transform(make, hparams)
+class TransformConformance(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*CASES)
+    def test_conforms(self, make, hparams):
+        check_transform(make, hparams, variant=self.variant)
 
 
 def test_harness_catches_a_state_whose_structure_changes():

@@ -1,8 +1,14 @@
-"""Every function transform (``apply_fn -> apply_fn``) runs through the shared conformance check."""
+"""Every function transform (``apply_fn -> apply_fn``) runs through the shared conformance check.
 
+Once jitted and once eagerly (chex variants); a transform joins by adding a
+``(name, make, hparams_batch, dtypes, tolerance)`` case.
+"""
+
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
+from absl.testing import parameterized
 from conformance import check_function_transform
 
 from hamjax import jaxpr, precision, quant
@@ -21,9 +27,10 @@ def _params():
 X = jax.random.normal(jax.random.key(1), (5, 8))
 BITS = {"bits": jnp.array([3.0, 5.0, 8.0])}
 RANGES = {"['w1']": (-3.0, 3.0), "['w2']": (0.0, 6.0)}
+TOL = 1e-4
 
 CASES = [
-    ("intercept(identity)", lambda hp: lambda f: jaxpr.intercept(f, lambda i, s, a, w: (a, w)), {}, True),
+    ("intercept(identity)", lambda hp: lambda f: jaxpr.intercept(f, lambda i, s, a, w: (a, w)), {}, True, TOL),
     (
         "fake_quant_apply(static)",
         lambda hp: (
@@ -31,29 +38,34 @@ CASES = [
         ),
         BITS,
         True,
+        TOL,
     ),
     (
         "fake_quant_apply(dynamic, per-tensor)",
         lambda hp: lambda f: quant.fake_quant_apply(f, bits=hp["bits"], method="dynamic", per_channel=False),
         BITS,
         True,
+        TOL,
     ),
     (
         "fake_quant_apply(weights only)",
         lambda hp: lambda f: quant.fake_quant_apply(f, bits=hp["bits"], method="weight_only"),
         BITS,
         True,
+        TOL,
     ),
-    ("with_policy(bf16 compute)", lambda hp: lambda f: precision.with_policy(f, "p=f32,c=bf16,o=f32"), {}, False),
+    # bf16 compute rounds differently under jit (fusion) than eagerly: compare at bf16's precision.
+    ("with_policy(bf16 compute)", lambda hp: lambda f: precision.with_policy(f, "p=f32,c=bf16,o=f32"), {}, False, 2e-2),
 ]
-# bf16 compute rounds differently under jit (fusion) than eagerly: compare at bf16's precision.
-TOLERANCE = {"with_policy(bf16 compute)": 2e-2}
 
 
-@pytest.mark.parametrize("name, make, hparams, dtypes", CASES, ids=[c[0] for c in CASES])
-def test_function_transform_conforms(name, make, hparams, dtypes):
-    tol = TOLERANCE.get(name, 1e-4)
-    check_function_transform(make, hparams, _mlp, _params(), X, dtypes=dtypes, rtol=tol, atol=tol)
+class FunctionTransformConformance(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*CASES)
+    def test_conforms(self, make, hparams, dtypes, tol):
+        check_function_transform(
+            make, hparams, _mlp, _params(), X, variant=self.variant, dtypes=dtypes, rtol=tol, atol=tol
+        )
 
 
 def test_the_check_catches_a_transform_that_retraces():

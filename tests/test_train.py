@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,10 +55,10 @@ def test_fit_is_deterministic_for_a_seed_and_differs_across_seeds(digits):
     a = fit(apply_fn, params, digits, cfg, progress=False).params
     b = fit(apply_fn, params, digits, cfg, progress=False).params
     c = fit(apply_fn, params, digits, TrainConfig(epochs=1, batch_size=64, seed=1), progress=False).params
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
     assert not np.array_equal(a["w1"], c["w1"])
     # the caller's params survive buffer donation
-    assert np.isfinite(np.asarray(params["w1"])).all()
+    chex.assert_tree_all_finite(params)
 
 
 def test_early_stopping_returns_the_best_params(digits):

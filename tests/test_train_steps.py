@@ -1,5 +1,6 @@
 """Tests for hamjax.train_steps: the train state, one jitted step, evaluation, gradients on one batch."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +48,7 @@ def test_batch_grads_are_the_gradient_on_the_batch_fit_would_use(digits):
     grads = hamjax.train.batch_grads(apply_fn, params, digits.train, 32, seed=3, step=5)
     x, y = hamjax.data.batch_at(digits.train, 32, 5, seed=3)
     expected = jax.grad(lambda p: hamjax.distill.cross_entropy(apply_fn(p, x), y))(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads, expected)
+    chex.assert_trees_all_close(grads, expected, rtol=1e-6)
     nnx_fn, variables = hamjax.functional(hamjax.models.build("mlp", input_shape=(8, 8, 1), sizes=(64, 16, 10)))
     g = hamjax.train.batch_grads(nnx_fn, variables, digits.train, 10**6)  # capped at the split's size
     assert set(g) == {"layers"} and g["layers"][0]["kernel"].shape == (64, 16)

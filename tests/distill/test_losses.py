@@ -1,6 +1,7 @@
 """Distillation losses on outputs against float64 numpy references, their documented properties and their errors;
 the shared behaviour of every loss of the family (jit, bf16, vmap, finiteness and hyperparameter checks)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -272,4 +273,4 @@ def test_grad_with_traced_hyperparameters_is_finite():
         return distill.distillation_loss(s, T, LABELS, temperature=tmp, alpha=alpha)
 
     g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(jnp.asarray(S), 3.0, 0.5)
-    assert all(np.all(np.isfinite(x)) for x in g)
+    chex.assert_tree_all_finite(g)

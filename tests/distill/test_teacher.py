@@ -1,5 +1,6 @@
 """The mean teacher: ema_update values, dtypes and errors, and the ema_teacher optax adapter."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,11 +53,11 @@ def test_ema_teacher_runs_inner_and_averages_the_updated_params():
         grads = jax.tree.map(lambda p, t=t: jnp.cos(p + t), params)
         updates, state = opt.update(grads, state, params)
         expected, inner_state = inner.update(grads, inner_state, params)
-        jax.tree.map(np.testing.assert_array_equal, updates, expected)
+        chex.assert_trees_all_equal(updates, expected)
         params = optax.apply_updates(params, updates)
         ema = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, ema, params)
-        jax.tree.map(_close, state.ema, ema)
-        jax.tree.map(np.testing.assert_array_equal, state.inner_state, inner_state)
+        chex.assert_trees_all_close(state.ema, ema, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_equal(state.inner_state, inner_state)
     np.testing.assert_array_equal(optax.tree_utils.tree_get(state, "ema")["w"], state.ema["w"])
 
 

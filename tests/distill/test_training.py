@@ -1,5 +1,6 @@
 """Training a student with distillation terms: caching, teachers, adapters, EMA teacher, policies, resume, errors."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,7 @@ def test_supervised_objective_is_the_default(digits):
     apply_fn, params = _student()
     plain = hamjax.fit(apply_fn, params, digits, CONFIG, progress=False)
     explicit = hamjax.fit(apply_fn, params, digits, CONFIG, objective=hamjax.train.supervised(), progress=False)
-    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(explicit.params), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(plain.params, explicit.params)
 
 
 def test_per_example_rows_follow_the_batches(digits):
@@ -67,8 +67,7 @@ def test_cached_teacher_equals_online_teacher(digits, teacher):
         for c in ("always", "never")
     }
     assert out["always"].cached and not out["never"].cached
-    for a, b in zip(jax.tree.leaves(out["always"].params), jax.tree.leaves(out["never"].params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(out["always"].params, out["never"].params, rtol=1e-5, atol=1e-6)
 
 
 def test_distillation_improves_on_an_untrained_start_and_beats_chance(digits, teacher):
@@ -163,8 +162,7 @@ def test_ema_teacher_reads_the_average_from_the_optimizer_state(digits):
     ema1 = optax.tree_utils.tree_get(s1, "ema")
     ema2 = optax.tree_utils.tree_get(s2, "ema")
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema1, p2["params"])
-    for a, b in zip(jax.tree.leaves(ema2), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(ema2, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_several_teachers_with_weights_and_a_linen_student(digits, teacher):
@@ -214,8 +212,7 @@ def test_resume_after_an_interruption_gives_the_same_student(digits, teacher, tm
         )
     resumed = distill.fit(*_student(), digits, config, teachers=teacher, checkpoint_dir=str(tmp_path), progress=False)
     assert resumed.train.resumed_from == 10
-    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(whole.params, resumed.params)
 
 
 def test_bad_input_is_named_before_training(digits, teacher):

@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +57,7 @@ def test_batch_norm_statistics(batch):
     stats, new_stats = variables["batch_stats"]["norms"], new["batch_stats"]["norms"]
     assert not np.allclose(stats[0]["mean"], new_stats[0]["mean"])
     assert not np.allclose(stats[1]["var"], new_stats[1]["var"])
-    jax.tree.map(np.testing.assert_array_equal, new["params"], variables["params"])
+    chex.assert_trees_all_equal(new["params"], variables["params"])
     y_eval = apply_fn(variables, x)
     np.testing.assert_array_equal(apply_fn(variables, x), y_eval)
     assert not np.allclose(y_train, y_eval)

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +105,7 @@ def test_from_config_builds_the_model_of_build():
     assert config_of(model) == config
     _, got = hamjax.functional(model)
     _, want = hamjax.functional(build("mlp", input_shape=(8, 8, 1), sizes=(64, 8, 10), seed=3))
-    jax.tree.map(np.testing.assert_array_equal, got, want)
+    chex.assert_trees_all_equal(got, want)
     _, other = hamjax.functional(from_config(config, seed=4))
     assert not np.allclose(other["params"]["layers"][0]["kernel"], got["params"]["layers"][0]["kernel"])
     assert model(jnp.ones((2, 8, 8, 1))).shape == (2, 10)

@@ -1,5 +1,6 @@
 """fp16 loss scaling: the dynamic and static optax adapters, ``loss_scale_of`` and ``prepare_training``."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,8 +65,8 @@ def test_finite_steps_apply_the_inner_update_exactly():
         scaled = jax.tree.map(lambda a, s=state: a * s.loss_scale, g)
         updates, state = opt.update(scaled, state, params)
         ref_updates, ref_state = inner.update(g, ref_state, params)
-        jax.tree.map(np.testing.assert_array_equal, updates, ref_updates)
-        jax.tree.map(np.testing.assert_array_equal, state.inner_state, ref_state)
+        chex.assert_trees_all_equal(updates, ref_updates)
+        chex.assert_trees_all_equal(state.inner_state, ref_state)
     assert (float(state.loss_scale), int(state.finite_count), int(state.skipped_count)) == (1024.0, 3, 0)
 
 
@@ -80,7 +81,7 @@ def test_a_non_finite_step_is_skipped_and_halves_the_scale():
         updates, new = opt.update(g, state, params)
         assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
         assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(lambda p: p.dtype, params)
-        jax.tree.map(np.testing.assert_array_equal, new.inner_state, state.inner_state)
+        chex.assert_trees_all_equal(new.inner_state, state.inner_state)
         assert float(new.loss_scale) == float(state.loss_scale) / 2
         assert (int(new.finite_count), int(new.skipped_count)) == (0, int(state.skipped_count) + 1)
         state = new
@@ -154,7 +155,7 @@ def test_under_jit_and_lax_scan_with_an_overflow_injected():
     carry = (params, opt.init(params))
     for b in bad:
         carry, _ = step(carry, b)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), (p_scan, s_scan), carry)
+    chex.assert_trees_all_close((p_scan, s_scan), carry, rtol=1e-6)
     assert scales.tolist() == [4096.0, 8192.0, 4096.0, 4096.0, 8192.0, 8192.0]
     assert int(s_scan.skipped_count) == 1
     # the skipped step changed nothing: five adam steps on the plain quadratic give the same params

@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,8 +174,7 @@ def test_gradients_with_respect_to_float32_params_are_float32():
         grads = jax.grad(lambda p, f=f: jnp.sum(f(p, x) ** 2))(params)
         exact = jax.grad(lambda p: jnp.sum(_linear(p, x) ** 2))(params)
         assert jax.tree.map(lambda g: g.dtype, grads) == {"w": jnp.float32, "b": jnp.float32}
-        for g, e in zip(jax.tree.leaves(grads), jax.tree.leaves(exact), strict=True):
-            np.testing.assert_allclose(g, e, rtol=0.05, atol=0.3)
+        chex.assert_trees_all_close(grads, exact, rtol=0.05, atol=0.3)
 
 
 def test_rewrapping_replaces_the_policy():
@@ -211,11 +211,10 @@ def test_apply_fn_keeps_the_training_protocol_and_batch_stats_dtypes():
 
     (y, new), y_eval, (_, ref) = run(variables, x, rng)
     assert y.dtype == y_eval.dtype == jnp.float32 and y.shape == (16, 10)
-    assert jax.tree.structure(new) == jax.tree.structure(variables)
+    chex.assert_trees_all_equal_structs(new, variables)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new))
     # the running statistics moved as the float32 model moves them
-    for a, b in zip(jax.tree.leaves(new["batch_stats"]), jax.tree.leaves(ref["batch_stats"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
+    chex.assert_trees_all_close(new["batch_stats"], ref["batch_stats"], rtol=2e-3, atol=2e-3)
     # hamjax.train sees an ApplyFn and gets the updated collections back
     logits, stats = jax.jit(lambda v: hamjax._base.call_model(f, v, x, train=True, rng=rng))(variables)
     assert logits.dtype == jnp.float32 and stats["batch_stats"]["norms"][0]["var"].dtype == jnp.float32
@@ -328,4 +327,4 @@ def test_interrupted_float16_run_resumes_to_the_same_result(tmp_path, digits):
     resumed = fit(apply_fn, params, digits, config, checkpoint_dir=str(tmp_path), progress=False)
     assert resumed.resumed_from == 18
     assert isinstance(resumed.state.opt_state, DynamicLossScaleState)
-    jax.tree.map(np.testing.assert_array_equal, (resumed.params, resumed.state), (straight.params, straight.state))
+    chex.assert_trees_all_equal((resumed.params, resumed.state), (straight.params, straight.state))

@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -162,8 +163,7 @@ def test_saliency_with_unit_grads_equals_magnitude(scope):
     ones = jax.tree.map(jnp.ones_like, params)
     sal = prune.saliency_masks(params, ones, 0.6, scope=scope)
     mag = prune.magnitude_masks(params, 0.6, scope=scope)
-    for x, y in zip(jax.tree.leaves(sal), jax.tree.leaves(mag), strict=True):
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal(sal, mag)
 
 
 def test_saliency_uses_the_gradient():

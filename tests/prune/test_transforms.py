@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +30,7 @@ def test_transforms_apply_their_masks(make, masks_fn):
     assert state.count == 0 and bool(jax.tree.reduce(lambda a, b: a & b.all(), state.masks, True))
     out, state = t.apply(params, state, unused=1)
     expected = prune.apply_masks(params, masks_fn(params))
-    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal(out, expected)
     np.testing.assert_array_equal(out["a"]["bias"], params["a"]["bias"])
     assert state.count == 1 and state.masks["a"]["bias"] is None
     again, state = t.apply(out, state)  # idempotent on already-pruned params

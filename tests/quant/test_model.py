@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,10 +137,8 @@ def test_qparams_orbax_round_trip(static_int8, digits, tmp_path):
     qapply, qparams = static_int8
     checkpoint.save_tree(tmp_path / "q", qparams)
     restored = checkpoint.load_tree(tmp_path / "q", like=qparams)
-    assert jax.tree.structure(restored) == jax.tree.structure(qparams)
-    for a, b in zip(jax.tree.leaves(qparams), jax.tree.leaves(restored), strict=True):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal_shapes_and_dtypes(restored, qparams)
+    chex.assert_trees_all_equal(restored, qparams)
     x = digits.test.x[:64]
     np.testing.assert_array_equal(jax.jit(qapply)(restored, x), jax.jit(qapply)(qparams, x))
 

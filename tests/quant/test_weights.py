@@ -1,5 +1,6 @@
 """Quantized weights of hamjax.quant.weights: QTensor storage, quantize_params, fake_quant_weights."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,11 +75,9 @@ def test_qtensor_orbax_round_trip(tmp_path):
     }
     checkpoint.save_tree(tmp_path / "q", tree)
     back = checkpoint.load_tree(tmp_path / "q", like=tree)
-    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    chex.assert_trees_all_equal_shapes_and_dtypes(back, tree)
     assert isinstance(back["a"], quant.QTensor) and (back["a"].bits, back["a"].symmetric) == (4, False)
-    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back), strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(back, tree)
     np.testing.assert_array_equal(back["b"].dequantize(), tree["b"].dequantize())
 
 
