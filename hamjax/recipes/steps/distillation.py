@@ -25,6 +25,7 @@ FIELDS = {
     "epochs": Field(int, 20, low=1, doc="passes over the training split"),
     "batch_size": Field(int, 128, low=1, doc="examples per step"),
     "learning_rate": Field(float, 1e-3, above=0.0, doc="peak learning rate"),
+    "warmup_steps": Field(int, 0, low=0, doc="linear warm-up then cosine decay; 0 keeps the rate constant"),
     "patience": Field(int, None, low=1, doc="early stopping after this many validations without improvement"),
     "continue_with": Field(str, "student", choices=("student", "teacher"), doc="the model later steps work on"),
     "stage": Field(str, "distilled", doc="name of the row this step adds to the report"),
@@ -87,6 +88,7 @@ def run(f: dict, context: Context) -> Context:
         epochs=f["epochs"],
         batch_size=f["batch_size"],
         learning_rate=f["learning_rate"],
+        warmup_steps=f["warmup_steps"],
         patience=f["patience"],
         seed=context.seed,
     )
