@@ -82,7 +82,13 @@ def run(f: dict, context: Context) -> Context:
             "its student from; this model has no config"
         )
     stage = f["stage"]
-    student_config = models.make_student(context.config, param_ratio=f["param_ratio"], depth_ratio=f["depth_ratio"])
+    try:
+        student_config = models.make_student(context.config, param_ratio=f["param_ratio"], depth_ratio=f["depth_ratio"])
+    except TypeError as err:  # a shrunk ViT or HAMNet keeps per-layer widths that no student config describes
+        raise RecipeError(
+            f"distill ({reference(f)}) cannot build a student of this model ({err}); put distill before a "
+            "prune step with shrink = true"
+        ) from None
     apply_fn, params = functional(models.from_config(student_config, seed=context.seed))
     config = train.TrainConfig(
         epochs=f["epochs"],

@@ -51,3 +51,12 @@ def test_recipe_step_can_go_on_with_the_teacher_and_needs_a_reference_model(digi
     assert context.params is context.stages[0].params
     with pytest.raises(RecipeError, match=r"^distill \(param_ratio=0.25\) needs a hamjax reference model"):
         run(_recipe(), Context(apply_fn, params, digits, progress=False))
+
+
+def test_a_shrunk_vit_has_no_student_config(digits):
+    shrunk = hamjax.prune.ShrunkConfig(
+        models.ViTConfig(num_layers=2), heads=(2, 4), mlp_hidden=(64, 128), token_hidden=(0, 0)
+    )
+    context = Context(lambda p, x: x, {}, digits, progress=False, config=shrunk)
+    with pytest.raises(RecipeError, match=r"^distill \(param_ratio=0.25\) cannot build a student of this model"):
+        run(validate({"name": "t", "steps": [{"kind": "distill"}]}), context)
