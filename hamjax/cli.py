@@ -147,7 +147,7 @@ def _search(args) -> int:
     from hamjax.search import engine, nas
 
     config = engine.SearchConfig(
-        method=args.strategy,
+        method=args.method,
         generations=args.generations,
         population_size=args.population,
         steps=args.steps,
@@ -172,7 +172,7 @@ def _search(args) -> int:
     if result.resumed_from is not None:
         print(f"resumed after generation {result.resumed_from}")
     top = sorted(result.history, key=lambda c: (-c.accuracy, c.params))[:10]
-    _print_candidates(f"hamjax search: {args.strategy}, best of {len(result.history)} candidates", top)
+    _print_candidates(f"hamjax search: {args.method}, best of {len(result.history)} candidates", top)
     names = {"accuracy": "validation accuracy", "params": "parameters", "latency": "latency"}
     _print_candidates(f"Pareto front ({' vs '.join(names[o] for o in config.objectives)})", result.pareto)
     payload = {"supernet": repr(supernet), "config": engine.json_safe(vars(args) | {"run": None}), **result.to_dict()}
@@ -310,7 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search architectures (per layer: dense/attention/conv/identity, width, activation; depth), "
         "training each generation's candidates together; resumes from --out after an interruption.",
     )
-    sea.add_argument("--strategy", choices=("random", "evolution", "bayesian"), default="evolution")
+    sea.add_argument(
+        "--method",
+        choices=("random", "evolution", "bayesian"),
+        default="evolution",
+        help="how candidates are proposed (default: evolution)",
+    )
     sea.add_argument("--generations", type=int, default=20, help="(default: 20)")
     sea.add_argument("--population", type=int, default=32, help="candidates per generation (default: 32)")
     sea.add_argument("--steps", type=int, default=100, help="training steps per candidate (default: 100)")
@@ -334,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: accuracy)",
     )
     sea.add_argument(
-        "--sampler", choices=("tpe", "gp"), default="tpe", help="Optuna sampler of --strategy bayesian (default: tpe)"
+        "--sampler", choices=("tpe", "gp"), default="tpe", help="Optuna sampler of --method bayesian (default: tpe)"
     )
     sea.add_argument("--data", choices=data.DATASETS, default="mnist", help="bundled dataset (default: mnist)")
     sea.add_argument("--out", default="hamjax-search", help="output and checkpoint directory")

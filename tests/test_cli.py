@@ -139,8 +139,8 @@ def test_search_passes_objectives_selection_and_sampler(tmp_path, monkeypatch, c
     assert cli.main([*argv, "--selection", "pareto", "--sampler", "gp"]) == 130
     assert seen[0].objectives == ("accuracy", "latency") and (seen[0].selection, seen[0].sampler) == ("pareto", "gp")
     assert "interrupted" in capsys.readouterr().err
-    if importlib.util.find_spec("torch") is None:  # the Bayesian strategy refuses the GP sampler before any data
-        assert cli.main(["search", "--strategy", "bayesian", "--sampler", "gp", "--out", str(tmp_path)]) == 2
+    if importlib.util.find_spec("torch") is None:  # the Bayesian method refuses the GP sampler before any data
+        assert cli.main(["search", "--method", "bayesian", "--sampler", "gp", "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert "needs torch" in err and "\n" not in err and len(seen) == 1
 
