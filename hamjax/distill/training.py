@@ -219,10 +219,10 @@ def fit(
       >>> ds = hamjax.data.load("digits")
       >>> config = hamjax.TrainConfig(epochs=5, learning_rate=1e-2)
       >>> teacher = hamjax.functional(models.build("mlp", input_shape=(8, 8, 1), sizes=(64, 64, 10)))
-      >>> t = hamjax.fit(*teacher, ds, config, progress=False)
+      >>> t = hamjax.fit(*teacher, ds, config, progress=False)  # doctest: +SKIP
       >>> student = hamjax.functional(models.build("mlp", input_shape=(8, 8, 1), sizes=(64, 16, 10)))
-      >>> out = distill.fit(*student, ds, config, teachers=(teacher[0], t.params), progress=False)
-      >>> out.cached, out.train.history[-1]["val_accuracy"] > 0.6
+      >>> out = distill.fit(*student, ds, config, teachers=(teacher[0], t.params), progress=False)  # doctest: +SKIP
+      >>> out.cached, out.train.history[-1]["val_accuracy"] > 0.6  # doctest: +SKIP
       (True, True)
     """
     config = config or train.TrainConfig()
