@@ -214,7 +214,7 @@ def optimize(
       >>> y = (x[:, 0] > 0).astype(np.int32)
       >>> dataset = hamjax.data.from_arrays(x, y)
       >>> params = {"w": jnp.zeros((16, 2)), "b": jnp.zeros(2)}
-      >>> apply_fn = lambda p, x: x @ p["w"] + p["b"]
+      >>> apply_fn = lambda p, x: x @ p["w"] + p["b"][None]
       >>> result = hamjax.optimize(apply_fn, params, dataset, "int8-static")  # doctest: +SKIP
       >>> [row.name for row in result.stages]  # doctest: +SKIP
       ['dense', 'int8']
