@@ -190,6 +190,38 @@ def with_trainable(apply_fn, params: Params, new_trainable: Params) -> Params:
     return new_trainable
 
 
+def optax_update(optimizer, updates, state, params=None, **extra):
+    """``optimizer.update(updates, state, params, **extra)`` with standard dtype promotion inside it.
+
+    optax's own arithmetic promotes implicitly (``adam``'s bias correction
+    raises a Python float to the power of an int32 count), which a process
+    that sets ``jax_numpy_dtype_promotion="strict"`` refuses. Every hamjax
+    call into an optax optimizer goes through here, so hamjax trains under
+    strict promotion (as its tests run) while its own code stays checked by it.
+
+    Args:
+      optimizer: an ``optax.GradientTransformation``.
+      updates: the gradients (or updates) pytree.
+      state: the optimizer's state.
+      params: the params, for optimizers that need them.
+      **extra: extra arguments of an ``optax.GradientTransformationExtraArgs``.
+
+    Returns:
+      ``(updates, state)`` as ``optimizer.update`` returns them.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from hamjax._base import optax_update
+      >>> params, opt = {"w": jnp.ones(2)}, optax.adam(0.5)
+      >>> with jax.numpy_dtype_promotion("strict"):
+      ...     updates, state = optax_update(opt, {"w": jnp.ones(2)}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.5, -0.5]
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return optimizer.update(updates, state, params, **extra)
+
+
 def call_model(apply_fn, params, x, *, train: bool = False, rng=None, **kw):
     """Call any model kind; return ``(y, params)`` with updated collections.
 

@@ -21,7 +21,7 @@ import optax
 
 from hamjax import data as data_lib
 from hamjax import precision as precision_lib
-from hamjax._base import call_model, trainable, with_trainable
+from hamjax._base import call_model, optax_update, trainable, with_trainable
 from hamjax._losses import cross_entropy
 
 Params = Any
@@ -214,7 +214,7 @@ def make_train_step(
         (_, (loss, logits, new_params, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             trainable(apply_fn, state.params)
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, trainable(apply_fn, state.params))
+        updates, opt_state = optax_update(optimizer, grads, state.opt_state, trainable(apply_fn, state.params))
         new_trainable = optax.apply_updates(trainable(apply_fn, state.params), updates)
         params = with_trainable(apply_fn, new_params, new_trainable)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hamjax._base import optax_update
 from hamjax._checks import check_fraction, check_number
 from hamjax.distill._numerics import scalar_hyperparameter
 
@@ -115,7 +116,7 @@ def ema_teacher(inner: optax.GradientTransformation, decay: float) -> optax.Grad
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("ema_teacher: update needs params")
-        updates, inner_state = inner.update(updates, state.inner_state, params)
+        updates, inner_state = optax_update(inner, updates, state.inner_state, params)
         ema = ema_update(state.ema, optax.apply_updates(params, updates), decay=decay)
         return updates, EmaTeacherState(ema, inner_state)
 

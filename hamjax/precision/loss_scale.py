@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hamjax._base import trainable
+from hamjax._base import optax_update, trainable
 from hamjax._checks import check_choice, check_int, check_number, check_positive
 from hamjax.precision.policy import Policy, get_policy, is_floating, with_policy
 
@@ -101,7 +101,7 @@ def _loss_scaled(inner: optax.GradientTransformation, initial_scale: float, next
     def update_fn(updates, state, params=None, **extra_args):
         grads = jax.tree.map(lambda g: _unscale(g, state.loss_scale), updates)
         finite = all_finite(grads)
-        new_updates, new_inner = inner.update(grads, state.inner_state, params, **extra_args)
+        new_updates, new_inner = optax_update(inner, grads, state.inner_state, params, **extra_args)
         # Both branches are computed and one is selected (as jmp does): this stays cheap under vmap and scan.
         new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
         new_inner = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_inner, state.inner_state)

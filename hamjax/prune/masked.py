@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hamjax._base import optax_update
 from hamjax._checks import check_choice, check_fraction, check_int
 from hamjax._select import is_none, resolve_filter
 from hamjax.prune.masks import apply_masks, check_masks
@@ -134,7 +135,7 @@ def masked_optimizer(
         if params is None:
             raise ValueError(f"{where}: update needs params= (to keep pruned weights at zero), got None")
         old = state.masks
-        inner_updates, inner_state = inner.update(apply_masks(updates, old), state.inner_state, params, **extra)
+        inner_updates, inner_state = optax_update(inner, apply_masks(updates, old), state.inner_state, params, **extra)
         count = state.count + 1
         scores, new = state.scores, old
         if movement:

@@ -52,7 +52,7 @@ import numpy as np
 import optax
 
 from hamjax import distill, prune
-from hamjax._base import call_model
+from hamjax._base import call_model, optax_update
 from hamjax._checks import check_choice, check_int
 from hamjax._losses import cross_entropy
 from hamjax.quant import MAX_BITS, MIN_BITS, fake_quant_weights
@@ -209,7 +209,7 @@ class Population:
         hyper = dict(opt_state.hyperparams)
         hyper.update({k: hparams[k].astype(hyper[k].dtype) for k in OPTIMIZER_HYPERPARAMETERS if k in hparams})
         opt_state = opt_state._replace(hyperparams=hyper)
-        updates, opt_state = self._optimizer.update(grads, opt_state, params)
+        updates, opt_state = optax_update(self._optimizer, grads, opt_state, params)
         params = optax.apply_updates(new_params, updates)
         if "sparsity" in hparams:
             params = prune.apply_masks(params, prune.magnitude_masks(params, hparams["sparsity"]))
