@@ -85,7 +85,9 @@ class DynamicLossScaleState(NamedTuple):
 def _unscale(g, scale):
     if not is_floating(g):
         return g
-    wide = jnp.promote_types(g.dtype, jnp.float32)
+    # float32, or the gradient's own dtype when wider: picked by width, since strict promotion has no
+    # bfloat16 -> float32 path for jnp.promote_types to find
+    wide = g.dtype if jnp.finfo(g.dtype).bits > 32 else jnp.dtype(jnp.float32)
     return (g.astype(wide) / scale.astype(wide)).astype(g.dtype)
 
 
