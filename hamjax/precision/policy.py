@@ -320,7 +320,11 @@ def with_policy(apply_fn: Callable, policy: Policy | str, *, keep: tuple[str, ..
 
         def fn(variables, x, *, train, rng, mutable, **kw):
             passed = {c: v if c in keep else policy.cast_to_compute(v) for c, v in variables.items()}
-            out = base(passed, policy.cast_to_compute(x), train=train, rng=rng, mutable=mutable, **kw)
+            # Flax layers promote on purpose: kept collections meet compute-dtype activations, and BatchNorm
+            # widens half-precision statistics to float32 (jnp.promote_types). That is what keep and the
+            # policy ask for, so the model runs under standard promotion even where the process sets strict.
+            with jax.numpy_dtype_promotion("standard"):
+                out = base(passed, policy.cast_to_compute(x), train=train, rng=rng, mutable=mutable, **kw)
             if not mutable:
                 return policy.cast_to_output(out)
             y, new_variables = out
