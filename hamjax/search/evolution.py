@@ -119,11 +119,14 @@ def _mutate(key: jax.Array, space: Space, genomes: Genomes, rate: jax.Array, sca
         # Int: a step of 1..max_step either way, limited by the room left on each side
         # (high - v and v - low fit in int32; v +- step may not).
         max_step = jnp.clip(jnp.round(scale * (high - low).astype(jnp.float32)), 1, 2**30).astype(jnp.int32)
-        step = jnp.minimum(jnp.floor(pick * max_step).astype(jnp.int32) + 1, max_step)
+        step = jnp.minimum(jnp.floor(pick * max_step.astype(jnp.float32)).astype(jnp.int32) + 1, max_step)
         stepped = jnp.where(up < 0.5, v + jnp.minimum(step, high - v), v - jnp.minimum(step, v - low))
         # Choice: shift the index by 1..count-1 (mod count), uniform over the other options.
         count = high - low + 1
-        shift = jnp.minimum(jnp.floor(pick * (count - 1)).astype(jnp.int32), jnp.maximum(count - 2, 0)) + 1
+        shift = (
+            jnp.minimum(jnp.floor(pick * (count - 1).astype(jnp.float32)).astype(jnp.int32), jnp.maximum(count - 2, 0))
+            + 1
+        )
         other = jnp.where(count > 1, low + (v - low + shift) % jnp.maximum(count, 1), v)
         new = jnp.where(lay.choice[None, :], other, stepped)
         groups.append((lay.discrete, jnp.where(mutates < rate, new, v)))
@@ -322,7 +325,7 @@ def _exploit_explore(key, fitness, params, hparams, factors, bounds, n):
     rank = jnp.zeros((p,), jnp.int32).at[order].set(jnp.arange(p, dtype=jnp.int32))
     replaced = rank < n
     u = jax.random.uniform(key, (1 + len(hparams or {}), p))
-    donor = order[p - n + jnp.minimum(jnp.floor(u[0] * n).astype(jnp.int32), n - 1)]
+    donor = order[p - n + jnp.minimum(jnp.floor(u[0] * n.astype(u.dtype)).astype(jnp.int32), n - 1)]
     source = jnp.where(replaced, donor, jnp.arange(p, dtype=jnp.int32))
 
     new_hparams = None
