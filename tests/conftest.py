@@ -3,8 +3,9 @@ import os
 import jax
 import pytest
 
-# Strict numerics, as equinox's tests run (STYLE.md).
+# Strict numerics, as equinox's tests run (STYLE.md): no implicit rank or dtype promotion.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 os.environ.setdefault("HAMJAX_TEST", "1")
 
 

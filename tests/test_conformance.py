@@ -29,7 +29,7 @@ def _scale(hp):
 
     def apply(params, state, **extra):
         del extra
-        return jax.tree.map(lambda a: (a * hp["factor"]).astype(a.dtype), params), ScaleState(state.count + 1)
+        return jax.tree.map(lambda a: a * hp["factor"].astype(a.dtype), params), ScaleState(state.count + 1)
 
     return hamjax.Transform(init, apply)
 

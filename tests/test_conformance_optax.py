@@ -102,7 +102,7 @@ def test_the_check_catches_a_state_whose_dtype_changes_after_an_update():
 
         def update(updates, state, params=None):
             del params
-            return updates, _CountState(state.count + 1.0)
+            return updates, _CountState((state.count + 1).astype(jnp.float32))
 
         return optax.GradientTransformation(lambda p: _CountState(jnp.zeros((), jnp.int32)), update)
 
@@ -116,7 +116,12 @@ def test_the_check_catches_an_adapter_that_ignores_its_hyperparameter_under_vmap
     def make(hp):
         seen.append(hp["learning_rate"])
         rate = hp["learning_rate"] if len(seen) % 2 else 0.5  # a Python branch on how often make ran
-        return optax.sgd(rate)
+
+        def update(updates, state, params=None):
+            del params
+            return jax.tree.map(lambda g: -g * jnp.asarray(rate, g.dtype), updates), state
+
+        return optax.GradientTransformation(lambda p: _CountState(jnp.zeros((), jnp.int32)), update)
 
     with pytest.raises(AssertionError):
-        check_optax_adapter(lambda hp: optax.with_extra_args_support(make(hp)), LEARNING_RATE)
+        check_optax_adapter(make, LEARNING_RATE)
