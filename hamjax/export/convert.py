@@ -178,8 +178,12 @@ def _check(session, reference, example, check_data, precision, fp16_io, seed) ->
             got = session(x_in)
         except Exception as err:
             raise ExportError(f"export.onnx: onnxruntime cannot run the exported {precision} model: {err}") from err
+        # the reference is the float32 model: float16 inputs (fp16_io) are widened to it, not promoted inside it
         want = np.concatenate(
-            [np.asarray(reference(x_in[i : i + CHECK_BATCH])) for i in range(0, len(x_in), CHECK_BATCH)]
+            [
+                np.asarray(reference(x_in[i : i + CHECK_BATCH].astype(np.float32)))
+                for i in range(0, len(x_in), CHECK_BATCH)
+            ]
         )
         checks.append(_compare(kind, got, want, precision))
     return checks
