@@ -56,7 +56,8 @@ class _LinenCNN(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.relu(nn.Conv(8, (3, 3))(x))
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        with jax.numpy_dtype_promotion("standard"):  # Flax's avg_pool divides by a NumPy integer window size
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 

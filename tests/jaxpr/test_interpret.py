@@ -79,7 +79,7 @@ def test_hook_replaces_operands():
     # On an NNX model: zeroing the first site's activation equals feeding zeros.
     apply_fn, _, mparams = random_model("mlp", input_shape=(8, 8, 1))
     xm = normal(np.random.default_rng(1), (3, 8, 8, 1))
-    first_zero = jax.jit(jaxpr.intercept(apply_fn, lambda i, s, a, w: (a * (i != 0), w)))
+    first_zero = jax.jit(jaxpr.intercept(apply_fn, lambda i, s, a, w: (a * jnp.asarray(i != 0, a.dtype), w)))
     np.testing.assert_allclose(first_zero(mparams, xm), jax.jit(apply_fn)(mparams, 0 * xm), rtol=1e-6, atol=1e-6)
 
 

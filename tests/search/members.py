@@ -38,7 +38,8 @@ def alone(params, lr, xs, ys):
     losses = []
     for x, y in zip(xs, ys, strict=True):
         value, grads = jax.value_and_grad(lambda p, x=x, y=y: hamjax.distill.cross_entropy(mlp(p, x), y))(params)
-        updates, state = opt.update(grads, state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's adamw promotes implicitly (decay ** int32 count)
+            updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         losses.append(value)
     return params, np.asarray(losses)

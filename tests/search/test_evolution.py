@@ -292,9 +292,9 @@ def test_evolution_loop_under_scan_improves_fitness(batch):
         return -(
             (jnp.log10(g["lr"]) + 3.0) ** 2
             + (10.0 * (g["dropout"] - 0.2)) ** 2
-            + ((g["width"] - 100) / 50.0) ** 2
-            + (g["act"] != 1)
-            + (g["opt"] != 0)
+            + ((g["width"].astype(jnp.float32) - 100) / 50.0) ** 2
+            + (g["act"] != 1).astype(jnp.float32)
+            + (g["opt"] != 0).astype(jnp.float32)
         )
 
     def step(g, k):
