@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from typing import Any
 
 import jax
@@ -124,16 +124,63 @@ class Checkpointer:
         self.close()
 
 
+def _stale_temporaries(directory: str, name: str) -> list[str]:
+    """Temporary files of earlier writes of ``name`` whose writing process is gone (killed mid-write)."""
+    prefix, stale = f".{name}.", []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+                continue
+            pid = entry[len(prefix) : -len(".tmp")].partition("-")[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                stale.append(os.path.join(directory, entry))
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
     """Write ``data`` (text as UTF-8) to a temporary file beside ``path``, sync it, then rename it over ``path``.
 
     A reader sees the old file or the new one, never a partial one; the
-    temporary file is removed if the write fails.
+    temporary file is removed if the write fails, and one that a killed
+    process left behind (``.NAME.PID-XXXX.tmp``, its process gone) is removed
+    by the next write of the same ``path``. The file gets the process umask's
+    permissions like any other tool's output (0644 under the usual umask 022).
+
+    Args:
+      path: the file to write; its folder is created.
+      data: ``str`` (written as UTF-8), ``bytes`` or a ``memoryview``.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> from hamjax.checkpoint import atomic_write
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "out" / "notes.txt"
+      >>> atomic_write(path, "done\\n")
+      >>> path.read_text()
+      'done\\n'
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    for stale in _stale_temporaries(directory, name):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
+    # Opened by hand rather than with tempfile.mkstemp, whose fixed 0600 would ignore the umask.
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -1,3 +1,8 @@
+import os
+import stat
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -62,3 +67,33 @@ def test_atomic_write_replaces_whole_files_and_cleans_up_on_failure(tmp_path):
         atomic_write(path, 3)
     assert path.read_bytes() == b"\x00\x01"
     assert sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_write_creates_files_with_the_process_umask(tmp_path, umask, mode):
+    from hamjax.checkpoint import atomic_write
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "report.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == mode
+
+
+def test_atomic_write_removes_the_temporary_file_a_killed_write_left(tmp_path):
+    from hamjax.checkpoint import atomic_write
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    stale = tmp_path / f".report.json.{child.pid}-0123456789ab.tmp"
+    stale.write_text("partial")
+    legacy = tmp_path / ".report.json.k2j4h1x_.tmp"
+    legacy.write_text("partial")
+    live = tmp_path / f".report.json.{os.getpid()}-feedfacecafe.tmp"
+    live.write_text("being written")
+    other = tmp_path / ".other.json.1-0123456789ab.tmp"
+    other.write_text("another target's")
+    atomic_write(tmp_path / "report.json", "{}\n")
+    assert (tmp_path / "report.json").read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.json", live.name, other.name])
