@@ -12,7 +12,9 @@ and checks recipes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -46,10 +48,33 @@ def _data_arg(text: str) -> str:
     )
 
 
+def _writable(option: str, text: str, *, file: bool = False) -> Path:
+    """``--out``: refuse, before any work, a folder given for a file (or the reverse), or a place not writable."""
+    path = Path(text)
+    if path.exists() and path.is_dir() == file:
+        raise ValueError(f"{option} {text} is a {'folder, not a file name' if file else 'file, not a folder'}")
+    existing = next((p for p in (path.parent if file else path, *path.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {text} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {text} is not writable: no permission to write in {existing}")
+    return path
+
+
+def _optimize_outputs(out: Path) -> None:
+    """Refuse, before training, an ``--out`` whose report files are folders or whose model folders are files."""
+    for name, folder in (("report.json", False), ("report.md", False), ("dense", True), ("model", True)):
+        path = out / name
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise ValueError(f"--out {out}: {path} is {kind}, where hamjax optimize writes its {name}")
+
+
 def _optimize(args) -> int:
     from hamjax import data, models, pipeline, recipes, report
     from hamjax._base import functional
 
+    _optimize_outputs(_writable("--out", args.out))
     recipe = recipes.load(args.recipe)
     dataset = (
         data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)
@@ -76,6 +101,8 @@ def _optimize(args) -> int:
         config=config,
         model_name=args.model,
     )
+    for stage, step in result.meta.get("resumed", {}).items():
+        print(f"resumed {stage} from step {step} (checkpoints in {args.out})")
     report.print_table(result.stages, title=f"hamjax optimize: {args.model} on {args.data}, recipe {recipe.name}")
     paths = result.paths
     print(f"wrote {paths['report.json']} and {paths['report.md']}")
@@ -100,6 +127,7 @@ def _export(args) -> int:
     from hamjax.models import saved
     from hamjax.recipes.steps.quantization import calibration_batches
 
+    _writable("--out", args.out, file=True)
     source = Path(args.model)
     if source.is_dir():
         apply_fn, params, _, meta = saved.load(source)
@@ -166,7 +194,7 @@ def _search(args) -> int:
         hidden_size=args.hidden_size,
         max_layers=args.max_layers,
     )
-    out = Path(args.out)
+    out = _writable("--out", args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = engine.run(supernet, dataset, config, workdir=str(out), progress=not args.quiet)
     if result.resumed_from is not None:
@@ -260,10 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     from hamjax import data, models
 
     parser = _Parser(prog="hamjax", description="Make neural networks smaller and faster in JAX.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of anticipated errors too")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command; SUPPRESS keeps one given before
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     opt = sub.add_parser(
         "optimize",
+        parents=[common],
         help="train a model through a recipe and report every stage",
         description="Train a reference model or your own on bundled data or your own arrays through a recipe; "
         "print and write a report with one row per stage (params, size, latency, throughput, accuracy).",
@@ -292,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser(
         "export",
+        parents=[common],
         help="write a reference model or a saved one as a checked ONNX file",
         description="Export MODEL (a reference model name, untrained, or a directory hamjax optimize wrote, "
         "such as hamjax-out/model) as an ONNX file checked against JAX in onnxruntime.",
@@ -306,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sea = sub.add_parser(
         "search",
+        parents=[common],
         help="architecture search over a masked supernet (random, evolution, bayesian)",
         description="Search architectures (per layer: dense/attention/conv/identity, width, activation; depth), "
         "training each generation's candidates together; resumes from --out after an interruption.",
@@ -347,25 +381,58 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--quiet", action="store_true", help="no progress bar")
     sea.set_defaults(run=_search)
 
-    rec = sub.add_parser("recipes", help="list bundled recipes or check recipe files")
+    rec = sub.add_parser("recipes", parents=[common], help="list bundled recipes or check recipe files")
     rec.add_argument("--check", nargs="+", metavar="PATH", help="validate these recipe files")
     rec.add_argument("--fields", action="store_true", help="also list every step kind's fields")
     rec.set_defaults(run=_recipes)
     return parser
 
 
+def _anticipated() -> tuple[type[BaseException], ...]:
+    """Errors a user can act on, printed as one line: ValueError (hamjax's own RecipeError, ExportError,
+    ModelImportError and checks; JSON, orbax and tensorstore errors of a corrupt checkpoint or model.json; a recipe
+    that is not UTF-8), OSError (paths, permissions, a full disk), and TensorRTUnavailable once its module loaded."""
+    trt = sys.modules.get("hamjax.export.trt_engine")
+    return (ValueError, OSError) + ((trt.TensorRTUnavailable,) if trt is not None else ())
+
+
+def _error_line(err: BaseException) -> str:
+    """One line: an OSError's file and reason, a third-party error's class name, several lines joined."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        names = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        text = f"{names}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+        module = type(err).__module__
+        if module != "builtins" and not module.startswith("hamjax"):
+            text = f"{type(err).__name__}: {text}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
-    """Run the ``hamjax`` command; return its exit status."""
+    """Run the ``hamjax`` command; return its exit status.
+
+    An anticipated error (a bad input, path, recipe, model or checkpoint) prints one line
+    ``hamjax <command>: error: ...`` and returns 2; ``--debug`` prints its traceback first. Any other
+    exception is a bug and propagates with its traceback.
+
+    Args:
+      argv: the arguments after ``hamjax``; ``None`` reads ``sys.argv``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:  # hamjax.export.ExportError is a ValueError
-        print(f"hamjax {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"hamjax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not isinstance(err, _anticipated()):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"hamjax {args.command}: error: {_error_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

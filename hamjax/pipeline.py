@@ -46,7 +46,9 @@ class OptimizeResult:
         without ``out``, in a temporary folder).
       recipe: the :class:`hamjax.recipes.Recipe` that ran.
       meta: what ``report.json`` records about the run (recipe, seed, run
-        seconds, environment, notes).
+        seconds, environment, notes, and ``"resumed"``: the stages that
+        resumed from checkpoints in ``out`` by name, with the step each
+        resumed from).
 
     Examples:
       >>> import dataclasses
@@ -140,6 +142,31 @@ def _write(out: Path, context: recipes.Context, measurements, meta: dict, paths:
         # The int8 model without pickle: the checked QDQ file onnxruntime runs.
         shutil.copyfile(context.extras["onnx int8"].path, paths["model"] / "model.int8.onnx")
         paths["model int8"] = paths["model"] / "model.int8.onnx"
+
+
+def _checkpoint_steps(workdir: Path) -> dict[str, int]:
+    """The newest step in each step's checkpoint folder under ``workdir`` (``checkpoints-<row>-<stage>``).
+
+    Read before the run: a step whose folder holds a checkpoint resumes from it.
+    """
+    steps = {}
+    for folder in sorted(workdir.glob("checkpoints-*")):
+        if folder.is_dir():
+            with checkpoint.Checkpointer(folder) as ckpt:
+                step = ckpt.latest_step()
+            if step is not None:
+                steps[folder.name] = step
+    return steps
+
+
+def _resumed(context: recipes.Context, steps: dict[str, int]) -> dict[str, int]:
+    """The stages that resumed from a checkpoint, and from which step (a row's folder is named by its index)."""
+    found = {}
+    for index, stage in enumerate(context.stages):
+        step = steps.get(f"checkpoints-{index}-{stage.name}")
+        if step is not None:
+            found[stage.name] = step
+    return found
 
 
 def _final_stage(context: recipes.Context) -> str:
@@ -236,8 +263,10 @@ def optimize(
     if config is None:
         _custom_model_steps(recipe, recipe.name)
     workdir = None if out is None else Path(out)
+    steps = {}
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+        steps = _checkpoint_steps(workdir)
     context = recipes.Context(
         apply_fn,
         params,
@@ -261,6 +290,7 @@ def optimize(
         "seed": seed,
         "run_seconds": round(run_seconds, 2),
         "final_stage": _final_stage(context),
+        "resumed": _resumed(context, steps),
         "env": measure.environment(),
         "notes": [f"{s.name}: {s.notes}" for s in context.stages if s.notes],
     }

@@ -270,3 +270,161 @@ def test_bad_model_or_data_of_the_users_own_is_one_line(user_files, capsys, argv
     err = capsys.readouterr().err.strip()
     assert err.startswith("hamjax optimize: error: ") and match in err and "\n" not in err
     assert not (user_files / "out" / "report.json").exists()
+
+
+def _no_training(monkeypatch):
+    """Make any training a test failure: the errors below must come before it."""
+    from hamjax import train
+
+    def fit(*args, **kwargs):
+        raise AssertionError("trained before refusing the arguments")
+
+    monkeypatch.setattr(train, "fit", fit)
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hamjax {command}: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_optimize_refuses_an_out_that_is_a_file_before_training(tmp_path, monkeypatch, capsys):
+    _no_training(monkeypatch)
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    assert cli.main(["optimize", "--data", "digits", "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out} is a file, not a folder" in _one_line_error(capsys, "optimize")
+    assert cli.main(["optimize", "--data", "digits", "--out", str(out / "sub"), "--quiet"]) == 2
+    assert f"--out {out / 'sub'} cannot be created: {out} is a file" in _one_line_error(capsys, "optimize")
+
+
+@pytest.mark.parametrize(("name", "make"), [("report.json", "mkdir"), ("report.md", "mkdir"), ("model", "write_text")])
+def test_optimize_refuses_an_out_whose_outputs_are_the_wrong_kind_before_training(
+    tmp_path, monkeypatch, capsys, name, make
+):
+    _no_training(monkeypatch)
+    path = tmp_path / name
+    getattr(path, make)(*(["x"] if make == "write_text" else []))
+    assert cli.main(["optimize", "--data", "digits", "--out", str(tmp_path), "--quiet"]) == 2
+    kind = "a folder" if make == "mkdir" else "a file"
+    assert f"{path} is {kind}, where hamjax optimize writes its {name}" in _one_line_error(capsys, "optimize")
+
+
+def test_export_refuses_an_out_that_is_a_folder_before_exporting(tmp_path, capsys):
+    assert cli.main(["export", "mlp", "--data", "digits", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder, not a file name" in _one_line_error(capsys, "export")
+    assert "exporting" not in capsys.readouterr().out
+
+
+def test_search_refuses_an_out_that_is_a_file_before_searching(tmp_path, monkeypatch, capsys):
+    from hamjax.search import engine
+
+    def run(*args, **kwargs):
+        raise AssertionError("searched before refusing --out")
+
+    monkeypatch.setattr(engine, "run", run)
+    out = tmp_path / "search"
+    out.write_text("x")
+    assert cli.main(["search", "--data", "digits", "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out} is a file, not a folder" in _one_line_error(capsys, "search")
+
+
+def test_export_of_a_corrupt_model_json_is_one_line(tmp_path, capsys):
+    saved = tmp_path / "model"
+    saved.mkdir()
+    (saved / "model.json").write_text('{"config": ')
+    assert cli.main(["export", str(saved), "--out", str(tmp_path / "m.onnx")]) == 2
+    _one_line_error(capsys, "export")
+
+
+def _raising(err):
+    def load(*args, **kwargs):
+        raise err
+
+    return load
+
+
+def _anticipated_errors():
+    import json
+
+    from hamjax.export.graph import ExportError
+    from hamjax.export.trt_engine import TensorRTUnavailable
+    from hamjax.models.external import ModelImportError
+    from hamjax.recipes import RecipeError
+
+    try:
+        json.loads('{"steps": ')
+    except json.JSONDecodeError as err:
+        decode = err
+    return [
+        (RecipeError("recipe r: steps[0].epochs must be >= 1, got 0"), "steps[0].epochs must be >= 1, got 0"),
+        (ExportError("export.onnx: out must be a file"), "export.onnx: out must be a file"),
+        (ModelImportError("--model x:y: cannot import module 'x'"), "cannot import module 'x'"),
+        (TensorRTUnavailable("TensorRT is not installed"), "TensorRT is not installed"),
+        (decode, "JSONDecodeError: Expecting value: line 1 column 11"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "invalid start byte"),
+        (IsADirectoryError(21, "Is a directory", "out/report.json"), "out/report.json: Is a directory"),
+        (PermissionError(13, "Permission denied", "/out"), "/out: Permission denied"),
+        (FileNotFoundError("load_tree: no checkpoint directory at /x"), "no checkpoint directory at /x"),
+        (
+            ValueError("checkpoint at step 4 in /x does not match\nthe expected structure"),
+            "checkpoint at step 4 in /x does not match the expected structure",
+        ),
+    ]
+
+
+_ANTICIPATED = _anticipated_errors()
+
+
+@pytest.mark.parametrize(("err", "match"), _ANTICIPATED, ids=[type(err).__name__ for err, _ in _ANTICIPATED])
+def test_every_anticipated_error_is_one_line_and_exit_2(monkeypatch, capsys, err, match):
+    from hamjax import recipes
+
+    monkeypatch.setattr(recipes, "load", _raising(err))
+    assert cli.main(["recipes", "--check", "r.toml"]) == 2
+    assert match in _one_line_error(capsys, "recipes")
+
+
+def test_debug_shows_the_traceback_of_an_anticipated_error(monkeypatch, capsys):
+    from hamjax import recipes
+
+    monkeypatch.setattr(recipes, "load", _raising(recipes.RecipeError("bad recipe")))
+    for argv in (["--debug", "recipes", "--check", "r.toml"], ["recipes", "--debug", "--check", "r.toml"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" in err and err.strip().splitlines()[-1] == "hamjax recipes: error: bad recipe"
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    from hamjax import recipes
+
+    monkeypatch.setattr(recipes, "load", _raising(KeyError("a bug")))
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["recipes", "--check", "r.toml"])
+
+
+_ONE_EPOCH = """
+name = "one-epoch"
+[[steps]]
+kind = "train"
+epochs = 1
+batch_size = 64
+"""
+
+
+def test_optimize_says_when_it_resumed_and_from_which_step(user_files, capsys):
+    (user_files / "one.toml").write_text(_ONE_EPOCH)
+    out = user_files / "out"
+    argv = ["optimize", "--model", "usermodel:build", "--data", "mine.npz", "--recipe", "one.toml", "--out", str(out)]
+    assert cli.main([*argv, "--quiet"]) == 0
+    first = capsys.readouterr().out
+    assert "resumed" not in first
+    assert json.loads((out / "report.json").read_text())["meta"]["resumed"] == {}
+    from hamjax import checkpoint
+
+    with checkpoint.Checkpointer(out / "checkpoints-0-dense") as ckpt:
+        step = ckpt.latest_step()
+    assert step is not None and step > 0
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert f"resumed dense from step {step} (checkpoints in {out})" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["meta"]["resumed"] == {"dense": step}
