@@ -65,8 +65,8 @@ def load(name_or_path: str | os.PathLike) -> Recipe:
       A :class:`~hamjax.recipes.Recipe`.
 
     Raises:
-      RecipeError: for an unknown name, unreadable TOML or a bad field; the
-        message names the file and the field.
+      RecipeError: for an unknown name, a file that cannot be read or is not
+        UTF-8, invalid TOML or a bad field; the message names the file and the field.
 
     Examples:
       >>> from hamjax import recipes
@@ -83,8 +83,14 @@ def load(name_or_path: str | os.PathLike) -> Recipe:
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the recipe as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{path}: not valid TOML: {err}") from err
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot be read: {err.strerror or err}") from None
     try:
         return validate(raw)
     except RecipeError as err:

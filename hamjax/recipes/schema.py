@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["REQUIRED", "Context", "Field", "Recipe", "RecipeError", "Step", "StepKind"]
+__all__ = ["REQUIRED", "Context", "Field", "Recipe", "RecipeError", "Step", "StepKind", "check_slug"]
 
 
 class RecipeError(ValueError):
@@ -33,6 +34,40 @@ class _Required:
 REQUIRED = _Required()
 """The default of a :class:`Field` that a recipe must give."""
 
+_SLUG = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9 ._+-]{0,99}")
+
+
+def check_slug(where: str, value: str) -> str:
+    """``value`` if it is safe as one path component, else raises.
+
+    A slug is 1 to 100 ASCII letters, digits, spaces, ``.``, ``_``, ``-`` and
+    ``+``, not starting with a dot or a space and without ``..``: a stage name
+    goes into a checkpoint directory's name, so none may climb out of the
+    work directory (``../x``) or hide there (``.x``).
+
+    Args:
+      where: the value's place (``"steps[0].stage"``), the start of the message.
+      value: the name to check.
+
+    Raises:
+      RecipeError: naming ``where``, the value and what is allowed.
+
+    Examples:
+      >>> from hamjax.recipes.schema import check_slug
+      >>> check_slug("steps[0].stage", "int8 qat")
+      'int8 qat'
+      >>> check_slug("steps[0].stage", "../x")
+      Traceback (most recent call last):
+      ...
+      hamjax.recipes.schema.RecipeError: steps[0].stage must be a name of letters, digits, spaces, '.', '_', '-' and '+' (not starting with '.' or a space, no '..', at most 100 characters), got '../x'
+    """
+    if not isinstance(value, str) or not _SLUG.fullmatch(value) or ".." in value:
+        raise RecipeError(
+            f"{where} must be a name of letters, digits, spaces, '.', '_', '-' and '+' (not starting with '.' or a space,"
+            f" no '..', at most 100 characters), got {value!r}"
+        )
+    return value
+
 
 @dataclasses.dataclass(frozen=True)
 class Field:
@@ -46,6 +81,8 @@ class Field:
       above: an exclusive lower bound for numbers.
       choices: allowed values for strings.
       doc: one line shown by ``hamjax recipes --fields``.
+      slug: a string that must be safe as a path component
+        (:func:`check_slug`); every step kind's ``stage`` field is one.
 
     Examples:
       >>> from hamjax.recipes import Field
@@ -62,6 +99,7 @@ class Field:
     above: float | None = None
     choices: tuple | None = None
     doc: str = ""
+    slug: bool = False
 
     def check(self, where: str, value):
         """``value`` if it fits this field (an int becomes a float for a float field), else raises.
@@ -87,6 +125,8 @@ class Field:
             raise RecipeError(f"{where} must be <= {self.high}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise RecipeError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+        if self.slug:
+            check_slug(where, value)
         return value
 
     def accepts(self, value) -> bool:
@@ -165,6 +205,10 @@ class StepKind:
         structured prune, a student built from the config), for example
         ``"method='neurons', shrink=true"``; ``None`` when it runs on any model.
 
+    A string field named ``stage`` names the step's report row and its
+    checkpoint directory, so it is always a slug (:func:`check_slug`),
+    whatever the kind's author declared.
+
     Examples:
       >>> from hamjax.recipes import Field, StepKind
       >>> kind = StepKind("noop", {"times": Field(int, 1, low=1)}, lambda fields, context: context)
@@ -179,6 +223,12 @@ class StepKind:
     check: Callable[[dict], str | None] | None = None
     renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
     reference: Callable[[dict], str | None] | None = None
+
+    def __post_init__(self):
+        stage = self.fields.get("stage")
+        if stage is not None and stage.type is str and not stage.slug:
+            fields = {**self.fields, "stage": dataclasses.replace(stage, slug=True)}
+            object.__setattr__(self, "fields", fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +318,20 @@ class Context:
 
         Returns:
           ``workdir/checkpoints-<row index>-<stage>``, or ``None`` without a workdir.
+
+        Raises:
+          RecipeError: for a ``stage`` that is not a slug (:func:`check_slug`)
+            or a directory that resolves outside ``workdir`` (through a
+            symbolic link).
         """
         if self.workdir is None:
             return None
-        return os.path.join(self.workdir, f"checkpoints-{len(self.stages)}-{stage}")
+        check_slug("checkpoint_dir: stage", stage)
+        path = os.path.join(self.workdir, f"checkpoints-{len(self.stages)}-{stage}")
+        root, resolved = os.path.realpath(self.workdir), os.path.realpath(path)
+        if os.path.commonpath([root, resolved]) != root or resolved == root:
+            raise RecipeError(
+                f"checkpoint_dir: the checkpoints of stage {stage!r} would go to {resolved}, outside the work"
+                f" directory {root}"
+            )
+        return path

@@ -63,3 +63,10 @@ def test_a_user_file_with_the_old_quantize_field_names_is_told_the_new_ones(tmp_
         r"the former method field is now calibration_method",
     ):
         recipes.load(old)
+
+
+def test_a_recipe_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('name = "caf\u00e9"\n[[steps]]\nkind = "train"\n'.encode("latin-1"))
+    with pytest.raises(RecipeError, match=r"latin1\.toml: not UTF-8 text \(byte 11: .*\); save the recipe as UTF-8"):
+        recipes.load(bad)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from hamjax.recipes import REQUIRED, Context, Field, Recipe, RecipeError, Step, StepKind, validate
+from hamjax.recipes import REQUIRED, Context, Field, Recipe, RecipeError, Step, StepKind, step_kinds, validate
+from hamjax.recipes.schema import check_slug
 
 
 def test_field_check_converts_ints_for_floats_and_names_the_place():
@@ -53,3 +54,52 @@ def test_context_checkpoint_dir_is_one_folder_per_row(tmp_path):
     ctx.stages.append(object())
     assert ctx.checkpoint_dir("pruned") == str(tmp_path / "checkpoints-1-pruned")
     assert Context(lambda p, x: x, {}, None).checkpoint_dir("dense") is None
+
+
+@pytest.mark.parametrize("stage", ["dense", "int8 qat", "onnx fp32", "v1.2_b-c+d", "X9"])
+def test_a_safe_stage_name_is_accepted(stage):
+    assert check_slug("steps[0].stage", stage) == stage
+    assert validate({"name": "r", "steps": [{"kind": "train", "stage": stage}]}).steps[0].params["stage"] == stage
+
+
+@pytest.mark.parametrize(
+    "stage",
+    ["../x", "x/../../../escape", "a/b", "a\\b", "..", "a..b", ".hidden", " lead", "", "a\x00b", "é", "x" * 101],
+)
+def test_a_stage_name_that_is_not_a_slug_is_refused_naming_the_field(stage):
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.stage must be a name of letters, digits"):
+        validate({"name": "r", "steps": [{"kind": "train"}, {"kind": "prune", "stage": stage}]})
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.search\.stage\.choices must be a name"):
+        validate({"name": "r", "steps": [{"kind": "train", "search": {"stage": {"choices": ["ok", stage]}}}]})
+
+
+def test_every_step_kind_with_a_stage_field_checks_it_as_a_slug():
+    for name, kind in step_kinds().items():
+        if "stage" in kind.fields:
+            assert kind.fields["stage"].slug, name
+    kind = StepKind("third-party", {"stage": Field(str, "mine")}, lambda fields, context: context)
+    assert kind.fields["stage"].slug
+    assert not kind.fields["stage"].accepts("../mine")
+
+
+def test_context_checkpoint_dir_stays_inside_the_work_directory(tmp_path):
+    ctx = Context(lambda p, x: x, {}, None, workdir=str(tmp_path / "run"))
+    with pytest.raises(RecipeError, match=r"checkpoint_dir: stage must be a name.*got '\.\./x'"):
+        ctx.checkpoint_dir("../x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run" / "checkpoints-0-dense").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RecipeError, match="checkpoint_dir: the checkpoints of stage 'dense' would go to .*elsewhere"):
+        ctx.checkpoint_dir("dense")
+    ctx.stages.append(object())
+    assert ctx.checkpoint_dir("dense") == str(tmp_path / "run" / "checkpoints-1-dense")
+
+
+def test_recipes_check_refuses_a_stage_that_climbs_out(tmp_path, capsys):
+    from hamjax import cli
+
+    bad = tmp_path / "escape.toml"
+    bad.write_text('name = "escape"\n[[steps]]\nkind = "train"\nstage = "../x"\n')
+    assert cli.main(["recipes", "--check", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "escape.toml: steps[0].stage must be a name" in err and "'../x'" in err
