@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import warnings
 from typing import Any
 
 import jax
@@ -33,11 +34,73 @@ def _into(like: PyTree, restored: PyTree, what: str) -> PyTree:
     return jax.tree.unflatten(want, leaves)
 
 
+def check_directory(where: str, arg: str, path: str | os.PathLike) -> str:
+    """``path`` as an absolute path, or raises if it cannot be a directory hamjax reads and writes.
+
+    ``path`` may be an existing directory that this process can list, read
+    and write, or a path not yet there whose nearest existing parent is such a
+    directory (it is then created when first written, not here). A regular
+    file, or a directory without the permissions, is a ``ValueError`` naming
+    ``arg`` and the path, raised before any work is spent.
+
+    Args:
+      where: the caller label (the public function or class a user called).
+      arg: the argument's name.
+      path: the directory to check.
+
+    Returns:
+      The absolute path.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> from hamjax.checkpoint import check_directory
+      >>> root = pathlib.Path(tempfile.mkdtemp())
+      >>> check_directory("fit", "checkpoint_dir", root / "new") == str(root / "new")
+      True
+      >>> (root / "notes.txt").write_text("x")
+      1
+      >>> check_directory("fit", "checkpoint_dir", root / "notes.txt")
+      Traceback (most recent call last):
+      ...
+      ValueError: fit: checkpoint_dir must be a directory, got the regular file ...notes.txt'
+    """
+    try:
+        path = os.path.abspath(os.fspath(path))
+    except TypeError as err:
+        raise ValueError(f"{where}: {arg} must be a path to a directory, got {path!r}") from err
+    if os.path.exists(path) and not os.path.isdir(path):
+        kind = "the regular file" if os.path.isfile(path) else "a path that is not a directory"
+        raise ValueError(f"{where}: {arg} must be a directory, got {kind} {path!r}")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{where}: {arg} {path!r} cannot be created: {existing!r} is a file, not a directory")
+    if not os.access(existing, os.R_OK | os.W_OK | os.X_OK):
+        what = "is" if existing == path else f"would be created in {existing!r}, which is"
+        raise ValueError(f"{where}: {arg} {path!r} {what} not a directory this process can read and write")
+    return path
+
+
+def _reason(err: BaseException) -> str:
+    """One line saying why a checkpoint step could not be restored."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
 class Checkpointer:
     """Save and restore ``(tree, metadata)`` pairs by step.
 
+    A corrupt newest step (a truncated array file, broken metadata, a tree
+    that does not match) is skipped with a ``RuntimeWarning`` naming it and
+    why, and the newest intact step is restored instead; saving a step that
+    is already there (the skipped one, when the resumed run reaches it again)
+    replaces it.
+
     Args:
-      directory: where checkpoints live (created if absent).
+      directory: where checkpoints live (created if absent); a regular file or
+        a directory this process cannot read and write is a ``ValueError``.
       every: save when ``step % every == 0`` (``maybe_save``); ``None`` never.
       max_to_keep: how many recent checkpoints to keep.
 
@@ -58,7 +121,7 @@ class Checkpointer:
         if every is not None:
             every = check_int("Checkpointer", "every", every, minimum=1)
         max_to_keep = check_int("Checkpointer", "max_to_keep", max_to_keep, minimum=1)
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = check_directory("Checkpointer", "directory", directory)
         self.every = every
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(
@@ -76,7 +139,10 @@ class Checkpointer:
             tree=self._ocp.args.StandardSave(tree),
             meta=self._ocp.args.JsonSave(metadata or {}),
         )
-        self._manager.save(int(step), args=args, force=True)
+        step = int(step)
+        if step in self._manager.all_steps():
+            self._manager.delete(step)  # a step written again supersedes the old one (a skipped corrupt one)
+        self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
 
     def maybe_save(self, step: int, tree: PyTree, metadata: dict | None = None) -> bool:
@@ -87,7 +153,12 @@ class Checkpointer:
         return True
 
     def restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict] | None:
-        """Restore the newest checkpoint into the structure of ``like``.
+        """Restore the newest intact checkpoint into the structure of ``like``.
+
+        Steps are tried newest first; one that cannot be restored (a
+        truncated or missing array file, broken JSON metadata, a tree that
+        does not match ``like``) is skipped, and when an older step is
+        restored instead a ``RuntimeWarning`` names each skipped step and why.
 
         Args:
           like: a pytree with the structure, shapes and dtypes to restore.
@@ -96,22 +167,41 @@ class Checkpointer:
           ``(step, tree, metadata)``, or ``None`` when there is no checkpoint.
 
         Raises:
-          ValueError: when the stored tree does not match ``like``.
+          ValueError: when no step can be restored; it names the directory and
+            each step with its reason.
         """
-        step = self.latest_step()
-        if step is None:
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             return None
+        skipped = []
+        for step in steps:
+            try:
+                tree, meta = self._restore(step, like)
+            except Exception as err:  # a corrupt step raises anything from orbax, tensorstore or json
+                skipped.append(f"step {step} ({_reason(err)})")
+                continue
+            for what in skipped:
+                warnings.warn(
+                    f"Checkpointer: skipped the checkpoint at {what} in {self.directory}; "
+                    f"restored step {step}, the newest intact one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return step, tree, meta
+        raise ValueError(
+            f"Checkpointer: no intact checkpoint in {self.directory} matches the expected tree: " + "; ".join(skipped)
+        )
+
+    def _restore(self, step: int, like: PyTree) -> tuple[PyTree, dict]:
         args = self._ocp.args.Composite(
             tree=self._ocp.args.StandardRestore(_abstract(like)),
             meta=self._ocp.args.JsonRestore(),
         )
-        try:
-            restored = self._manager.restore(step, args=args)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"checkpoint at step {step} in {self.directory} does not match the expected structure: {err}"
-            ) from err
-        return step, _into(like, restored["tree"], f"checkpoint at step {step}"), dict(restored["meta"] or {})
+        restored = self._manager.restore(step, args=args)
+        meta = restored["meta"]
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"the metadata is a {type(meta).__name__}, not a JSON object")
+        return _into(like, restored["tree"], "the tree"), dict(meta or {})
 
     def close(self) -> None:
         """Release the underlying orbax manager."""

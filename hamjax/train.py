@@ -236,6 +236,10 @@ def fit(
       >>> result.history[-1]["val_accuracy"] > 0.5
       True
     """
+    if checkpoint_dir is not None:
+        from hamjax.checkpoint import check_directory
+
+        check_directory("fit", "checkpoint_dir", checkpoint_dir)  # a file or unusable directory, before any work
     train = dataset.train
     if config.batch_size > len(train.y):
         raise ValueError(

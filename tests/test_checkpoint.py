@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def test_checkpointer_keeps_the_newest_and_rejects_mismatched_trees(tmp_path):
             ckpt.save(step, {"w": jnp.full(2, float(step))})
         step, tree, _ = ckpt.restore_latest({"w": jnp.zeros(2)})
         assert step == 4 and tree["w"].tolist() == [4.0, 4.0]
-        with pytest.raises(ValueError, match="step 4"):
+        with pytest.raises(ValueError, match="no intact checkpoint in .*step 4 .*step 3 "):
             ckpt.restore_latest({"w": jnp.zeros(2), "extra": jnp.zeros(1)})
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["3", "4"]
 
@@ -44,6 +45,84 @@ def test_checkpointer_validates_arguments(tmp_path):
         Checkpointer(tmp_path, every=2.5)
     with pytest.raises(ValueError, match="Checkpointer: max_to_keep must be an integer >= 1, got 0"):
         Checkpointer(tmp_path, max_to_keep=0)
+
+
+def _two_steps(directory):
+    with Checkpointer(directory, every=1, max_to_keep=3) as ckpt:
+        ckpt.save(1, {"w": jnp.full(3, 1.0)}, {"record": 1})
+        ckpt.save(2, {"w": jnp.full(3, 2.0)}, {"record": 2})
+
+
+def _truncate_arrays(step_dir):
+    files = [p for p in (step_dir / "tree").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+
+
+def test_restore_latest_falls_back_from_a_truncated_array_file(tmp_path):
+    _two_steps(tmp_path)
+    _truncate_arrays(tmp_path / "2")
+    with Checkpointer(tmp_path, every=1, max_to_keep=3) as ckpt:
+        with pytest.warns(RuntimeWarning, match=r"skipped the checkpoint at step 2 \(.+\) in .*restored step 1"):
+            step, tree, meta = ckpt.restore_latest({"w": jnp.zeros(3)})
+        assert step == 1 and tree["w"].tolist() == [1.0, 1.0, 1.0] and meta == {"record": 1}
+        # The resumed run writes step 2 again: it replaces the corrupt one, which then restores.
+        ckpt.save(2, {"w": jnp.full(3, 5.0)}, {"record": 5})
+        step, tree, meta = ckpt.restore_latest({"w": jnp.zeros(3)})
+    assert step == 2 and tree["w"].tolist() == [5.0, 5.0, 5.0] and meta == {"record": 5}
+
+
+@pytest.mark.parametrize("broken", ["{not json", "[1, 2]"])
+def test_restore_latest_falls_back_from_broken_metadata(tmp_path, broken):
+    _two_steps(tmp_path)
+    (tmp_path / "2" / "meta" / "metadata").write_text(broken)
+    with Checkpointer(tmp_path) as ckpt, pytest.warns(RuntimeWarning, match="step 2") as caught:
+        step, tree, meta = ckpt.restore_latest({"w": jnp.zeros(3)})
+    assert step == 1 and tree["w"].tolist() == [1.0, 1.0, 1.0] and meta == {"record": 1}
+    assert len(caught) == 1
+
+
+def test_restore_latest_falls_back_from_a_step_missing_its_files(tmp_path):
+    _two_steps(tmp_path)
+    for path in sorted((tmp_path / "2").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    with Checkpointer(tmp_path) as ckpt, pytest.warns(RuntimeWarning, match="step 2"):
+        step, tree, _ = ckpt.restore_latest({"w": jnp.zeros(3)})
+    assert step == 1 and tree["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_restore_latest_names_the_directory_when_no_step_is_intact(tmp_path):
+    _two_steps(tmp_path)
+    _truncate_arrays(tmp_path / "2")
+    (tmp_path / "1" / "meta" / "metadata").write_text("{not json")
+    with (
+        Checkpointer(tmp_path) as ckpt,
+        pytest.raises(ValueError, match=r"no intact checkpoint in (.+) .*step 2 .*; step 1 ") as err,
+    ):
+        ckpt.restore_latest({"w": jnp.zeros(3)})
+    assert str(tmp_path) in str(err.value)
+
+
+def test_checkpointer_refuses_a_regular_file_or_an_unusable_directory(tmp_path):
+    path = tmp_path / "ckpt"
+    path.write_text("not a directory")
+    with pytest.raises(
+        ValueError, match=re.escape(f"Checkpointer: directory must be a directory, got the regular file '{path}'")
+    ):
+        Checkpointer(path)
+    with pytest.raises(
+        ValueError, match=re.escape(f"Checkpointer: directory '{path / 'sub'}' cannot be created: '{path}' is a file")
+    ):
+        Checkpointer(path / "sub")
+    assert path.read_text() == "not a directory"
+    if os.geteuid() != 0:  # root reads and writes any directory
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="Checkpointer: directory .*locked' is not a directory this process can"):
+            Checkpointer(locked)
 
 
 def test_save_and_load_tree(tmp_path):

@@ -187,3 +187,38 @@ def test_resuming_with_another_config_is_refused(tmp_path, digits):
         fit(
             apply_fn, params, digits, TrainConfig(epochs=2, batch_size=32), checkpoint_dir=str(tmp_path), progress=False
         )
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path, digits):
+    apply_fn, params = plain_mlp()
+    path = tmp_path / "ckpt"
+    path.write_text("not a directory")
+    steps = []
+    with pytest.raises(ValueError, match="fit: checkpoint_dir must be a directory, got the regular file"):
+        fit(
+            apply_fn,
+            params,
+            digits,
+            FAST,
+            checkpoint_dir=str(path),
+            progress=False,
+            callback=lambda *a: steps.append(a),
+        )
+    assert steps == [] and path.read_text() == "not a directory"
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, digits):
+    apply_fn, params = plain_mlp()
+    cfg = TrainConfig(epochs=1, batch_size=64, checkpoint_every=5)
+    ckpt = tmp_path / "ckpt"
+    straight = fit(apply_fn, params, digits, cfg, checkpoint_dir=str(ckpt), progress=False)
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    for array_file in (ckpt / str(steps[1]) / "tree").rglob("*"):
+        if array_file.is_file() and array_file.parent.name == "d":
+            array_file.write_bytes(array_file.read_bytes()[:10])
+    with pytest.warns(RuntimeWarning, match=f"skipped the checkpoint at step {steps[1]} "):
+        resumed = fit(apply_fn, params, digits, cfg, checkpoint_dir=str(ckpt), progress=False)
+    assert resumed.resumed_from == steps[0]
+    chex.assert_trees_all_equal(resumed.params, straight.params)
+    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == steps
