@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,37 @@ from hamjax.models.vit import ViTConfig
 
 FORMAT = "hamjax.model/1"
 _CONFIGS = {c.__name__: c for c in (MLPConfig, CNNConfig, ViTConfig, HAMNetConfig)}
+_KEYS = {"format", "config", "meta"}
 
 
 def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _describe(tp) -> str:
+    """``int``, ``float``, ``str``, ``list of int`` or ``list of 3 int``: a config field's type as JSON holds it."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} {_describe(args[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _fits(tp, value) -> bool:
+    """Whether the JSON ``value`` has the type ``tp`` a config field declares."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(args[0], v) for v in value)
+        return len(value) == len(args) and all(_fits(a, v) for a, v in zip(args, value, strict=True))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
 
 
 def config_to_dict(config) -> dict:
@@ -37,18 +66,51 @@ def config_to_dict(config) -> dict:
     return {"type": type(config).__name__, "fields": dataclasses.asdict(config)}
 
 
-def config_from_dict(d: dict):
-    """The config :func:`config_to_dict` described (lists become tuples; the config validates itself)."""
-    kind = d.get("type") if isinstance(d, dict) else None
+def config_from_dict(d: dict, where: str = "saved: config"):
+    """The config :func:`config_to_dict` described, checked field by field (lists become tuples).
+
+    Args:
+      d: ``{"type": "MLPConfig", "fields": {...}}``.
+      where: the start of error messages (``load`` gives the file's name).
+
+    Raises:
+      ValueError: naming the key or field that is missing, unknown or of the
+        wrong type, or the config's own complaint about a value.
+
+    Examples:
+      >>> from hamjax.models import saved
+      >>> saved.config_from_dict({"type": "MLPConfig", "fields": {"sizes": [64, 10]}}).sizes
+      (64, 10)
+      >>> saved.config_from_dict({"type": "MLPConfig", "fields": {"sizes": "64,10"}})
+      Traceback (most recent call last):
+      ...
+      ValueError: saved: config.fields.sizes must be a list of int, got '64,10' (str)
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping {{type, fields}}, got {type(d).__name__}")
+    missing, extra = sorted({"type", "fields"} - set(d)), sorted(set(d) - {"type", "fields"})
+    if missing or extra:
+        problem = f"lacks the key(s) {missing}" if missing else f"has unknown key(s) {extra}"
+        raise ValueError(f"{where} {problem}; expected exactly 'type' and 'fields'")
+    kind = d["type"]
     if kind not in _CONFIGS:
-        raise ValueError(f"saved: unknown config type {kind!r}; expected one of {sorted(_CONFIGS)}")
-    cls = _CONFIGS[kind]
-    names = {f.name for f in dataclasses.fields(cls)}
-    fields = d.get("fields", {})
-    unknown = sorted(set(fields) - names)
+        raise ValueError(f"{where}.type: unknown model kind {kind!r}; expected one of {sorted(_CONFIGS)}")
+    cls, fields = _CONFIGS[kind], d["fields"]
+    if not isinstance(fields, dict):
+        raise ValueError(f"{where}.fields must be a mapping of field names to values, got {type(fields).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"saved: {kind} has no field(s) {unknown}")
-    return cls(**{k: _tuples(v) for k, v in fields.items()})
+        raise ValueError(f"{where}.fields: {kind} has no field(s) {unknown}")
+    for name, value in fields.items():
+        if not _fits(hints[name], value):
+            raise ValueError(
+                f"{where}.fields.{name} must be {_describe(hints[name])}, got {value!r} ({type(value).__name__})"
+            )
+    try:
+        return cls(**{k: _tuples(v) for k, v in fields.items()})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}.fields: {err}") from None
 
 
 def save(path: str | os.PathLike, config, variables, *, meta: dict | None = None) -> Path:
@@ -80,18 +142,36 @@ def load(path: str | os.PathLike, *, seed: int = 0) -> tuple[Any, Any, Any, dict
 
     Raises:
       FileNotFoundError: no ``model.json`` under ``path``.
-      ValueError: a file of another format or a bad config.
+      ValueError: a file of another format, or a ``model.json`` that does not
+        fit its schema (``format``, ``config`` with the config's field names
+        and types, ``meta`` a mapping); the message names the file and the
+        field.
     """
     path = Path(path)
-    if not (path / "model.json").is_file():
+    file = path / "model.json"
+    if not file.is_file():
         raise FileNotFoundError(f"saved.load: no model.json in {str(path)!r} (write one with hamjax.models.saved.save)")
     try:
-        entry = json.loads((path / "model.json").read_text())
+        entry = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"saved.load: {path / 'model.json'} is not JSON: {err}") from err
+        raise ValueError(f"saved.load: {file} is not JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"saved.load: {file} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     if not isinstance(entry, dict) or entry.get("format") != FORMAT:
-        raise ValueError(f"saved.load: {path / 'model.json'} is not a {FORMAT} file")
-    config = config_from_dict(entry.get("config"))
+        raise ValueError(f"saved.load: {file} is not a {FORMAT} file")
+    missing, extra = sorted(_KEYS - set(entry)), sorted(set(entry) - _KEYS)
+    if missing or extra:
+        problem = f"lacks the key(s) {missing}" if missing else f"has unknown key(s) {extra}"
+        raise ValueError(f"saved.load: {file} {problem}; expected {sorted(_KEYS)}")
+    if not isinstance(entry["meta"], dict):
+        raise ValueError(f"saved.load: {file}: meta must be a mapping, got {type(entry['meta']).__name__}")
+    config = config_from_dict(entry["config"], where=f"saved.load: {file}: config")
     apply_fn, like = functional(from_config(config, seed=seed))
-    variables = checkpoint.load_tree(path / "variables", like=like)
-    return apply_fn, variables, config, entry.get("meta", {})
+    try:
+        variables = checkpoint.load_tree(path / "variables", like=like)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"saved.load: {path / 'variables'} does not hold the variables of the {type(config).__name__} that"
+            f" {file} describes: {err}"
+        ) from err
+    return apply_fn, variables, config, entry["meta"]
