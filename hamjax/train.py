@@ -39,6 +39,7 @@ from hamjax.train_steps import (
     TrainState,
     batch_grads,
     evaluate,
+    logit_count,
     make_eval_step,
     make_train_step,
     supervised,
@@ -228,6 +229,16 @@ def fit(
     Returns:
       A :class:`TrainResult`.
 
+    Raises:
+      ValueError: before anything compiles, when ``dataset`` is not a
+        :class:`hamjax.data.Dataset` (make one with
+        :func:`hamjax.data.from_arrays`), or its train or val split is
+        empty, has inputs and labels of different lengths, non-finite
+        inputs, or labels that are not integers in ``[0, C)``, ``C`` being
+        ``dataset.num_classes`` or the model's logit count, whichever is
+        smaller (:func:`hamjax.data.check_dataset`); or for a batch size
+        larger than the training split.
+
     Examples:
       >>> import hamjax
       >>> ds = hamjax.data.load("digits")
@@ -240,6 +251,7 @@ def fit(
         from hamjax.checkpoint import check_directory
 
         check_directory("fit", "checkpoint_dir", checkpoint_dir)  # a file or unusable directory, before any work
+    num_classes = _check_data("fit", apply_fn, params, dataset)
     train = dataset.train
     if config.batch_size > len(train.y):
         raise ValueError(
@@ -297,7 +309,7 @@ def fit(
             losses.append(metrics["loss"])
             done = step + 1
             if done % eval_every == 0 or done == total:
-                val = evaluate(apply_fn, state.params, dataset.val, eval_step=eval_step)
+                val = evaluate(apply_fn, state.params, dataset.val, eval_step=eval_step, num_classes=num_classes)
                 train_loss = float(np.mean(jax.device_get(losses)))
                 losses = []
                 record["history"].append(
@@ -325,6 +337,22 @@ def fit(
     return TrainResult(
         best_params, state, record["history"], record["best_step"], record["stopped_early"], resumed_from
     )
+
+
+def _check_data(where: str, apply_fn, params, dataset) -> int:
+    """Checks ``dataset``'s train and val splits once, before anything compiles; returns the label bound.
+
+    Labels must lie below ``dataset.num_classes`` and below the model's logit
+    count (one abstract trace on one example), whichever is smaller.
+    """
+    data_lib.check_dataset(where, "dataset", dataset)
+    count = logit_count(apply_fn, params, dataset.train.x[:1])
+    if count is None or count >= dataset.num_classes:
+        return dataset.num_classes
+    for key in ("train", "val"):
+        split = getattr(dataset, key)
+        data_lib.check_labels(where, f"dataset.{key}.y", split.y, num_classes=count, of=f"the model's {count} logits")
+    return count
 
 
 def _meta(config, record):

@@ -257,7 +257,36 @@ def make_eval_step(apply_fn, *, loss_fn=cross_entropy) -> Callable:
     return jax.jit(evaluate)
 
 
-def evaluate(apply_fn, params, split: data_lib.Split, *, batch_size: int = 256, eval_step=None) -> dict:
+def logit_count(apply_fn, params, x) -> int | None:
+    """How many logits the model gives per example, from an abstract trace on one row of ``x`` (nothing compiles).
+
+    Args:
+      apply_fn: the model's apply function (any kind of the contract).
+      params: its params.
+      x: a batch of inputs ``(N, *input_shape)``; only ``x[:1]`` is traced.
+
+    Returns:
+      ``C`` when the model's output is ``(N, C)``, ``None`` for any other output.
+
+    Examples:
+      >>> import numpy as np
+      >>> logit_count(lambda p, x: x @ p, np.ones((3, 4), np.float32), np.ones((2, 3), np.float32))
+      4
+    """
+    out = jax.eval_shape(lambda p, a: call_model(apply_fn, p, a)[0], params, x[:1])
+    shape = getattr(out, "shape", None)
+    return int(shape[1]) if shape is not None and len(shape) == 2 else None
+
+
+def evaluate(
+    apply_fn,
+    params,
+    split: data_lib.Split,
+    *,
+    batch_size: int = 256,
+    eval_step=None,
+    num_classes: int | None = None,
+) -> dict:
     """Loss and accuracy of the model on a whole split.
 
     The last partial batch is padded to ``batch_size``, so one shape compiles.
@@ -268,9 +297,17 @@ def evaluate(apply_fn, params, split: data_lib.Split, *, batch_size: int = 256, 
       split: a :class:`hamjax.data.Split`.
       batch_size: examples per evaluation call.
       eval_step: a step from :func:`make_eval_step`, reused across calls.
+      num_classes: labels must lie in ``[0, num_classes)``; ``None`` takes
+        the model's logit count (:func:`logit_count`).
 
     Returns:
       ``{"loss": float, "accuracy": float}``.
+
+    Raises:
+      ValueError: before anything compiles, when ``split`` is not a
+        :class:`hamjax.data.Split`, is empty, or its arrays are refused by
+        :func:`hamjax.data.check_split` (lengths that differ, non-finite
+        inputs, labels that are not integers in range).
 
     Examples:
       >>> import numpy as np
@@ -279,9 +316,17 @@ def evaluate(apply_fn, params, split: data_lib.Split, *, batch_size: int = 256, 
       >>> evaluate(lambda p, x: x @ p, np.eye(3, dtype=np.float32), split, batch_size=2)["accuracy"]
       0.6666666666666666
     """
+    if not isinstance(split, data_lib.Split):
+        raise ValueError(
+            f"evaluate: split must be a hamjax.data.Split, got {data_lib.describe_value(split)}; "
+            "pass dataset.val, or hamjax.data.Split(x, y)"
+        )
+    x, y = data_lib.check_split("evaluate", "split.x", "split.y", split.x, split.y, num_classes=num_classes, copy=False)
+    if num_classes is None:
+        count = logit_count(apply_fn, params, x[:1])
+        if count is not None:
+            data_lib.check_labels("evaluate", "split.y", y, num_classes=count, of=f"the model's {count} logits")
     n = len(split.y)
-    if n == 0:
-        raise ValueError("evaluate: the split is empty")
     eval_step = eval_step or make_eval_step(apply_fn)
     batch_size = min(batch_size, n)
     loss_sum, correct = 0.0, 0

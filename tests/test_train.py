@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,3 +223,108 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, dig
     assert resumed.resumed_from == steps[0]
     chex.assert_trees_all_equal(resumed.params, straight.params)
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == steps
+
+
+def _bad_data_cases(ds):
+    """``(dataset, phrase)`` pairs: every bad dataset ``fit`` must refuse before compiling."""
+    split = hamjax.data.Split
+    nan_x = ds.val.x.copy()
+    nan_x[3, 0, 0, 0] = np.nan
+    many = ds._replace(num_classes=12)
+    return [
+        (
+            (ds.train.x, ds.train.y),
+            "fit: dataset must be a hamjax.data.Dataset, got a tuple of 2 items; "
+            "make one with hamjax.data.from_arrays(x, y)",
+        ),
+        (
+            {"x": ds.train.x, "y": ds.train.y},
+            "fit: dataset must be a hamjax.data.Dataset, got a dict with keys ['x', 'y']",
+        ),
+        (
+            ds._replace(train=split(ds.train.x, ds.train.y[:-1])),
+            f"fit: dataset.train.x and dataset.train.y must have the same length, got {len(ds.train.y)} and {len(ds.train.y) - 1}",
+        ),
+        (
+            ds._replace(train=split(ds.train.x[:-1], ds.train.y)),
+            f"fit: dataset.train.x and dataset.train.y must have the same length, got {len(ds.train.y) - 1} and {len(ds.train.y)}",
+        ),
+        (ds._replace(val=split(nan_x, ds.val.y)), "fit: dataset.val.x holds 1 non-finite values (NaN or inf)"),
+        (
+            ds._replace(train=split(ds.train.x, ds.train.y.astype(np.float32))),
+            "fit: dataset.train.y must hold integer class labels, got dtype float32 (whole numbers); cast them with y.astype(np.int32)",
+        ),
+        (
+            ds._replace(train=split(ds.train.x, np.where(np.arange(len(ds.train.y)) == 5, -1, ds.train.y))),
+            "fit: dataset.train.y holds label -1 at index 5; expected labels >= 0",
+        ),
+        (
+            ds._replace(val=split(ds.val.x, np.where(np.arange(len(ds.val.y)) == 2, 10, ds.val.y))),
+            "fit: dataset.val.y holds label 10 at index 2; expected labels in [0, 10) for dataset.num_classes=10",
+        ),
+        (
+            many._replace(train=split(ds.train.x, np.where(np.arange(len(ds.train.y)) == 0, 11, ds.train.y))),
+            "fit: dataset.train.y holds label 11 at index 0; expected labels in [0, 10) for the model's 10 logits",
+        ),
+        (
+            ds._replace(val=split(ds.val.x[:0], ds.val.y[:0])),
+            "fit: dataset.val.x and dataset.val.y hold no examples; expected at least 1",
+        ),
+        (
+            ds._replace(train=split(ds.train.x[:0], ds.train.y[:0])),
+            "fit: dataset.train.x and dataset.train.y hold no examples; expected at least 1",
+        ),
+    ]
+
+
+def test_fit_refuses_bad_data_before_compiling(digits):
+    apply_fn, params = plain_mlp()
+    traced = []
+
+    def counting(p, x):
+        traced.append(x.shape)
+        return apply_fn(p, x)
+
+    for dataset, phrase in _bad_data_cases(digits):
+        traced.clear()
+        with pytest.raises(ValueError, match=re.escape(phrase)):
+            fit(counting, params, dataset, FAST, progress=False)
+        assert all(shape[0] == 1 for shape in traced), phrase  # at most the one-row logit count, no train step
+
+
+def test_evaluate_refuses_bad_splits(digits):
+    apply_fn, params = plain_mlp()
+    split = hamjax.data.Split
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "evaluate: split must be a hamjax.data.Split, got a tuple of 2 items; pass dataset.val, or hamjax.data.Split(x, y)"
+        ),
+    ):
+        evaluate(apply_fn, params, (digits.val.x, digits.val.y))
+    with pytest.raises(
+        ValueError, match=re.escape("evaluate: split.x and split.y hold no examples; expected at least 1")
+    ):
+        evaluate(apply_fn, params, split(digits.val.x[:0], digits.val.y[:0]))
+    with pytest.raises(
+        ValueError, match=re.escape("evaluate: split.x and split.y must have the same length, got 5 and 4")
+    ):
+        evaluate(apply_fn, params, split(digits.val.x[:5], digits.val.y[:4]))
+    nan_x = digits.val.x[:4].copy()
+    nan_x[0] = np.inf
+    with pytest.raises(ValueError, match=re.escape("evaluate: split.x holds 64 non-finite values (NaN or inf) of 256")):
+        evaluate(apply_fn, params, split(nan_x, digits.val.y[:4]))
+    labels = np.array([0, 10, 1, 2], np.int32)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "evaluate: split.y holds label 10 at index 1; expected labels in [0, 10) for the model's 10 logits"
+        ),
+    ):
+        evaluate(apply_fn, params, split(digits.val.x[:4], labels))
+    with pytest.raises(ValueError, match=re.escape("expected labels in [0, 2) for num_classes=2")):
+        evaluate(apply_fn, params, split(digits.val.x[:4], labels % 3), num_classes=2)
+    with pytest.raises(
+        ValueError, match=re.escape("evaluate: split.y must hold integer class labels, got dtype float64")
+    ):
+        evaluate(apply_fn, params, split(digits.val.x[:4], np.array([0.5, 1.0, 2.0, 3.0])))

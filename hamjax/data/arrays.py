@@ -15,10 +15,10 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from hamjax._checks import check_finite, check_int, check_number
+from hamjax._checks import check_int, check_number
+from hamjax.data.checks import check_labels, check_split, describe_value
 from hamjax.data.splits import Dataset, Split, split_indices, split_sizes
 
 __all__ = ["NPZ_KEYS", "from_arrays", "load_npz"]
@@ -28,89 +28,9 @@ NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_val", "y_val", "x_test", "
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return f"a {type(value).__name__} with keys {sorted(map(str, value))}"
-    if isinstance(value, tuple | list):
-        return f"a {type(value).__name__} of {len(value)} items"
-    return f"{type(value).__name__} {value!r}" if isinstance(value, str | bytes) else type(value).__name__
-
-
-def _array(where: str, arg: str, value: Any) -> np.ndarray:
-    """``value`` as a numpy array; containers that are not arrays are refused, lists converted."""
-    if value is None or isinstance(value, Mapping | tuple | str | bytes | set):
-        hint = "; the (x, y) pairs go to val= and test=" if isinstance(value, tuple) else ""
-        raise ValueError(f"{where}: {arg} must be an array, got {_describe(value)}{hint}")
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as err:  # a ragged list, or an object numpy cannot hold
-        raise ValueError(
-            f"{where}: {arg} must be an array, got {_describe(value)} that numpy cannot stack ({err})"
-        ) from None
-
-
-def _inputs(where: str, arg: str, value: Any) -> np.ndarray:
-    """Checked float32 inputs ``(N, *input_shape)``."""
-    a = _array(where, arg, value)
-    if a.dtype == object or not (jnp.issubdtype(a.dtype, jnp.number) or a.dtype == bool):
-        raise ValueError(f"{where}: {arg} must hold numbers, got an array of dtype {a.dtype}")
-    if jnp.issubdtype(a.dtype, jnp.complexfloating):
-        raise ValueError(f"{where}: {arg} must hold real numbers, got an array of dtype {a.dtype}")
-    if a.ndim < 2:
-        raise ValueError(
-            f"{where}: {arg} must have at least 2 dims (examples, *input_shape), got shape {a.shape}; "
-            "for one feature per example pass x[:, None]"
-        )
-    if 0 in a.shape[1:]:
-        raise ValueError(f"{where}: {arg} has shape {a.shape}, whose input shape {a.shape[1:]} holds nothing")
-    with np.errstate(over="ignore", invalid="ignore"):  # reported below, with what caused it
-        x = a.astype(np.float32)
-    if not np.isfinite(x).all():
-        wide = a.astype(np.float64)  # every float dtype numpy and ml_dtypes hold, bfloat16 included
-        check_finite(where, arg, wide)
-        big = float(np.max(np.abs(wide)))
-        raise ValueError(f"{where}: {arg} holds values beyond the float32 range (largest magnitude {big:g})")
-    return x
-
-
-def _labels(where: str, arg: str, value: Any) -> np.ndarray:
-    """Checked non-negative int labels ``(N,)`` (their upper bound is checked once the class count is known)."""
-    a = _array(where, arg, value)
-    if a.ndim != 1:
-        hint = "; for one-hot labels pass y.argmax(axis=1)" if a.ndim == 2 and a.shape[1] > 1 else ""
-        raise ValueError(f"{where}: {arg} must be 1-D class labels (examples,), got shape {a.shape}{hint}")
-    if a.dtype == bool or not jnp.issubdtype(a.dtype, jnp.integer):
-        if jnp.issubdtype(a.dtype, jnp.floating):
-            finite = a[np.isfinite(a)]
-            fractional = finite[finite != np.round(finite)]
-            if finite.size == a.size and fractional.size == 0:
-                raise ValueError(
-                    f"{where}: {arg} must hold integer class labels, got dtype {a.dtype} (whole numbers); "
-                    f"cast them with {arg}.astype(np.int32)"
-                )
-            example = fractional[0] if fractional.size else a[~np.isfinite(a)][0]
-            raise ValueError(
-                f"{where}: {arg} must hold integer class labels, got dtype {a.dtype} with values such as {float(example)!r}"
-            )
-        raise ValueError(f"{where}: {arg} must hold integer class labels 0 .. num_classes - 1, got dtype {a.dtype}")
-    if a.size and a.min() < 0:
-        i = int(np.argmin(a))
-        raise ValueError(f"{where}: {arg} holds label {a[i]} at index {i}; expected labels >= 0")
-    return a
-
-
-def _split(where: str, x_arg: str, y_arg: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _inputs(where, x_arg, x), _labels(where, y_arg, y)
-    if len(x) != len(y):
-        raise ValueError(f"{where}: {x_arg} and {y_arg} must have the same length, got {len(x)} and {len(y)}")
-    if len(y) == 0:
-        raise ValueError(f"{where}: {x_arg} and {y_arg} hold no examples; expected at least 1")
-    return x, y
-
-
 def _pair(where: str, arg: str, value: Any) -> tuple[Any, Any]:
     if not isinstance(value, tuple | list) or len(value) != 2:
-        raise ValueError(f"{where}: {arg} must be an (x, y) pair of arrays or None, got {_describe(value)}")
+        raise ValueError(f"{where}: {arg} must be an (x, y) pair of arrays or None, got {describe_value(value)}")
     return value[0], value[1]
 
 
@@ -146,7 +66,7 @@ def _dataset(
     for key in ("train", "val", "test"):
         if key in splits:
             x_arg, y_arg, x, y = splits[key]
-            checked[key] = (x_arg, y_arg, *_split(where, x_arg, y_arg, x, y))
+            checked[key] = (x_arg, y_arg, *check_split(where, x_arg, y_arg, x, y))
     train_arg, _, x_train, y_train = checked["train"]
     for x_arg, _, x, _ in checked.values():
         if x.shape[1:] != x_train.shape[1:]:
@@ -160,12 +80,7 @@ def _dataset(
             raise ValueError(f"{where}: labels reach {top}, beyond the int32 range; expected labels 0 .. C - 1")
         num_classes = top + 1
     for _, y_arg, _, y in checked.values():
-        i = int(np.argmax(y))
-        if y[i] >= num_classes:
-            raise ValueError(
-                f"{where}: {y_arg} holds label {y[i]} at index {i}; expected labels in [0, {num_classes}) "
-                f"for num_classes={num_classes}"
-            )
+        check_labels(where, y_arg, y, num_classes=num_classes)
 
     result = {key: Split(x, y.astype(np.int32)) for key, (_, _, x, y) in checked.items()}
     if wanted:

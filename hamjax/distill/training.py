@@ -20,7 +20,7 @@ the family imports it. It reads :mod:`hamjax.train` as a module, at call time, b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -31,7 +31,7 @@ import optax
 from hamjax import train
 from hamjax._base import TRAINABLE, ApplyFn, call_model, is_protocol_apply, with_trainable
 from hamjax._checks import check_choice, check_finite
-from hamjax.data import steps_per_epoch
+from hamjax.data import check_dataset, describe_value, steps_per_epoch
 from hamjax.distill.teacher import EmaTeacher, EmaTeacherState, ema_teacher
 from hamjax.distill.terms import TERMS, Features, HardLabels, PairTerm, SelfDistillation, SoftTargets, TermInputs
 from hamjax.jaxpr import capture
@@ -95,16 +95,34 @@ def _with_adapters(student_apply, names: tuple[str, ...]) -> ApplyFn:
     return ApplyFn(fn, student_apply.collections if protocol else (TRAINABLE,))
 
 
+def _is_pair(value) -> bool:
+    return isinstance(value, tuple | list) and len(value) == 2 and callable(value[0])
+
+
 def _teachers(teachers) -> tuple | EmaTeacher:
+    """The teachers as a tuple of ``(apply_fn, params)`` pairs; one pair alone is one teacher."""
     if isinstance(teachers, EmaTeacher):
         return teachers
-    if isinstance(teachers, tuple) and len(teachers) == 2 and callable(teachers[0]):
-        teachers = [teachers]
-    teachers = tuple(teachers)
-    for i, t in enumerate(teachers):
-        if not (isinstance(t, tuple | list) and len(t) == 2 and callable(t[0])):
-            raise ValueError(f"{_WHERE}: teachers[{i}] must be an (apply_fn, params) pair, got {type(t).__name__}")
-    return teachers
+    if _is_pair(teachers):
+        return (tuple(teachers),)
+    if callable(teachers):
+        raise ValueError(
+            f"{_WHERE}: teachers must be an (apply_fn, params) pair or a sequence of them, got a function alone "
+            f"({type(teachers).__name__}); pass teachers=(apply_fn, params)"
+        )
+    try:
+        items = None if isinstance(teachers, Mapping | str | bytes) else tuple(teachers)
+    except TypeError:
+        items = None
+    if items is None:
+        raise ValueError(
+            f"{_WHERE}: teachers must be an (apply_fn, params) pair or a sequence of them, "
+            f"got {describe_value(teachers)}"
+        )
+    for i, t in enumerate(items):
+        if not _is_pair(t):
+            raise ValueError(f"{_WHERE}: teachers[{i}] must be an (apply_fn, params) pair, got {describe_value(t)}")
+    return tuple(tuple(t) for t in items)
 
 
 def _needs(terms) -> tuple[tuple[str, ...], dict[int, tuple[str, ...]]]:
@@ -193,7 +211,8 @@ def fit(
       student_apply, student_params: the student (any kind of the contract).
       dataset: a :class:`hamjax.data.Dataset`.
       config: a :class:`hamjax.TrainConfig`.
-      teachers: an ``(apply_fn, params)`` pair, a sequence of them, an
+      teachers: an ``(apply_fn, params)`` pair (one teacher; a tuple or a
+        two-item list whose first item is callable), a sequence of them, an
         :class:`~hamjax.distill.EmaTeacher`, or ``()`` when only
         :class:`~hamjax.distill.HardLabels` and :class:`~hamjax.distill.SelfDistillation` terms
         are used.
@@ -209,7 +228,9 @@ def fit(
       A :class:`DistillResult`.
 
     Raises:
-      ValueError: for a bad term, teacher or cache choice, a missing intermediate, teacher logits
+      ValueError: for a dataset :func:`hamjax.data.check_dataset` refuses (before anything is
+        traced), a single function passed as ``teachers``, a bad term, teacher or cache choice, a
+        missing intermediate, teacher logits
         shaped unlike the student's, shapes a term cannot compare, or teacher outputs that are
         not finite.
 
@@ -235,6 +256,7 @@ def fit(
                 f"{_WHERE}: terms[{i}] must be one of {[t.__name__ for t in TERMS]}, got {type(term).__name__}"
             )
     check_choice(_WHERE, "cache", cache, CACHES)
+    check_dataset(_WHERE, "dataset", dataset)
     teachers = _teachers(teachers)
     ema = isinstance(teachers, EmaTeacher)
     if ema and cache == "always":

@@ -20,6 +20,7 @@ from hamjax.quant.calibration import (
     as_arrays,
     calibrate,
     calibration_inputs,
+    check_batches,
     collect_histograms,
     collect_minmax,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "as_arrays",
     "calibrate",
     "calibration_inputs",
+    "check_batches",
     "check_bits",
     "collect_histograms",
     "collect_minmax",

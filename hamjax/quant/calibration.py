@@ -39,18 +39,51 @@ CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 Ranges = dict[str, tuple[float, float]]
 
 
-def calibration_inputs(batches: Iterable, where: str = "calibrate") -> list:
+def check_batches(where: str, arg: str, batches: Any) -> Iterable:
+    """``batches`` unchanged, or raises when it is a single array rather than a sequence of batches.
+
+    Iterating an array yields its rows, so an array passed where a list of
+    batches belongs would be calibrated one example at a time, each row
+    missing its batch dimension.
+
+    Args:
+      where: the calling function, for error messages.
+      arg: the argument's name, for error messages.
+      batches: what was passed as the calibration batches.
+
+    Returns:
+      ``batches``.
+
+    Examples:
+      >>> import numpy as np
+      >>> from hamjax import quant
+      >>> quant.check_batches("calibrate", "batches", np.ones((8, 3)))
+      Traceback (most recent call last):
+      ...
+      ValueError: calibrate: batches must be a list of batches, got a single array of shape (8, 3); pass [x] for one batch
+    """
+    if hasattr(batches, "shape") and hasattr(batches, "dtype"):
+        raise ValueError(
+            f"{where}: {arg} must be a list of batches, got a single array of shape {tuple(batches.shape)}; "
+            "pass [x] for one batch"
+        )
+    return batches
+
+
+def calibration_inputs(batches: Iterable, where: str = "calibrate", arg: str = "batches") -> list:
     """The input arrays of ``batches`` (arrays, or ``(x, y)`` pairs), materialised and checked.
 
     Args:
       batches: an iterable of floating arrays or ``(x, y)`` pairs (a generator is read once).
       where: the calling function, for error messages.
+      arg: the argument's name, for error messages.
 
     Returns:
       A list of the input arrays.
 
     Raises:
-      ValueError: no batch, or a batch that is not a non-empty floating array.
+      ValueError: a single array instead of a list of batches (:func:`check_batches`),
+        no batch, or a batch that is not a non-empty floating array.
 
     Examples:
       >>> import numpy as np
@@ -59,7 +92,7 @@ def calibration_inputs(batches: Iterable, where: str = "calibrate") -> list:
       [(4, 3), (2, 3)]
     """
     out = []
-    for b in batches:
+    for b in check_batches(where, arg, batches):
         x = b[0] if isinstance(b, (tuple, list)) else b
         if not hasattr(x, "shape") or not jnp.issubdtype(jnp.result_type(x), jnp.floating) or np.size(x) == 0:
             raise ValueError(f"{where}: every batch must be a non-empty floating array (or (x, y)), got {type(x)}")

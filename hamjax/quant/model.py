@@ -35,7 +35,7 @@ import numpy as np
 
 from hamjax._checks import check_choice
 from hamjax.jaxpr import Site, find_sites, intercept, weight_channel_axes
-from hamjax.quant.calibration import as_arrays, calibrate, calibration_inputs
+from hamjax.quant.calibration import as_arrays, calibrate, calibration_inputs, check_batches
 from hamjax.quant.numerics import check_bits, compute_qparams, fake_quant
 from hamjax.quant.weights import dequantize_tree, is_qtensor, quantize_params
 
@@ -313,7 +313,7 @@ def quantize_model(
     check_choice("quantize_model", "method", method, METHODS)
     check_bits("quantize_model", "bits", bits)
     check_bits("quantize_model", "act_bits", act_bits)
-    batches = list(calibration) if calibration is not None else None
+    batches = list(check_batches("quantize_model", "calibration", calibration)) if calibration is not None else None
     if method == "static" and batches is None and ranges is None:
         raise ValueError("quantize_model: method='static' needs calibration batches or ranges")
     sites = find_sites(apply_fn, params, _example(example, batches), **kw)

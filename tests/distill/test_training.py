@@ -1,5 +1,7 @@
 """Training a student with distillation terms: caching, teachers, adapters, EMA teacher, policies, resume, errors."""
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -252,3 +254,57 @@ def test_bad_input_is_named_before_training(digits, teacher):
         )
     with pytest.raises(ValueError, match="alpha"):
         distill.SelfDistillation(exits=("hidden/0",), alpha=2.0)
+
+
+def test_bad_data_and_teachers_are_refused_before_anything_is_traced(digits, teacher):
+    student = _student()
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "distill.fit: dataset must be a hamjax.data.Dataset, got a tuple of 2 items; "
+            "make one with hamjax.data.from_arrays(x, y)"
+        ),
+    ):
+        distill.fit(*student, (digits.train.x, digits.train.y), CONFIG, teachers=teacher, progress=False)
+    nan_x = digits.train.x.copy()
+    nan_x[0, 0, 0, 0] = np.nan
+    with pytest.raises(
+        ValueError, match=re.escape("distill.fit: dataset.train.x holds 1 non-finite values (NaN or inf)")
+    ):
+        distill.fit(
+            *student,
+            digits._replace(train=hamjax.data.Split(nan_x, digits.train.y)),
+            CONFIG,
+            teachers=teacher,
+            progress=False,
+        )
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "distill.fit: teachers must be an (apply_fn, params) pair or a sequence of them, got a function alone "
+            "(ApplyFn); pass teachers=(apply_fn, params)"
+        ),
+    ):
+        distill.fit(*student, digits, CONFIG, teachers=teacher[0], progress=False)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "distill.fit: teachers must be an (apply_fn, params) pair or a sequence of them, got a dict with keys ['t']"
+        ),
+    ):
+        distill.fit(*student, digits, CONFIG, teachers={"t": teacher}, progress=False)
+    with pytest.raises(
+        ValueError, match=re.escape("distill.fit: teachers[1] must be an (apply_fn, params) pair, got int")
+    ):
+        distill.fit(*student, digits, CONFIG, teachers=[teacher, 3], progress=False)
+
+
+def test_one_teacher_as_a_pair_tuple_or_list_is_one_teacher(digits):
+    student = _student()
+    wide = hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=(64, 16, 12)))
+    # a (apply_fn, params) pair, tuple or list, is one teacher: the shape check reaches teacher 0 and no teacher 1
+    for teachers in (wide, list(wide), [wide]):
+        with pytest.raises(
+            ValueError, match=re.escape("distill.fit: teacher 0 outputs shape (4, 12) on four examples")
+        ):
+            distill.fit(*student, digits, CONFIG, teachers=teachers, progress=False)

@@ -1,5 +1,7 @@
 """Activation ranges of hamjax.quant.calibration: min-max, percentile and MSE, on the true activations."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -209,3 +211,23 @@ def test_calibration_inputs_takes_arrays_and_pairs_and_names_the_caller():
         quant.calibration_inputs([], "quantize_model")
     with pytest.raises(ValueError, match="^calibrate: every batch must be a non-empty floating array"):
         quant.calibration_inputs([np.ones((2, 3), np.int32)])
+
+
+def test_a_single_array_is_refused_where_a_list_of_batches_belongs():
+    x = _batches(1)[0]
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "calibrate: batches must be a list of batches, got a single array of shape (64, 6); pass [x] for one batch"
+        ),
+    ):
+        quant.calibrate(_mlp, _mlp_params(), x)
+    with pytest.raises(
+        ValueError,
+        match=re.escape("quantize_model: calibration must be a list of batches, got a single array of shape (64, 6)"),
+    ):
+        quant.quantize_model(_mlp, _mlp_params(), calibration=np.asarray(x))
+    with pytest.raises(ValueError, match=re.escape("collect_minmax: batches must be a list of batches")):
+        quant.collect_minmax(_mlp, _mlp_params(), x)
+    assert quant.check_batches("calibrate", "batches", [x]) == [x]
+    assert quant.calibrate(_mlp, _mlp_params(), [x]) == quant.calibrate(_mlp, _mlp_params(), (b for b in [x]))
