@@ -1,0 +1,740 @@
+"""A catalogue of bad inputs: each row is one bad call that must fail at once, clearly.
+
+Every row gives the call (through the public Python API or ``hamjax.cli.main``),
+the exception type, and a phrase the one-line message must contain; the phrase
+names the argument at fault. No row trains: each must raise before any work.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from reference_models import plain_mlp
+
+import hamjax
+from hamjax import checkpoint, cli, data, distill, models, precision, prune, quant, recipes, train
+from hamjax.models import saved
+from hamjax.search import proposals, trainer
+
+INF, NAN = math.inf, math.nan
+_CTX: dict = {}  # the `digits` dataset and a temporary folder, set by the test before each call
+
+
+def _ds() -> data.Dataset:
+    return _CTX["digits"]
+
+
+def _tmp() -> Path:
+    return _CTX["tmp"]
+
+
+def _file(name="a-file", content=b"x") -> str:
+    path = _tmp() / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def _mlp():
+    return plain_mlp()
+
+
+def _fit(dataset=None, config=None, **kw):
+    apply_fn, params = _mlp()
+    dataset = _ds() if dataset is None else dataset
+    return hamjax.fit(apply_fn, params, dataset, config or train.TrainConfig(epochs=1), progress=False, **kw)
+
+
+def _with_train(**kw):
+    ds = _ds()
+    return ds._replace(train=ds.train._replace(**kw))
+
+
+def _nan_x():
+    x = np.array(_ds().train.x)
+    x[3] = np.nan
+    return _with_train(x=x)
+
+
+def _labels(y):
+    return _with_train(y=y)
+
+
+def _evaluate(split):
+    apply_fn, params = _mlp()
+    return train.evaluate(apply_fn, params, split)
+
+
+def _params():
+    return {"dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}}
+
+
+def _recipe(**step):
+    return recipes.validate({"name": "r", "steps": [step]})
+
+
+def _recipe_file(text: str | bytes, name="bad.toml") -> str:
+    return _file(name, text if isinstance(text, bytes) else text.encode())
+
+
+def _saved_model(tamper):
+    module = models.build("mlp", input_shape=(8, 8, 1), sizes=(8, 10))
+    _, params = hamjax.functional(module)
+    config = models.config_of(module)
+    path = saved.save(_tmp() / "saved", config, params)
+    spec = json.loads((path / "model.json").read_text())
+    tamper(spec)
+    (path / "model.json").write_text(json.dumps(spec))
+    return saved.load(path)
+
+
+def _optimize(recipe="default", apply_fn=None, params=None, dataset=None, **kw):
+    if apply_fn is None:
+        apply_fn, params = _mlp()
+    return hamjax.optimize(apply_fn, params, _ds() if dataset is None else dataset, recipe, out=str(_tmp() / "o"), **kw)
+
+
+def _cli(*argv):
+    """A CLI call: its exit status, with ``@FILE`` a regular file and ``@BADRECIPE`` a recipe escaping --out."""
+
+    def call() -> int:
+        filled = []
+        for a in argv:
+            if a == "@FILE":
+                a = _file()
+            elif a == "@BADRECIPE":
+                a = _recipe_file('name = "r"\n[[steps]]\nkind = "train"\nstage = "../x"\n')
+            filled.append(a)
+        try:
+            return cli.main(filled)
+        except SystemExit as exit_info:  # argparse's errors
+            return exit_info.code
+
+    return call
+
+
+# (id, call, exception type, phrase of the message)
+CASES = [
+    # hamjax.data.from_arrays / load_npz
+    (
+        "from_arrays-length",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.zeros(9, np.int32)),
+        ValueError,
+        "x and y must have the same length",
+    ),
+    (
+        "from_arrays-nan",
+        lambda: data.from_arrays(np.full((10, 3), NAN), np.zeros(10, np.int32)),
+        ValueError,
+        "x holds 30 non-finite values",
+    ),
+    (
+        "from_arrays-float-labels",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.full(10, 0.5)),
+        ValueError,
+        "y must hold integer class labels",
+    ),
+    (
+        "from_arrays-negative-labels",
+        lambda: data.from_arrays(np.zeros((10, 3)), -np.ones(10, np.int32)),
+        ValueError,
+        "y holds label -1",
+    ),
+    (
+        "from_arrays-labels-2d",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.zeros((10, 2), np.int32)),
+        ValueError,
+        "y must be 1-D",
+    ),
+    (
+        "from_arrays-num-classes",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.arange(10) % 5, num_classes=3),
+        ValueError,
+        "for num_classes=3",
+    ),
+    (
+        "from_arrays-val-fraction",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.arange(10) % 2, val_fraction=1.5),
+        ValueError,
+        "val_fraction must be a finite number > 0 and < 1",
+    ),
+    (
+        "from_arrays-test-fraction",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.arange(10) % 2, test_fraction=-0.1),
+        ValueError,
+        "test_fraction must be a finite number > 0 and < 1",
+    ),
+    (
+        "from_arrays-val-not-pair",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.arange(10) % 2, val=np.zeros(3)),
+        ValueError,
+        "val must be an (x, y) pair",
+    ),
+    (
+        "from_arrays-x-scalar",
+        lambda: data.from_arrays(np.float32(1.0), np.zeros(1, np.int32)),
+        ValueError,
+        "x must have at least 2 dims",
+    ),
+    (
+        "from_arrays-seed",
+        lambda: data.from_arrays(np.zeros((10, 3)), np.arange(10) % 2, seed="a"),
+        ValueError,
+        "seed must be an integer",
+    ),
+    ("load_npz-missing", lambda: data.load_npz(_tmp() / "missing.npz"), FileNotFoundError, "missing.npz"),
+    ("load_npz-no-x", lambda: data.load_npz(_npz(y_train=np.zeros(4, np.int32))), ValueError, "x_train"),
+    ("load_npz-not-npz", lambda: data.load_npz(_file("bad.npz", b"not a zip")), ValueError, "bad.npz"),
+    # hamjax.fit / TrainConfig
+    (
+        "TrainConfig-learning_rate-inf",
+        lambda: train.TrainConfig(learning_rate=INF),
+        ValueError,
+        "learning_rate must be a finite number > 0",
+    ),
+    (
+        "TrainConfig-learning_rate-0",
+        lambda: train.TrainConfig(learning_rate=0.0),
+        ValueError,
+        "learning_rate must be a finite number > 0",
+    ),
+    ("TrainConfig-epochs-str", lambda: train.TrainConfig(epochs="5"), ValueError, "epochs must be an integer >= 1"),
+    ("TrainConfig-epochs-float", lambda: train.TrainConfig(epochs=2.5), ValueError, "epochs must be an integer >= 1"),
+    ("TrainConfig-epochs-0", lambda: train.TrainConfig(epochs=0), ValueError, "epochs must be an integer >= 1"),
+    (
+        "TrainConfig-batch_size-0",
+        lambda: train.TrainConfig(batch_size=0),
+        ValueError,
+        "batch_size must be an integer >= 1",
+    ),
+    (
+        "TrainConfig-optimizer",
+        lambda: train.TrainConfig(optimizer="adamx"),
+        ValueError,
+        "optimizer must be one of ('adam', 'adamw', 'sgd', 'momentum')",
+    ),
+    (
+        "TrainConfig-weight_decay",
+        lambda: train.TrainConfig(weight_decay=-1.0),
+        ValueError,
+        "weight_decay must be a finite number >= 0",
+    ),
+    (
+        "TrainConfig-warmup_steps",
+        lambda: train.TrainConfig(warmup_steps=-1),
+        ValueError,
+        "warmup_steps must be an integer >= 0",
+    ),
+    ("TrainConfig-patience", lambda: train.TrainConfig(patience=0), ValueError, "patience must be an integer >= 1"),
+    ("TrainConfig-precision", lambda: train.TrainConfig(precision="p=f99"), ValueError, "precision"),
+    (
+        "TrainConfig-loss_scale",
+        lambda: train.TrainConfig(loss_scale="huge"),
+        ValueError,
+        "loss_scale must be one of ('auto', 'dynamic', 'none')",
+    ),
+    (
+        "fit-tuple-dataset",
+        lambda: _fit((_ds().train.x, _ds().train.y)),
+        ValueError,
+        "dataset must be a hamjax.data.Dataset",
+    ),
+    ("fit-nan-inputs", lambda: _fit(_nan_x()), ValueError, "dataset.train.x holds 64 non-finite"),
+    (
+        "fit-labels-beyond",
+        lambda: _fit(_labels(np.full(len(_ds().train.y), 10, np.int32))),
+        ValueError,
+        "dataset.train.y holds label 10",
+    ),
+    (
+        "fit-labels-negative",
+        lambda: _fit(_labels(-np.ones(len(_ds().train.y), np.int32))),
+        ValueError,
+        "dataset.train.y holds label -1",
+    ),
+    (
+        "fit-float-labels",
+        lambda: _fit(_labels(_ds().train.y.astype(np.float32))),
+        ValueError,
+        "dataset.train.y must hold integer",
+    ),
+    (
+        "fit-x-longer",
+        lambda: _fit(_labels(_ds().train.y[:-5])),
+        ValueError,
+        "dataset.train.x and dataset.train.y must have the same length, got 1258 and 1253",
+    ),
+    (
+        "fit-x-shorter",
+        lambda: _fit(_with_train(x=_ds().train.x[:-5])),
+        ValueError,
+        "dataset.train.x and dataset.train.y must have the same length, got 1253",
+    ),
+    (
+        "fit-empty-val",
+        lambda: _fit(_ds()._replace(val=_ds().val._replace(x=_ds().val.x[:0], y=_ds().val.y[:0]))),
+        ValueError,
+        "dataset.val.x and dataset.val.y hold no examples",
+    ),
+    ("fit-checkpoint_dir-file", lambda: _fit(checkpoint_dir=_file()), ValueError, "checkpoint_dir must be a directory"),
+    # train.evaluate
+    (
+        "evaluate-tuple",
+        lambda: _evaluate((_ds().test.x, _ds().test.y)),
+        ValueError,
+        "split must be a hamjax.data.Split",
+    ),
+    (
+        "evaluate-nan",
+        lambda: _evaluate(_ds().test._replace(x=np.full_like(_ds().test.x, NAN))),
+        ValueError,
+        "split.x holds",
+    ),
+    (
+        "evaluate-labels-beyond",
+        lambda: _evaluate(_ds().test._replace(y=np.full_like(_ds().test.y, 99))),
+        ValueError,
+        "split.y holds label 99",
+    ),
+    (
+        "evaluate-empty",
+        lambda: _evaluate(_ds().test._replace(x=_ds().test.x[:0], y=_ds().test.y[:0])),
+        ValueError,
+        "split.x and split.y hold no examples",
+    ),
+    # prune
+    (
+        "magnitude_masks-sparsity-1",
+        lambda: prune.magnitude_masks(_params(), 1.0),
+        ValueError,
+        "sparsity must be a scalar in [0, 1)",
+    ),
+    (
+        "magnitude_masks-sparsity-negative",
+        lambda: prune.magnitude_masks(_params(), -0.1),
+        ValueError,
+        "sparsity must be a scalar in [0, 1)",
+    ),
+    ("magnitude_masks-sparsity-str", lambda: prune.magnitude_masks(_params(), "a"), ValueError, "sparsity must be"),
+    (
+        "magnitude_masks-scope",
+        lambda: prune.magnitude_masks(_params(), 0.5, scope="world"),
+        ValueError,
+        "scope must be one of ('layer', 'global')",
+    ),
+    ("nm_masks-n-over-m", lambda: prune.nm_masks(_params(), 4, 2), ValueError, "n must be <= m"),
+    ("nm_masks-m-zero", lambda: prune.nm_masks(_params(), 0, 0), ValueError, "n must be an integer >= 1"),
+    (
+        "block_masks-block",
+        lambda: prune.block_masks(_params(), 0.5, block=(0, 4)),
+        ValueError,
+        "block must be two integers >= 1",
+    ),
+    (
+        "masked_optimizer-method",
+        lambda: prune.masked_optimizer(optax.sgd(0.1), method="bogus"),
+        ValueError,
+        "method must be one of ('magnitude', 'global_magnitude', 'movement', None)",
+    ),
+    (
+        "masked_optimizer-update_every",
+        lambda: prune.masked_optimizer(optax.sgd(0.1), schedule=0.5, update_every=0),
+        ValueError,
+        "update_every must be an integer >= 1",
+    ),
+    (
+        "polynomial_schedule-update_every-0",
+        lambda: prune.polynomial_schedule(0.5, end_step=10, update_every=0),
+        ValueError,
+        "update_every must be an integer >= 1",
+    ),
+    (
+        "polynomial_schedule-update_every-float",
+        lambda: prune.polynomial_schedule(0.5, end_step=10, update_every=1.5),
+        ValueError,
+        "update_every must be an integer >= 1",
+    ),
+    (
+        "polynomial_schedule-end_step",
+        lambda: prune.polynomial_schedule(0.5, begin_step=10, end_step=5),
+        ValueError,
+        "end_step must be an integer >= 11",
+    ),
+    (
+        "structured_masks-granularity",
+        lambda: _structured("rows"),
+        ValueError,
+        "granularity must be one of ('neurons',) for a MLPConfig model",
+    ),
+    ("magnitude_prune-sparsity", lambda: prune.magnitude_prune(1.5), ValueError, "sparsity must be a scalar in [0, 1)"),
+    # quant
+    (
+        "fake_quant-bits-1",
+        lambda: quant.fake_quant(jnp.ones(4), bits=1),
+        ValueError,
+        "bits must be an integer in [2, 16]",
+    ),
+    (
+        "fake_quant-bits-17",
+        lambda: quant.fake_quant(jnp.ones(4), bits=17),
+        ValueError,
+        "bits must be an integer in [2, 16]",
+    ),
+    (
+        "quantize_model-method",
+        lambda: quant.quantize_model(*_mlp(), method="int3"),
+        ValueError,
+        "method must be one of ('weight_only', 'dynamic', 'static')",
+    ),
+    (
+        "quantize_model-single-array",
+        lambda: quant.quantize_model(*_mlp(), calibration=_ds().train.x[:8]),
+        ValueError,
+        "calibration must be a list of batches",
+    ),
+    (
+        "calibrate-single-array",
+        lambda: quant.calibrate(*_mlp(), _ds().train.x[:8]),
+        ValueError,
+        "batches must be a list of batches",
+    ),
+    (
+        "calibrate-method",
+        lambda: quant.calibrate(*_mlp(), [_ds().train.x[:8]], method="median"),
+        ValueError,
+        "method must be one of ('minmax', 'percentile', 'mse')",
+    ),
+    (
+        "calibrate-percentile",
+        lambda: quant.calibrate(*_mlp(), [_ds().train.x[:8]], method="percentile", percentile=120.0),
+        ValueError,
+        "percentile must be a finite number > 50 and <= 100",
+    ),
+    # distill
+    (
+        "soft_target_loss-temperature-0",
+        lambda: distill.soft_target_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=0.0),
+        ValueError,
+        "temperature must be a finite number > 0",
+    ),
+    (
+        "soft_target_loss-temperature-inf",
+        lambda: distill.soft_target_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=INF),
+        ValueError,
+        "temperature must be a finite number > 0",
+    ),
+    (
+        "distillation_loss-alpha",
+        lambda: distill.distillation_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), alpha=1.5),
+        ValueError,
+        "alpha must be a scalar in [0, 1]",
+    ),
+    (
+        "distillation_loss-shapes",
+        lambda: distill.distillation_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32)),
+        ValueError,
+        "teacher_logits must have one shape (..., C)",
+    ),
+    (
+        "distill-fit-function-teacher",
+        lambda: distill.fit(*_mlp(), _ds(), train.TrainConfig(epochs=1), teachers=_mlp()[0], progress=False),
+        ValueError,
+        "teachers must be an (apply_fn, params) pair",
+    ),
+    # precision
+    ("get_policy-dtype", lambda: precision.get_policy("p=f99"), ValueError, "key 'p': unknown dtype 'f99'"),
+    ("get_policy-key", lambda: precision.get_policy("q=f32"), ValueError, "unknown key 'q'"),
+    ("get_policy-garbage", lambda: precision.get_policy("fast"), ValueError, "unknown dtype 'fast'"),
+    (
+        "dynamic_loss_scale-initial",
+        lambda: precision.dynamic_loss_scale(optax.sgd(0.1), initial_scale=0.0),
+        ValueError,
+        "initial_scale must be a finite number > 0",
+    ),
+    (
+        "dynamic_loss_scale-growth",
+        lambda: precision.dynamic_loss_scale(optax.sgd(0.1), growth_factor=0.5),
+        ValueError,
+        "growth_factor must be a finite number > 1",
+    ),
+    (
+        "dynamic_loss_scale-backoff",
+        lambda: precision.dynamic_loss_scale(optax.sgd(0.1), backoff_factor=1.5),
+        ValueError,
+        "backoff_factor must be a finite number > 0 and < 1",
+    ),
+    (
+        "dynamic_loss_scale-interval",
+        lambda: precision.dynamic_loss_scale(optax.sgd(0.1), growth_interval=0),
+        ValueError,
+        "growth_interval must be an integer >= 1",
+    ),
+    (
+        "static_loss_scale-inf",
+        lambda: precision.static_loss_scale(optax.sgd(0.1), INF),
+        ValueError,
+        "scale must be a finite number > 0",
+    ),
+    # recipes
+    ("recipe-unknown-kind", lambda: _recipe(kind="shrinkify"), recipes.RecipeError, "steps[0].kind must be one of"),
+    (
+        "recipe-unknown-field",
+        lambda: _recipe(kind="train", epochz=2),
+        recipes.RecipeError,
+        "unknown field(s) ['epochz']",
+    ),
+    (
+        "recipe-wrong-type",
+        lambda: _recipe(kind="train", epochs="2"),
+        recipes.RecipeError,
+        "steps[0].epochs must be int",
+    ),
+    (
+        "recipe-stage-escape",
+        lambda: _recipe(kind="train", stage="../x"),
+        recipes.RecipeError,
+        "steps[0].stage must be a name",
+    ),
+    (
+        "recipe-old-mode",
+        lambda: _recipe(kind="quantize", mode="static"),
+        recipes.RecipeError,
+        "steps[0].mode = 'static': this field of 'quantize' is now called method",
+    ),
+    (
+        "recipe-no-steps",
+        lambda: recipes.validate({"name": "r", "steps": []}),
+        recipes.RecipeError,
+        "steps must be a non-empty list of tables ([[steps]])",
+    ),
+    ("recipe-top-key", lambda: recipes.validate({"name": "r", "stepz": []}), recipes.RecipeError, "stepz"),
+    ("recipes-load-non-utf8", lambda: recipes.load(_recipe_file(b'name = "\xff"\n')), recipes.RecipeError, "bad.toml"),
+    ("recipes-load-bad-toml", lambda: recipes.load(_recipe_file("name = \n")), recipes.RecipeError, "bad.toml"),
+    (
+        "recipes-load-unknown-name",
+        lambda: recipes.load("no-such-recipe"),
+        recipes.RecipeError,
+        "unknown recipe 'no-such-recipe'",
+    ),
+    # checkpoint
+    (
+        "Checkpointer-regular-file",
+        lambda: checkpoint.Checkpointer(_file()),
+        ValueError,
+        "directory must be a directory",
+    ),
+    (
+        "Checkpointer-every",
+        lambda: checkpoint.Checkpointer(_tmp() / "ck", every=0),
+        ValueError,
+        "every must be an integer >= 1",
+    ),
+    (
+        "Checkpointer-max_to_keep",
+        lambda: checkpoint.Checkpointer(_tmp() / "ck", max_to_keep=0),
+        ValueError,
+        "max_to_keep must be an integer >= 1",
+    ),
+    # models
+    ("import_model-no-colon", lambda: models.import_model("just_a_module"), models.ModelImportError, "just_a_module"),
+    (
+        "import_model-missing-module",
+        lambda: models.import_model("no_such_module_xyz:make"),
+        models.ModelImportError,
+        "no_such_module_xyz",
+    ),
+    (
+        "import_model-missing-function",
+        lambda: models.import_model("math:no_such_function"),
+        models.ModelImportError,
+        "no_such_function",
+    ),
+    (
+        "import_model-missing-file",
+        lambda: models.import_model("missing_file.py:make"),
+        models.ModelImportError,
+        "missing_file.py",
+    ),
+    (
+        "import_model-not-str",
+        lambda: models.import_model(3),
+        models.ModelImportError,
+        "spec must be a string 'package.module:function' or 'path/to/file.py:function'",
+    ),
+    ("saved-load-meta-list", lambda: _saved_model(lambda s: s.update(meta=[1])), ValueError, "meta must be a mapping"),
+    (
+        "saved-load-field-type",
+        lambda: _saved_model(lambda s: s["config"]["fields"].update(sizes="big")),
+        ValueError,
+        "sizes must be a list of int",
+    ),
+    ("saved-load-type", lambda: _saved_model(lambda s: s["config"].update(type="Alien")), ValueError, "type"),
+    ("build-unknown", lambda: models.build("resnet9000"), ValueError, "resnet9000"),
+    # hamjax.optimize
+    (
+        "optimize-unknown-recipe",
+        lambda: _optimize("no-such-recipe"),
+        recipes.RecipeError,
+        "recipe: unknown recipe 'no-such-recipe'",
+    ),
+    (
+        "optimize-logits-mismatch",
+        lambda: _optimize(dataset=_ds()._replace(num_classes=12), recipe="baseline"),
+        ValueError,
+        "apply_fn: the model gives 10 logits per example, but the labels have 12",
+    ),
+    (
+        "optimize-reference-step-custom-model",
+        lambda: _optimize("default"),
+        recipes.RecipeError,
+        "recipe 'default' steps[1] (distill, param_ratio=0.6) needs a hamjax reference model",
+    ),
+    (
+        "optimize-tuple-data",
+        lambda: _optimize(dataset=(_ds().train.x, _ds().train.y)),
+        TypeError,
+        "data must be a hamjax.data.Dataset (from hamjax.data.from_arrays, load_npz or load)",
+    ),
+    # search
+    (
+        "SearchConfig-method",
+        lambda: proposals.SearchConfig(method="grid"),
+        ValueError,
+        "method must be one of ('random', 'evolution', 'bayesian')",
+    ),
+    (
+        "SearchConfig-generations",
+        lambda: proposals.SearchConfig(generations=0),
+        ValueError,
+        "generations must be an integer >= 1",
+    ),
+    (
+        "SearchConfig-population_size",
+        lambda: proposals.SearchConfig(population_size=2.5),
+        ValueError,
+        "population_size must be an integer >= 1",
+    ),
+    (
+        "SearchConfig-learning_rate",
+        lambda: proposals.SearchConfig(learning_rate=NAN),
+        ValueError,
+        "learning_rate must be a finite number > 0",
+    ),
+    (
+        "SearchConfig-sample_size",
+        lambda: proposals.SearchConfig(population_size=4, sample_size=8),
+        ValueError,
+        "sample_size must be an integer in [1, 4]",
+    ),
+    (
+        "SearchConfig-mutation_rate",
+        lambda: proposals.SearchConfig(mutation_rate=1.5),
+        ValueError,
+        "mutation_rate must be a finite number >= 0 and <= 1",
+    ),
+    (
+        "SearchConfig-objectives",
+        lambda: proposals.SearchConfig(objectives=("accuracy", "beauty")),
+        ValueError,
+        "beauty",
+    ),
+    (
+        "SearchConfig-execution",
+        lambda: proposals.SearchConfig(execution="warp"),
+        ValueError,
+        "execution must be one of ('auto', 'vmap', 'chunked', 'sequential')",
+    ),
+    ("Population-unknown-hparam", lambda: _population({"momentum": 0.9}), ValueError, "momentum"),
+    (
+        "Population-learning_rate-nan",
+        lambda: _population({"learning_rate": NAN}),
+        ValueError,
+        "learning_rate must be finite and >= 0",
+    ),
+    (
+        "Population-hparam-length",
+        lambda: _population({"learning_rate": jnp.ones(3)}),
+        ValueError,
+        "learning_rate must have shape (2,)",
+    ),
+    (
+        "Population-execution",
+        lambda: trainer.Population(_mlp()[0], execution="warp"),
+        ValueError,
+        "execution must be one of ('auto', 'vmap', 'chunked', 'sequential')",
+    ),
+    # export
+    (
+        "onnx-precision",
+        lambda: _onnx(precision="int4"),
+        ValueError,
+        "precision must be one of ('fp32', 'fp16', 'int8')",
+    ),
+    ("onnx-path-suffix", lambda: _onnx(path=_tmp()), ValueError, "path must end in .onnx"),
+    ("onnx-int8-no-calibration", lambda: _onnx(precision="int8"), ValueError, "calibration"),
+    # CLI
+    ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
+    ("cli-optimize-model", _cli("optimize", "--model", "resnet9000"), None, "--model"),
+    ("cli-optimize-model-spec", _cli("optimize", "--model", "no_such_module_xyz:make"), None, "no_such_module_xyz"),
+    ("cli-optimize-data-missing", _cli("optimize", "--data", "missing.npz"), None, "missing.npz"),
+    ("cli-optimize-recipe", _cli("optimize", "--recipe", "no-such-recipe"), None, "no-such-recipe"),
+    ("cli-optimize-seed", _cli("optimize", "--seed", "x"), None, "--seed"),
+    ("cli-recipes-check", _cli("recipes", "--check", "@BADRECIPE"), None, "stage"),
+    ("cli-export-precision", _cli("export", "mlp", "--precision", "int4", "--out", "m.onnx"), None, "--precision"),
+    ("cli-export-model", _cli("export", "resnet9000", "--out", "m.onnx"), None, "resnet9000"),
+    ("cli-search-population", _cli("search", "--population", "0"), None, "population"),
+]
+
+
+def _npz(**arrays) -> str:
+    path = _tmp() / "arrays.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _structured(granularity):
+    module = models.build("mlp", input_shape=(8, 8, 1), sizes=(8, 10))
+    _, params = hamjax.functional(module)
+    return prune.structured_masks(models.config_of(module), params, 0.5, granularity=granularity)
+
+
+def _population(hparams):
+    apply_fn, params = _mlp()
+    stacked = {k: jnp.stack([v, v]) for k, v in params.items()} if isinstance(params, dict) else params
+    return trainer.Population(apply_fn).init(stacked, hparams)
+
+
+def _onnx(*, path=None, **kw):
+    from hamjax import export
+
+    apply_fn, params = _mlp()
+    return export.onnx(apply_fn, params, _ds().train.x[:2], path or (_tmp() / "m.onnx"), **kw)
+
+
+def test_catalogue_is_large_and_distinct():
+    ids = [row[0] for row in CASES]
+    assert len(ids) == len(set(ids))
+    assert len(ids) >= 80
+
+
+@pytest.mark.parametrize(("call", "error", "phrase"), [row[1:] for row in CASES], ids=[row[0] for row in CASES])
+def test_bad_input(call, error, phrase, digits, tmp_path, capsys, monkeypatch):
+    _CTX["digits"], _CTX["tmp"] = digits, tmp_path
+    monkeypatch.chdir(tmp_path)
+    if error is None:  # a CLI row: exit status 2 and one line on stderr, no traceback
+        code = call()
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith("hamjax"), err
+        assert phrase in err, err
+        return
+    with pytest.raises(error) as info:
+        call()
+    message = str(info.value)
+    assert phrase in message, message
+    assert len(message.strip().splitlines()) == 1, message
