@@ -247,6 +247,10 @@ def fit(
       >>> result.history[-1]["val_accuracy"] > 0.5
       True
     """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(
+            f"fit: config must be a hamjax.TrainConfig, got {type(config).__name__}; pass TrainConfig(...)"
+        )
     if checkpoint_dir is not None:
         from hamjax.checkpoint import check_directory
 

@@ -242,6 +242,7 @@ CASES = [
         ValueError,
         "dataset must be a hamjax.data.Dataset",
     ),
+    ("fit-config-dict", lambda: _fit(config={"epochs": 1}), ValueError, "fit: config must be a hamjax.TrainConfig"),
     ("fit-nan-inputs", lambda: _fit(_nan_x()), ValueError, "dataset.train.x holds 64 non-finite"),
     (
         "fit-labels-beyond",
@@ -480,6 +481,18 @@ CASES = [
     ),
     # recipes
     ("recipe-unknown-kind", lambda: _recipe(kind="shrinkify"), recipes.RecipeError, "steps[0].kind must be one of"),
+    (
+        "recipe-learning_rate-inf",
+        lambda: _recipe(kind="train", learning_rate=INF),
+        recipes.RecipeError,
+        "steps[0].learning_rate must be a finite number",
+    ),
+    (
+        "recipe-learning_rate-nan",
+        lambda: _recipe(kind="train", learning_rate=math.nan),
+        recipes.RecipeError,
+        "steps[0].learning_rate must be a finite number",
+    ),
     (
         "recipe-unknown-field",
         lambda: _recipe(kind="train", epochz=2),

@@ -8,6 +8,7 @@ registry (which imports the steps) both build on it without a circle.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -115,8 +116,8 @@ class Field:
             value = float(value)
         if (self.type is not bool and isinstance(value, bool)) or not isinstance(value, self.type):
             raise RecipeError(f"{where} must be {self.type.__name__}, got {value!r} ({type(value).__name__})")
-        if self.type in (int, float) and value != value:
-            raise RecipeError(f"{where} must be a number, got {value!r}")
+        if self.type is float and not math.isfinite(value):
+            raise RecipeError(f"{where} must be a finite number, got {value!r}")
         if self.above is not None and not value > self.above:
             raise RecipeError(f"{where} must be > {self.above}, got {value!r}")
         if self.low is not None and value < self.low:

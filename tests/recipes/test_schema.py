@@ -12,8 +12,10 @@ def test_field_check_converts_ints_for_floats_and_names_the_place():
     assert Field(float, 1e-3, above=0.0).check("steps[0].learning_rate", 1) == 1.0
     with pytest.raises(RecipeError, match=r"^steps\[0\]\.epochs must be int, got True \(bool\)$"):
         Field(int, 1).check("steps[0].epochs", True)
-    with pytest.raises(RecipeError, match=r"^x must be a number, got nan$"):
+    with pytest.raises(RecipeError, match=r"^x must be a finite number, got nan$"):
         Field(float, 1.0).check("x", math.nan)
+    with pytest.raises(RecipeError, match=r"^x must be a finite number, got inf$"):
+        Field(float, 1.0).check("x", math.inf)
     with pytest.raises(RecipeError, match=r"^x must be one of \['a', 'b'\], got 'c'$"):
         Field(str, "a", choices=("a", "b")).check("x", "c")
     assert Field(int, 1, low=0, high=3).accepts(3) and not Field(int, 1, low=0, high=3).accepts(4)
