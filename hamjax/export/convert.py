@@ -116,12 +116,28 @@ def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[
         )
     if quantized and not (isinstance(params, dict) and "weights" in params):
         raise ValueError("export.onnx: a QuantizedApply needs its qparams ({'weights', 'activations'})")
-    path = Path(path)
+    return example, _check_path(path)
+
+
+def _check_path(path) -> Path:
+    """``path`` as a Path, or raises if the ONNX file could not be written there (before any work)."""
+    try:
+        path = Path(path)
+    except TypeError as err:
+        raise ValueError(f"export.onnx: path must be a path to a .onnx file, got {path!r}") from err
     if path.suffix != ".onnx":
         raise ValueError(f"export.onnx: path must end in .onnx, got {str(path)!r}")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"export.onnx: the directory {str(path.parent)!r} does not exist")
-    return example, path
+    if path.is_dir():
+        raise ValueError(f"export.onnx: path {str(path)!r} is a directory, not a file to write")
+    parent = path.parent
+    if not parent.exists():
+        # a regular file further up is the cause to report (check_directory does), not a missing directory
+        above = next((a for a in parent.parents if a.exists()), None)
+        if above is None or above.is_dir():
+            raise FileNotFoundError(f"export.onnx: the directory {str(parent)!r} of path {str(path)!r} does not exist")
+    # a regular file, or a directory this process cannot write (os.access; always writable for root)
+    checkpoint.check_directory("export.onnx", f"path {str(path)!r}: its directory", parent)
+    return path
 
 
 def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw):
@@ -130,6 +146,9 @@ def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibra
 
     if precision == "int8":
         if not isinstance(apply_fn, quant.QuantizedApply):
+            # what the quantized model cannot export, this float one cannot either: say so before calibrating
+            spec = graph.input_spec(example, dynamic_batch=dynamic_batch)
+            graph.check(graph.trace(lambda x: call_model(apply_fn, params, x, **kw)[0], spec))
             apply_fn, params = quant.quantize_model(apply_fn, params, calibration=calibration, **kw)
         model = qdq.quantized_model(apply_fn, params, example, dynamic_batch=dynamic_batch, **kw)
         qapply, qparams = apply_fn, params
@@ -227,7 +246,8 @@ def onnx(
       params: its params (the qparams for a QuantizedApply).
       example_input: a real input batch: its shape and dtype define the
         ONNX input, and it is part of the check.
-      path: the ``.onnx`` file to write (its directory must exist).
+      path: the ``.onnx`` file to write (its directory must exist and be
+        writable; ``path`` must not be a directory).
       dynamic_batch: a symbolic batch dimension (else the example's batch).
       precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
       calibration: for ``"int8"`` of a float model: input batches that
@@ -241,10 +261,15 @@ def onnx(
       An :class:`ExportResult`.
 
     Raises:
-      ValueError: bad arguments (before anything is traced).
+      ValueError: bad arguments, or a ``path`` that is a directory or whose
+        directory is a regular file or not writable (all before anything is
+        traced).
       FileNotFoundError: ``path``'s directory does not exist.
-      ExportError: a primitive jax2onnx cannot lower (named, with the line
-        that produced it), or a failed check (with the numbers).
+      ExportError: before conversion, a model that cannot be exported: a
+        primitive jax2onnx cannot lower, random numbers (``jax.random``,
+        dropout in train mode), FFTs or complex arithmetic, each named with
+        the line that produced it (:func:`hamjax.export.graph.check`); or a
+        failed check (with the numbers).
     """
     import time
 

@@ -3,9 +3,11 @@
 The function is traced by JAX first (``jax.make_jaxpr`` with the batch as
 the symbolic dimension ``B``), so what is exported is exactly the program
 JAX runs: Flax modules, ``jit`` and ``custom_jvp`` calls have already been
-reduced to primitives. Every primitive is checked against jax2onnx's
-registry before conversion, so one it cannot lower is named, with the line
-of user code that produced it, instead of failing deep in the converter.
+reduced to primitives. Before conversion one walk over the jaxpr (:func:`check`)
+refuses what cannot export: a primitive jax2onnx has no lowering for, random
+numbers and FFTs (:data:`REFUSED`) and complex arithmetic, each named with
+the line of user code that produced it, instead of failing deep in the
+converter or in onnxruntime.
 The jaxpr is then re-evaluated under jax2onnx's tracer; nothing the caller
 has jitted is touched, so jit caches stay valid.
 
@@ -26,6 +28,7 @@ import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.source_info_util import user_context
 from jax.interpreters import ad, batching, mlir
 
 from hamjax.jaxpr import bind_equation, call_body, interpret
@@ -33,6 +36,40 @@ from hamjax.jaxpr import bind_equation, call_body, interpret
 TAG_PRIMITIVE = "hamjax_export_tag"
 TAG_PREFIX = "hamjax_tag__"
 OPSET = 23
+
+# Primitives refused before conversion, by family: (the primitives, why). jax2onnx has plugins for
+# some of them, but random bits lower only for static shapes (and an exported model must not depend
+# on a draw), and the FFT lowering makes complex tensors onnxruntime refuses to load.
+REFUSED: dict[str, tuple[frozenset[str], str]] = {
+    "random": (
+        frozenset(
+            {
+                "random_seed",
+                "random_bits",
+                "random_wrap",
+                "random_unwrap",
+                "random_split",
+                "random_fold_in",
+                "random_clone",
+                "random_gamma",
+                "threefry2x32",
+                "threefry4x32",
+                "iota_2x32_shape",  # the counters threefry hashes
+                "rng_bit_generator",
+                "rng_uniform",
+            }
+        ),
+        "random numbers (an exported model must be deterministic: export it in eval mode, dropout off, "
+        "with no jax.random call inside the model)",
+    ),
+    "fft": (
+        frozenset({"fft"}),
+        "FFT (jnp.fft; its ONNX form needs complex tensors, which onnxruntime cannot run)",
+    ),
+}
+COMPLEX_REASON = "complex numbers (onnxruntime has no complex tensors; compute real and imaginary parts as real arrays)"
+NO_LOWERING_REASON = "jax2onnx cannot lower these primitives"
+_UNKNOWN = "unknown location"
 
 _tag_p = jcore.Primitive(TAG_PRIMITIVE)
 _tag_p.def_impl(lambda x, *, tag: x)
@@ -88,31 +125,113 @@ def _where(eqn) -> str:
     """The innermost frame of user code (not JAX, Flax or jax2onnx) that produced ``eqn``."""
     frames = getattr(getattr(eqn.source_info, "traceback", None), "frames", None) or []
     libraries = (f"{os.sep}jax{os.sep}", f"{os.sep}flax{os.sep}", f"{os.sep}jax2onnx{os.sep}")
-    here = os.path.abspath(__file__)
-    interpreter = os.path.dirname(os.path.abspath(interpret.__file__))  # hamjax/jaxpr/, not user code either
+    # hamjax/export/ (this exporter) and hamjax/jaxpr/ (its interpreter) are not user code either
+    ours = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(interpret.__file__)))
     for frame in frames:
         path = os.path.abspath(frame.file_name)
-        if not any(s in frame.file_name for s in libraries) and path != here and os.path.dirname(path) != interpreter:
+        if not any(s in frame.file_name for s in libraries) and os.path.dirname(path) not in ours:
             return f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
-    return "unknown location"
+    return _UNKNOWN
 
 
-def _primitives(jaxpr, out: dict) -> dict:
-    for eqn in jaxpr.eqns:
-        out.setdefault(eqn.primitive.name, eqn)
-        for sub in jcore.jaxprs_in_params(eqn.params):
-            _primitives(sub, out)
-    return out
+def _is_complex(var) -> bool:
+    dtype = getattr(getattr(var, "aval", None), "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
+
+
+def refusals(closed: jcore.ClosedJaxpr) -> dict[str, list[str]]:
+    """Why ``closed`` cannot be exported: ``{reason: ["primitive at file:line (function)", ...]}``.
+
+    One walk over the jaxpr and every jaxpr nested in it. An equation inside
+    a ``jit`` or control-flow body whose own traceback holds no user code
+    takes the line of the call that encloses it. Each primitive is named once
+    per reason, at its first occurrence. Complex values are named by the
+    equations that make them from real ones (a complex constant: by those
+    that use it). Primitives without a jax2onnx lowering are looked up only
+    when nothing else is refused: the lookup loads every jax2onnx plugin
+    (seconds, once per process), which a model refused anyway need not wait
+    for.
+
+    Args:
+      closed: a traced model (:func:`trace`).
+
+    Returns:
+      A dict from the reason (:data:`NO_LOWERING_REASON`, a :data:`REFUSED`
+      family's reason, :data:`COMPLEX_REASON`) to the equations refused for
+      it, in program order; empty if the model can be converted.
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from hamjax.export import graph
+      >>> spec = graph.input_spec(np.ones((2, 4), np.float32))
+      >>> graph.refusals(graph.trace(jnp.tanh, spec))
+      {}
+      >>> [reason.split()[0] for reason in graph.refusals(graph.trace(lambda x: jnp.fft.fft(x).real, spec))]
+      ['FFT', 'complex']
+    """
+    family = {name: reason for names, reason in REFUSED.values() for name in names}
+    found: dict[str, dict[str, str]] = {}
+    every: dict[str, str] = {}  # every other primitive, for the lowering lookup
+    made, used = {}, {}  # complex values: equations that make them from real inputs, and the others
+
+    def walk(jaxpr, outer: str) -> None:
+        for eqn in jaxpr.eqns:
+            name, where = eqn.primitive.name, _where(eqn)
+            where = outer if where == _UNKNOWN else where
+            subs = list(jcore.jaxprs_in_params(eqn.params))
+            if name in family:
+                found.setdefault(family[name], {}).setdefault(name, where)
+                continue
+            every.setdefault(name, where)
+            if not subs and any(_is_complex(v) for v in eqn.outvars):
+                (used if any(_is_complex(v) for v in eqn.invars) else made).setdefault(name, where)
+            elif not subs and any(_is_complex(v) for v in eqn.invars):
+                used.setdefault(name, where)
+            for sub in subs:
+                walk(sub, where)
+
+    walk(closed.jaxpr, _UNKNOWN)
+    if made or used:
+        found[COMPLEX_REASON] = made or used
+    if not found:
+        from jax2onnx.plugins.plugin_system import PLUGIN_REGISTRY, import_all_plugins
+
+        import_all_plugins()
+        _register_tag_plugin()
+        missing = {name: where for name, where in every.items() if name not in PLUGIN_REGISTRY}
+        if missing:
+            found[NO_LOWERING_REASON] = missing
+    order = [NO_LOWERING_REASON, *(reason for _, reason in REFUSED.values()), COMPLEX_REASON]
+    return {r: [f"{n} at {w}" for n, w in found[r].items()] for r in order if r in found}
 
 
 def unsupported(closed: jcore.ClosedJaxpr) -> list[str]:
-    """``"primitive at file:line"`` for every primitive of ``closed`` jax2onnx has no lowering for."""
-    from jax2onnx.plugins.plugin_system import PLUGIN_REGISTRY, import_all_plugins
+    """``"primitive at file:line (function)"`` for every equation of ``closed`` :func:`refusals` refuses."""
+    return [entry for entries in refusals(closed).values() for entry in entries]
 
-    import_all_plugins()
-    _register_tag_plugin()
-    found = _primitives(closed.jaxpr, {})
-    return [f"{name} at {_where(eqn)}" for name, eqn in found.items() if name not in PLUGIN_REGISTRY]
+
+def check(closed: jcore.ClosedJaxpr) -> None:
+    """Raise :class:`ExportError` naming every primitive :func:`refusals` refuses, with its line; else nothing.
+
+    Args:
+      closed: a traced model (:func:`trace`).
+
+    Raises:
+      ExportError: one line, each reason followed by its primitives.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from hamjax.export import graph
+      >>> spec = graph.input_spec(np.ones((2, 4), np.float32))
+      >>> graph.check(graph.trace(lambda x: x + jax.random.normal(jax.random.key(0), x.shape), spec))
+      Traceback (most recent call last):
+      ...
+      hamjax.export.graph.ExportError: export: the model cannot be exported: random numbers (...): random_seed at ...
+    """
+    found = refusals(closed)
+    if found:
+        parts = "; ".join(f"{reason}: {', '.join(entries)}" for reason, entries in found.items())
+        raise ExportError(f"export: the model cannot be exported: {parts}")
 
 
 def trace(fn, spec: jax.ShapeDtypeStruct) -> jcore.ClosedJaxpr:
@@ -187,13 +306,17 @@ def _eval_without_pools(jaxpr, consts, args) -> list:
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         body = call_body(eqn)
-        pooled = _pool_by_slices(eqn, invals[0]) if eqn.primitive.name in _POOLS else None
-        if pooled is not None:
-            outs = [pooled]
-        elif body is not None and eqn.primitive.name not in ("custom_jvp_call", "custom_vjp_call"):
-            outs = _eval_without_pools(body[0], body[1], invals)
-        else:
-            outs = bind_equation(eqn, invals)
+        # The rewritten jaxpr keeps each equation's user line (for check); an inlined body's equations
+        # without one keep their caller's.
+        known = _where(eqn) != _UNKNOWN
+        with user_context(eqn.source_info.traceback) if known else contextlib.nullcontext():
+            pooled = _pool_by_slices(eqn, invals[0]) if eqn.primitive.name in _POOLS else None
+            if pooled is not None:
+                outs = [pooled]
+            elif body is not None and eqn.primitive.name not in ("custom_jvp_call", "custom_vjp_call"):
+                outs = _eval_without_pools(body[0], body[1], invals)
+            else:
+                outs = bind_equation(eqn, invals)
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
@@ -214,14 +337,13 @@ def convert(closed: jcore.ClosedJaxpr, spec: jax.ShapeDtypeStruct, *, model_name
     """The ONNX ``ModelProto`` of ``closed`` (input ``input``, output ``output``).
 
     Raises:
-      ExportError: a primitive jax2onnx cannot lower (named, with where it
-        came from), or a conversion failure.
+      ExportError: a model :func:`check` refuses (each primitive named, with
+        where it came from), or a conversion failure (naming the primitive
+        being lowered where jax2onnx's traceback shows it).
     """
     from jax2onnx import to_onnx
 
-    missing = unsupported(closed)
-    if missing:
-        raise ExportError(f"export: jax2onnx cannot lower these primitives: {'; '.join(missing)}")
+    check(closed)
 
     run_all = jcore.jaxpr_as_fun(closed)
 
@@ -234,9 +356,36 @@ def convert(closed: jcore.ClosedJaxpr, spec: jax.ShapeDtypeStruct, *, model_name
                 run, [spec], model_name=model_name, opset=OPSET, input_names=["input"], output_names=["output"]
             )
     except Exception as err:
-        raise ExportError(f"export: jax2onnx failed to convert the model: {type(err).__name__}: {err}") from err
+        lines = str(err).strip().splitlines()
+        raise ExportError(
+            f"export: jax2onnx failed to convert the model{_lowering(err)}: "
+            f"{type(err).__name__}: {lines[0] if lines else ''}"
+        ) from err
     drop_zero_gemm_bias(model)
     return model
+
+
+def _lowering(err: BaseException) -> str:
+    """`` while lowering PRIMITIVE at file:line``, read from jax2onnx's frames in ``err``'s traceback, or ``""``.
+
+    jax2onnx lowers each equation in ``lower_equation_with_plugin(plugin, *,
+    eqn, primitive_name, ...)``, nested for ``jit`` and control-flow bodies;
+    the innermost such frame is the primitive that failed, and the innermost
+    with user code in its equation's traceback the line. Another jax2onnx
+    version without that frame gives ``""`` (the message then names no
+    primitive rather than a guessed one).
+    """
+    name, where = None, _UNKNOWN
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "lower_equation_with_plugin" and "jax2onnx" in frame.f_code.co_filename:
+            eqn, primitive = frame.f_locals.get("eqn"), frame.f_locals.get("primitive_name")
+            if isinstance(eqn, jcore.JaxprEqn) and isinstance(primitive, str):
+                name, at = primitive, _where(eqn)
+                where = where if at == _UNKNOWN else at
+        tb = tb.tb_next
+    return "" if name is None else f" while lowering {name} at {where}"
 
 
 def drop_zero_gemm_bias(model) -> None:

@@ -84,6 +84,9 @@ def trace_tagged(qapply, qparams, example, *, dynamic_batch: bool = True, **kw):
     """
     _check(qapply)
     weights = quant.dequantize_tree(qparams["weights"])
+    spec = graph.input_spec(np.asarray(example), dynamic_batch=dynamic_batch)
+    # The float model, traced as the user wrote it, names their lines; the tagged one below is re-interpreted.
+    graph.check(graph.trace(lambda x: qapply.apply_fn(weights, x, **kw), spec))
     rows = {r["name"]: r for r in qapply.site_table(qparams)}
     at_ops = _weights_at_ops(qapply, weights, np.asarray(example)[:1], kw)
     sites = {}
@@ -102,7 +105,6 @@ def trace_tagged(qapply, qparams, example, *, dynamic_batch: bool = True, **kw):
         return a, graph.tag(grids[j].astype(w.dtype), f"w{j}")
 
     tagged = intercept(qapply.apply_fn, hook)
-    spec = graph.input_spec(np.asarray(example), dynamic_batch=dynamic_batch)
     closed = graph.trace(lambda x: tagged(weights, x, **kw), spec)
     return closed, spec, sites
 
@@ -259,7 +261,9 @@ def quantized_model(qapply, qparams, example, *, dynamic_batch: bool = True, mod
 
     Raises:
       ExportError: bit widths other than 8, dynamic symmetric activations,
-        or a primitive jax2onnx cannot lower.
+        or a model :func:`hamjax.export.graph.check` refuses (a primitive
+        jax2onnx cannot lower, random numbers, FFTs, complex arithmetic),
+        named with the user's line before anything is converted.
     """
     closed, spec, sites = trace_tagged(qapply, qparams, example, dynamic_batch=dynamic_batch, **kw)
     model = graph.convert(closed, spec, model_name=model_name)
