@@ -157,8 +157,12 @@ def load(path: str | os.PathLike, *, seed: int = 0) -> tuple[Any, Any, Any, dict
         raise ValueError(f"saved.load: {file} is not JSON: {err}") from err
     except UnicodeDecodeError as err:
         raise ValueError(f"saved.load: {file} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    if not isinstance(entry, dict) or entry.get("format") != FORMAT:
-        raise ValueError(f"saved.load: {file} is not a {FORMAT} file")
+    if not isinstance(entry, dict):
+        raise ValueError(f"saved.load: {file} must hold a JSON object, got {type(entry).__name__}")
+    if "format" not in entry:
+        raise ValueError(f"saved.load: {file} has no format field; expected format = {FORMAT!r}")
+    if entry["format"] != FORMAT:
+        raise ValueError(f"saved.load: {file}: format must be {FORMAT!r}, got {entry['format']!r}")
     missing, extra = sorted(_KEYS - set(entry)), sorted(set(entry) - _KEYS)
     if missing or extra:
         problem = f"lacks the key(s) {missing}" if missing else f"has unknown key(s) {extra}"

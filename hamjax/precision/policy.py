@@ -233,6 +233,11 @@ def get_policy(policy: Policy | str) -> Policy:
     """
     if isinstance(policy, Policy):
         return policy
+    if not isinstance(policy, str):
+        raise ValueError(
+            f"get_policy: policy must be a Policy or a string such as 'p=f32,c=bf16,o=f32', got {type(policy).__name__}"
+            f" {policy!r}"
+        )
     return Policy.parse(policy)
 
 

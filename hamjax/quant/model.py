@@ -35,7 +35,7 @@ import numpy as np
 
 from hamjax._checks import check_choice
 from hamjax.jaxpr import Site, find_sites, intercept, weight_channel_axes
-from hamjax.quant.calibration import as_arrays, calibrate, calibration_inputs, check_batches
+from hamjax.quant.calibration import CALIBRATION_METHODS, as_arrays, calibrate, calibration_inputs, check_batches
 from hamjax.quant.numerics import check_bits, compute_qparams, fake_quant
 from hamjax.quant.weights import dequantize_tree, is_qtensor, quantize_params
 
@@ -311,6 +311,7 @@ def quantize_model(
       True
     """
     check_choice("quantize_model", "method", method, METHODS)
+    check_choice("quantize_model", "calibration_method", calibration_method, CALIBRATION_METHODS)
     check_bits("quantize_model", "bits", bits)
     check_bits("quantize_model", "act_bits", act_bits)
     batches = list(check_batches("quantize_model", "calibration", calibration)) if calibration is not None else None

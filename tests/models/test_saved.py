@@ -35,7 +35,13 @@ def test_bad_files_and_configs_are_named(tmp_path):
     with pytest.raises(ValueError, match="is not JSON"):
         saved.load(tmp_path)
     (tmp_path / "model.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ValueError, match="is not a hamjax.model/1 file"):
+    with pytest.raises(ValueError, match="format must be 'hamjax.model/1', got 'other'"):
+        saved.load(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"config": {}, "meta": {}}))
+    with pytest.raises(ValueError, match="model.json has no format field; expected format = 'hamjax.model/1'"):
+        saved.load(tmp_path)
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="model.json must hold a JSON object, got list"):
         saved.load(tmp_path)
     with pytest.raises(
         ValueError, match=r"saved: config\.type: unknown model kind 'ResNetConfig'; expected one of \['CNNConfig'"
