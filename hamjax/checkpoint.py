@@ -34,6 +34,11 @@ def _into(like: PyTree, restored: PyTree, what: str) -> PyTree:
     return jax.tree.unflatten(want, leaves)
 
 
+def _label(where: str) -> str:
+    """The error prefix for the caller label ``where``; none for ``""`` (a CLI option, which the CLI prefixes)."""
+    return f"{where}: " if where else ""
+
+
 def check_directory(where: str, arg: str, path: str | os.PathLike) -> str:
     """``path`` as an absolute path, or raises if it cannot be a directory hamjax reads and writes.
 
@@ -44,8 +49,9 @@ def check_directory(where: str, arg: str, path: str | os.PathLike) -> str:
     ``arg`` and the path, raised before any work is spent.
 
     Args:
-      where: the caller label (the public function or class a user called).
-      arg: the argument's name.
+      where: the caller label (the public function or class a user called);
+        ``""`` for a command-line option, whose errors the CLI prefixes.
+      arg: the argument's name (``"--out"`` for an option).
       path: the directory to check.
 
     Returns:
@@ -67,19 +73,57 @@ def check_directory(where: str, arg: str, path: str | os.PathLike) -> str:
     try:
         path = os.path.abspath(os.fspath(path))
     except TypeError as err:
-        raise ValueError(f"{where}: {arg} must be a path to a directory, got {path!r}") from err
+        raise ValueError(f"{_label(where)}{arg} must be a path to a directory, got {path!r}") from err
     if os.path.exists(path) and not os.path.isdir(path):
         kind = "the regular file" if os.path.isfile(path) else "a path that is not a directory"
-        raise ValueError(f"{where}: {arg} must be a directory, got {kind} {path!r}")
+        raise ValueError(f"{_label(where)}{arg} must be a directory, got {kind} {path!r}")
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(f"{where}: {arg} {path!r} cannot be created: {existing!r} is a file, not a directory")
+        raise ValueError(f"{_label(where)}{arg} {path!r} cannot be created: {existing!r} is a file, not a directory")
     if not os.access(existing, os.R_OK | os.W_OK | os.X_OK):
         what = "is" if existing == path else f"would be created in {existing!r}, which is"
-        raise ValueError(f"{where}: {arg} {path!r} {what} not a directory this process can read and write")
+        raise ValueError(f"{_label(where)}{arg} {path!r} {what} not a directory this process can read and write")
     return path
+
+
+def check_inside(where: str, what: str, root: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` unless it resolves, through symbolic links, outside the directory ``root`` (or to ``root`` itself).
+
+    Every path hamjax derives under an output directory (checkpoint folders,
+    exported files, saved models) passes through here before anything is
+    written, so a link planted inside the output directory cannot send a
+    write, or orbax's pruning of old steps, elsewhere.
+
+    Args:
+      where: the caller label.
+      what: what would be written there, for the error (``"the export folder"``).
+      root: the output directory.
+      path: the derived path.
+
+    Returns:
+      ``path`` as given, as a string.
+
+    Raises:
+      ValueError: naming ``what``, where it would go and ``root``.
+
+    Examples:
+      >>> import os, pathlib, tempfile
+      >>> from hamjax.checkpoint import check_inside
+      >>> root = pathlib.Path(tempfile.mkdtemp())
+      >>> check_inside("optimize", "the export folder", root, root / "export") == str(root / "export")
+      True
+      >>> os.symlink(tempfile.gettempdir(), root / "model")
+      >>> check_inside("optimize", "the saved model", root, root / "model")
+      Traceback (most recent call last):
+      ...
+      ValueError: optimize: the saved model would go to ..., outside the output directory ...
+    """
+    base, resolved = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([base, resolved]) != base or resolved == base:
+        raise ValueError(f"{_label(where)}{what} would go to {resolved}, outside the output directory {base}")
+    return os.fspath(path)
 
 
 def _reason(err: BaseException) -> str:

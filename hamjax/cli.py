@@ -12,7 +12,6 @@ and checks recipes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -48,33 +47,22 @@ def _data_arg(text: str) -> str:
     )
 
 
-def _writable(option: str, text: str, *, file: bool = False) -> Path:
-    """``--out``: refuse, before any work, a folder given for a file (or the reverse), or a place not writable."""
+def _writable_file(option: str, text: str) -> Path:
+    """``--out FILE``: refuse, before any work, a folder given for a file name, or a place not writable."""
+    from hamjax import checkpoint
+
     path = Path(text)
-    if path.exists() and path.is_dir() == file:
-        raise ValueError(f"{option} {text} is a {'folder, not a file name' if file else 'file, not a folder'}")
-    existing = next((p for p in (path.parent if file else path, *path.parents) if p.exists()), Path.cwd())
-    if not existing.is_dir():
-        raise ValueError(f"{option} {text} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {text} is not writable: no permission to write in {existing}")
+    if path.is_dir():
+        raise ValueError(f"{option} {text} is a folder, not a file name")
+    checkpoint.check_directory("", f"{option} {text}: its folder", path.parent)
     return path
-
-
-def _optimize_outputs(out: Path) -> None:
-    """Refuse, before training, an ``--out`` whose report files are folders or whose model folders are files."""
-    for name, folder in (("report.json", False), ("report.md", False), ("dense", True), ("model", True)):
-        path = out / name
-        if path.exists() and path.is_dir() != folder:
-            kind = "a folder" if path.is_dir() else "a file"
-            raise ValueError(f"--out {out}: {path} is {kind}, where hamjax optimize writes its {name}")
 
 
 def _optimize(args) -> int:
     from hamjax import data, models, pipeline, recipes, report
     from hamjax._base import functional
 
-    _optimize_outputs(_writable("--out", args.out))
+    pipeline.check_out(args.out, where="", arg="--out")
     recipe = recipes.load(args.recipe)
     dataset = (
         data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)
@@ -127,7 +115,7 @@ def _export(args) -> int:
     from hamjax.models import saved
     from hamjax.recipes.steps.quantization import calibration_batches
 
-    _writable("--out", args.out, file=True)
+    _writable_file("--out", args.out)
     source = Path(args.model)
     if source.is_dir():
         apply_fn, params, _, meta = saved.load(source)
@@ -194,7 +182,7 @@ def _search(args) -> int:
         hidden_size=args.hidden_size,
         max_layers=args.max_layers,
     )
-    out = _writable("--out", args.out)
+    out = Path(checkpoint.check_directory("", "--out", args.out))
     out.mkdir(parents=True, exist_ok=True)
     result = engine.run(supernet, dataset, config, workdir=str(out), progress=not args.quiet)
     if result.resumed_from is not None:

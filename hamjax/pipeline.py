@@ -20,10 +20,57 @@ from hamjax import checkpoint, data, measure, models, prune, recipes, report
 from hamjax._checks import check_int
 from hamjax.models import saved
 
-__all__ = ["OptimizeResult", "optimize"]
+__all__ = ["OUTPUTS", "OptimizeResult", "check_out", "optimize"]
 
 _NAMES = {models.MLPConfig: "mlp", models.CNNConfig: "cnn", models.ViTConfig: "vit", models.HAMNetConfig: "hamnet"}
 _CONFIGS = (*_NAMES, prune.ShrunkConfig)
+
+
+# what optimize writes under ``out``: name -> whether it is a folder
+OUTPUTS = {"report.json": False, "report.md": False, "dense": True, "model": True, "export": True}
+
+
+def check_out(out: str | os.PathLike, *, where: str = "optimize", arg: str = "out") -> Path:
+    """``out`` as a path, checked before any work as the folder :func:`optimize` writes its results in.
+
+    Refused, with one line naming ``arg``: a regular file, a place this
+    process cannot create or write, a report file that is a folder (or a
+    model folder that is a file), and a model or export folder that is a
+    symbolic link out of ``out``.
+
+    Args:
+      out: the output folder; it need not exist yet.
+      where: the caller label (``""`` for a CLI option).
+      arg: the argument's name.
+
+    Returns:
+      The absolute path.
+
+    Raises:
+      ValueError: naming the path at fault.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> from hamjax.pipeline import check_out
+      >>> root = pathlib.Path(tempfile.mkdtemp())
+      >>> check_out(root / "run") == root / "run"
+      True
+      >>> (root / "report.json").mkdir()
+      >>> check_out(root)
+      Traceback (most recent call last):
+      ...
+      ValueError: optimize: out ...: .../report.json is a folder, where optimize writes its report.json
+    """
+    path = Path(checkpoint.check_directory(where, arg, out))
+    prefix = f"{where}: " if where else ""
+    for name, folder in OUTPUTS.items():
+        target = path / name
+        if target.exists() and target.is_dir() != folder:
+            kind = "a folder" if target.is_dir() else "a file"
+            raise ValueError(f"{prefix}{arg} {path}: {target} is {kind}, where optimize writes its {name}")
+        if folder:
+            checkpoint.check_inside(where, f"{arg} {path}: its {name} folder", path, target)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,40 +180,15 @@ def _write(out: Path, context: recipes.Context, measurements, meta: dict, paths:
     facts = {k: meta[k] for k in ("model", "data", "recipe", "seed") if k in meta}
     if "dense" in context.extras:
         dense_fn, dense_params, dense_config = context.extras["dense"]
-        paths["dense"] = _save_model(out / "dense", dense_fn, dense_params, dense_config, {**facts, "stage": "dense"})
+        dense = Path(context.path("dense", "the dense model"))
+        paths["dense"] = _save_model(dense, dense_fn, dense_params, dense_config, {**facts, "stage": "dense"})
     final = meta["final_stage"]
-    paths["model"] = _save_model(
-        out / "model", context.apply_fn, context.params, context.config, {**facts, "stage": final}
-    )
+    model = Path(context.path("model", "the final model"))
+    paths["model"] = _save_model(model, context.apply_fn, context.params, context.config, {**facts, "stage": final})
     if "onnx int8" in context.extras:
         # The int8 model without pickle: the checked QDQ file onnxruntime runs.
         shutil.copyfile(context.extras["onnx int8"].path, paths["model"] / "model.int8.onnx")
         paths["model int8"] = paths["model"] / "model.int8.onnx"
-
-
-def _checkpoint_steps(workdir: Path) -> dict[str, int]:
-    """The newest step in each step's checkpoint folder under ``workdir`` (``checkpoints-<row>-<stage>``).
-
-    Read before the run: a step whose folder holds a checkpoint resumes from it.
-    """
-    steps = {}
-    for folder in sorted(workdir.glob("checkpoints-*")):
-        if folder.is_dir():
-            with checkpoint.Checkpointer(folder) as ckpt:
-                step = ckpt.latest_step()
-            if step is not None:
-                steps[folder.name] = step
-    return steps
-
-
-def _resumed(context: recipes.Context, steps: dict[str, int]) -> dict[str, int]:
-    """The stages that resumed from a checkpoint, and from which step (a row's folder is named by its index)."""
-    found = {}
-    for index, stage in enumerate(context.stages):
-        step = steps.get(f"checkpoints-{index}-{stage.name}")
-        if step is not None:
-            found[stage.name] = step
-    return found
 
 
 def _final_stage(context: recipes.Context) -> str:
@@ -254,6 +276,7 @@ def optimize(
     recipe = _recipe(recipe)
     dataset = _dataset(data)
     seed = check_int("optimize", "seed", seed, minimum=0)
+    workdir = None if out is None else check_out(out)
     if config is not None and not isinstance(config, _CONFIGS):
         raise TypeError(
             f"optimize: config must be a hamjax reference model config (hamjax.models.config_of(module)) or None, "
@@ -262,11 +285,8 @@ def optimize(
     models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where="optimize: apply_fn")
     if config is None:
         _custom_model_steps(recipe, recipe.name)
-    workdir = None if out is None else Path(out)
-    steps = {}
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        steps = _checkpoint_steps(workdir)
     context = recipes.Context(
         apply_fn,
         params,
@@ -290,7 +310,7 @@ def optimize(
         "seed": seed,
         "run_seconds": round(run_seconds, 2),
         "final_stage": _final_stage(context),
-        "resumed": _resumed(context, steps),
+        "resumed": dict(context.resumed),
         "env": measure.environment(),
         "notes": [f"{s.name}: {s.notes}" for s in context.stages if s.notes],
     }

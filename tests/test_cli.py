@@ -293,9 +293,9 @@ def test_optimize_refuses_an_out_that_is_a_file_before_training(tmp_path, monkey
     out = tmp_path / "out"
     out.write_text("not a folder")
     assert cli.main(["optimize", "--data", "digits", "--out", str(out), "--quiet"]) == 2
-    assert f"--out {out} is a file, not a folder" in _one_line_error(capsys, "optimize")
+    assert f"--out must be a directory, got the regular file '{out}'" in _one_line_error(capsys, "optimize")
     assert cli.main(["optimize", "--data", "digits", "--out", str(out / "sub"), "--quiet"]) == 2
-    assert f"--out {out / 'sub'} cannot be created: {out} is a file" in _one_line_error(capsys, "optimize")
+    assert f"--out '{out / 'sub'}' cannot be created: '{out}' is a file" in _one_line_error(capsys, "optimize")
 
 
 @pytest.mark.parametrize(("name", "make"), [("report.json", "mkdir"), ("report.md", "mkdir"), ("model", "write_text")])
@@ -307,7 +307,7 @@ def test_optimize_refuses_an_out_whose_outputs_are_the_wrong_kind_before_trainin
     getattr(path, make)(*(["x"] if make == "write_text" else []))
     assert cli.main(["optimize", "--data", "digits", "--out", str(tmp_path), "--quiet"]) == 2
     kind = "a folder" if make == "mkdir" else "a file"
-    assert f"{path} is {kind}, where hamjax optimize writes its {name}" in _one_line_error(capsys, "optimize")
+    assert f"{path} is {kind}, where optimize writes its {name}" in _one_line_error(capsys, "optimize")
 
 
 def test_export_refuses_an_out_that_is_a_folder_before_exporting(tmp_path, capsys):
@@ -326,7 +326,7 @@ def test_search_refuses_an_out_that_is_a_file_before_searching(tmp_path, monkeyp
     out = tmp_path / "search"
     out.write_text("x")
     assert cli.main(["search", "--data", "digits", "--out", str(out), "--quiet"]) == 2
-    assert f"--out {out} is a file, not a folder" in _one_line_error(capsys, "search")
+    assert f"--out must be a directory, got the regular file '{out}'" in _one_line_error(capsys, "search")
 
 
 def test_export_of_a_corrupt_model_json_is_one_line(tmp_path, capsys):
@@ -428,3 +428,21 @@ def test_optimize_says_when_it_resumed_and_from_which_step(user_files, capsys):
     assert cli.main([*argv, "--quiet"]) == 0
     assert f"resumed dense from step {step} (checkpoints in {out})" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["meta"]["resumed"] == {"dense": step}
+
+
+def test_optimize_names_the_step_it_resumed_from_after_skipping_a_corrupt_one(user_files, capsys):
+    (user_files / "two.toml").write_text(_ONE_EPOCH.replace("epochs = 1", "epochs = 2"))
+    out = user_files / "out"
+    argv = ["optimize", "--model", "usermodel:build", "--data", "mine.npz", "--recipe", "two.toml", "--out", str(out)]
+    assert cli.main([*argv, "--quiet"]) == 0
+    folder = out / "checkpoints-0-dense"
+    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    assert len(steps) >= 2, steps
+    for path in (folder / str(steps[-1]) / "tree").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match=f"step {steps[-1]}"):
+        assert cli.main([*argv, "--quiet"]) == 0
+    assert f"resumed dense from step {steps[-2]} (checkpoints in {out})" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["meta"]["resumed"] == {"dense": steps[-2]}

@@ -154,6 +154,26 @@ def test_bad_input_is_refused_before_training_in_one_line(arrays, monkeypatch, c
     assert "\n" not in str(info.value)
 
 
+def test_an_out_that_cannot_hold_the_results_is_refused_before_training(arrays, monkeypatch, tmp_path):
+    _no_training(monkeypatch)
+    apply_fn, params = _mlp()
+    dataset = hamjax.data.from_arrays(*arrays["train"])
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    with pytest.raises(ValueError, match=r"^optimize: out must be a directory, got the regular file '.*a-file'$"):
+        hamjax.optimize(apply_fn, params, dataset, "nm-2-4", out=file)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "model").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"^optimize: out .*: its model folder would go to .*elsewhere, outside"):
+        hamjax.optimize(apply_fn, params, dataset, "nm-2-4", out=out)
+    (out / "model").unlink()
+    (out / "report.md").mkdir()
+    with pytest.raises(ValueError, match=r"report\.md is a folder, where optimize writes its report\.md$"):
+        hamjax.optimize(apply_fn, params, dataset, "nm-2-4", out=out)
+
+
 def test_a_reference_model_with_its_config_passes_the_reference_check(digits, monkeypatch):
     calls = []
 

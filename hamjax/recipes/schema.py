@@ -1,8 +1,9 @@
 """What a recipe is made of: fields, step kinds, steps, recipes and the context steps pass along.
 
-This module is the bottom of :mod:`hamjax.recipes` and imports nothing else
-from hamjax, so the step modules (which import the families) and the
-registry (which imports the steps) both build on it without a circle.
+This module is the bottom of :mod:`hamjax.recipes`: from the rest of hamjax
+it imports only :func:`hamjax.checkpoint.check_inside`, so the step modules
+(which import the families) and the registry (which imports the steps) both
+build on it without a circle.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from hamjax.checkpoint import check_inside
 
 __all__ = ["REQUIRED", "Context", "Field", "Recipe", "RecipeError", "Step", "StepKind", "check_slug"]
 
@@ -294,6 +297,8 @@ class Context:
         config)``),
         ``"quantized"`` (``(qapply, qparams)``), ``"onnx int8"`` (the export
         result).
+      resumed: ``stage -> step`` for each stage whose training resumed
+        from a checkpoint (:meth:`note_resumed`).
 
     Examples:
       >>> from hamjax.recipes import Context
@@ -310,6 +315,36 @@ class Context:
     progress: bool = True
     config: Any = None
     extras: dict = dataclasses.field(default_factory=dict)
+    resumed: dict = dataclasses.field(default_factory=dict)
+
+    def path(self, name: str, what: str) -> str | None:
+        """``workdir/name``, checked to stay inside ``workdir`` through symbolic links, or ``None`` without a workdir.
+
+        Every file or folder a step writes under ``workdir`` is named here.
+
+        Args:
+          name: the file or folder's name inside ``workdir``.
+          what: what goes there, for the error.
+
+        Returns:
+          The path, or ``None``.
+
+        Raises:
+          RecipeError: a path that resolves outside ``workdir`` (through a
+            symbolic link) or to ``workdir`` itself.
+
+        Examples:
+          >>> from hamjax.recipes import Context
+          >>> Context(lambda p, x: x, {}, dataset=None, workdir="run").path("export", "the ONNX files")
+          'run/export'
+        """
+        if self.workdir is None:
+            return None
+        path = os.path.join(self.workdir, name)
+        try:
+            return check_inside("recipes.run", what, self.workdir, path)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
 
     def checkpoint_dir(self, stage: str) -> str | None:
         """Where a step that trains keeps its checkpoints: one directory per step under ``workdir``.
@@ -325,14 +360,17 @@ class Context:
             or a directory that resolves outside ``workdir`` (through a
             symbolic link).
         """
-        if self.workdir is None:
-            return None
         check_slug("checkpoint_dir: stage", stage)
-        path = os.path.join(self.workdir, f"checkpoints-{len(self.stages)}-{stage}")
-        root, resolved = os.path.realpath(self.workdir), os.path.realpath(path)
-        if os.path.commonpath([root, resolved]) != root or resolved == root:
-            raise RecipeError(
-                f"checkpoint_dir: the checkpoints of stage {stage!r} would go to {resolved}, outside the work"
-                f" directory {root}"
-            )
-        return path
+        return self.path(f"checkpoints-{len(self.stages)}-{stage}", f"the checkpoints of stage {stage!r}")
+
+    def note_resumed(self, stage: str, result: Any) -> None:
+        """Record that ``stage`` resumed from a checkpoint: ``result.resumed_from`` (a :class:`hamjax.train.TrainResult`).
+
+        Args:
+          stage: the row's name.
+          result: what the step's training returned; nothing is recorded
+            when its ``resumed_from`` is ``None`` (a fresh run).
+        """
+        step = getattr(result, "resumed_from", None)
+        if step is not None:
+            self.resumed[stage] = int(step)

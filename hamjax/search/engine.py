@@ -171,7 +171,10 @@ def run(
     fingerprint = _fingerprint(supernet, config)
     history: list[Candidate] = []
     start, resumed = 0, None
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "search"), every=config.checkpoint_every) if workdir else None
+    ckpt = None
+    if workdir:
+        folder = checkpoint.check_inside("search", "the search checkpoints", workdir, os.path.join(workdir, "search"))
+        ckpt = checkpoint.Checkpointer(folder, every=config.checkpoint_every)
     if ckpt is not None:
         restored = ckpt.restore_latest({"generation": np.zeros((), np.int32)})
         if restored is not None:

@@ -1,7 +1,9 @@
 """The recipe schema: field checks, search spaces, the dict form and the context."""
 
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from hamjax.recipes import REQUIRED, Context, Field, Recipe, RecipeError, Step, StepKind, step_kinds, validate
@@ -91,10 +93,27 @@ def test_context_checkpoint_dir_stays_inside_the_work_directory(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "run" / "checkpoints-0-dense").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(RecipeError, match="checkpoint_dir: the checkpoints of stage 'dense' would go to .*elsewhere"):
+    with pytest.raises(
+        RecipeError,
+        match="recipes.run: the checkpoints of stage 'dense' would go to .*elsewhere, outside the output directory",
+    ):
         ctx.checkpoint_dir("dense")
     ctx.stages.append(object())
     assert ctx.checkpoint_dir("dense") == str(tmp_path / "run" / "checkpoints-1-dense")
+    (tmp_path / "run" / "export").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RecipeError, match="the ONNX files would go to .*elsewhere"):
+        ctx.path("export", "the ONNX files")
+    (tmp_path / "run" / "up").symlink_to(tmp_path / "run")
+    with pytest.raises(RecipeError, match="would go to .*run, outside"):
+        ctx.path("up", "x")
+
+
+def test_context_records_only_resumed_training():
+    ctx = Context(lambda p, x: x, {}, None)
+    ctx.note_resumed("dense", SimpleNamespace(resumed_from=None))
+    assert ctx.resumed == {}
+    ctx.note_resumed("dense", SimpleNamespace(resumed_from=np.int64(7)))
+    assert ctx.resumed == {"dense": 7} and type(ctx.resumed["dense"]) is int
 
 
 def test_recipes_check_refuses_a_stage_that_climbs_out(tmp_path, capsys):

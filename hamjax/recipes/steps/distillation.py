@@ -108,6 +108,7 @@ def run(f: dict, context: Context) -> Context:
         checkpoint_dir=context.checkpoint_dir(stage),
         progress=context.progress,
     )
+    context.note_resumed(stage, result)
     student, teacher = models.param_count(student_config), models.param_count(context.config)
     notes = (
         f"student {student:,} params ({student / teacher:.0%} of the teacher), "

@@ -88,6 +88,7 @@ def run(f: dict, context: Context) -> Context:
             checkpoint_dir=context.checkpoint_dir(stage),
             progress=context.progress,
         )
+        context.note_resumed(stage, result)
         params = result.params
     else:
         params = policy.cast_to_param(params)

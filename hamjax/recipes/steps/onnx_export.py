@@ -87,7 +87,7 @@ def run(f: dict, context: Context) -> Context:
     from hamjax import export
     from hamjax.export import runtime, tensorrt
 
-    out = Path(context.workdir) / "export" if context.workdir else Path(tempfile.mkdtemp(prefix="hamjax-export-"))
+    out = Path(context.path("export", "the ONNX files") or tempfile.mkdtemp(prefix="hamjax-export-"))
     out.mkdir(parents=True, exist_ok=True)
     dataset = context.dataset
     example, check_data = dataset.val.x[:64], dataset.val.x[64:512]

@@ -129,6 +129,7 @@ def _finetune(f: dict, context: Context, params, optimizer_for, *, final: bool =
         checkpoint_dir=context.checkpoint_dir(f["stage"]),
         progress=context.progress,
     )
+    context.note_resumed(f["stage"], result)
     return result.state.params if final else result.params
 
 

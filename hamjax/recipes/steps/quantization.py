@@ -109,6 +109,7 @@ def _qat(f: dict, context: Context, batches, common: dict):
         checkpoint_dir=context.checkpoint_dir(f["stage"]),
         progress=context.progress,
     )
+    context.note_resumed(f["stage"], result)
     return result.params
 
 

@@ -53,6 +53,7 @@ def run(fields: dict, context: Context) -> Context:
         checkpoint_dir=context.checkpoint_dir(stage),
         progress=context.progress,
     )
+    context.note_resumed(stage, result)
     context.params = result.params
     context.stages.append(report.Stage.from_model(stage, context.apply_fn, result.params))
     context.extras.setdefault("dense", (context.apply_fn, result.params, context.config))
