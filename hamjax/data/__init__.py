@@ -25,7 +25,14 @@ Examples:
 from hamjax.data.arrays import NPZ_KEYS, from_arrays, load_npz
 from hamjax.data.batching import batch_at, batch_indices, batches, epoch_permutation, steps_per_epoch
 from hamjax.data.bundled import DATASETS, load
-from hamjax.data.checks import check_dataset, check_inputs, check_labels, check_split, describe_value
+from hamjax.data.checks import (
+    UnscaledInputsWarning,
+    check_dataset,
+    check_inputs,
+    check_labels,
+    check_split,
+    describe_value,
+)
 from hamjax.data.splits import Dataset, Split, split_indices, split_sizes, stratified_counts
 from hamjax.streaming import Chunk, stream
 
@@ -35,6 +42,7 @@ __all__ = [
     "Chunk",
     "Dataset",
     "Split",
+    "UnscaledInputsWarning",
     "batch_at",
     "batch_indices",
     "batches",

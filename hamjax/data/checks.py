@@ -8,6 +8,7 @@ array (``dataset.val.x``, ``y``) and the value at fault. The generic checks
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,28 @@ import numpy as np
 from hamjax._checks import check_finite
 from hamjax.data.splits import Dataset, Split
 
-__all__ = ["check_dataset", "check_inputs", "check_labels", "check_split", "describe_value"]
+__all__ = ["UnscaledInputsWarning", "check_dataset", "check_inputs", "check_labels", "check_split", "describe_value"]
+
+
+class UnscaledInputsWarning(UserWarning):
+    """Inputs that look like raw pixel values (whole numbers up to 255) rather than scaled ones.
+
+    Models train badly on them (a first loss in the tens, not near
+    ``log(classes)``); divide by 255 or standardise first. A model that
+    scales its inputs itself can silence this with
+    ``warnings.filterwarnings("ignore", category=UnscaledInputsWarning)``.
+    """
+
+
+def _unscaled(a: np.ndarray, x: np.ndarray) -> float | None:
+    """The largest value when ``a`` looks like unscaled pixels: uint8 above 1, or image-shaped whole numbers in [0, 255]."""
+    if a.size == 0 or a.dtype == bool:
+        return None
+    if a.dtype == np.uint8 or a.ndim >= 3:
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0 and 1 < hi <= 255 and (a.dtype == np.uint8 or bool(np.all(x == np.floor(x)))):
+            return hi
+    return None
 
 
 def describe_value(value: Any) -> str:
@@ -56,6 +78,9 @@ def _array(where: str, arg: str, value: Any) -> np.ndarray:
 def check_inputs(where: str, arg: str, value: Any, *, copy: bool = True) -> np.ndarray:
     """Checked float32 inputs ``(N, *input_shape)``: real numbers, at least 2 dims, finite.
 
+    Inputs that look like raw pixels (uint8 above 1, or image-shaped whole
+    numbers in [0, 255]) pass with an :class:`UnscaledInputsWarning`.
+
     Args:
       where: the caller label.
       arg: the array's name in errors.
@@ -93,6 +118,14 @@ def check_inputs(where: str, arg: str, value: Any, *, copy: bool = True) -> np.n
         check_finite(where, arg, wide)
         big = float(np.max(np.abs(wide)))
         raise ValueError(f"{where}: {arg} holds values beyond the float32 range (largest magnitude {big:g})")
+    hi = _unscaled(a, x)
+    if hi is not None:
+        warnings.warn(
+            f"{where}: {arg} looks like unscaled pixel values (whole numbers in [0, {hi:g}], dtype {a.dtype}); "
+            "models train badly on them: scale first, e.g. x.astype('float32') / 255",
+            UnscaledInputsWarning,
+            stacklevel=3,
+        )
     return x
 
 

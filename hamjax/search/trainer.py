@@ -53,9 +53,11 @@ import optax
 
 from hamjax import distill, prune
 from hamjax._base import call_model, optax_update
-from hamjax._checks import check_choice, check_int
+from hamjax._checks import check_choice, check_finite, check_int, is_traced
 from hamjax._losses import cross_entropy
+from hamjax.data.checks import check_labels
 from hamjax.quant import MAX_BITS, MIN_BITS, fake_quant_weights
+from hamjax.train_steps import logit_count
 
 EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
 OPTIMIZER_HYPERPARAMETERS = ("learning_rate", "weight_decay")
@@ -255,6 +257,26 @@ class Population:
         return self._compiled[execution]
 
     # public ---------------------------------------------------------------------------------
+    def _check_data(self, where: str, names: tuple[str, str], params, x, y) -> None:
+        """Finite inputs, and (for the default class loss) integer labels within the model's logits; before compiling.
+
+        Skipped for traced arrays; the logit count is one abstract trace per input shape.
+        """
+        if is_traced(x) or is_traced(y):
+            return
+        check_finite(where, names[0], x)
+        if self.loss_fn is not cross_entropy:
+            return  # a loss of the user's own: its labels need not be classes
+        rows = x.reshape(-1, *x.shape[y.ndim :])
+        key = ("logits", rows.shape[1:], str(rows.dtype))
+        if key not in self._compiled:
+            member = jax.tree.map(lambda leaf: leaf[0], params)
+            self._compiled[key] = logit_count(self.apply_fn, member, rows)
+        classes = self._compiled[key]
+        check_labels(
+            where, names[1], np.asarray(y).reshape(-1), num_classes=classes, of=f"the model's {classes} logits"
+        )
+
     def init(self, params, hparams: Mapping | None = None) -> PopulationState:
         """The starting state: ``params`` (a population), fresh optimizer states, ``hparams`` per member."""
         p = size(params)
@@ -286,6 +308,7 @@ class Population:
             raise ValueError(
                 f"Population.train: xs (steps, batch, ...) and ys (steps, batch) disagree: {xs.shape}, {ys.shape}"
             )
+        self._check_data("Population.train", ("xs", "ys"), state.params, xs, ys)
         execution = self.execution
         if execution == "auto":
             execution = self.chosen or self.choose(state, xs, ys)
@@ -323,6 +346,8 @@ class Population:
             params, hparams = state_or_params.params, {k: v for k, v in state_or_params.hparams.items() if k == "bits"}
         else:
             params, hparams = state_or_params, {}
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        self._check_data("Population.evaluate", ("x", "y"), params, x, y)
         if "eval" not in self._compiled:
             self._compiled["eval"] = jax.jit(jax.vmap(self._member_eval, in_axes=(0, 0, None, None)))
-        return self._compiled["eval"](params, hparams, jnp.asarray(x), jnp.asarray(y))
+        return self._compiled["eval"](params, hparams, x, y)

@@ -94,8 +94,9 @@ def test_lists_integers_bools_and_uint8_are_converted_unscaled():
     np.testing.assert_array_equal(ds.train.x, np.array([[0, 1], [2, 3], [4, 5], [6, 7]], np.float32))
     assert ds.train.x.dtype == np.float32 and ds.input_shape == (2,)
     images = np.full((20, 4, 4, 1), 255, np.uint8)
-    ds = data.from_arrays(images, np.arange(20) % 2, val_fraction=0.2, test_fraction=0.2)
-    assert ds.train.x.dtype == np.float32 and ds.train.x.max() == 255.0
+    with pytest.warns(data.UnscaledInputsWarning, match="from_arrays: x looks like unscaled pixel values"):
+        ds = data.from_arrays(images, np.arange(20) % 2, val_fraction=0.2, test_fraction=0.2)
+    assert ds.train.x.dtype == np.float32 and ds.train.x.max() == 255.0  # converted, not rescaled behind one's back
     flags = data.from_arrays(np.ones((20, 3), bool), np.arange(20, dtype=np.uint8) % 2)
     assert flags.train.x.max() == 1.0 and flags.train.y.dtype == np.int32
     low = data.from_arrays(jnp.ones((20, 3), jnp.bfloat16), np.arange(20) % 2)

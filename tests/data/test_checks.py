@@ -1,4 +1,5 @@
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -22,13 +23,32 @@ def test_check_inputs_converts_and_refuses_non_finite():
     x = np.ones((2, 3), np.float32)
     assert check_inputs("w", "x", x, copy=False) is x
     assert check_inputs("w", "x", x) is not x
-    assert check_inputs("w", "x", np.ones((2, 3), np.uint8)).dtype == np.float32
+    assert check_inputs("w", "x", np.ones((2, 3), np.uint8)).dtype == np.float32  # 0/1: no unscaled warning
     with pytest.raises(
         ValueError, match=re.escape("w: x holds 1 non-finite values (NaN or inf) of 6; expected finite")
     ):
         check_inputs("w", "x", np.array([[1.0, 2.0, np.inf], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match=re.escape("w: x must have at least 2 dims (examples, *input_shape)")):
         check_inputs("w", "x", np.ones(3))
+
+
+def test_unscaled_pixels_warn_and_scaled_or_other_inputs_do_not():
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1))
+    with pytest.warns(data.UnscaledInputsWarning, match=r"fit: dataset\.train\.x looks like unscaled pixel values"):
+        check_inputs("fit", "dataset.train.x", pixels.astype(np.uint8))
+    with pytest.warns(data.UnscaledInputsWarning, match=r"whole numbers in \[0, 255\], dtype float32.*/ 255"):
+        check_inputs("fit", "x", pixels.astype(np.float32))
+    with pytest.warns(data.UnscaledInputsWarning, match="dtype uint8"):
+        check_inputs("fit", "x", pixels.reshape(4, 64).astype(np.uint8))  # flat uint8 images too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_inputs("fit", "x", pixels.astype(np.float32) / 255)
+        check_inputs("fit", "x", np.ones((4, 8, 8), np.uint8))  # binary images
+        check_inputs("fit", "x", pixels.reshape(4, 64).astype(np.float32))  # flat features, not images
+        check_inputs("fit", "x", pixels.astype(np.float32) - 128)  # centred
+        check_inputs("fit", "x", pixels.astype(np.float32) + 0.5)  # not whole numbers
+    with pytest.warns(data.UnscaledInputsWarning, match="from_arrays: x"):
+        data.from_arrays(pixels.astype(np.uint8).repeat(5, 0), np.arange(20) % 2)
 
 
 def test_check_labels_refuses_floats_negatives_and_labels_out_of_range():

@@ -154,3 +154,40 @@ def test_sparsity_and_bits_train_a_reference_model_with_batch_statistics(digits)
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def _trainer_and_state():
+    trainer = pop.Population(lambda p, x: x @ p["w"])
+    return trainer, trainer.init({"w": jnp.zeros((2, 4, 3))})
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"xs": np.full((2, 8, 4), np.nan, np.float32)}, r"Population\.train: xs holds \d+ non-finite values"),
+        ({"ys": np.full((2, 8), 0.5, np.float32)}, r"Population\.train: ys must hold integer class labels"),
+        (
+            {"ys": np.full((2, 8), -1, np.int32)},
+            r"Population\.train: ys holds label -1 at index 0; expected labels >= 0",
+        ),
+        (
+            {"ys": np.full((2, 8), 3, np.int32)},
+            r"ys holds label 3 at index 0; expected labels in \[0, 3\) for the model's 3",
+        ),
+    ],
+)
+def test_bad_data_is_refused_before_training(bad, match):
+    trainer, state = _trainer_and_state()
+    data = {"xs": np.ones((2, 8, 4), np.float32), "ys": np.zeros((2, 8), np.int32), **bad}
+    with pytest.raises(ValueError, match=match):
+        trainer.train(state, data["xs"], data["ys"])
+    assert "vmap" not in trainer._compiled  # refused before the training step was built
+    with pytest.raises(ValueError, match=match.replace("train", "evaluate").replace("xs", "x").replace("ys", "y")):
+        trainer.evaluate(state, data["xs"][0], data["ys"][0])
+
+
+def test_a_loss_of_ones_own_takes_labels_that_are_not_classes():
+    trainer = pop.Population(lambda p, x: x @ p["w"], loss_fn=lambda logits, y: jnp.mean((logits[:, 0] - y) ** 2))
+    state = trainer.init({"w": jnp.zeros((2, 4, 3))})
+    state, losses = trainer.train(state, np.ones((2, 8, 4), np.float32), np.full((2, 8), 7.5, np.float32))
+    assert losses.shape == (2, 2) and np.all(np.isfinite(losses))
