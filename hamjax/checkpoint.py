@@ -88,6 +88,42 @@ def check_directory(where: str, arg: str, path: str | os.PathLike) -> str:
     return path
 
 
+def check_file(where: str, arg: str, path: str | os.PathLike) -> str:
+    """``path`` as an absolute path, or raises if hamjax could not write a file there.
+
+    Refused before any work: an existing directory, and a parent that
+    :func:`check_directory` refuses (a regular file on the way, no
+    permission to write).
+
+    Args:
+      where: the caller label (``""`` for a command-line option).
+      arg: the argument's name.
+      path: the file to be written.
+
+    Returns:
+      The absolute path.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> from hamjax.checkpoint import check_file
+      >>> root = pathlib.Path(tempfile.mkdtemp())
+      >>> check_file("build", "out", root / "m.engine") == str(root / "m.engine")
+      True
+      >>> check_file("build", "out", root)
+      Traceback (most recent call last):
+      ...
+      ValueError: build: out '...' is a directory, not a file to write
+    """
+    try:
+        path = os.path.abspath(os.fspath(path))
+    except TypeError as err:
+        raise ValueError(f"{_label(where)}{arg} must be a path to a file, got {path!r}") from err
+    if os.path.isdir(path):
+        raise ValueError(f"{_label(where)}{arg} {path!r} is a directory, not a file to write")
+    check_directory(where, f"{arg} {path!r}: its directory", os.path.dirname(path))
+    return path
+
+
 def check_inside(where: str, what: str, root: str | os.PathLike, path: str | os.PathLike) -> str:
     """``path`` unless it resolves, through symbolic links, outside the directory ``root`` (or to ``root`` itself).
 

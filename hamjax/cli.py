@@ -51,11 +51,7 @@ def _writable_file(option: str, text: str) -> Path:
     """``--out FILE``: refuse, before any work, a folder given for a file name, or a place not writable."""
     from hamjax import checkpoint
 
-    path = Path(text)
-    if path.is_dir():
-        raise ValueError(f"{option} {text} is a folder, not a file name")
-    checkpoint.check_directory("", f"{option} {text}: its folder", path.parent)
-    return path
+    return Path(checkpoint.check_file("", option, text))
 
 
 def _optimize(args) -> int:

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -17,6 +18,7 @@ from reference_models import plain_mlp
 
 import hamjax
 from hamjax import checkpoint, cli, data, distill, models, precision, prune, quant, recipes, train
+from hamjax.export.graph import ExportError
 from hamjax.models import saved
 from hamjax.search import proposals, trainer
 
@@ -89,6 +91,18 @@ def _saved_model(tamper):
     tamper(spec)
     (path / "model.json").write_text(json.dumps(spec))
     return saved.load(path)
+
+
+def _linked_out(name: str, *, folder: bool = False) -> Path:
+    """An output folder whose ``name`` is a folder (``folder=True``) or a link to a folder outside it."""
+    out = _tmp() / "out"
+    out.mkdir()
+    if folder:
+        (out / name).mkdir()
+    else:
+        (_tmp() / "elsewhere").mkdir()
+        (out / name).symlink_to(_tmp() / "elsewhere")
+    return out
 
 
 def _optimize(recipe="default", apply_fn=None, params=None, dataset=None, **kw):
@@ -397,6 +411,12 @@ CASES = [
         "calibration must be a list of batches",
     ),
     (
+        "quantize_model-calibration_method",
+        lambda: quant.quantize_model(*_mlp(), calibration=[_ds().train.x[:8]], calibration_method="median"),
+        ValueError,
+        "quantize_model: calibration_method must be one of ('minmax', 'percentile', 'mse')",
+    ),
+    (
         "calibrate-single-array",
         lambda: quant.calibrate(*_mlp(), _ds().train.x[:8]),
         ValueError,
@@ -449,6 +469,7 @@ CASES = [
     ("get_policy-dtype", lambda: precision.get_policy("p=f99"), ValueError, "key 'p': unknown dtype 'f99'"),
     ("get_policy-key", lambda: precision.get_policy("q=f32"), ValueError, "unknown key 'q'"),
     ("get_policy-garbage", lambda: precision.get_policy("fast"), ValueError, "unknown dtype 'fast'"),
+    ("get_policy-int", lambda: precision.get_policy(3), ValueError, "get_policy: policy must be a Policy or a string"),
     (
         "dynamic_loss_scale-initial",
         lambda: precision.dynamic_loss_scale(optax.sgd(0.1), initial_scale=0.0),
@@ -578,6 +599,8 @@ CASES = [
         "spec must be a string 'package.module:function' or 'path/to/file.py:function'",
     ),
     ("saved-load-meta-list", lambda: _saved_model(lambda s: s.update(meta=[1])), ValueError, "meta must be a mapping"),
+    ("saved-load-no-format", lambda: _saved_model(lambda s: s.pop("format")), ValueError, "has no format field"),
+    ("saved-load-format", lambda: _saved_model(lambda s: s.update(format="x/2")), ValueError, "format must be"),
     (
         "saved-load-field-type",
         lambda: _saved_model(lambda s: s["config"]["fields"].update(sizes="big")),
@@ -610,6 +633,24 @@ CASES = [
         lambda: _optimize(dataset=(_ds().train.x, _ds().train.y)),
         TypeError,
         "data must be a hamjax.data.Dataset (from hamjax.data.from_arrays, load_npz or load)",
+    ),
+    (
+        "optimize-out-file",
+        lambda: hamjax.optimize(*_mlp(), _ds(), "nm-2-4", out=_file()),
+        ValueError,
+        "optimize: out must be a directory, got the regular file",
+    ),
+    (
+        "optimize-out-model-link",
+        lambda: hamjax.optimize(*_mlp(), _ds(), "nm-2-4", out=_linked_out("model")),
+        ValueError,
+        "its model folder would go to",
+    ),
+    (
+        "optimize-out-report-folder",
+        lambda: hamjax.optimize(*_mlp(), _ds(), "nm-2-4", out=_linked_out("report.json", folder=True)),
+        ValueError,
+        "report.json is a folder, where optimize writes its report.json",
     ),
     # search
     (
@@ -679,6 +720,30 @@ CASES = [
         ValueError,
         "execution must be one of ('auto', 'vmap', 'chunked', 'sequential')",
     ),
+    (
+        "Population-train-nan-xs",
+        lambda: _population_train(xs=np.full((2, 4, *_ds().input_shape), NAN, np.float32)),
+        ValueError,
+        "Population.train: xs holds",
+    ),
+    (
+        "Population-train-float-ys",
+        lambda: _population_train(ys=np.full((2, 4), 0.5, np.float32)),
+        ValueError,
+        "Population.train: ys must hold integer class labels",
+    ),
+    (
+        "Population-train-ys-beyond-logits",
+        lambda: _population_train(ys=np.full((2, 4), 10, np.int32)),
+        ValueError,
+        "ys holds label 10 at index 0; expected labels in [0, 10)",
+    ),
+    (
+        "Population-evaluate-negative-y",
+        lambda: _population_evaluate(y=np.full(4, -2, np.int32)),
+        ValueError,
+        "Population.evaluate: y holds label -2",
+    ),
     # export
     (
         "onnx-precision",
@@ -688,6 +753,31 @@ CASES = [
     ),
     ("onnx-path-suffix", lambda: _onnx(path=_tmp()), ValueError, "path must end in .onnx"),
     ("onnx-int8-no-calibration", lambda: _onnx(precision="int8"), ValueError, "calibration"),
+    ("onnx-path-directory", lambda: _onnx(path=_made_dir("d.onnx")), ValueError, "is a directory, not a file to write"),
+    (
+        "onnx-path-under-file",
+        lambda: _onnx(path=Path(_file()) / "m.onnx"),
+        ValueError,
+        "its directory must be a directory",
+    ),
+    ("onnx-fft", lambda: _onnx_of(lambda p, x: jnp.abs(jnp.fft.fft(x))), ExportError, "fft at "),
+    ("onnx-complex", lambda: _onnx_of(lambda p, x: jnp.real(jax.lax.complex(x, x))), ExportError, "complex numbers"),
+    (
+        "onnx-random",
+        lambda: _onnx_of(lambda p, x: x + jax.random.normal(jax.random.key(0), x.shape)),
+        ExportError,
+        "must be deterministic",
+    ),
+    (
+        "onnx-int8-random",
+        lambda: _onnx_of(
+            lambda p, x: x + jax.random.normal(jax.random.key(0), x.shape),
+            precision="int8",
+            calibration=[_ds().train.x[:32]],
+        ),
+        ExportError,
+        "random_bits at ",
+    ),
     # CLI
     ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
     ("cli-optimize-model", _cli("optimize", "--model", "resnet9000"), None, "--model"),
@@ -718,6 +808,33 @@ def _population(hparams):
     apply_fn, params = _mlp()
     stacked = {k: jnp.stack([v, v]) for k, v in params.items()} if isinstance(params, dict) else params
     return trainer.Population(apply_fn).init(stacked, hparams)
+
+
+def _population_train(**bad):
+    apply_fn, params = _mlp()
+    stacked = jax.tree.map(lambda v: jnp.stack([v, v]), params)
+    population = trainer.Population(apply_fn)
+    x, y = _ds().train.x[:8], _ds().train.y[:8]
+    batches = {"xs": x.reshape(2, 4, *x.shape[1:]), "ys": y.reshape(2, 4), **bad}
+    return population.train(population.init(stacked), batches["xs"], batches["ys"])
+
+
+def _population_evaluate(**bad):
+    apply_fn, params = _mlp()
+    population = trainer.Population(apply_fn)
+    split = {"x": _ds().train.x[:4], "y": _ds().train.y[:4], **bad}
+    return population.evaluate(jax.tree.map(lambda v: jnp.stack([v, v]), params), split["x"], split["y"])
+
+
+def _made_dir(name: str) -> Path:
+    (_tmp() / name).mkdir()
+    return _tmp() / name
+
+
+def _onnx_of(fn, **kw):
+    from hamjax import export
+
+    return export.onnx(fn, None, _ds().train.x[:2], _tmp() / "m.onnx", **kw)
 
 
 def _onnx(*, path=None, **kw):

@@ -312,7 +312,7 @@ def test_optimize_refuses_an_out_whose_outputs_are_the_wrong_kind_before_trainin
 
 def test_export_refuses_an_out_that_is_a_folder_before_exporting(tmp_path, capsys):
     assert cli.main(["export", "mlp", "--data", "digits", "--out", str(tmp_path)]) == 2
-    assert f"--out {tmp_path} is a folder, not a file name" in _one_line_error(capsys, "export")
+    assert f"--out '{tmp_path}' is a directory, not a file to write" in _one_line_error(capsys, "export")
     assert "exporting" not in capsys.readouterr().out
 
 

@@ -127,16 +127,13 @@ def _check_path(path) -> Path:
         raise ValueError(f"export.onnx: path must be a path to a .onnx file, got {path!r}") from err
     if path.suffix != ".onnx":
         raise ValueError(f"export.onnx: path must end in .onnx, got {str(path)!r}")
-    if path.is_dir():
-        raise ValueError(f"export.onnx: path {str(path)!r} is a directory, not a file to write")
     parent = path.parent
     if not parent.exists():
-        # a regular file further up is the cause to report (check_directory does), not a missing directory
+        # a regular file further up is the cause to report (check_file does), not a missing directory
         above = next((a for a in parent.parents if a.exists()), None)
         if above is None or above.is_dir():
             raise FileNotFoundError(f"export.onnx: the directory {str(parent)!r} of path {str(path)!r} does not exist")
-    # a regular file, or a directory this process cannot write (os.access; always writable for root)
-    checkpoint.check_directory("export.onnx", f"path {str(path)!r}: its directory", parent)
+    checkpoint.check_file("export.onnx", "path", path)
     return path
 
 

@@ -215,7 +215,7 @@ def build(
     workspace_gib = check_positive("build", "workspace_gib", workspace_gib)
     input_name, rest, fixed = _inspect_onnx(src, precision)
     lo, opt, hi = _batch_range(fixed, min_batch, opt_batch, max_batch)
-    dst = _default_out(src, precision) if out is None else pathlib.Path(out)
+    dst = pathlib.Path(checkpoint.check_file("build", "out", _default_out(src, precision) if out is None else out))
     if dst.resolve() == src.resolve():
         raise ValueError(f"out must differ from onnx_path, got {str(dst)!r}")
 

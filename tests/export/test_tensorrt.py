@@ -296,3 +296,13 @@ def test_engine_runs_through_measure(tmp_path):
     assert [t.batch_size for t in m.throughput] == [8, 32]
     assert m.accuracy >= 0.9  # fp16 may flip a near-tie argmax, not most of them
     assert m.peak_memory_bytes is not None and m.peak_memory_bytes > 0
+
+
+def test_build_checks_out_before_building(tmp_path):
+    path = linear_onnx(tmp_path)
+    (tmp_path / "engine-dir").mkdir()
+    with pytest.raises(ValueError, match=r"build: out '.*engine-dir' is a directory, not a file to write"):
+        trt_export.build(path, "fp32", out=tmp_path / "engine-dir")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match=r"build: out '.*a-file/m\.engine': its directory must be a directory"):
+        trt_export.build(path, "fp32", out=tmp_path / "a-file" / "m.engine")
