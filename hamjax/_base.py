@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 Params = Any
 State = Any
@@ -254,6 +255,58 @@ def call_model(apply_fn, params, x, *, train: bool = False, rng=None, **kw):
     return apply_fn(params, x, **kw), params
 
 
+def _leaf_paths(tree) -> dict[tuple, tuple]:
+    """``{bare keys: (key path, shape)}`` of every leaf (bare keys, so a FrozenDict matches a dict)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    bare = [tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in p) for p, _ in flat]
+    return {b: (path, np.shape(leaf)) for b, (path, leaf) in zip(bare, flat, strict=True)}
+
+
+def _first_difference(reference: dict, tree) -> str | None:
+    """Where ``tree`` first departs from ``reference`` (from :func:`_leaf_paths`) in structure or leaf shape."""
+    got, keystr = _leaf_paths(tree), jax.tree_util.keystr
+    got_inner, ref_inner = ({p[:k] for p in paths for k in range(1, len(p))} for paths in (got, reference))
+    for path, (keys, shape) in reference.items():
+        cut = next((k for k in range(1, len(path)) if path[:k] not in got_inner), len(path))  # name a layer
+        at = keystr(keys[:cut])
+        if path[:cut] in got and cut < len(path):
+            return f"{at} is an array of shape {got[path[:cut]][1]}; the module has a subtree there"
+        if path in got_inner:
+            return f"{at} is a subtree; the module's is an array of shape {shape}"
+        if path not in got:
+            return f"{at} is missing (the module has it)"
+        if got[path][1] != shape:
+            return f"{at} has shape {got[path][1]}; the module's is {shape}"
+    for path, (keys, _) in got.items():
+        if path not in reference:
+            cut = next((k for k in range(1, len(path)) if path[:k] not in ref_inner), len(path))
+            return f"{keystr(keys[:cut])} is not in the module"
+    return None
+
+
+def _tree_check(where: str, arg: str, reference) -> Callable[[Any], None]:
+    """A check that a tree has ``reference``'s structure and leaf shapes (not dtypes: policies cast them).
+
+    Passed ``(treedef, shapes)`` are remembered: a repeated eager call only flattens; jit checks at trace time.
+    """
+    paths = _leaf_paths(reference)
+
+    def signature(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef, tuple(np.shape(leaf) for leaf in leaves)
+
+    passed = {signature(reference)}
+
+    def check(tree) -> None:
+        if (sig := signature(tree)) in passed:
+            return
+        if (problem := _first_difference(paths, tree)) is not None:
+            raise ValueError(f"{where}: {arg}{problem}")
+        passed.add(sig)
+
+    return check
+
+
 _NNX_COLLECTIONS = (("params", "Param"), ("batch_stats", "BatchStat"))
 
 
@@ -278,6 +331,9 @@ def functional(module) -> tuple[ApplyFn, dict]:
 
     Raises:
       TypeError: if ``module`` is not an NNX module.
+      ValueError: from ``apply_fn``, if ``variables`` differs from the
+        module's in collections, structure or a leaf's shape (dtypes may
+        differ), naming the first differing path; checked once per trace.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -303,6 +359,7 @@ def functional(module) -> tuple[ApplyFn, dict]:
     )
     variables = {c: nnx.to_pure_dict(s) for c, s in templates.items() if len(nnx.to_flat_state(s))}
     names = tuple(variables)
+    check = _tree_check("apply_fn", "variables", variables)
 
     def _state(collection, pure):
         state = jax.tree.map(lambda v: v, templates[collection])
@@ -310,9 +367,11 @@ def functional(module) -> tuple[ApplyFn, dict]:
         return state
 
     def fn(variables, x, *, train, rng, mutable, **kw):
-        missing = set(names) - set(variables)
-        if missing:
+        if not isinstance(variables, Mapping):
+            raise TypeError(f"apply_fn: variables must be a mapping of collections, got {type(variables).__name__}")
+        if missing := set(names) - set(variables):
             raise ValueError(f"apply_fn: variables lack collections {sorted(missing)}; have {sorted(variables)}")
+        check(variables)
         states = [_state(c, variables[c]) if c in variables else templates[c] for c, _ in _NNX_COLLECTIONS]
         model = nnx.merge(train_def if train else eval_def, *states, rest, copy=True)
         if rng is not None and streams:
@@ -340,7 +399,14 @@ def linen_functional(model, variables: Mapping, *, rng_name: str = "dropout") ->
       rng_name: the RNG collection name that dropout uses.
 
     Returns:
-      ``(apply_fn, variables)`` as :func:`functional` gives them.
+      ``(apply_fn, variables)`` as :func:`functional` gives them; ``apply_fn``
+      refuses variables whose structure or leaf shapes differ from these,
+      naming the first differing path (flax itself ignores extra keys).
+
+    Raises:
+      TypeError: if ``model`` is not a ``flax.linen.Module`` (an NNX module
+        goes through :func:`functional`) or ``variables`` is not a mapping.
+      ValueError: if ``variables`` has no ``"params"`` collection.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -353,14 +419,24 @@ def linen_functional(model, variables: Mapping, *, rng_name: str = "dropout") ->
     """
     import inspect
 
+    import flax.linen as nn
+    from flax import nnx
+
+    if not isinstance(model, nn.Module):
+        hint = "; for a Flax NNX module use hamjax.functional(module)" if isinstance(model, nnx.Module) else ""
+        raise TypeError(f"linen_functional: model must be a flax.linen.Module, got {type(model).__name__}{hint}")
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"linen_functional: variables must be a mapping (model.init's output), got {variables!r:.40}")
     if TRAINABLE not in variables:
         raise ValueError(f"linen_functional: variables have no 'params' collection; have {sorted(variables)}")
     takes_train = "train" in inspect.signature(model.__call__).parameters
     variables = dict(variables)
     names = tuple(variables)
     mutable_names = [c for c in names if c != TRAINABLE]
+    check = _tree_check("apply_fn", "variables", variables)
 
     def fn(variables, x, *, train, rng, mutable, **kw):
+        check(variables)
         if takes_train:
             kw["train"] = train
         rngs = {rng_name: rng} if rng is not None else None
