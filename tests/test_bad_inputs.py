@@ -105,6 +105,32 @@ def _linked_out(name: str, *, folder: bool = False) -> Path:
     return out
 
 
+def _dense():
+    import flax.linen as nn
+
+    return nn.Dense(2)
+
+
+def _dense_variables():
+    return _dense().init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+def _nnx_linear():
+    from flax import nnx
+
+    return nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+
+
+def _linen_call(change):
+    apply_fn, variables = hamjax.linen_functional(_dense(), _dense_variables())
+    return apply_fn(change(variables), jnp.ones((1, 3)))
+
+
+def _nnx_call(change):
+    apply_fn, variables = hamjax.functional(_nnx_linear())
+    return apply_fn(change(variables), jnp.ones((1, 3)))
+
+
 def _optimize(recipe="default", apply_fn=None, params=None, dataset=None, **kw):
     if apply_fn is None:
         apply_fn, params = _mlp()
@@ -132,6 +158,44 @@ def _cli(*argv):
 
 # (id, call, exception type, phrase of the message)
 CASES = [
+    # the contract: functional and linen_functional
+    (
+        "linen_functional-none",
+        lambda: hamjax.linen_functional(_dense(), None),
+        TypeError,
+        "variables must be a mapping",
+    ),
+    (
+        "linen_functional-nnx",
+        lambda: hamjax.linen_functional(_nnx_linear(), _dense_variables()),
+        TypeError,
+        "use hamjax.functional(module)",
+    ),
+    (
+        "linen_functional-function",
+        lambda: hamjax.linen_functional(lambda p, x: x, _dense_variables()),
+        TypeError,
+        "model must be a flax.linen.Module",
+    ),
+    (
+        "linen-apply-extra-key",
+        lambda: _linen_call(lambda v: {"params": {**v["params"], "foo": jnp.ones(2)}}),
+        ValueError,
+        "variables['params']['foo'] is not in the module",
+    ),
+    (
+        "functional-missing-bias",
+        lambda: _nnx_call(lambda v: {"params": {"kernel": v["params"]["kernel"]}}),
+        ValueError,
+        "variables['params']['bias'] is missing",
+    ),
+    (
+        "functional-kernel-shape",
+        lambda: _nnx_call(lambda v: {"params": {**v["params"], "kernel": jnp.ones((3, 4))}}),
+        ValueError,
+        "variables['params']['kernel'] has shape (3, 4); the module's is (3, 2)",
+    ),
+    ("functional-none", lambda: _nnx_call(lambda v: None), TypeError, "apply_fn: variables must be a mapping"),
     # hamjax.data.from_arrays / load_npz
     (
         "from_arrays-length",
