@@ -21,7 +21,7 @@ MAX_LINES = 450
 LAYERS = (
     ("_base", "_checks", "_select", "_losses", "jaxpr"),
     ("checkpoint", "models"),
-    ("prune", "quant", "distill", "precision"),
+    ("prune", "quant", "distill", "precision", "graph"),
     ("data", "streaming", "footprint", "measure", "report", "train_steps", "train"),
     ("search", "export"),
     ("recipes",),
