@@ -6,4 +6,4 @@ models, composes with pruning, quantization and distillation, and exports
 to ONNX.
 """
 
-__all__: list[str] = []
+__all__ = []
