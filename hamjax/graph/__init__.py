@@ -6,4 +6,20 @@ models, composes with pruning, quantization and distillation, and exports
 to ONNX.
 """
 
-__all__ = []
+from hamjax.graph.fold import FoldedSite, fold, foldable
+from hamjax.graph.matching import Matching, bipartite_matching, merged_positions, weighted_merge
+from hamjax.graph.tome import MARKS, MergePlan, merge_plan, merge_tokens
+
+__all__ = [
+    "MARKS",
+    "FoldedSite",
+    "Matching",
+    "MergePlan",
+    "bipartite_matching",
+    "fold",
+    "foldable",
+    "merge_plan",
+    "merge_tokens",
+    "merged_positions",
+    "weighted_merge",
+]
