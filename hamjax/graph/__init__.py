@@ -7,6 +7,7 @@ to ONNX.
 """
 
 from hamjax.graph.fold import FoldedSite, fold, foldable
+from hamjax.graph.lowrank import SCOPES, Factors, lowrank, lowrank_apply, svd_factors
 from hamjax.graph.matching import Matching, bipartite_matching, merged_positions, weighted_merge
 from hamjax.graph.tome import MARKS, MergePlan, merge_plan, merge_tokens
 
