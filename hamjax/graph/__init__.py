@@ -8,14 +8,24 @@ to ONNX.
 
 from hamjax.graph.fold import FoldedSite, fold, foldable
 from hamjax.graph.lowrank import SCOPES, Factors, lowrank, lowrank_apply, svd_factors
+from hamjax.graph.matching import Matching, bipartite_matching, merged_positions, weighted_merge
+from hamjax.graph.tome import MARKS, MergePlan, merge_plan, merge_tokens
 
 __all__ = [
+    "MARKS",
     "SCOPES",
     "Factors",
     "FoldedSite",
+    "Matching",
+    "MergePlan",
+    "bipartite_matching",
     "fold",
     "foldable",
     "lowrank",
     "lowrank_apply",
+    "merge_plan",
+    "merge_tokens",
+    "merged_positions",
     "svd_factors",
+    "weighted_merge",
 ]

@@ -120,7 +120,11 @@ class HAMNet(nnx.Module):
     Named intermediates (:mod:`hamjax.jaxpr.intermediates`): ``layers/{i}`` (each
     layer's output, ``(N, T, hidden)``), ``layers/{i}/attention`` (the
     attention probabilities of attention layers, ``(N, heads, T, T)``) and
-    ``embedding`` (the normalized pooled tokens, ``(N, hidden)``).
+    ``embedding`` (the normalized pooled tokens, ``(N, hidden)``). Token
+    merging (:func:`hamjax.graph.merge_tokens`) merges inside attention
+    layers (``layers/{i}/attention/merge``) and restores the token count at
+    ``layers/{i}/unmerge`` after the last of a run of attention layers,
+    since a mixer layer's weights span the token axis.
 
     Args:
       config: a :class:`HAMNetConfig`.
@@ -172,6 +176,10 @@ class HAMNet(nnx.Module):
             )
         x = x.reshape(x.shape[0], self.config.num_tokens, -1)
         x = self.dropout(self.embed(x) + self.pos_embed[...])
+        kinds = self.config.layer_kinds
         for i, layer in enumerate(self.layers):
             x = checkpoint_name(layer(x), f"layers/{i}")
+            if kinds[i] == "attention" and kinds[i + 1 : i + 2] != ("attention",):
+                # Token mixing and mean pooling need one row per input chunk again.
+                x = checkpoint_name(x, f"layers/{i}/unmerge")
         return self.head(checkpoint_name(self.norm(x.mean(axis=1)), "embedding"))

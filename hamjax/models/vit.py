@@ -23,7 +23,9 @@ class SelfAttention(nnx.Module):
     ``softmax(Q K^T / sqrt(head_dim)) V`` with the softmax in float32; the
     probabilities ``(N, heads, T, T)`` are marked with ``checkpoint_name``
     as ``tap`` so that :func:`hamjax.jaxpr.capture` can read them
-    (attention transfer).
+    (attention transfer), the keys ``(N, T, heads, head_dim)`` as
+    ``tap + "/keys"`` and the scores before the softmax as ``tap + "/logits"``
+    (token merging, :mod:`hamjax.graph.tome`).
 
     Args:
       hidden_size: model width; divisible by ``num_heads``.
@@ -54,7 +56,8 @@ class SelfAttention(nnx.Module):
         n, t, _ = x.shape
         heads = self.num_heads
         q, k, v = (proj(x).reshape(n, t, heads, -1) for proj in (self.query, self.key, self.value))
-        scores = jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(q.shape[-1])
+        k = checkpoint_name(k, f"{self.tap}/keys")
+        scores = checkpoint_name(jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(q.shape[-1]), f"{self.tap}/logits")
         probs = checkpoint_name(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype), self.tap)
         y = jnp.einsum("nhts,nshd->nthd", probs, v)
         return self.out(y.reshape(n, t, -1))
@@ -92,6 +95,9 @@ class Block(nnx.Module):
 
     Parameter paths: ``norm1``, ``attn/{query,key,value,out}``, ``norm2``,
     ``mlp/{fc1,fc2}``, each with ``kernel``/``bias`` (norms: ``scale``/``bias``).
+    The token stream after the attention's residual add is marked
+    ``tap + "/merge"``, where token merging (:mod:`hamjax.graph.tome`)
+    merges tokens.
 
     Args:
       hidden_size: model width.
@@ -127,7 +133,7 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply the block: ``(N, T, hidden) -> (N, T, hidden)``."""
-        x = x + self.dropout(self.attn(self.norm1(x)))
+        x = checkpoint_name(x + self.dropout(self.attn(self.norm1(x))), f"{self.attn.tap}/merge")
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -220,7 +226,9 @@ class ViT(nnx.Module):
     Named intermediates (:mod:`hamjax.jaxpr.intermediates`): ``blocks/{i}`` (each
     block's output, ``(N, T, hidden)``), ``blocks/{i}/attention`` (its
     attention probabilities, ``(N, heads, T, T)``) and ``embedding`` (the
-    normalized pooled tokens, ``(N, hidden)``).
+    normalized pooled tokens, ``(N, hidden)``); token merging
+    (:func:`hamjax.graph.merge_tokens`) reads ``blocks/{i}/attention/keys``,
+    ``.../logits``, ``.../merge`` and ``unmerge`` (before pooling).
 
     Args:
       config: a :class:`ViTConfig`.
@@ -264,4 +272,6 @@ class ViT(nnx.Module):
         x = self.dropout(self.patch_embed(patchify(x, self.config.patch_size)) + self.pos_embed[...])
         for i, block in enumerate(self.blocks):
             x = checkpoint_name(block(x), f"blocks/{i}")
+        # Merged tokens go back to one row per patch, so the mean below is the size-weighted mean.
+        x = checkpoint_name(x, "unmerge")
         return self.head(checkpoint_name(self.norm(x.mean(axis=1)), "embedding"))

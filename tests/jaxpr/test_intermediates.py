@@ -314,10 +314,17 @@ def test_vit_taps():
     assert (config.num_patches, config.hidden_size, config.num_heads, config.num_layers) == (4, 64, 4, 2)
     x = _images()
     assert _marked(apply_fn, params, x) == [
+        "blocks/0/attention/keys",
+        "blocks/0/attention/logits",
         "blocks/0/attention",
+        "blocks/0/attention/merge",
         "blocks/0",
+        "blocks/1/attention/keys",
+        "blocks/1/attention/logits",
         "blocks/1/attention",
+        "blocks/1/attention/merge",
         "blocks/1",
+        "unmerge",
         "embedding",
     ]
     expected = {
@@ -341,11 +348,19 @@ def test_hamnet_taps():
     assert config.layer_kinds == ("attention", "mixer", "attention", "mixer")
     x = _images()
     assert _marked(apply_fn, params, x) == [
+        "layers/0/attention/keys",
+        "layers/0/attention/logits",
         "layers/0/attention",
+        "layers/0/attention/merge",
         "layers/0",
+        "layers/0/unmerge",
         "layers/1",
+        "layers/2/attention/keys",
+        "layers/2/attention/logits",
         "layers/2/attention",
+        "layers/2/attention/merge",
         "layers/2",
+        "layers/2/unmerge",
         "layers/3",
         "embedding",
     ]
