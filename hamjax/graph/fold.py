@@ -253,7 +253,7 @@ def _plan(jaxpr, n: int, chains) -> tuple[dict, set]:
 def _used_invars(jaxpr, n: int, live: set, replaced: dict) -> list[int]:
     read = set()
     for i in live:
-        read.update(v for v in ([replaced[i][0]] if i in replaced else jaxpr.eqns[i].invars))
+        read.update(v for v in ([replaced[i][0]] if i in replaced else jaxpr.eqns[i].invars) if not isinstance(v, jcore.Literal))
     return [k for k in range(n) if jaxpr.invars[k] in read]
 
 
