@@ -18,7 +18,7 @@ intermediates and the ONNX exporter all use it.
 
 from hamjax.jaxpr.equations import MARKER_PRIMITIVE, SITE_PRIMITIVES, Site, bind_equation, call_body
 from hamjax.jaxpr.intermediates import capture, names, shapes
-from hamjax.jaxpr.interpret import Hook, OutputHook, intercept
+from hamjax.jaxpr.interpret import Hook, OutputHook, Rewrite, Span, intercept
 from hamjax.jaxpr.sites import find_sites, weight_channel_axes
 
 __all__ = [
@@ -26,7 +26,9 @@ __all__ = [
     "SITE_PRIMITIVES",
     "Hook",
     "OutputHook",
+    "Rewrite",
     "Site",
+    "Span",
     "bind_equation",
     "call_body",
     "capture",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -65,6 +65,31 @@ OutputHook = Callable[[str, jax.Array], jax.Array]
 """``on_output(name, value) -> value``, called at every named intermediate."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """Equations of one jaxpr that a rewrite replaces by one function (see :func:`intercept`'s ``rewrite``).
+
+    Attributes:
+      equations: indices of the replaced equations in the jaxpr; ``fn`` runs
+        in place of the last one, the others are not evaluated.
+      inputs: the variables or literals ``fn`` reads, all defined before the
+        last equation.
+      outputs: the variables ``fn`` defines, outputs of equations in the
+        span; no equation outside the span reads any other of their outputs.
+      fn: ``fn(*input values) -> list of output values``; it runs while
+        tracing.
+    """
+
+    equations: tuple[int, ...]
+    inputs: tuple[Any, ...]
+    outputs: tuple[Any, ...]
+    fn: Callable[..., list]
+
+
+Rewrite = Callable[[Any], Sequence[Span]]
+"""``rewrite(jaxpr) -> spans``: the equations of one ``jax.extend.core.Jaxpr`` to replace (none: an empty tuple)."""
+
+
 def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
     if eqn.primitive.name == "dot_general":
         contract, _ = eqn.params["dimension_numbers"]
@@ -76,8 +101,17 @@ def _channel_axes(eqn, weight_operand: int, ndim: int) -> tuple[int, ...]:
 
 
 class _Context:
-    def __init__(self, leaf_paths: list[str], leaf_names: list[str], hook: Hook | None, on_output: OutputHook | None):
+    def __init__(
+        self,
+        leaf_paths: list[str],
+        leaf_names: list[str],
+        hook: Hook | None,
+        on_output: OutputHook | None,
+        rewrite: Rewrite | None = None,
+    ):
         self.leaf_paths = leaf_paths
+        self.rewrite = rewrite
+        self.plans: dict[int, tuple[dict[int, Span], set[int]]] = {}
         self.leaf_names = leaf_names
         self.hook = hook
         self.on_output = on_output
@@ -101,6 +135,21 @@ class _Context:
                 for e in jaxpr.eqns
             )
         return self.has_marker[key]
+
+    def plan(self, jaxpr) -> tuple[dict[int, Span], set[int]]:
+        """``({last equation: span}, equations not evaluated)`` of ``jaxpr`` under the rewrite."""
+        key = id(jaxpr)
+        if key not in self.plans:
+            spans = () if self.rewrite is None else self.rewrite(jaxpr)
+            at = {max(s.equations): s for s in spans}
+            self.plans[key] = (jaxpr, at, {i for s in spans for i in s.equations})
+        return self.plans[key][1:]
+
+    def contains_span(self, jaxpr) -> bool:
+        return self.rewrite is not None and (
+            bool(self.plan(jaxpr)[0])
+            or any((sub := call_body(e)) is not None and self.contains_span(sub[0]) for e in jaxpr.eqns)
+        )
 
     def site(self, eqn, w: int, tags, invals) -> Site:
         tag = tags[w]
@@ -158,7 +207,16 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
         env[v], env_tags[v] = c, _CONST
     for v, a, t in zip(jaxpr.invars, args, tags, strict=True):
         env[v], env_tags[v] = a, t
-    for eqn in jaxpr.eqns:
+    spans, skipped = ctx.plan(jaxpr)
+    for i, eqn in enumerate(jaxpr.eqns):
+        if i in spans:
+            span = spans[i]
+            dep = _Tag(any(tag_of(v).dep for v in span.inputs))
+            for v, val in zip(span.outputs, span.fn(*[read(v) for v in span.inputs]), strict=True):
+                env[v], env_tags[v] = val, dep
+            continue
+        if i in skipped:
+            continue
         invals = [read(v) for v in eqn.invars]
         intags = [tag_of(v) for v in eqn.invars]
         dep = any(t.dep for t in intags)
@@ -180,8 +238,9 @@ def _eval(jaxpr, consts, args, tags, ctx: _Context):
             any(t.leaf is not None for t in intags)
             or (dep and not all(t.dep for t in intags))
             or (ctx.on_output is not None and name not in _CUSTOM and ctx.contains_marker(sub[0]))
+            or (name not in _CUSTOM and ctx.contains_span(sub[0]))
         ):
-            # A weight enters the call next to data or alone, or a named value is inside: inline it.
+            # A weight enters the call next to data or alone, or a named value or a rewrite is inside: inline it.
             outs, outtags = _eval(sub[0], sub[1], invals, intags, ctx)
         else:
             outs = bind_equation(eqn, invals)
@@ -206,7 +265,9 @@ def _split_kw(kw: dict) -> tuple[dict, dict]:
     return {k: v for k, v in kw.items() if k not in dyn}, dyn
 
 
-def _run(fn, params, x, kw: dict, hook: Hook | None, on_output: OutputHook | None = None) -> tuple[Any, _Context]:
+def _run(
+    fn, params, x, kw: dict, hook: Hook | None, on_output: OutputHook | None = None, rewrite: Rewrite | None = None
+) -> tuple[Any, _Context]:
     """Trace ``fn(params, x, **kw)`` and evaluate it with ``hook`` at every site."""
     static, dyn = _split_kw(kw)
     pleaves, ptree = jax.tree_util.tree_flatten_with_path(params)
@@ -222,7 +283,7 @@ def _run(fn, params, x, kw: dict, hook: Hook | None, on_output: OutputHook | Non
     data_leaves, data_tree = jax.tree.flatten((x, dyn))
     flat = [leaf for _, leaf in pleaves] + data_leaves
     closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
-    ctx = _Context(leaf_paths, leaf_names, hook, on_output)
+    ctx = _Context(leaf_paths, leaf_names, hook, on_output, rewrite)
     tags = [_Tag(False, i, tuple(range(np.ndim(a)))) for i, a in enumerate(flat[:n])] + [_DATA] * len(data_leaves)
     outs, _ = _eval(closed.jaxpr, closed.consts, flat, tags, ctx)
     if ctx.skipped:
@@ -233,7 +294,9 @@ def _run(fn, params, x, kw: dict, hook: Hook | None, on_output: OutputHook | Non
     return jax.tree.unflatten(jax.tree.structure(out_shape), outs), ctx
 
 
-def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | None = None):
+def intercept(
+    apply_fn, hook: Hook | None = None, *, on_output: OutputHook | None = None, rewrite: Rewrite | None = None
+):
     """A function transform: ``apply_fn`` with ``hook`` called at every site.
 
     ``hook(index, site, activation, weight) -> (activation, weight)`` may
@@ -244,7 +307,10 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
     ``jax.ad_checkpoint.checkpoint_name`` (named by its name, ``"#k"`` added
     for repeats); calls that hold a marked value are inlined (except
     ``custom_jvp``/``custom_vjp`` functions, whose gradient rule inlining
-    would drop). The result speaks the same protocol as ``apply_fn``: a
+    would drop). ``rewrite(jaxpr) -> spans`` replaces groups of equations
+    by functions (:class:`Span`; graph rewrites such as attention fusion):
+    it is asked once per jaxpr evaluated, and calls holding a span are
+    inlined. The result speaks the same protocol as ``apply_fn``: a
     :class:`hamjax.ApplyFn` stays one (train mode, dropout keys and updated
     batch statistics work). The jaxpr is traced at each call, so call the
     result under ``jax.jit``.
@@ -254,6 +320,7 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
       hook: the operand callback, or ``None``; it runs while tracing, on
         traced arrays.
       on_output: the output callback, or ``None``.
+      rewrite: the equation-group rewrite, or ``None``.
 
     Returns:
       The rewritten apply function.
@@ -273,12 +340,14 @@ def intercept(apply_fn, hook: Hook | None = None, *, on_output: OutputHook | Non
 
         def fn(variables, x, *, train, rng, mutable, **kw):
             call = functools.partial(inner, train=train, mutable=mutable)
-            return _run(lambda p, xx, **k: call(p, xx, **k), variables, x, {"rng": rng, **kw}, hook, on_output)[0]
+            return _run(
+                lambda p, xx, **k: call(p, xx, **k), variables, x, {"rng": rng, **kw}, hook, on_output, rewrite
+            )[0]
 
         return ApplyFn(fn, apply_fn.collections)
 
     @functools.wraps(apply_fn)
     def rewritten(params, x, **kw):
-        return _run(apply_fn, params, x, kw, hook, on_output)[0]
+        return _run(apply_fn, params, x, kw, hook, on_output, rewrite)[0]
 
     return rewritten
