@@ -31,6 +31,7 @@ import numpy as np
 from jax.extend.source_info_util import user_context
 from jax.interpreters import ad, batching, mlir
 
+from hamjax.export import attention
 from hamjax.jaxpr import bind_equation, call_body, interpret
 
 TAG_PRIMITIVE = "hamjax_export_tag"
@@ -344,7 +345,9 @@ def convert(closed: jcore.ClosedJaxpr, spec: jax.ShapeDtypeStruct, *, model_name
     from jax2onnx import to_onnx
 
     check(closed)
-
+    # explicit attention becomes one ONNX Attention operator (hamjax.export.attention)
+    attention.register_plugin()
+    closed = attention.lower(closed, spec)
     run_all = jcore.jaxpr_as_fun(closed)
 
     def run(x):

@@ -6,6 +6,7 @@ models, composes with pruning, quantization and distillation, and exports
 to ONNX.
 """
 
+from hamjax.graph.attention import FoundAttention, find_attention, fuse_attention, fused_attention
 from hamjax.graph.fold import FoldedSite, fold, foldable
 from hamjax.graph.lowrank import SCOPES, Factors, lowrank, lowrank_apply, svd_factors
 from hamjax.graph.matching import Matching, bipartite_matching, merged_positions, weighted_merge
@@ -16,11 +17,15 @@ __all__ = [
     "SCOPES",
     "Factors",
     "FoldedSite",
+    "FoundAttention",
     "Matching",
     "MergePlan",
     "bipartite_matching",
+    "find_attention",
     "fold",
     "foldable",
+    "fuse_attention",
+    "fused_attention",
     "lowrank",
     "lowrank_apply",
     "merge_plan",
