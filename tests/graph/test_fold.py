@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_models import normal, random_model
 
 import hamjax
 from hamjax import graph
-from tests.reference_models import normal, random_model
 
 
 def count_eqns(jaxpr) -> int:
