@@ -4,7 +4,8 @@
 leaf by its own dtype, so int8 codes count one byte); :func:`peak_memory_bytes`
 asks a jax device for its high-water mark and :func:`process_peak_rss_bytes`
 the operating system for the process's; :func:`environment` records the
-versions and device a measurement was taken with. :mod:`hamjax.measure`
+versions and device a measurement was taken with; :func:`compiled_memory`
+reads what XLA plans for a compiled program (a training step's activations). :mod:`hamjax.measure`
 reports them beside latency and accuracy and re-exports them.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -89,6 +90,60 @@ def peak_memory_bytes(device: Any = None) -> int | None:
     if not stats or "peak_bytes_in_use" not in stats:
         return None
     return int(stats["peak_bytes_in_use"])
+
+
+class CompiledMemory(NamedTuple):
+    """What a compiled XLA program allocates, from ``compiled.memory_analysis()``, in bytes.
+
+    Attributes:
+      argument_bytes: its inputs.
+      output_bytes: its outputs.
+      temp_bytes: its scratch buffers: the activations a training step keeps for the backward pass.
+      alias_bytes: outputs that reuse a donated input's buffer.
+      total_bytes: ``argument + output + temp - alias``, what it needs at once.
+
+    Examples:
+      >>> CompiledMemory(8, 8, 0, 8, 8).total_bytes
+      8
+    """
+
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    total_bytes: int
+
+
+def compiled_memory(fn: Any, *args: Any, **kwargs: Any) -> CompiledMemory | None:
+    """The memory XLA plans for ``fn(*args, **kwargs)``, read from the compiled program (nothing runs).
+
+    A jitted ``fn`` keeps its options (donated arguments alias outputs);
+    another function is jitted first. Compiling again is cheap where the
+    call compiled already: JAX caches the executable.
+
+    Args:
+      fn: a function of arrays, jitted or not.
+      *args, **kwargs: example arguments (arrays or ``jax.ShapeDtypeStruct``); not consumed when donated.
+
+    Returns:
+      A :class:`CompiledMemory`, or ``None`` where the backend reports no memory analysis.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> m = compiled_memory(lambda a: a @ a, jnp.ones((4, 4)))
+      >>> m is None or (m.argument_bytes, m.output_bytes)
+      (64, 64)
+    """
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    compiled = jitted.lower(*args, **kwargs).compile()
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):  # a backend without the analysis
+        return None
+    if stats is None:
+        return None
+    sizes = [int(getattr(stats, f"{name}_size_in_bytes", 0) or 0) for name in ("argument", "output", "temp", "alias")]
+    return CompiledMemory(*sizes, max(0, sizes[0] + sizes[1] + sizes[2] - sizes[3]))
 
 
 def process_peak_rss_bytes() -> int:

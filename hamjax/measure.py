@@ -24,15 +24,25 @@ import jax
 import numpy as np
 
 from hamjax._checks import check_int, check_number
-from hamjax.footprint import environment, param_bytes, param_count, peak_memory_bytes, process_peak_rss_bytes
+from hamjax.footprint import (
+    CompiledMemory,
+    compiled_memory,
+    environment,
+    param_bytes,
+    param_count,
+    peak_memory_bytes,
+    process_peak_rss_bytes,
+)
 
 __all__ = [
+    "CompiledMemory",
     "JaxRunner",
     "Latency",
     "Measurement",
     "Runner",
     "Throughput",
     "accuracy",
+    "compiled_memory",
     "environment",
     "latency",
     "measure",
@@ -51,7 +61,7 @@ class Runner(Protocol):
     ``runner(x)`` runs one batch ``(batch, ...)`` and may return device arrays,
     ``block(y)`` waits until ``y`` is computed and returns it, ``to_numpy(y)``
     returns the output as one host array, and ``name`` labels reports. An
-    optional ``peak_memory_bytes() -> int | None`` is reported by :func:`measure`.
+    optional ``peak_memory_bytes() -> int | None`` and ``compiled_memory_bytes(x) -> int | None`` are reported.
 
     Examples:
       >>> import numpy as np
@@ -113,6 +123,11 @@ class JaxRunner:
     def peak_memory_bytes(self) -> int | None:
         """Peak bytes in use on the default device, which holds ``params``; None where not reported."""
         return peak_memory_bytes()
+
+    def compiled_memory_bytes(self, x: np.ndarray) -> int | None:
+        """Bytes XLA plans for one call on ``x`` (:func:`compiled_memory`'s total); None where not reported."""
+        planned = compiled_memory(self._fn, self.params, x) if hasattr(self._fn, "lower") else None
+        return None if planned is None else planned.total_bytes
 
 
 class Latency(NamedTuple):
@@ -320,6 +335,7 @@ class Measurement:
       throughput: one entry per throughput batch size.
       accuracy: top-1 accuracy on the test set, or None without one.
       peak_memory_bytes: device high-water mark, or None where not reported.
+      compiled_memory_bytes: XLA's plan for one call at the first throughput batch (:func:`compiled_memory`), or None.
 
     Examples:
       >>> m = Measurement("m", 10, 40, None, (), None, None)
@@ -334,6 +350,7 @@ class Measurement:
     throughput: tuple[Throughput, ...]
     accuracy: float | None
     peak_memory_bytes: int | None
+    compiled_memory_bytes: int | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable dict (plain ints, floats, lists and None)."""
@@ -345,6 +362,7 @@ class Measurement:
             "throughput": [_plain(t) for t in self.throughput],
             "accuracy": None if self.accuracy is None else float(self.accuracy),
             "peak_memory_bytes": None if self.peak_memory_bytes is None else int(self.peak_memory_bytes),
+            "compiled_memory_bytes": None if self.compiled_memory_bytes is None else int(self.compiled_memory_bytes),
         }
 
     @classmethod
@@ -418,6 +436,8 @@ def measure(
     thr = throughput(runner, example, throughput_batches, warmup=warmup, runs=runs) if throughput_batches else []
     acc = None if x_test is None else accuracy(runner, x_test, y_test)
     peak = getattr(runner, "peak_memory_bytes", None)
+    planned, batch = getattr(runner, "compiled_memory_bytes", None), (*throughput_batches, latency_batch)[0]
+    planned = planned(_batch_of("measure", "example", example, batch)) if callable(planned) and batch else None
     return Measurement(
         name=name,
         params=0 if params is None else param_count(params),
@@ -426,4 +446,5 @@ def measure(
         throughput=tuple(thr),
         accuracy=acc,
         peak_memory_bytes=peak() if callable(peak) else None,
+        compiled_memory_bytes=planned,
     )

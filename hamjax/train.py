@@ -34,6 +34,8 @@ from hamjax import precision as precision_lib
 from hamjax._base import trainable
 from hamjax._checks import check_choice, check_int, check_number, check_positive
 from hamjax._losses import cross_entropy
+from hamjax.footprint import CompiledMemory, compiled_memory
+from hamjax.graph.remat import REMAT_POLICIES
 from hamjax.train_steps import (
     Objective,
     TrainState,
@@ -48,6 +50,7 @@ from hamjax.train_steps import (
 __all__ = [
     "LOSS_SCALES",
     "OPTIMIZERS",
+    "REMAT_POLICIES",
     "Objective",
     "TrainConfig",
     "TrainResult",
@@ -92,6 +95,10 @@ class TrainConfig:
       loss_scale: one of ``LOSS_SCALES``: ``"dynamic"`` wraps the optimizer
         in :func:`hamjax.precision.dynamic_loss_scale`, ``"auto"`` does so
         when the policy computes in float16, ``"none"`` never does.
+      remat: one of ``REMAT_POLICIES``: ``"none"`` keeps every activation for
+        the backward pass; ``"full"``, ``"dots"``, ... recompute the forward
+        pass in checkpointed segments (:func:`hamjax.graph.rematerialize`),
+        trading time for memory; the results agree within float rounding.
     """
 
     epochs: int = 10
@@ -106,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     precision: str | None = None
     loss_scale: str = "auto"
+    remat: str = "none"
 
     def __post_init__(self):
         def normalise(name, value):
@@ -130,6 +138,7 @@ class TrainConfig:
             except ValueError as err:
                 raise ValueError(f"{where}: precision={self.precision!r} is not a policy: {err}") from None
         check_choice(where, "loss_scale", self.loss_scale, LOSS_SCALES)
+        check_choice(where, "remat", self.remat, REMAT_POLICIES)
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
@@ -173,6 +182,10 @@ class TrainResult(NamedTuple):
       best_step: the step of the returned params.
       stopped_early: whether patience ran out.
       resumed_from: the checkpoint step this run resumed from, or ``None``.
+      step_memory: what XLA plans for one compiled training step
+        (:func:`hamjax.measure.compiled_memory`: ``temp_bytes`` are the
+        activations kept for the backward pass), or ``None`` where the backend
+        reports nothing or no step ran.
     """
 
     params: Params
@@ -181,6 +194,7 @@ class TrainResult(NamedTuple):
     best_step: int
     stopped_early: bool
     resumed_from: int | None
+    step_memory: CompiledMemory | None = None
 
 
 def fit(
@@ -282,7 +296,7 @@ def fit(
         restored = ckpt.restore_latest({"state": state, "best_params": best_params})
         if restored is not None:
             resumed_from, tree, meta = restored
-            if meta.get("config") != dataclasses.asdict(config):
+            if _same_run(meta.get("config")) != _same_run(dataclasses.asdict(config)):
                 raise ValueError(
                     f"checkpoint in {checkpoint_dir} was written with config {meta.get('config')}, "
                     f"not {dataclasses.asdict(config)}; use another directory"
@@ -298,9 +312,14 @@ def fit(
                 f"fit: objective.per_example has leading sizes {sorted(rows)}; expected {len(train.y)}, "
                 "one row per training example"
             )
-    train_step = make_train_step(apply_fn, optimizer, seed=config.seed, objective=objective)
+    train_step = make_train_step(apply_fn, optimizer, seed=config.seed, objective=objective, remat=config.remat)
     eval_step = make_eval_step(apply_fn, loss_fn=loss_fn)
     start = int(state.count)
+    step_memory = None
+    if start < total:  # the executable the loop is about to run, read once
+        idx = data_lib.batch_indices(len(train.y), config.batch_size, start, seed=config.seed)
+        batch = None if per_example is None else jax.tree.map(lambda a, i=idx: a[i], per_example)
+        step_memory = compiled_memory(train_step, state, train.x[idx], train.y[idx], objective.frozen, batch)
     bar = _Progress(progress, total, start)
     losses = []
     try:
@@ -339,7 +358,7 @@ def fit(
     if not record["history"]:
         best_params = state.params
     return TrainResult(
-        best_params, state, record["history"], record["best_step"], record["stopped_early"], resumed_from
+        best_params, state, record["history"], record["best_step"], record["stopped_early"], resumed_from, step_memory
     )
 
 
@@ -357,6 +376,11 @@ def _check_data(where: str, apply_fn, params, dataset) -> int:
         split = getattr(dataset, key)
         data_lib.check_labels(where, f"dataset.{key}.y", split.y, num_classes=count, of=f"the model's {count} logits")
     return count
+
+
+def _same_run(config: dict | None) -> dict | None:
+    """A config without ``remat``, which changes memory, not results: a run resumes under another policy."""
+    return None if config is None else {k: v for k, v in config.items() if k != "remat"}
 
 
 def _meta(config, record):

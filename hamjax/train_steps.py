@@ -22,7 +22,9 @@ import optax
 from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import call_model, optax_update, trainable, with_trainable
+from hamjax._checks import check_choice
 from hamjax._losses import cross_entropy
+from hamjax.graph.remat import REMAT_POLICIES, rematerialize
 
 Params = Any
 
@@ -164,6 +166,7 @@ def make_train_step(
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
     seed: int = 0,
     objective: Objective | None = None,
+    remat: str = "none",
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build a jitted ``step(state, x, y, frozen=None, batch=None) -> (state, metrics)``.
 
@@ -181,9 +184,14 @@ def make_train_step(
       objective: replaces ``loss_fn`` with an :class:`Objective`; the step
         then takes its ``frozen`` arrays and the ``batch`` rows of its
         ``per_example`` arrays as arguments.
+      remat: a rematerialisation policy from
+        :data:`hamjax.graph.REMAT_POLICIES`: the loss (the model's forward
+        pass) is computed in checkpointed segments
+        (:func:`hamjax.graph.rematerialize`), so the step keeps fewer
+        activations for its backward pass; ``"none"`` keeps them all.
 
     Returns:
-      The jitted step; ``metrics`` has ``loss`` (unscaled) and ``accuracy``
+      The jitted step, its state argument donated; ``metrics`` has ``loss`` (unscaled) and ``accuracy``
       of the batch, the ``loss_scale`` of the next step and the objective's
       own metrics.
 
@@ -197,6 +205,7 @@ def make_train_step(
       >>> int(state.count), sorted(metrics)
       (1, ['accuracy', 'loss', 'loss_scale'])
     """
+    check_choice("make_train_step", "remat", remat, REMAT_POLICIES)
     base_key = jax.random.key(seed)
     objective = objective or supervised(loss_fn)
 
@@ -211,9 +220,8 @@ def make_train_step(
             )
             return loss * scale, (loss, logits, new_params, extra)
 
-        (_, (loss, logits, new_params, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            trainable(apply_fn, state.params)
-        )
+        value_and_grad = jax.value_and_grad(rematerialize(loss_of, remat), has_aux=True)
+        (_, (loss, logits, new_params, extra)), grads = value_and_grad(trainable(apply_fn, state.params))
         updates, opt_state = optax_update(optimizer, grads, state.opt_state, trainable(apply_fn, state.params))
         new_trainable = optax.apply_updates(trainable(apply_fn, state.params), updates)
         params = with_trainable(apply_fn, new_params, new_trainable)

@@ -10,10 +10,12 @@ from hamjax.graph.attention import FoundAttention, find_attention, fuse_attentio
 from hamjax.graph.fold import FoldedSite, fold, foldable
 from hamjax.graph.lowrank import SCOPES, Factors, lowrank, lowrank_apply, svd_factors
 from hamjax.graph.matching import Matching, bipartite_matching, merged_positions, weighted_merge
+from hamjax.graph.remat import REMAT_POLICIES, rematerialize
 from hamjax.graph.tome import MARKS, MergePlan, merge_plan, merge_tokens
 
 __all__ = [
     "MARKS",
+    "REMAT_POLICIES",
     "SCOPES",
     "Factors",
     "FoldedSite",
@@ -31,6 +33,7 @@ __all__ = [
     "merge_plan",
     "merge_tokens",
     "merged_positions",
+    "rematerialize",
     "svd_factors",
     "weighted_merge",
 ]
