@@ -307,8 +307,11 @@ def _scores(g: _Graph, s, axis, internal, taken):
             taken.append(i)
             v = e.invars[0]
             continue
-        if name == "select_n" and first_op and len(e.invars) == 3:
-            pred, a, b = e.invars
+        if (name == "select_n" or call_body(e) is not None) and first_op:
+            operands = _select(g, e) if name != "select_n" else e.invars if len(e.invars) == 3 else None
+            if operands is None:
+                return None
+            pred, a, b = operands
             if isinstance(pred, jcore.Literal) or pred.aval.dtype != jnp.bool_:
                 return None
             local = []
@@ -317,7 +320,7 @@ def _scores(g: _Graph, s, axis, internal, taken):
             if fill is None or _literal(fill) is None or _literal(fill) > MIN_FILL:
                 return None
             # select_n(pred, on_false, on_true): the scores sit where the pred says attend
-            mask, v = (pred, True) if fill is fa else (pred, False)
+            mask = (pred, fill is fa)
             v = b if fill is fa else a
             taken += [i, *local]
         elif name in ("mul", "div"):
@@ -344,6 +347,29 @@ def _scores(g: _Graph, s, axis, internal, taken):
         first_op = False
 
 
+def _select(g: _Graph, e):
+    """``(pred, on_false, on_true)`` in the caller's variables if the call ``e`` is a ``jnp.where``; else None."""
+    body, consts = call_body(e)
+    if consts or len(body.outvars) != 1 or len(body.eqns) > 4:
+        return None
+    sel = body.eqns[-1]
+    if sel.primitive.name != "select_n" or len(sel.invars) != 3 or sel.outvars[0] is not body.outvars[0]:
+        return None
+    made = {v: x for x in body.eqns[:-1] for v in x.outvars}
+    outer = dict(zip(body.invars, e.invars, strict=True))
+    found = []
+    for v in sel.invars:
+        while v in made and made[v].primitive.name in ("broadcast_in_dim", "convert_element_type"):
+            v = made[v].invars[0]
+        if isinstance(v, jcore.Literal):
+            found.append(v)
+        elif v in outer:
+            found.append(outer[v])
+        else:
+            return None
+    return tuple(found)
+
+
 def _leads_to_dot(g: _Graph, v, depth: int = 16) -> bool:
     """Whether ``v`` is a product of two values through the ops a logits chain allows."""
     _, e = g.eqn(v)
@@ -351,10 +377,12 @@ def _leads_to_dot(g: _Graph, v, depth: int = 16) -> bool:
         return False
     if e.primitive.name == "dot_general":
         return not any(isinstance(x, jcore.Literal) for x in e.invars)
-    if e.primitive.name not in _TRANSPARENT | {"mul", "div", "add", "sub", "select_n"}:
+    if e.primitive.name not in _TRANSPARENT | {"mul", "div", "add", "sub", "select_n"} and call_body(e) is None:
         return False
     operands = e.invars[1:] if e.primitive.name == "select_n" else e.invars
-    return any(not isinstance(x, jcore.Literal) and _leads_to_dot(g, x, depth - 1) for x in operands)
+    if call_body(e) is not None:
+        operands = (_select(g, e) or (None,))[1:]
+    return any(x is not None and not isinstance(x, jcore.Literal) and _leads_to_dot(g, x, depth - 1) for x in operands)
 
 
 def _assemble(g, second, p_side, first, q_side, axis, factors, biases, mask, taken) -> Match | None:
