@@ -3,6 +3,8 @@
 * ``train``: :mod:`hamjax.recipes.steps.training` (:mod:`hamjax.train`);
 * ``prune``: :mod:`hamjax.recipes.steps.pruning` (:mod:`hamjax.prune`);
 * ``distill``: :mod:`hamjax.recipes.steps.distillation` (:mod:`hamjax.distill`);
+* ``lowrank``: :mod:`hamjax.recipes.steps.lowrank` (:func:`hamjax.graph.lowrank`);
+* ``fold``: :mod:`hamjax.recipes.steps.fold` (:func:`hamjax.graph.fold`);
 * ``quantize``: :mod:`hamjax.recipes.steps.quantization` (:mod:`hamjax.quant`);
 * ``precision``: :mod:`hamjax.recipes.steps.mixed_precision` (:mod:`hamjax.precision`);
 * ``export``: :mod:`hamjax.recipes.steps.onnx_export` (:mod:`hamjax.export`).
@@ -15,11 +17,20 @@ registers itself on import.
 Examples:
   >>> from hamjax.recipes.steps import BUILTIN
   >>> sorted(BUILTIN)
-  ['distill', 'export', 'precision', 'prune', 'quantize', 'train']
+  ['distill', 'export', 'fold', 'lowrank', 'precision', 'prune', 'quantize', 'train']
 """
 
 from hamjax.recipes.schema import StepKind
-from hamjax.recipes.steps import distillation, mixed_precision, onnx_export, pruning, quantization, training
+from hamjax.recipes.steps import (
+    distillation,
+    fold,
+    lowrank,
+    mixed_precision,
+    onnx_export,
+    pruning,
+    quantization,
+    training,
+)
 
 __all__ = ["BUILTIN"]
 
@@ -29,6 +40,8 @@ BUILTIN: dict[str, StepKind] = {
         training.KIND,
         pruning.KIND,
         distillation.KIND,
+        lowrank.KIND,
+        fold.KIND,
         quantization.KIND,
         mixed_precision.KIND,
         onnx_export.KIND,
