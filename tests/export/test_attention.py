@@ -1,0 +1,57 @@
+"""Attention exports as one ONNX Attention operator and passes export.onnx's checks against JAX."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hamjax
+from hamjax import export, graph
+
+
+@pytest.fixture(scope="module")
+def vit():
+    apply_fn, params = hamjax.functional(hamjax.models.build("vit", input_shape=(28, 28, 1)))
+    x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype(np.float32)
+    return apply_fn, params, x
+
+
+def test_vit_attention_exports_as_attention_operators(vit, tmp_path):
+    apply_fn, params, x = vit
+    result = export.onnx(apply_fn, params, x, tmp_path / "vit.onnx")
+    assert "Attention" in result.ops and "Attention" in result.runtime_ops
+    assert all(c.passed for c in result.checks)
+    import onnx
+
+    nodes = [n.op_type for n in onnx.load(tmp_path / "vit.onnx").graph.node]
+    assert nodes.count("Attention") == 2 and "Softmax" not in nodes and "ReduceMax" not in nodes
+
+
+def test_fused_model_exports_the_same_operators(vit, tmp_path):
+    apply_fn, params, x = vit
+    fused, params = graph.fuse_attention(apply_fn, params)
+    result = export.onnx(fused, params, x, tmp_path / "fused.onnx")
+    assert "Attention" in result.ops and all(c.passed for c in result.checks)
+
+
+def test_masked_plain_attention_exports(tmp_path):
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(size=(8, 8)) / 3, jnp.float32)
+    causal = jnp.tril(jnp.ones((6, 6), bool))
+
+    def apply_fn(p, x):
+        q, k = x @ p, x
+        s = jnp.einsum("ntc,nsc->nts", q, k) / np.float32(np.sqrt(8))
+        s = jnp.where(causal[None], s, -1e9)
+        return (jax.nn.softmax(s) @ x).mean(axis=1)
+
+    x = rng.normal(size=(4, 6, 8)).astype(np.float32)
+    result = export.onnx(apply_fn, w, x, tmp_path / "masked.onnx")
+    assert "Attention" in result.ops and all(c.passed for c in result.checks)
+
+
+def test_int8_export_quantizes_the_projections_around_attention(vit, tmp_path):
+    apply_fn, params, x = vit
+    result = export.onnx(apply_fn, params, x, tmp_path / "vit8.onnx", precision="int8", calibration=[x])
+    assert "Attention" in result.ops and all(c.passed for c in result.checks)
+    assert result.integer_ops
