@@ -5,6 +5,7 @@
 * ``distill``: :mod:`hamjax.recipes.steps.distillation` (:mod:`hamjax.distill`);
 * ``lowrank``: :mod:`hamjax.recipes.steps.lowrank` (:func:`hamjax.graph.lowrank`);
 * ``fold``: :mod:`hamjax.recipes.steps.fold` (:func:`hamjax.graph.fold`);
+* ``fuse``: :mod:`hamjax.recipes.steps.fuse` (:func:`hamjax.graph.fuse_attention`);
 * ``quantize``: :mod:`hamjax.recipes.steps.quantization` (:mod:`hamjax.quant`);
 * ``precision``: :mod:`hamjax.recipes.steps.mixed_precision` (:mod:`hamjax.precision`);
 * ``export``: :mod:`hamjax.recipes.steps.onnx_export` (:mod:`hamjax.export`).
@@ -17,13 +18,14 @@ registers itself on import.
 Examples:
   >>> from hamjax.recipes.steps import BUILTIN
   >>> sorted(BUILTIN)
-  ['distill', 'export', 'fold', 'lowrank', 'precision', 'prune', 'quantize', 'train']
+  ['distill', 'export', 'fold', 'fuse', 'lowrank', 'precision', 'prune', 'quantize', 'train']
 """
 
 from hamjax.recipes.schema import StepKind
 from hamjax.recipes.steps import (
     distillation,
     fold,
+    fuse,
     lowrank,
     mixed_precision,
     onnx_export,
@@ -42,6 +44,7 @@ BUILTIN: dict[str, StepKind] = {
         distillation.KIND,
         lowrank.KIND,
         fold.KIND,
+        fuse.KIND,
         quantization.KIND,
         mixed_precision.KIND,
         onnx_export.KIND,
