@@ -126,7 +126,10 @@ class _Merger:
             if value.ndim < 2 or value.shape[-1] != t:
                 raise ValueError(f"{_WHERE}: the logits marked {name!r} have shape {value.shape}, expected {t} last")
             bias = jnp.log(self.size[:, :, 0]).astype(value.dtype)
-            return value + bias.reshape((bias.shape[0],) + (1,) * (value.ndim - 2) + (t,))
+            bias = bias.reshape((bias.shape[0],) + (1,) * (value.ndim - 2) + (t,))
+            # Spelled out to the logits' shape: jax2onnx turns the add into an attention mask, which
+            # onnxruntime's Attention op refuses when a query axis is broadcast.
+            return value + jnp.broadcast_to(bias, value.shape)
         if role == "merge":
             return self._merge(value, name)
         if self.index is None:

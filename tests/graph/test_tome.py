@@ -1,0 +1,272 @@
+"""Token merging: the matching numerics, the marker protocol on plain, Linen and NNX models, bad r, ONNX."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.ad_checkpoint import checkpoint_name
+
+import hamjax
+from hamjax.graph import Matching, bipartite_matching, merge_plan, merge_tokens, merged_positions, weighted_merge
+from tests.reference_models import normal, random_model
+
+C = 8
+
+
+def _norm(x):
+    mean = x.mean(axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + jnp.float32(1e-5))
+
+
+def plain_transformer(p, x):
+    """A hand-written jnp transformer on tokens ``(N, T, C)``, its attention blocks marked for token merging."""
+    for i, blk in enumerate(p["blocks"]):
+        h = _norm(x)
+        q, k, v = h @ blk["q"], h @ blk["k"], h @ blk["v"]
+        k = checkpoint_name(k, f"blocks/{i}/keys")
+        logits = checkpoint_name(jnp.einsum("ntc,nsc->nts", q, k) / jnp.float32(math.sqrt(C)), f"blocks/{i}/logits")
+        x = checkpoint_name(x + jax.nn.softmax(logits, axis=-1) @ v @ blk["o"], f"blocks/{i}/merge")
+        x = x + jax.nn.gelu(_norm(x) @ blk["w1"]) @ blk["w2"]
+    return checkpoint_name(x, "unmerge").mean(axis=1) @ p["head"]
+
+
+def plain_params(blocks=2, seed=0):
+    rng = np.random.default_rng(seed)
+    names = {"q": (C, C), "k": (C, C), "v": (C, C), "o": (C, C), "w1": (C, 2 * C), "w2": (2 * C, C)}
+    return {
+        "blocks": [{k: normal(rng, s) / math.sqrt(s[0]) for k, s in names.items()} for _ in range(blocks)],
+        "head": normal(rng, (C, 3)),
+    }
+
+
+class LinenBlock(nn.Module):
+    name_prefix: str
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.LayerNorm()(x)
+        q, k, v = nn.Dense(C)(h), nn.Dense(C)(h), nn.Dense(C)(h)
+        k = checkpoint_name(k, f"{self.name_prefix}/keys")
+        logits = checkpoint_name(
+            jnp.einsum("ntc,nsc->nts", q, k) / jnp.float32(math.sqrt(C)), f"{self.name_prefix}/logits"
+        )
+        x = checkpoint_name(x + nn.Dense(C)(jax.nn.softmax(logits, axis=-1) @ v), f"{self.name_prefix}/merge")
+        return x + nn.Dense(C)(nn.gelu(nn.Dense(2 * C)(nn.LayerNorm()(x))))
+
+
+class LinenTransformer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        for i in range(2):
+            x = LinenBlock(f"b{i}")(x)
+        return nn.Dense(3)(checkpoint_name(x, "unmerge").mean(axis=1))
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return normal(np.random.default_rng(1), (4, 16, C))
+
+
+@pytest.fixture(scope="module")
+def linen_model(tokens):
+    model = LinenTransformer()
+    return hamjax.linen_functional(model, model.init(jax.random.key(0), tokens))
+
+
+def _duplicated(x):
+    """Tokens in identical pairs (2i, 2i + 1): merging a pair loses nothing under proportional attention."""
+    return jnp.repeat(x[:, : x.shape[1] // 2], 2, axis=1)
+
+
+# ---------------------------------------------------------------- numerics
+
+
+def test_matching_merges_the_most_similar_pairs():
+    a = np.eye(4, dtype=np.float32)
+    # A = tokens 0, 2, 4, 6; B = 1, 3, 5, 7.
+    metric = np.stack([a[0], a[2], a[1], a[3], a[2], a[1], a[3] + 0.1 * a[2], a[0] + 0.1 * a[3]])[None]
+    m = bipartite_matching(jnp.asarray(metric), 2)
+    # A1 = B2 and A2 = B0 exactly; A0 ~ B3 and A3 ~ B1 only closely.
+    assert dict(zip(m.merged[0].tolist(), m.into[0].tolist(), strict=True)) == {1: 2, 2: 0}
+    assert sorted(m.unmerged[0].tolist()) == [0, 3]
+    with pytest.raises(ValueError, match="r must be in"):
+        bipartite_matching(jnp.asarray(metric), 5)
+
+
+def test_weighted_merge_keeps_the_weighted_sum_and_positions_point_at_each_token(tokens):
+    size = jnp.asarray(np.random.default_rng(2).integers(1, 4, size=(4, 16, 1)), jnp.float32)
+    m = bipartite_matching(tokens, 5)
+    merged, new_size = weighted_merge(tokens, size, m)
+    assert merged.shape == (4, 11, C) and new_size.shape == (4, 11, 1)
+    np.testing.assert_allclose((merged * new_size).sum(1), (tokens * size).sum(1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new_size.sum(1), size.sum(1))
+    pos = np.asarray(merged_positions(m, 16))
+    assert pos.shape == (4, 16) and pos.min() >= 0 and pos.max() == 10
+    # Unmerged tokens are found unchanged at their position; every merged position holds the sizes it sums.
+    back = np.take_along_axis(np.asarray(merged), pos[:, :, None], axis=1)
+    moved = np.zeros((4, 16), bool)
+    np.put_along_axis(moved, 2 * np.asarray(m.merged), True, axis=1)
+    np.put_along_axis(moved, 2 * np.asarray(m.into) + 1, True, axis=1)
+    np.testing.assert_allclose(back[~moved], np.asarray(tokens)[~moved], rtol=1e-6, atol=1e-7)
+    totals = np.zeros((4, 11))
+    np.add.at(totals, (np.arange(4)[:, None], pos), np.asarray(size)[:, :, 0])
+    np.testing.assert_allclose(totals, np.asarray(new_size)[:, :, 0])
+
+
+def test_merged_positions_example():
+    m = Matching(jnp.array([[1, 2]]), jnp.array([[0]]), jnp.array([[1]]))
+    # A = (0, 2, 4), B = (1, 3); token 0 joins token 3: layout [tok 2, tok 4, tok 1, tok 3 + tok 0].
+    assert merged_positions(m, 5).tolist() == [[3, 2, 0, 3, 1]]
+
+
+# ---------------------------------------------------------------- the transform
+
+
+def test_r0_is_the_original_model_exactly(tokens, linen_model):
+    params = plain_params()
+    merged, same = merge_tokens(plain_transformer, params, tokens, 0)
+    assert same is params
+    np.testing.assert_array_equal(jax.jit(merged)(params, tokens), jax.jit(plain_transformer)(params, tokens))
+    apply_fn, variables = linen_model
+    merged, _ = merge_tokens(apply_fn, variables, tokens, 0)
+    np.testing.assert_array_equal(jax.jit(merged)(variables, tokens), jax.jit(apply_fn)(variables, tokens))
+    vit, _, vparams = random_model("vit", patch_size=4)
+    x = normal(np.random.default_rng(0), (2, 28, 28, 1))
+    merged, _ = merge_tokens(vit, vparams, x, 0)
+    np.testing.assert_array_equal(jax.jit(merged)(vparams, x), jax.jit(vit)(vparams, x))
+
+
+@pytest.mark.parametrize("model", ["plain", "linen"])
+def test_merging_duplicate_tokens_with_proportional_attention_changes_nothing(tokens, linen_model, model):
+    apply_fn, params = (plain_transformer, plain_params()) if model == "plain" else linen_model
+    x = _duplicated(tokens)
+    reference = jax.jit(apply_fn)(params, x)
+    # Five of the eight identical pairs merge: the sizes differ (2 and 1), so log(size) matters.
+    merged, _ = merge_tokens(apply_fn, params, x, (5, 0))
+    assert merge_plan(apply_fn, params, x, (5, 0)).tokens == (16, 11)
+    np.testing.assert_allclose(jax.jit(merged)(params, x), reference, rtol=2e-5, atol=2e-5)
+    flat, _ = merge_tokens(apply_fn, params, x, (5, 0), proportional=False)
+    assert not np.allclose(jax.jit(flat)(params, x), reference, rtol=1e-3, atol=1e-3)
+
+
+def test_merged_apply_jits_like_eager_and_shrinks_the_token_stream(tokens):
+    def stream(p, x):
+        for i in range(3):
+            x = checkpoint_name(jnp.tanh(checkpoint_name(x, f"b{i}/keys") @ p), f"b{i}/merge")
+        return checkpoint_name(x, "unmerge")
+
+    params = jnp.eye(C) + 0.1
+    merged, _ = merge_tokens(stream, params, tokens, 3)
+    eager = merged(params, tokens)
+    assert eager.shape == tokens.shape
+    np.testing.assert_allclose(jax.jit(merged)(params, tokens), eager, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(eager, stream(params, tokens), rtol=1e-3, atol=1e-3)
+    assert merge_plan(stream, params, tokens, 3).tokens == (16, 13, 10)
+    assert merge_plan(stream, params, tokens, [4, 2, 0]).r == (4, 2, 0)
+
+
+def test_sizes_enter_the_logits_as_log_size(tokens):
+    def two_blocks(p, x):
+        del p
+        x = checkpoint_name(checkpoint_name(x, "a/keys") * 1.0, "a/merge")
+        n, t, _ = x.shape
+        return checkpoint_name(jnp.zeros((n, 2, t, t), x.dtype), "b/logits")
+
+    bias = np.asarray(jax.jit(merge_tokens(two_blocks, {}, tokens, 6)[0])({}, tokens))
+    assert bias.shape == (4, 2, 10, 10)
+    np.testing.assert_allclose(np.exp(bias).sum(-1), np.full((4, 2, 10), 16.0), rtol=1e-5)
+    assert np.exp(bias).max() > 1.5  # some tokens stand for two
+
+
+def test_the_class_token_never_merges_and_unmerge_gives_the_size_weighted_mean(tokens):
+    x = tokens.at[:, 1].set(tokens[:, 0])  # the class token's twin: the best match of all
+
+    def identity(p, xx):
+        del p
+        return checkpoint_name(checkpoint_name(checkpoint_name(xx, "b/keys"), "b/merge"), "b/out")
+
+    merged = jax.jit(merge_tokens(identity, {}, x, 7, class_token=True)[0])({}, x)
+    assert merged.shape == (4, 9, C)
+    np.testing.assert_array_equal(merged[:, 0], x[:, 0])
+
+    def pooled(p, xx):
+        del p
+        return checkpoint_name(checkpoint_name(checkpoint_name(xx, "b/keys"), "b/merge"), "unmerge").mean(axis=1)
+
+    np.testing.assert_allclose(jax.jit(merge_tokens(pooled, {}, x, 7)[0])({}, x), x.mean(1), rtol=1e-5, atol=1e-6)
+
+
+def test_reference_models_merge_under_jit():
+    vit, _, params = random_model("vit", patch_size=4, num_layers=3)
+    x = normal(np.random.default_rng(0), (3, 28, 28, 1))
+    assert merge_plan(vit, params, x, 8).tokens == (49, 41, 33)
+    merged, _ = merge_tokens(vit, params, x, 8)
+    y = jax.jit(merged)(params, x)
+    assert y.shape == (3, 10) and np.isfinite(np.asarray(y)).all()
+    hamnet, _, hparams = random_model("hamnet")
+    assert merge_plan(hamnet, hparams, x, 5).tokens == (16, 16)  # unmerged before every mixer layer
+    y = jax.jit(merge_tokens(hamnet, hparams, x, 5)[0])(hparams, x)
+    assert y.shape == (3, 10) and np.isfinite(np.asarray(y)).all()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_r_is_refused_before_tracing_naming_r(tokens):
+    params = plain_params()
+    calls = []
+
+    def counted(p, x):
+        calls.append(1)
+        return plain_transformer(p, x)
+
+    with pytest.raises(ValueError, match=r"merge_tokens: r=6 merges 6 tokens at 'blocks/1/merge', which holds 10"):
+        merge_tokens(counted, params, tokens, 6)
+    with pytest.raises(ValueError, match=r"merge_tokens: r=9 merges 9 tokens at 'blocks/0/merge'"):
+        merge_tokens(plain_transformer, params, tokens, 9)
+    with pytest.raises(ValueError, match=r"merge_tokens: r must be an integer >= 0|merge_tokens: r must be"):
+        merge_tokens(plain_transformer, params, tokens, -1)
+    with pytest.raises(ValueError, match=r"merge_tokens: r\[1\]"):
+        merge_tokens(plain_transformer, params, tokens, [1, 2.5])
+    with pytest.raises(ValueError, match=r"one value per merge marker \(2\), got 3"):
+        merge_tokens(plain_transformer, params, tokens, [1, 1, 1])
+    with pytest.raises(ValueError, match="at most 7 can merge there"):
+        merge_tokens(plain_transformer, params, tokens, 8, class_token=True)
+
+
+def test_models_without_markers_or_with_nested_markers_are_refused(tokens):
+    with pytest.raises(ValueError, match="marks no tokens to merge"):
+        merge_tokens(lambda p, x: x * 2.0, {}, tokens, 1)
+
+    @jax.jit
+    def inner(x):
+        return checkpoint_name(x, "b/merge")
+
+    with pytest.raises(ValueError, match="'b/merge' sits inside a nested jax.jit"):
+        merge_tokens(lambda p, x: inner(x), {}, tokens, 1)
+
+
+def test_the_marker_binding_is_restored(tokens):
+    from jax.extend.core.primitives import name_p
+
+    params = plain_params()
+    before = plain_transformer(params, tokens)
+    merged, params = merge_tokens(plain_transformer, params, tokens, 2)
+    assert not np.allclose(jax.jit(merged)(params, tokens), before)
+    assert "bind" not in vars(name_p)
+    np.testing.assert_array_equal(plain_transformer(params, tokens), before)  # unmerged afterwards
+
+
+# ---------------------------------------------------------------- export
+
+
+@pytest.mark.slow
+def test_merged_model_exports_to_onnx(tmp_path, tokens):
+    params = plain_params()
+    merged, _ = merge_tokens(plain_transformer, params, tokens, 4)
+    result = hamjax.export.onnx(merged, params, np.asarray(tokens), tmp_path / "tome.onnx")
+    assert all(check.passed for check in result.checks)
+    assert "TopK" in result.ops
