@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hamjax import checkpoint, data, measure, models, prune, recipes, report
+from hamjax import checkpoint, compilation, data, measure, models, prune, recipes, report
 from hamjax._checks import check_int
 from hamjax.models import saved
 
@@ -93,9 +93,12 @@ class OptimizeResult:
         without ``out``, in a temporary folder).
       recipe: the :class:`hamjax.recipes.Recipe` that ran.
       meta: what ``report.json`` records about the run (recipe, seed, run
-        seconds, environment, notes, and ``"resumed"``: the stages that
+        seconds, environment, notes, ``"resumed"``: the stages that
         resumed from checkpoints in ``out`` by name, with the step each
-        resumed from).
+        resumed from, ``"compile"``: XLA compile seconds, compilations and
+        persistent-cache hits and misses of the whole run
+        (:class:`hamjax.compilation.CompileLog`), with the cache directory,
+        and ``"profiles"``: the trace folder of each stage under ``profile``).
 
     Examples:
       >>> import dataclasses
@@ -191,12 +194,37 @@ def _write(out: Path, context: recipes.Context, measurements, meta: dict, paths:
         paths["model int8"] = paths["model"] / "model.int8.onnx"
 
 
+def _cache_dir() -> str | None:
+    import jax
+
+    return jax.config.jax_compilation_cache_dir or None
+
+
 def _final_stage(context: recipes.Context) -> str:
     """The row of the final float model: the last row whose params are the context's."""
     for stage in reversed(context.stages):
         if stage.params is context.params:
             return stage.name
     return context.stages[-1].name if context.stages else ""
+
+
+def _run_steps(recipe: recipes.Recipe, context: recipes.Context, profile: Path | None) -> dict[str, str]:
+    """Run the recipe's steps in order, each under a ``jax.profiler`` trace in ``profile/<stage>`` if given."""
+    if profile is None:
+        recipes.run(recipe, context)
+        return {}
+    import jax
+
+    kinds, traces = recipes.step_kinds(), {}
+    for index, step in enumerate(recipe.steps):
+        stage = str(step.params.get("stage", step.kind))
+        name = stage if stage not in traces else f"{stage}-{index}"  # two steps with one stage name
+        folder = profile / name
+        checkpoint.check_inside("optimize", f"profile {profile}: its {name} folder", profile, folder)
+        with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+            context = kinds[step.kind].run(dict(step.params), context)
+        traces[name] = str(folder)
+    return traces
 
 
 def optimize(
@@ -210,6 +238,7 @@ def optimize(
     progress: bool = False,
     config=None,
     model_name: str | None = None,
+    profile: str | os.PathLike | None = None,
 ) -> OptimizeResult:
     """Run a recipe (train, distill, prune, quantize, export...) on any model and dataset, and report every stage.
 
@@ -243,6 +272,11 @@ def optimize(
       model_name: how the report names the model (the CLI passes its
         ``--model``); ``None`` takes the reference model's name, or
         ``"custom"``.
+      profile: a folder for a ``jax.profiler`` trace of each step, in
+        ``profile/<stage>/`` (TensorBoard's profile plugin reads
+        ``plugins/profile/*/*.xplane.pb``; ``ui.perfetto.dev`` opens
+        ``perfetto_trace.json.gz``); checked before any training. ``None``
+        traces nothing.
 
     Returns:
       An :class:`OptimizeResult`.
@@ -253,7 +287,8 @@ def optimize(
         fields).
       TypeError: ``data`` that is not a dataset, ``config`` that is not a
         reference config.
-      ValueError: a model whose output does not match the labels, a bad seed.
+      ValueError: a model whose output does not match the labels, a bad seed,
+        an ``out`` or ``profile`` folder that cannot be written.
 
     Examples:
       >>> import jax, jax.numpy as jnp, numpy as np
@@ -277,6 +312,7 @@ def optimize(
     dataset = _dataset(data)
     seed = check_int("optimize", "seed", seed, minimum=0)
     workdir = None if out is None else check_out(out)
+    traces = None if profile is None else Path(checkpoint.check_directory("optimize", "profile", profile))
     if config is not None and not isinstance(config, _CONFIGS):
         raise TypeError(
             f"optimize: config must be a hamjax reference model config (hamjax.models.config_of(module)) or None, "
@@ -297,9 +333,10 @@ def optimize(
         config=config,
     )
     started = time.perf_counter()
-    context = recipes.run(recipe, context)
-    run_seconds = time.perf_counter() - started
-    measurements = report.measure_stages(context.stages, dataset.test.x, dataset.test.y)
+    with compilation.compile_log() as compiled:
+        profiles = _run_steps(recipe, context, traces)
+        run_seconds = time.perf_counter() - started
+        measurements = report.measure_stages(context.stages, dataset.test.x, dataset.test.y)
     if model_name is None:
         base = getattr(config, "base", config)
         model_name = _NAMES.get(type(base), "custom")
@@ -311,6 +348,8 @@ def optimize(
         "run_seconds": round(run_seconds, 2),
         "final_stage": _final_stage(context),
         "resumed": dict(context.resumed),
+        "compile": {**compiled.to_dict(), "cache_dir": _cache_dir()},
+        "profiles": profiles,
         "env": measure.environment(),
         "notes": [f"{s.name}: {s.notes}" for s in context.stages if s.notes],
     }

@@ -18,6 +18,29 @@ from typing import Any
 from hamjax import checkpoint, measure
 
 COLUMNS = ("stage", "params", "size MB", "latency p50 @1 (ms)", "throughput @256 (samples/s)", "test accuracy")
+MEMORY_COLUMN = "memory @256 (MB)"
+"""The column of what XLA plans for one call at the throughput batch, shown where the backend reports it."""
+
+
+def columns(measurements: Sequence[measure.Measurement]) -> tuple[str, ...]:
+    """``COLUMNS``, with ``MEMORY_COLUMN`` before the accuracy where a measurement has compiled memory.
+
+    Args:
+      measurements: the rows.
+
+    Returns:
+      The column names, in table order.
+
+    Examples:
+      >>> from hamjax.measure import Measurement
+      >>> columns([Measurement("m", 1, 4, None, (), None, None, compiled_memory_bytes=64)])[-2:]
+      ('memory @256 (MB)', 'test accuracy')
+      >>> columns([Measurement("m", 1, 4, None, (), None, None)]) == COLUMNS
+      True
+    """
+    if all(m.compiled_memory_bytes is None for m in measurements):
+        return COLUMNS
+    return (*COLUMNS[:-1], MEMORY_COLUMN, COLUMNS[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +130,11 @@ def measure_stages(
 
 
 def rows(measurements: Sequence[measure.Measurement]) -> list[list[str]]:
-    """The table cells, formatted, one row per measurement, in ``COLUMNS`` order."""
+    """The table cells, formatted, one row per measurement, in :func:`columns` order."""
+    memory = MEMORY_COLUMN in columns(measurements)
     table = []
     for m in measurements:
+        planned = m.compiled_memory_bytes
         table.append(
             [
                 m.name,
@@ -117,6 +142,7 @@ def rows(measurements: Sequence[measure.Measurement]) -> list[list[str]]:
                 f"{m.size_bytes / 1e6:.3f}",
                 f"{m.latency.p50_ms:.3f}" if m.latency else "-",
                 f"{m.throughput[0].samples_per_s:,.0f}" if m.throughput else "-",
+                *([f"{planned / 1e6:.2f}" if planned is not None else "-"] if memory else []),
                 f"{m.accuracy:.4f}" if m.accuracy is not None else "-",
             ]
         )
@@ -128,8 +154,8 @@ def markdown(measurements: Sequence[measure.Measurement], *, title: str = "hamja
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes, ""]
-    lines.append("| " + " | ".join(COLUMNS) + " |")
-    lines.append("|" + "|".join(" --- " for _ in COLUMNS) + "|")
+    lines.append("| " + " | ".join(columns(measurements)) + " |")
+    lines.append("|" + "|".join(" --- " for _ in columns(measurements)) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows(measurements)]
     return "\n".join(lines) + "\n"
 
@@ -140,7 +166,7 @@ def print_table(measurements: Sequence[measure.Measurement], *, title: str = "ha
     from rich.table import Table
 
     table = Table(title=title)
-    for i, col in enumerate(COLUMNS):
+    for i, col in enumerate(columns(measurements)):
         table.add_column(col, justify="left" if i == 0 else "right")
     for r in rows(measurements):
         table.add_row(*r)
@@ -163,7 +189,7 @@ def write_report(out_dir: str | os.PathLike, measurements: Sequence[measure.Meas
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "columns": list(COLUMNS), "stages": [m.to_dict() for m in measurements]}
+    payload = {"meta": meta, "columns": list(columns(measurements)), "stages": [m.to_dict() for m in measurements]}
     checkpoint.atomic_write(out / "report.json", json.dumps(payload, indent=2) + "\n")
     facts = ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict | list))
     notes = [facts, *meta.get("notes", [])]

@@ -7,6 +7,9 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 os.environ.setdefault("HAMJAX_TEST", "1")
+# `hamjax optimize` keeps compiled programs in the user's cache folder by default; tests (and the CLI runs in
+# subprocesses they start) keep none unless a test names a temporary folder.
+os.environ.setdefault("HAMJAX_COMPILE_CACHE", "")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import hamjax
-from hamjax import cli
+from hamjax import cli, cli_search
 
 
 def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
@@ -149,9 +149,9 @@ def test_search_tables_show_latency_when_measured(capsys):
     from hamjax.search import engine
 
     c = engine.Candidate(0, {}, 0.5, 1234, "depth 1: dense/8/relu")
-    cli._print_candidates("t", [c])
+    cli_search.print_candidates("t", [c])
     assert "latency" not in capsys.readouterr().out
-    cli._print_candidates("t", [c, dataclasses.replace(c, latency_ms=0.123)])
+    cli_search.print_candidates("t", [c, dataclasses.replace(c, latency_ms=0.123)])
     out = capsys.readouterr().out
     assert "latency p50 @1 (ms)" in out and "0.123" in out
 

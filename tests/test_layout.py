@@ -22,11 +22,11 @@ LAYERS = (
     ("_base", "_checks", "_select", "_losses", "jaxpr"),
     ("checkpoint", "models"),
     ("prune", "quant", "distill", "precision", "graph"),
-    ("data", "streaming", "footprint", "measure", "report", "train_steps", "train"),
+    ("data", "streaming", "footprint", "compilation", "measure", "report", "train_steps", "train"),
     ("search", "export"),
     ("recipes",),
     ("pipeline",),
-    ("cli",),
+    ("cli", "cli_search"),
 )
 # Family modules that run a training loop sit above the engine they call; nothing below imports them.
 TRAINING_LOOPS = {"hamjax.prune.iterative", "hamjax.distill.training"}

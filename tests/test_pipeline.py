@@ -172,6 +172,8 @@ def test_an_out_that_cannot_hold_the_results_is_refused_before_training(arrays, 
     (out / "report.md").mkdir()
     with pytest.raises(ValueError, match=r"report\.md is a folder, where optimize writes its report\.md$"):
         hamjax.optimize(apply_fn, params, dataset, "nm-2-4", out=out)
+    with pytest.raises(ValueError, match=r"^optimize: profile must be a directory, got the regular file '.*a-file'$"):
+        hamjax.optimize(apply_fn, params, dataset, "nm-2-4", profile=file)
 
 
 def test_a_reference_model_with_its_config_passes_the_reference_check(digits, monkeypatch):

@@ -1,10 +1,11 @@
+import dataclasses
 import json
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hamjax import report
+from hamjax import measure, report
 
 
 def _stage(name, w):
@@ -38,3 +39,24 @@ def test_stage_size_defaults_to_param_bytes_and_can_be_given():
 def test_measure_stages_requires_stages():
     with pytest.raises(ValueError, match="no stages"):
         report.measure_stages([], np.zeros((1, 1)), np.zeros(1))
+
+
+def test_the_memory_column_appears_where_the_backend_reports_compiled_memory(tmp_path):
+    x = np.random.default_rng(0).normal(size=(300, 2, 2, 1)).astype(np.float32)
+    y = np.zeros(300, np.int32)
+    (jax_row,) = report.measure_stages([_stage("dense", jnp.ones((4, 2)))], x, y, runs=2)
+    if jax_row.compiled_memory_bytes is not None:  # the CPU backend reports it
+        # the batch of 256 inputs and logits at least
+        assert jax_row.compiled_memory_bytes >= 256 * 4 * 4 + 256 * 2 * 4
+        assert report.columns([jax_row])[-2:] == (report.MEMORY_COLUMN, "test accuracy")
+        out = report.write_report(tmp_path, [jax_row], {"model": "toy"})
+        assert json.loads((out / "report.json").read_text())["columns"][-2] == report.MEMORY_COLUMN
+        assert (
+            f"| {jax_row.compiled_memory_bytes / 1e6:.2f} | {jax_row.accuracy:.4f} |" in (out / "report.md").read_text()
+        )
+    opaque = dataclasses.replace(jax_row, compiled_memory_bytes=None)  # an onnxruntime row has none
+    assert report.columns([opaque]) == report.COLUMNS
+    assert len(report.rows([opaque])[0]) == len(report.COLUMNS)
+    old = opaque.to_dict()
+    del old["compiled_memory_bytes"]  # a report written before the column existed
+    assert measure.Measurement.from_dict(old) == opaque
