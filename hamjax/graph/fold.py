@@ -39,6 +39,7 @@ from hamjax.jaxpr import SITE_PRIMITIVES, bind_equation, find_sites, intercept
 
 _AFFINE = {"add", "sub", "mul", "div", "neg"}
 _REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"}
+_LAYOUT = {"reshape", "transpose", "convert_element_type", "broadcast_in_dim", "squeeze", "expand_dims", "copy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,23 @@ def _check_train_mode(jaxpr, users, var, site_name):
             )
 
 
+def _only_feeds(jaxpr, users, outvars, var, site_index: int) -> bool:
+    """Whether ``var`` reaches nothing but the site's equation, through layout ops (a kernel read nowhere else)."""
+    todo = [var]
+    while todo:
+        v = todo.pop()
+        if v in outvars:
+            return False
+        for i in users.get(v, ()):
+            e = jaxpr.eqns[i]
+            if i == site_index:
+                continue
+            if e.primitive.name not in _LAYOUT:
+                return False
+            todo.extend(e.outvars)
+    return True
+
+
 def _walk(jaxpr, users, outvars, start, ops=None) -> list[int]:
     """The single-consumer, shape-keeping affine equations after ``start``; ``ops`` replays a recorded chain."""
     chain, v = [], start
@@ -220,6 +238,8 @@ def _analyse(apply_fn, params, x, kw):
         axis = _site_out_axis(e, w)
         if site.leaf is None or uses[site.leaf] != 1 or axis is None or not site.leaf_channel_axes:
             continue
+        if not _only_feeds(jaxpr, users, outvars, jaxpr.invars[keys.index(site.leaf)], i):
+            continue  # the kernel is also read by another op, which a scaled kernel would change
         chain, s, t = _compose(jaxpr, chain, out, axis, is_dep, value)
         if not chain or [jaxpr.eqns[j].primitive.name for j in chain] == ["add"]:
             continue  # nothing to fold, or a bias add only
@@ -253,7 +273,9 @@ def _plan(jaxpr, n: int, chains) -> tuple[dict, set]:
 def _used_invars(jaxpr, n: int, live: set, replaced: dict) -> list[int]:
     read = set()
     for i in live:
-        read.update(v for v in ([replaced[i][0]] if i in replaced else jaxpr.eqns[i].invars) if not isinstance(v, jcore.Literal))
+        read.update(
+            v for v in ([replaced[i][0]] if i in replaced else jaxpr.eqns[i].invars) if not isinstance(v, jcore.Literal)
+        )
     return [k for k in range(n) if jaxpr.invars[k] in read]
 
 

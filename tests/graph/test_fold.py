@@ -164,6 +164,17 @@ def test_shared_kernel_is_left_alone():
     assert graph.foldable(shared, p, jnp.ones((2, 4))) == ()
 
 
+def test_kernel_read_by_another_op_is_left_alone():
+    p = {"w": normal(np.random.default_rng(10), (4, 4)), "s": jnp.full((4,), 2.0)}
+
+    def also_reads_w(p, x):
+        y = (x @ p["w"]) * p["s"][None]
+        return y + jnp.tanh(y) * jnp.sum(p["w"])
+
+    x = normal(np.random.default_rng(11), (2, 4))
+    assert graph.foldable(also_reads_w, p, x) == ()
+
+
 def test_fold_then_quantize_calibrates_the_folded_weights(cnn):
     apply_fn, params, x, folded_apply, folded_params = cnn
     qapply, qparams = hamjax.quant.quantize_model(folded_apply, folded_params, calibration=[x])
