@@ -145,7 +145,11 @@ class _Merger:
             raise ValueError(f"{_WHERE}: the tokens marked {name!r} must be (N, T, C), got shape {x.shape}")
         t, p = x.shape[1], self.protected
         if block >= len(self.r):
-            raise ValueError(f"{_WHERE}: r={self.r_arg!r} gives {len(self.r)} values, the model merges more often")
+            raise ValueError(
+                f"{_WHERE}: {name!r} is bound more often than apply_fn's jaxpr shows ({len(self.r)} merge markers):"
+                " a transform that re-evaluates the jaxpr (quantization, fuse_attention) wraps the model;"
+                " merge tokens first and apply it to the merged model"
+            )
         r = self.r[block]
         self.seen.append((name, t, r))
         if r > (t - p) // 2:

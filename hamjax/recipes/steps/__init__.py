@@ -6,6 +6,7 @@
 * ``lowrank``: :mod:`hamjax.recipes.steps.lowrank` (:func:`hamjax.graph.lowrank`);
 * ``fold``: :mod:`hamjax.recipes.steps.fold` (:func:`hamjax.graph.fold`);
 * ``fuse``: :mod:`hamjax.recipes.steps.fuse` (:func:`hamjax.graph.fuse_attention`);
+* ``merge``: :mod:`hamjax.recipes.steps.merge` (:func:`hamjax.graph.merge_tokens`);
 * ``quantize``: :mod:`hamjax.recipes.steps.quantization` (:mod:`hamjax.quant`);
 * ``precision``: :mod:`hamjax.recipes.steps.mixed_precision` (:mod:`hamjax.precision`);
 * ``export``: :mod:`hamjax.recipes.steps.onnx_export` (:mod:`hamjax.export`).
@@ -18,7 +19,7 @@ registers itself on import.
 Examples:
   >>> from hamjax.recipes.steps import BUILTIN
   >>> sorted(BUILTIN)
-  ['distill', 'export', 'fold', 'fuse', 'lowrank', 'precision', 'prune', 'quantize', 'train']
+  ['distill', 'export', 'fold', 'fuse', 'lowrank', 'merge', 'precision', 'prune', 'quantize', 'train']
 """
 
 from hamjax.recipes.schema import StepKind
@@ -27,6 +28,7 @@ from hamjax.recipes.steps import (
     fold,
     fuse,
     lowrank,
+    merge,
     mixed_precision,
     onnx_export,
     pruning,
@@ -45,6 +47,7 @@ BUILTIN: dict[str, StepKind] = {
         lowrank.KIND,
         fold.KIND,
         fuse.KIND,
+        merge.KIND,
         quantization.KIND,
         mixed_precision.KIND,
         onnx_export.KIND,
