@@ -17,7 +17,7 @@ import pytest
 from reference_models import plain_mlp
 
 import hamjax
-from hamjax import checkpoint, cli, data, distill, models, precision, prune, quant, recipes, train
+from hamjax import checkpoint, cli, data, distill, graph, models, precision, prune, quant, recipes, train
 from hamjax.export.graph import ExportError
 from hamjax.models import saved
 from hamjax.search import proposals, trainer
@@ -841,6 +841,35 @@ CASES = [
         ),
         ExportError,
         "random_bits at ",
+    ),
+    # graph transforms: batch-norm folding and low-rank factorisation
+    (
+        "fold-train",
+        lambda: graph.fold(*_mlp(), _ds().train.x[:2], train=True),
+        ValueError,
+        "fold: train=True makes every norm use batch statistics",
+    ),
+    (
+        "fold-batch-statistics",
+        lambda: graph.fold(
+            lambda p, x: (lambda z: z - z.mean(0, keepdims=True))(x.reshape(x.shape[0], -1) @ p["w1"]),
+            _mlp()[1],
+            _ds().train.x[:2],
+        ),
+        ValueError,
+        "uses batch statistics (train mode); fold needs inference mode",
+    ),
+    ("lowrank-rank", lambda: graph.lowrank(*_mlp(), _ds().train.x[:2], rank=11), ValueError, "rank=11 is larger"),
+    ("lowrank-energy-0", lambda: graph.lowrank(*_mlp(), _ds().train.x[:2], energy=0.0), ValueError, "energy must"),
+    ("lowrank-energy-above-1", lambda: graph.lowrank(*_mlp(), _ds().train.x[:2], energy=1.5), ValueError, "energy"),
+    ("lowrank-budget", lambda: graph.lowrank(*_mlp(), _ds().train.x[:2], budget=1.5), ValueError, "budget must"),
+    ("lowrank-no-choice", lambda: graph.lowrank(*_mlp(), _ds().train.x[:2]), ValueError, "give one of rank="),
+    ("svd_factors-rank", lambda: graph.svd_factors(jnp.ones((4, 3)), 4), ValueError, "rank must be"),
+    (
+        "recipe-lowrank-energy",
+        lambda: recipes.validate({"name": "r", "steps": [{"kind": "lowrank", "energy": 2.0}]}),
+        recipes.RecipeError,
+        "energy",
     ),
     # CLI
     ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
