@@ -115,3 +115,105 @@ def register_plugin() -> None:
             ctx.bind_value_for_var(out_var, out)
 
     del _AttentionPlugin
+
+
+def _dims(value_info: dict, name: str):
+    shape = value_info.get(name)
+    return None if shape is None else [d.dim_param if d.HasField("dim_param") else d.dim_value for d in shape.dim]
+
+
+def _perm(node) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
+def _heads_source(node_input: str, producers: dict, value_info: dict):
+    """``(x, N)`` if ``node_input`` is ``Transpose[0,2,1,3](Reshape(x))`` with ``x (B, T, N * H)``; else None."""
+    t = producers.get(node_input)
+    if t is None or t.op_type != "Transpose" or _perm(t) != [0, 2, 1, 3]:
+        return None
+    r = producers.get(t.input[0])
+    while r is not None and r.op_type == "Identity":
+        r = producers.get(r.input[0])
+    if r is None or r.op_type != "Reshape":
+        return None
+    source, split = _dims(value_info, r.input[0]), _dims(value_info, r.output[0])
+    if source is None or split is None or len(source) != 3 or len(split) != 4 or source[:2] != split[:2]:
+        return None
+    n, h, c = split[2], split[3], source[2]
+    if not all(isinstance(d, int) and d > 0 for d in (n, h, c)) or n * h != c:
+        return None
+    return r.input[0], n
+
+
+def _merged_output(name: str, consumers: dict, value_info: dict):
+    """The ``Reshape`` that turns ``name`` (``(B, N, T, H)``) into ``(B, T, N * H)`` through Transposes; else None."""
+    perm = [0, 1, 2, 3]
+    while True:
+        users = consumers.get(name, [])
+        reshapes = [u for u in users if u.op_type == "Reshape" and u.input[0] == name]
+        transposes = [u for u in users if u.op_type == "Transpose"]
+        if len(users) == 1 and transposes:
+            perm = [perm[p] for p in _perm(transposes[0])]
+            name = transposes[0].output[0]
+            continue
+        if perm != [0, 2, 1, 3] or len(reshapes) != 1 or any(u.op_type not in ("Reshape", "Shape") for u in users):
+            return None
+        before, after = _dims(value_info, name), _dims(value_info, reshapes[0].output[0])
+        if before is None or after is None or len(after) != 3 or after[:2] != before[:2]:
+            return None
+        return reshapes[0]
+
+
+def simplify(model) -> int:
+    """Let each ``Attention`` of ``model`` read and write the ``(B, T, N * H)`` tensors around it (in place).
+
+    A model that splits its projections into heads
+    (``(B, T, C) -> (B, T, N, H)``) and merges them back gives each
+    ``Attention`` a ``Reshape`` and a ``Transpose`` per input and after its
+    output; ONNX ``Attention`` takes the unsplit ``(B, T, C)`` tensors itself
+    (attributes ``q_num_heads``, ``kv_num_heads``), so those nodes go.
+    An ``Attention`` whose inputs or output are laid out otherwise is left
+    as it is.
+
+    Args:
+      model: an ``onnx.ModelProto`` from :func:`hamjax.export.graph.convert`.
+
+    Returns:
+      How many ``Attention`` nodes now read and write 3-D tensors.
+    """
+    from onnx import helper
+
+    from hamjax.export.graph import prune
+
+    g = model.graph
+    value_info = {v.name: v.type.tensor_type.shape for v in [*g.value_info, *g.input, *g.output]}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    done, replaced = 0, []
+    for node in g.node:
+        if node.op_type != OPERATOR or node.domain not in ("", "ai.onnx"):
+            continue
+        sources = [_heads_source(i, producers, value_info) for i in node.input[:3]]
+        out = _merged_output(node.output[0], consumers, value_info)
+        if any(s is None for s in sources) or out is None:
+            continue
+        for k, (x, _) in enumerate(sources):
+            node.input[k] = x
+        node.attribute.extend(
+            [helper.make_attribute("q_num_heads", sources[0][1]), helper.make_attribute("kv_num_heads", sources[1][1])]
+        )
+        old = node.output[0]
+        node.output[0] = out.output[0]
+        replaced.append(out)
+        kept = [v for v in g.value_info if v.name != old]
+        del g.value_info[:]
+        g.value_info.extend(kept)
+        done += 1
+    for reshape in replaced:  # its output is the Attention's now
+        g.node.remove(reshape)
+    if done:
+        prune(model)
+    return done

@@ -364,6 +364,7 @@ def convert(closed: jcore.ClosedJaxpr, spec: jax.ShapeDtypeStruct, *, model_name
             f"export: jax2onnx failed to convert the model{_lowering(err)}: "
             f"{type(err).__name__}: {lines[0] if lines else ''}"
         ) from err
+    attention.simplify(model)
     drop_zero_gemm_bias(model)
     return model
 

@@ -23,8 +23,17 @@ def test_vit_attention_exports_as_attention_operators(vit, tmp_path):
     assert all(c.passed for c in result.checks)
     import onnx
 
-    nodes = [n.op_type for n in onnx.load(tmp_path / "vit.onnx").graph.node]
+    graph_nodes = onnx.load(tmp_path / "vit.onnx").graph.node
+    nodes = [n.op_type for n in graph_nodes]
     assert nodes.count("Attention") == 2 and "Softmax" not in nodes and "ReduceMax" not in nodes
+    # the head split and merge around each Attention are gone: it reads and writes (B, T, 64)
+    made = {o: n.op_type for n in graph_nodes for o in n.output}
+    for node in (n for n in graph_nodes if n.op_type == "Attention"):
+        assert {a.name: a.i for a in node.attribute if a.name.endswith("num_heads")} == {
+            "q_num_heads": 4,
+            "kv_num_heads": 4,
+        }
+        assert all(made[i] != "Transpose" for i in node.input)
 
 
 def test_fused_model_exports_the_same_operators(vit, tmp_path):
