@@ -66,6 +66,16 @@ def test_budget_per_layer(mlp):
     assert n_params(lparams["w1"]) <= 0.25 * 64 * 64
 
 
+def test_rank_multiple_rounds_chosen_ranks_down(mlp):
+    apply_fn, params, x = mlp
+    _, lparams = graph.lowrank(apply_fn, params, x, budget=0.5, rank_multiple=8)
+    assert n_params(lparams) <= 0.5 * n_params(params)
+    ranks = [lparams[k].u.shape[-1] for k in ("w1", "w2") if isinstance(lparams[k], graph.Factors)]
+    assert ranks and all(r % 8 == 0 for r in ranks)
+    with pytest.raises(ValueError, match="lowrank: rank_multiple must be an integer >= 1, got 0"):
+        graph.lowrank(apply_fn, params, x, budget=0.5, rank_multiple=0)
+
+
 def test_skip_keeps_a_layer_dense(mlp):
     apply_fn, params, x = mlp
     _, lparams = graph.lowrank(apply_fn, params, x, rank=4, skip=["w2"])
@@ -140,7 +150,7 @@ def test_vmap_over_energies_equals_a_loop(mlp):
         ({"budget": 0.5, "rank": 3}, "lowrank: budget= chooses the ranks"),
         ({}, "lowrank: give one of rank=, energy= or budget="),
         ({"budget": 0.5, "scope": "global"}, r"lowrank: scope must be one of \('model', 'layer'\)"),
-        ({"budget": 0.001}, "lowrank: budget=0.001 is below what rank 1"),
+        ({"budget": 0.001}, "lowrank: budget=0.001 is below what the smallest ranks"),
     ],
 )
 def test_bad_input_names_the_argument(mlp, kw, match):

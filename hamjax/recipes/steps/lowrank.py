@@ -20,6 +20,7 @@ FIELDS = {
     "energy": Field(float, None, above=0.0, high=1.0, doc="retained fraction of squared singular values, (0, 1]"),
     "budget": Field(float, None, above=0.0, high=1.0, doc="fraction of the parameters kept, (0, 1]"),
     "scope": Field(str, "model", choices=graph.SCOPES, doc="where budget applies: the whole model or each layer"),
+    "rank_multiple": Field(int, 1, low=1, doc="round chosen ranks down to a multiple of this (8 suits CPUs)"),
     "finetune_epochs": Field(int, 3, low=0, doc="epochs of finetuning the factors"),
     "learning_rate": Field(float, 5e-4, above=0.0, doc="finetuning learning rate"),
     "batch_size": Field(int, 128, low=1, doc="finetuning batch size"),
@@ -79,6 +80,7 @@ def run(f: dict, context: Context) -> Context:
         energy=f["energy"],
         budget=f["budget"],
         scope=f["scope"],
+        rank_multiple=f["rank_multiple"],
     )
     if f["finetune_epochs"]:
         config = train.TrainConfig(
