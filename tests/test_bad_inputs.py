@@ -44,6 +44,15 @@ def _mlp():
     return plain_mlp()
 
 
+def _tokens(p, x):
+    """Rows of a digit as 8 tokens, one marked block (graph.merge_tokens)."""
+    from jax.ad_checkpoint import checkpoint_name
+
+    x = x.reshape(x.shape[0], 8, 8)
+    x = checkpoint_name(x + checkpoint_name(x @ p, "b/keys"), "b/merge")
+    return checkpoint_name(x, "unmerge").mean(axis=1)
+
+
 def _fit(dataset=None, config=None, **kw):
     apply_fn, params = _mlp()
     dataset = _ds() if dataset is None else dataset
@@ -870,6 +879,37 @@ CASES = [
         lambda: recipes.validate({"name": "r", "steps": [{"kind": "lowrank", "energy": 2.0}]}),
         recipes.RecipeError,
         "energy",
+    ),
+    # graph transforms: token merging
+    (
+        "merge_tokens-r-too-large",
+        lambda: graph.merge_tokens(_tokens, jnp.eye(8), _ds().train.x[:2], 5),
+        ValueError,
+        "merge_tokens: r=5 merges 5 tokens at 'b/merge', which holds 8 tokens",
+    ),
+    (
+        "merge_tokens-r-negative",
+        lambda: graph.merge_tokens(_tokens, jnp.eye(8), _ds().train.x[:2], -1),
+        ValueError,
+        "r",
+    ),
+    (
+        "merge_tokens-r-per-block",
+        lambda: graph.merge_tokens(_tokens, jnp.eye(8), _ds().train.x[:2], [1, 1]),
+        ValueError,
+        "one value per merge marker",
+    ),
+    (
+        "merge_tokens-no-markers",
+        lambda: graph.merge_tokens(*_mlp(), _ds().train.x[:2], 1),
+        ValueError,
+        "marks no tokens",
+    ),
+    (
+        "recipe-merge-r",
+        lambda: recipes.validate({"name": "r", "steps": [{"kind": "merge", "r": -1}]}),
+        recipes.RecipeError,
+        "r must be >= 0",
     ),
     # CLI
     ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
