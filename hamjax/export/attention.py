@@ -6,7 +6,7 @@ each product, the softmax as ``ReduceMax``, ``Sub``, ``Exp``,
 CPU provider fuses none of it. Before conversion, :func:`lower` finds the
 attentions of the traced model with :mod:`hamjax.graph.attention` (the
 matcher of :func:`hamjax.graph.fuse_attention`; a model fused already
-holds them as :data:`~hamjax.graph.attention.attention_p`) and the
+holds them as :data:`~hamjax.graph.fused.attention_p`) and the
 converter writes each as the standard ONNX ``Attention`` operator (opset
 23: inputs ``(B, N, T, H)``, the scale as an attribute, a bias or boolean
 mask as ``attn_mask``), which onnxruntime's CPU provider implements in
@@ -26,7 +26,7 @@ import jax
 import jax.extend.core as jcore
 import numpy as np
 
-from hamjax.graph import attention
+from hamjax.graph import attention, fused, patterns
 from hamjax.jaxpr import call_body, intercept
 
 OPERATOR = "Attention"
@@ -34,7 +34,7 @@ OPERATOR = "Attention"
 
 
 def _has_attention(jaxpr) -> bool:
-    if attention.matches(jaxpr):
+    if patterns.matches(jaxpr):
         return True
     return any((sub := call_body(e)) is not None and _has_attention(sub[0]) for e in jaxpr.eqns)
 
@@ -66,7 +66,7 @@ def lower(closed: jcore.ClosedJaxpr, spec: jax.ShapeDtypeStruct) -> jcore.Closed
 
 @functools.cache
 def register_plugin() -> None:
-    """Teach jax2onnx to write :data:`~hamjax.graph.attention.attention_p` as ONNX ``Attention`` (once)."""
+    """Teach jax2onnx to write :data:`~hamjax.graph.fused.attention_p` as ONNX ``Attention`` (once)."""
     import onnx_ir as ir
     from jax2onnx.plugins._ir_shapes import _ensure_value_metadata, _stamp_type_and_shape, _to_ir_dim_for_shape
     from jax2onnx.plugins.jax.lax._index_utils import _builder_op
@@ -80,7 +80,7 @@ def register_plugin() -> None:
         return (shape[0], shape[2], shape[1], shape[3])
 
     @register_primitive(
-        jaxpr_primitive=attention.attention_p.name,
+        jaxpr_primitive=fused.attention_p.name,
         since="hamjax",
         context="hamjax",
         component="attention",

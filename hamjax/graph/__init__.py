@@ -6,8 +6,9 @@ models, composes with pruning, quantization and distillation, and exports
 to ONNX.
 """
 
-from hamjax.graph.attention import FoundAttention, find_attention, fuse_attention, fused_attention
+from hamjax.graph.attention import FoundAttention, find_attention, fuse_attention
 from hamjax.graph.fold import FoldedSite, fold, foldable
+from hamjax.graph.fused import fused_attention
 from hamjax.graph.lowrank import SCOPES, Factors, lowrank, lowrank_apply, svd_factors
 from hamjax.graph.matching import Matching, bipartite_matching, merged_positions, weighted_merge
 from hamjax.graph.remat import REMAT_POLICIES, rematerialize

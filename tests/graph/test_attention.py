@@ -8,7 +8,7 @@ import pytest
 
 import hamjax
 from hamjax import graph
-from hamjax.graph import attention
+from hamjax.graph import fused
 
 
 def _close(a, b, tol=1e-5):
@@ -17,7 +17,7 @@ def _close(a, b, tol=1e-5):
 
 
 def _fused_count(apply_fn, params, x):
-    return attention.count(jax.make_jaxpr(lambda p, xx: apply_fn(p, xx))(params, x))
+    return fused.count(jax.make_jaxpr(lambda p, xx: apply_fn(p, xx))(params, x))
 
 
 @pytest.fixture(scope="module")

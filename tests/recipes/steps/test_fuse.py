@@ -6,7 +6,7 @@ import pytest
 
 import hamjax
 from hamjax import recipes
-from hamjax.graph import attention
+from hamjax.graph import fused
 from hamjax.recipes import RecipeError
 
 
@@ -16,7 +16,7 @@ def test_fuse_recipe(digits):
     ctx = recipes.run(recipe, recipes.Context(apply_fn, params, digits, progress=False))
     assert ctx.stages[0].name == "fused" and ctx.stages[0].notes.startswith("2 attentions fused")
     x = jnp.asarray(digits.test.x[:32])
-    assert attention.count(jax.make_jaxpr(ctx.apply_fn)(ctx.params, x)) == 2
+    assert fused.count(jax.make_jaxpr(ctx.apply_fn)(ctx.params, x)) == 2
     assert float(jnp.max(jnp.abs(ctx.apply_fn(ctx.params, x) - apply_fn(params, x)))) <= 1e-5
 
 
