@@ -911,6 +911,19 @@ CASES = [
         recipes.RecipeError,
         "r must be >= 0",
     ),
+    # graph transforms: attention fusion
+    (
+        "fuse_attention-implementation",
+        lambda: graph.fuse_attention(*_mlp(), implementation="flash"),
+        ValueError,
+        "fuse_attention: implementation must be one of",
+    ),
+    (
+        "recipe-fuse-implementation",
+        lambda: recipes.validate({"name": "r", "steps": [{"kind": "fuse", "implementation": "flash"}]}),
+        recipes.RecipeError,
+        "implementation",
+    ),
     # CLI
     ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
     ("cli-optimize-model", _cli("optimize", "--model", "resnet9000"), None, "--model"),
