@@ -78,6 +78,19 @@ class Span:
         span; no equation outside the span reads any other of their outputs.
       fn: ``fn(*input values) -> list of output values``; it runs while
         tracing.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from hamjax import jaxpr
+      >>> def cosines(j):  # every sin computed as a cos
+      ...     return [
+      ...         jaxpr.Span((i,), tuple(e.invars), tuple(e.outvars), lambda x: [jnp.cos(x)])
+      ...         for i, e in enumerate(j.eqns)
+      ...         if e.primitive.name == "sin"
+      ...     ]
+      >>> f = jaxpr.intercept(lambda p, x: jnp.sin(x) * p, rewrite=cosines)
+      >>> float(f(jnp.float32(2.0), jnp.float32(0.0)))
+      2.0
     """
 
     equations: tuple[int, ...]
