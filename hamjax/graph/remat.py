@@ -245,6 +245,8 @@ def rematerialize(fn: Callable, policy: str = "full", *, segments: int | None = 
             seg_outs = [o for o in dict.fromkeys(o for _, _, outs in part for o in outs) if o in later]
             seg_ins = list(dict.fromkeys(a for _, args, _ in part for a in args if not isinstance(a, _Literal)))
             seg_ins = [a for a in seg_ins if a not in made]
+            if not seg_outs:  # nothing of it is used later
+                continue
 
             def segment(*vals, part=part, seg_ins=seg_ins, seg_outs=seg_outs):
                 return _run_segment(part, seg_ins, seg_outs, *vals)
