@@ -195,3 +195,18 @@ def test_result_stage_lookup_names_the_rows():
     result = hamjax.OptimizeResult([], None, None, None, None, None, {}, recipes.load("baseline"), {})
     with pytest.raises(KeyError, match=r"no stage 'dense'; stages: \[\]"):
         result.stage("dense")
+
+
+def test_profile_writes_a_trace_per_step_and_meta_counts_compilations(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    dataset = hamjax.data.from_arrays(x, (x[:, 0] > 0).astype(np.int32))
+    recipe = recipes.validate({"name": "r", "steps": [{"kind": "train", "epochs": 1, "batch_size": 32}]})
+    params = {"w": jnp.zeros((16, 2)), "b": jnp.zeros(2)}
+    result = hamjax.optimize(lambda p, x: x @ p["w"] + p["b"][None], params, dataset, recipe, profile=tmp_path)
+    assert result.meta["profiles"] == {"dense": str(tmp_path / "dense")}
+    (trace,) = (tmp_path / "dense").glob("plugins/profile/*/*.xplane.pb")
+    assert trace.stat().st_size > 0
+    compiled = result.meta["compile"]
+    assert compiled["compiles"] >= 1 and compiled["seconds"] > 0 and compiled["cache_dir"] is None
+    assert result.stage("dense").compiled_memory_bytes >= 256 * 16 * 4  # the throughput batch of inputs
