@@ -35,7 +35,8 @@ itself the same way (see :func:`merge_tokens`'s example).
 markers itself (the binding of ``jax.extend.core.primitives.name_p`` is
 redirected, in that thread only, for the duration of the call), so the
 model's own code runs on the merged tokens with static shapes: it jits,
-vmaps over params and exports to ONNX. Markers inside a nested ``jax.jit``
+vmaps over params (a population), differentiates and exports to ONNX. The
+marked values keep their batch axis (vmapping single examples is refused). Markers inside a nested ``jax.jit``
 or ``jax.checkpoint`` are refused (their traces are cached and would leak
 the merge into unmerged calls).
 
@@ -79,9 +80,15 @@ def _role(name: str) -> str | None:
 
 def _bind(*args, **params):
     stack = getattr(_LOCAL, "stack", None)
-    if stack and len(args) == 1 and _role(params.get("name", "")) is not None:
-        args = (stack[-1](args[0], params["name"]),)
-    return type(name_p).bind(name_p, *args, **params)
+    if not stack or stack[-1] is None or len(args) != 1 or _role(params.get("name", "")) is None:
+        return type(name_p).bind(name_p, *args, **params)
+    args = (stack[-1](args[0], params["name"]),)
+    # The primitive's own rules (vmap's batcher, jvp) bind it again on inner values: let those through.
+    stack.append(None)
+    try:
+        return type(name_p).bind(name_p, *args, **params)
+    finally:
+        stack.pop()
 
 
 @contextlib.contextmanager

@@ -270,3 +270,15 @@ def test_merged_model_exports_to_onnx(tmp_path, tokens):
     result = hamjax.export.onnx(merged, params, np.asarray(tokens), tmp_path / "tome.onnx")
     assert all(check.passed for check in result.checks)
     assert "TopK" in result.ops
+
+
+def test_vmap_over_params_equals_a_loop_and_gradients_flow(tokens):
+    members = [plain_params(seed=s) for s in (0, 1, 2)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
+    merged, _ = merge_tokens(plain_transformer, members[0], tokens, 3)
+    population = jax.jit(jax.vmap(merged, in_axes=(0, None)))(stacked, tokens)
+    loop = jnp.stack([jax.jit(merged)(p, tokens) for p in members])
+    np.testing.assert_allclose(population, loop, rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(lambda p: merged(p, tokens).sum()))(members[0])
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads["blocks"][1]["q"]).sum()) > 0
