@@ -64,3 +64,23 @@ def test_int8_export_quantizes_the_projections_around_attention(vit, tmp_path):
     result = export.onnx(apply_fn, params, x, tmp_path / "vit8.onnx", precision="int8", calibration=[x])
     assert "Attention" in result.ops and all(c.passed for c in result.checks)
     assert result.integer_ops
+
+
+def test_bias_and_inverted_mask_export_as_one_attention_mask(tmp_path):
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(size=(8, 8)) / 3, jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(1, 6, 6)), jnp.float32)
+    blocked = ~jnp.tril(jnp.ones((6, 6), bool))[None]  # True where a query must not look
+
+    def apply_fn(p, x):
+        s = jnp.einsum("ntc,nsc->nts", x @ p, x) * np.float32(0.5) + bias
+        s = jnp.where(blocked, -jnp.inf, s)
+        return jax.nn.softmax(s) @ x
+
+    x = rng.normal(size=(4, 6, 8)).astype(np.float32)
+    (found,) = graph.find_attention(apply_fn, w, x)
+    assert found.bias and found.mask and found.scale == 0.5
+    fused, _ = graph.fuse_attention(apply_fn, w)
+    assert float(jnp.max(jnp.abs(jax.jit(fused)(w, x) - apply_fn(w, x)))) <= 1e-5
+    result = export.onnx(apply_fn, w, x, tmp_path / "bias_mask.onnx")
+    assert "Attention" in result.ops and "Where" in result.ops and all(c.passed for c in result.checks)
