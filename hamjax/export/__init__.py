@@ -8,10 +8,12 @@
 * :mod:`hamjax.export.tensorrt`: TensorRT engines built from those files, where a
   GPU and the ``tensorrt`` extra exist, and run by :mod:`hamjax.export.trt_engine`.
 * :mod:`hamjax.export.graph` and :mod:`hamjax.export.qdq`: the tracing and
-  the int8 rewrite underneath.
+  the int8 rewrite underneath; :mod:`hamjax.export.integer` lays the int8
+  graph out so onnxruntime runs integer kernels, and
+  :mod:`hamjax.export.coverage` says per quantized site whether it does.
 """
 
-from hamjax.export import graph, qdq, runtime, tensorrt, trt_engine
+from hamjax.export import coverage, graph, integer, nodes, qdq, rewrites, runtime, tensorrt, trt_engine
 from hamjax.export.convert import (
     MAX_RELATIVE_ERROR,
     MIN_ARGMAX_AGREEMENT,
@@ -20,6 +22,7 @@ from hamjax.export.convert import (
     ExportResult,
     onnx,
 )
+from hamjax.export.coverage import FloatSiteWarning, SiteKernel
 from hamjax.export.graph import ExportError
 
 __all__ = [
@@ -29,9 +32,15 @@ __all__ = [
     "Check",
     "ExportError",
     "ExportResult",
+    "FloatSiteWarning",
+    "SiteKernel",
+    "coverage",
     "graph",
+    "integer",
+    "nodes",
     "onnx",
     "qdq",
+    "rewrites",
     "runtime",
     "tensorrt",
     "trt_engine",

@@ -17,7 +17,9 @@ onnxruntime against JAX on fresh random inputs (uniform over the example's
 range) and on real data (the example and ``check_data``). fp32 must agree to
 a maximum relative error (``max|onnx - jax| / max|jax|``) of 1e-5, fp16 to
 1e-2; int8 must give the same argmax as hamjax's quantized JAX model on at
-least 99.5% of the rows. A failed check raises :class:`ExportError` with
+least 99.5% of the rows, and :attr:`ExportResult.sites` says, per quantized
+site, whether onnxruntime runs it as an integer kernel (a site it runs in
+float warns with :class:`~hamjax.export.coverage.FloatSiteWarning`). A failed check raises :class:`ExportError` with
 the numbers and leaves the rejected model next to ``path`` for inspection.
 The file is written atomically (a temporary file, then a rename).
 """
@@ -34,7 +36,7 @@ import numpy as np
 
 from hamjax import checkpoint
 from hamjax._base import call_model
-from hamjax.export import graph, qdq
+from hamjax.export import coverage, graph, qdq
 from hamjax.export.graph import ExportError
 from hamjax.precision import get_policy
 
@@ -77,6 +79,9 @@ class ExportResult:
       integer_ops: those of ``runtime_ops`` that are integer kernels.
       checks: the comparisons against JAX.
       seconds: time taken by the export and checks.
+      sites: int8: per quantized site, the op onnxruntime runs it with and
+        whether that is an integer kernel (:func:`hamjax.export.coverage.site_kernels`);
+        empty for fp32 and fp16.
     """
 
     path: Path
@@ -88,6 +93,7 @@ class ExportResult:
     integer_ops: tuple[str, ...]
     checks: tuple[Check, ...]
     seconds: float
+    sites: tuple[coverage.SiteKernel, ...] = ()
 
 
 def _validate(apply_fn, params, example, path, precision, calibration) -> tuple[np.ndarray, Path]:
@@ -138,7 +144,7 @@ def _check_path(path) -> Path:
 
 
 def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw):
-    """``(onnx model, reference function)``: the JAX function the file must reproduce."""
+    """``(onnx model, reference function, quantized sites)``: the JAX function the file must reproduce."""
     from hamjax import quant
 
     if precision == "int8":
@@ -149,7 +155,8 @@ def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibra
             apply_fn, params = quant.quantize_model(apply_fn, params, calibration=calibration, **kw)
         model = qdq.quantized_model(apply_fn, params, example, dynamic_batch=dynamic_batch, **kw)
         qapply, qparams = apply_fn, params
-        return model, jax.jit(lambda x: qapply(qparams, x, **kw))
+        sites = [(row["name"], row["primitive"]) for row in qapply.site_table(qparams)]
+        return model, jax.jit(lambda x: qapply(qparams, x, **kw)), sites
     if precision == "fp16":
         policy = get_policy(f"p=f16,c=f16,o={'f16' if fp16_io else 'f32'}")
         p16 = policy.cast_to_param(params)
@@ -166,7 +173,7 @@ def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibra
         spec_example = example
     spec = graph.input_spec(spec_example, dynamic_batch=dynamic_batch)
     model = graph.convert(graph.trace(fn, spec), spec, model_name=f"hamjax_{precision}")
-    return model, jax.jit(lambda x: call_model(apply_fn, params, x, **kw)[0])
+    return model, jax.jit(lambda x: call_model(apply_fn, params, x, **kw)[0]), []
 
 
 def _compare(kind: str, got: np.ndarray, want: np.ndarray, precision: str) -> Check:
@@ -257,6 +264,10 @@ def onnx(
     Returns:
       An :class:`ExportResult`.
 
+    Warns:
+      FloatSiteWarning: an int8 model with a quantized site onnxruntime runs
+        in float (:attr:`ExportResult.sites` names it and the op).
+
     Raises:
       ValueError: bad arguments, or a ``path`` that is a directory or whose
         directory is a regular file or not writable (all before anything is
@@ -276,7 +287,7 @@ def onnx(
 
     started = time.perf_counter()
     example, path = _validate(apply_fn, params, example_input, path, precision, calibration)
-    model, reference = _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw)
+    model, reference, sites = _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibration, kw)
     try:
         onnx_lib.checker.check_model(model)
     except onnx_lib.checker.ValidationError as err:
@@ -289,6 +300,8 @@ def onnx(
         checkpoint.atomic_write(rejected, data)
         raise ExportError(_failure(checks, precision, rejected))
     checkpoint.atomic_write(path, data)
+    kernels = coverage.site_kernels(session.optimized_graph(), sites) if sites else ()
+    coverage.warn_float_sites(kernels)
     shape = tuple(None if isinstance(d, str) or d is None else d for d in session.input_shape)
     return ExportResult(
         path=path,
@@ -300,4 +313,5 @@ def onnx(
         integer_ops=session.integer_ops(),
         checks=tuple(checks),
         seconds=time.perf_counter() - started,
+        sites=kernels,
     )

@@ -29,7 +29,7 @@ import itertools
 import numpy as np
 
 from hamjax import quant
-from hamjax.export import graph
+from hamjax.export import graph, integer, rewrites
 from hamjax.jaxpr import intercept
 
 
@@ -246,7 +246,16 @@ class _Rewriter:
         self.inits = []
 
 
-def quantized_model(qapply, qparams, example, *, dynamic_batch: bool = True, model_name: str = "hamjax_int8", **kw):
+def quantized_model(
+    qapply,
+    qparams,
+    example,
+    *,
+    dynamic_batch: bool = True,
+    model_name: str = "hamjax_int8",
+    integer_outputs: bool = True,
+    **kw,
+):
     """The int8 QDQ ONNX model of a quantized model (see the module docstring).
 
     Args:
@@ -254,6 +263,10 @@ def quantized_model(qapply, qparams, example, *, dynamic_batch: bool = True, mod
         ``bits = act_bits = 8``.
       example: an input batch (its shape and dtype; the batch stays symbolic
         when ``dynamic_batch``).
+      integer_outputs: with the static method, give convolutions and
+        ``Gemm`` s the output quantization onnxruntime's integer kernels need
+        (:func:`hamjax.export.integer.quantize_outputs`, exact); ``False``
+        leaves their outputs float.
       **kw: keyword arguments of the apply function.
 
     Returns:
@@ -268,4 +281,11 @@ def quantized_model(qapply, qparams, example, *, dynamic_batch: bool = True, mod
     closed, spec, sites = trace_tagged(qapply, qparams, example, dynamic_batch=dynamic_batch, **kw)
     model = graph.convert(closed, spec, model_name=model_name)
     _Rewriter(model, qapply, sites).rewrite()
+    rewrites.matmul_einsums(model)
+    if integer_outputs:
+        rewrites.max_pools(model)
+        rewrites.gemm_matmuls(model)
+    if integer_outputs and qapply.method == "static":
+        integer.quantize_outputs(model)
+        graph.prune(model)
     return model

@@ -241,6 +241,7 @@ class Session:
         self._threads = threads
         self._optimization = optimization
         self._config = {**DEFAULT_CONFIG, **dict(config or {})}
+        self._optimized_graph: onnx.GraphProto | None = None
         self._optimized_ops: tuple[str, ...] | None = None
         try:
             self._sess = ort.InferenceSession(self._source, self._options(), providers=self._requested)
@@ -394,25 +395,33 @@ class Session:
         """None: onnxruntime reports no peak memory for a session."""
         return None
 
-    def optimized_ops(self) -> tuple[str, ...]:
-        """Sorted op types of the graph onnxruntime runs after its optimizations (subgraphs included).
+    def optimized_graph(self) -> onnx.GraphProto:
+        """The graph onnxruntime runs after its optimizations, as it writes it (cached).
 
         A second session of the same model, providers and level saves its
-        optimized graph to a temporary file, which is read back; the result is
-        cached. TensorRT compiles nodes into engines that cannot be saved, so
-        with TensorRT in use this lists the graph the remaining providers
-        (CUDA, CPU) optimize instead.
+        optimized graph to a temporary file, which is read back. TensorRT
+        compiles nodes into engines that cannot be saved, so with TensorRT in
+        use this is the graph the remaining providers (CUDA, CPU) optimize.
+
+        Returns:
+          An ``onnx.GraphProto``.
+        """
+        if self._optimized_graph is None:
+            providers = [p for p in self.providers if p != _TENSORRT] or [_CPU]
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "optimized.onnx")
+                ort.InferenceSession(self._source, self._options(path), providers=providers)
+                self._optimized_graph = onnx.load(path, load_external_data=False).graph
+        return self._optimized_graph
+
+    def optimized_ops(self) -> tuple[str, ...]:
+        """Sorted op types of :meth:`optimized_graph` (subgraphs included; cached).
 
         Returns:
           Distinct op types, sorted.
         """
         if self._optimized_ops is None:
-            providers = [p for p in self.providers if p != _TENSORRT] or [_CPU]
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "optimized.onnx")
-                ort.InferenceSession(self._source, self._options(path), providers=providers)
-                graph = onnx.load(path, load_external_data=False).graph
-            self._optimized_ops = tuple(sorted(set(_graph_ops(graph))))
+            self._optimized_ops = tuple(sorted(set(_graph_ops(self.optimized_graph()))))
         return self._optimized_ops
 
     def integer_ops(self) -> tuple[str, ...]:

@@ -87,10 +87,13 @@ def test_weight_only_method_keeps_float_activations():
 def test_per_tensor_weights_export():
     qapply, qparams, x = _quantized("cnn", per_channel=False)
     model = qdq.quantized_model(qapply, qparams, x[:4])
-    scales = [
-        numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("hq_w") and t.name.endswith("_s")
-    ]
-    assert all(s.ndim == 0 for s in scales)
+    scales = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("hq_w")}
+    # the dense layers keep one scale; a convolution takes its batch norm's per-channel scales when it folds them
+    assert all(scales[f"hq_w{j}_s"].ndim == 0 for j in (2, 3, 4))
+    assert all(scales[f"hq_w{j}_s"].ndim == 1 for j in (0, 1))
+    unfolded = qdq.quantized_model(qapply, qparams, x[:4], integer_outputs=False)
+    kept = [t for t in unfolded.graph.initializer if t.name.startswith("hq_w") and t.name.endswith("_s")]
+    assert len(kept) == 5 and all(numpy_helper.to_array(t).ndim == 0 for t in kept)
     assert _agreement(model, qapply, qparams, x)[0] >= 0.995
 
 
