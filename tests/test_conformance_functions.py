@@ -11,7 +11,7 @@ import pytest
 from absl.testing import parameterized
 from conformance import check_function_transform
 
-from hamjax import jaxpr, precision, quant
+from hamjax import graph, jaxpr, precision, quant
 
 
 def _mlp(params, x):
@@ -28,6 +28,20 @@ X = jax.random.normal(jax.random.key(1), (5, 8))
 BITS = {"bits": jnp.array([3.0, 5.0, 8.0])}
 RANGES = {"['w1']": (-3.0, 3.0), "['w2']": (0.0, 6.0)}
 TOL = 1e-4
+
+
+def _lowrank(energy):
+    """Factor w1 and w2 at static rank 4 with a (traced) retained energy, then run the factored model."""
+
+    def transform(f):
+        def factored(p, x):
+            factors = {k: graph.Factors(*graph.svd_factors(p[k], 4, energy=energy), p[k].shape) for k in ("w1", "w2")}
+            return graph.lowrank_apply(f)({**p, **factors}, x)
+
+        return factored
+
+    return transform
+
 
 CASES = [
     ("intercept(identity)", lambda hp: lambda f: jaxpr.intercept(f, lambda i, s, a, w: (a, w)), {}, True, TOL),
@@ -51,6 +65,13 @@ CASES = [
         "fake_quant_apply(weights only)",
         lambda hp: lambda f: quant.fake_quant_apply(f, bits=hp["bits"], method="weight_only"),
         BITS,
+        True,
+        TOL,
+    ),
+    (
+        "lowrank_apply(svd_factors, energy)",
+        lambda hp: _lowrank(hp["energy"]),
+        {"energy": jnp.array([0.3, 0.7, 1.0])},
         True,
         TOL,
     ),
