@@ -17,7 +17,7 @@ import pytest
 from reference_models import plain_mlp
 
 import hamjax
-from hamjax import checkpoint, cli, data, distill, graph, models, precision, prune, quant, recipes, train
+from hamjax import checkpoint, cli, compilation, data, distill, graph, models, precision, prune, quant, recipes, train
 from hamjax.export.graph import ExportError
 from hamjax.models import saved
 from hamjax.search import proposals, trainer
@@ -924,6 +924,28 @@ CASES = [
         recipes.RecipeError,
         "implementation",
     ),
+    # training memory, compilation cache and profiles
+    ("TrainConfig-remat", lambda: train.TrainConfig(remat="sqrt"), ValueError, "TrainConfig: remat must be one of"),
+    (
+        "rematerialize-policy",
+        lambda: graph.rematerialize(jnp.sum, "everything"),
+        ValueError,
+        "rematerialize: policy must be one of",
+    ),
+    (
+        "rematerialize-segments",
+        lambda: graph.rematerialize(jnp.sum, "full", segments=0),
+        ValueError,
+        "rematerialize: segments must be",
+    ),
+    (
+        "recipe-train-remat",
+        lambda: recipes.validate({"name": "r", "steps": [{"kind": "train", "remat": "sqrt"}]}),
+        recipes.RecipeError,
+        "remat",
+    ),
+    ("optimize-profile-file", lambda: _optimize(profile=_file()), ValueError, "optimize: profile must be a directory"),
+    ("use_cache-file", lambda: compilation.use_cache(_file()), ValueError, "use_cache: directory must be a directory"),
     # CLI
     ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
     ("cli-optimize-model", _cli("optimize", "--model", "resnet9000"), None, "--model"),
@@ -931,6 +953,14 @@ CASES = [
     ("cli-optimize-data-missing", _cli("optimize", "--data", "missing.npz"), None, "missing.npz"),
     ("cli-optimize-recipe", _cli("optimize", "--recipe", "no-such-recipe"), None, "no-such-recipe"),
     ("cli-optimize-seed", _cli("optimize", "--seed", "x"), None, "--seed"),
+    ("cli-optimize-compile-cache-file", _cli("optimize", "--compile-cache", "@FILE"), None, "--compile-cache"),
+    ("cli-optimize-profile-file", _cli("optimize", "--profile", "@FILE"), None, "--profile must be a directory"),
+    (
+        "cli-optimize-compile-cache-twice",
+        _cli("optimize", "--compile-cache", "c", "--no-compile-cache"),
+        None,
+        "--no-compile-cache",
+    ),
     ("cli-recipes-check", _cli("recipes", "--check", "@BADRECIPE"), None, "stage"),
     ("cli-export-precision", _cli("export", "mlp", "--precision", "int4", "--out", "m.onnx"), None, "--precision"),
     ("cli-export-model", _cli("export", "resnet9000", "--out", "m.onnx"), None, "resnet9000"),
