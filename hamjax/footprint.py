@@ -123,7 +123,8 @@ def compiled_memory(fn: Any, *args: Any, **kwargs: Any) -> CompiledMemory | None
 
     Args:
       fn: a function of arrays, jitted or not.
-      *args, **kwargs: example arguments (arrays or ``jax.ShapeDtypeStruct``); not consumed when donated.
+      *args: example arguments (arrays or ``jax.ShapeDtypeStruct``); not consumed when donated.
+      **kwargs: example keyword arguments.
 
     Returns:
       A :class:`CompiledMemory`, or ``None`` where the backend reports no memory analysis.
