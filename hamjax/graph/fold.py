@@ -403,16 +403,27 @@ def fold(apply_fn, params, x, **kw):
     chains, names, biases, folded_params, folded = _fold(apply_fn, params, x, kw)
     if not folded:
         return apply_fn, params
-    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
+    tree, leaves = jax.tree.structure(params), [(np.shape(a), a.dtype) for a in jax.tree.leaves(params)]
 
     def folded_apply(fparams, x):
-        closed, n, out_tree = _flat_jaxpr(apply_fn, template, x, kw)
-        jaxpr = closed.jaxpr
-        replaced, live = _plan(jaxpr, n, chains)
         given = {
             jax.tree_util.keystr(p, simple=True, separator="/"): v
             for p, v in jax.tree_util.tree_flatten_with_path(fparams)[0]
         }
+        # Traced with the given leaves' dtypes (folded params cast to bf16 run in bf16); the folded-away
+        # leaves take the given floating dtype when there is one.
+        floats = {jnp.dtype(v.dtype) for v in given.values() if jnp.issubdtype(v.dtype, jnp.floating)}
+        common = floats.pop() if len(floats) == 1 else None
+
+        def spec(shape, dtype, name):
+            if name in given:
+                return jax.ShapeDtypeStruct(shape, given[name].dtype)
+            return jax.ShapeDtypeStruct(shape, common if common and jnp.issubdtype(dtype, jnp.floating) else dtype)
+
+        template = jax.tree.unflatten(tree, [spec(*leaf, name) for leaf, name in zip(leaves, names, strict=True)])
+        closed, n, out_tree = _flat_jaxpr(apply_fn, template, x, kw)
+        jaxpr = closed.jaxpr
+        replaced, live = _plan(jaxpr, n, chains)
         env = dict(zip(jaxpr.constvars, closed.consts, strict=True))
         env.update((v, given[name]) for v, name in zip(jaxpr.invars[:n], names, strict=True) if name in given)
         env.update(zip(jaxpr.invars[n:], jax.tree.leaves(x), strict=True))

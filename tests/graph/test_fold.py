@@ -79,6 +79,23 @@ def test_folded_model_takes_any_batch_size(cnn):
     assert rel_error(folded_apply(folded_params, one), apply_fn(params, one)) <= 1e-5
 
 
+def test_folded_model_keeps_bfloat16_and_does_not_retrace():
+    rng = np.random.default_rng(12)
+    p = {"k": normal(rng, (3, 3, 2, 4)), "d": 1.0 + jnp.abs(normal(rng, (4,))), "s": normal(rng, (4,))}
+    p["t"] = normal(rng, (4,))
+    x = normal(rng, (3, 5, 5, 2))
+    folded_apply, folded_params = graph.fold(conv_affine, p, x)
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), folded_params)
+    y = jax.jit(folded_apply)(half, x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    assert float(jnp.max(jnp.abs(y.astype(jnp.float32) - conv_affine(p, x)))) <= 0.1
+    traces = []
+    counted = jax.jit(lambda q, xx: (traces.append(1), folded_apply(q, xx))[1])
+    counted(folded_params, x)
+    counted(folded_params, x + 1.0)
+    assert len(traces) == 1
+
+
 def test_linen_conv_and_dense_batch_norms_fold():
     apply_fn, variables, x = linen_model()
     sites = graph.foldable(apply_fn, variables, x)
