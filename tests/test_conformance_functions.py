@@ -76,6 +76,8 @@ CASES = [
         TOL,
     ),
     ("fuse_attention", lambda hp: lambda f: graph.fuse_attention(f, None)[0], {}, True, TOL),
+    ("rematerialize(full)", lambda hp: lambda f: graph.rematerialize(f, "full", segments=2), {}, True, TOL),
+    ("rematerialize(dots)", lambda hp: lambda f: graph.rematerialize(f, "dots"), {}, True, TOL),
     # bf16 compute rounds differently under jit (fusion) than eagerly: compare at bf16's precision.
     ("with_policy(bf16 compute)", lambda hp: lambda f: precision.with_policy(f, "p=f32,c=bf16,o=f32"), {}, False, 2e-2),
 ]
