@@ -98,7 +98,7 @@ def _span(m: Match, implementation, record=None) -> Span:
         full_batch = tuple(q.shape[a] for a in m.q_axes[0])
         bias = None
         for value, (_, after, negate) in zip(biases, m.biases, strict=True):
-            term = -value if negate else value
+            term = -jnp.asarray(value) if negate else jnp.asarray(value)
             for f in factors[:after]:
                 term = term * jnp.asarray(f, term.dtype)
             term = _to_bnts(term, nb, m.key_last, full_batch)
