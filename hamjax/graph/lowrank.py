@@ -162,7 +162,9 @@ def _weight_out_axis(site) -> int | None:
     if site.weight_operand != 1 or site.leaf is None:
         return None
     if site.primitive == "conv_general_dilated":
-        return site.dimension_numbers.rhs_spec[0] if len(site.weight_shape) >= 3 else None
+        dn = site.dimension_numbers
+        grouped = site.weight_shape[dn.rhs_spec[1]] != site.activation_shape[dn.lhs_spec[1]]
+        return None if grouped or len(site.weight_shape) < 3 else dn.rhs_spec[0]
     contract, batch = site.dimension_numbers
     if len(site.weight_shape) != 2 or batch[0] or len(contract[1]) != 1:
         return None

@@ -104,6 +104,21 @@ def test_convolutions_factor_and_full_rank_is_exact():
     np.testing.assert_allclose(jax.jit(lapply)(exact, x), apply_fn(params, x), rtol=1e-4, atol=1e-4)
 
 
+def test_grouped_convolution_is_left_alone():
+    rng = np.random.default_rng(7)
+    p = {"depthwise": normal(rng, (3, 3, 1, 8)), "mix": normal(rng, (1, 1, 8, 8))}
+
+    def f(p, x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        h = jax.lax.conv_general_dilated(x, p["depthwise"], (1, 1), "SAME", dimension_numbers=dn, feature_group_count=8)
+        return jax.lax.conv_general_dilated(h, p["mix"], (1, 1), "SAME", dimension_numbers=dn)
+
+    x = normal(rng, (2, 5, 5, 8))
+    lapply, lparams = graph.lowrank(f, p, x, rank=2)
+    assert not isinstance(lparams["depthwise"], graph.Factors) and isinstance(lparams["mix"], graph.Factors)
+    assert lapply(lparams, x).shape == (2, 5, 5, 8)
+
+
 class LinenMLP(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
