@@ -62,10 +62,10 @@ class Factors:
       shape: the replaced leaf's shape (static).
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> from hamjax.graph import Factors
       >>> f = Factors(jnp.ones((4, 2)), jnp.ones((2, 3)), (4, 3))
-      >>> [leaf.shape for leaf in __import__("jax").tree.leaves(f)]
+      >>> [leaf.shape for leaf in jax.tree.leaves(f)]
       [(4, 2), (2, 3)]
     """
 
