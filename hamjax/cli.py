@@ -175,6 +175,8 @@ def _export(args) -> int:
         )
     if result.integer_ops:
         print(f"  onnxruntime runs integer kernels: {', '.join(result.integer_ops)}")
+    for site in result.sites:
+        print(f"  site {site.site}: {site.kernel} ({'integer' if site.integer else 'float'})")
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) in {result.seconds:.1f} s")
     return 0
 

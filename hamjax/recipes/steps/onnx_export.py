@@ -60,8 +60,11 @@ def _summary(result) -> str:
         f"{c.inputs}: rel err {c.max_relative_error:.1e}, argmax agreement {c.argmax_agreement:.4f}"
         for c in result.checks
     )
+    from hamjax.export import coverage
+
     kernels = f"; integer kernels: {', '.join(result.integer_ops)}" if result.integer_ops else ""
-    return f"{result.path.name}, checked against JAX ({checks}){kernels}"
+    sites = f"; {coverage.summary(result.sites)}" if result.sites else ""
+    return f"{result.path.name}, checked against JAX ({checks}){kernels}{sites}"
 
 
 def run(f: dict, context: Context) -> Context:

@@ -41,6 +41,7 @@ def test_export_step_adds_checked_onnx_rows(digits, tmp_path):
         assert isinstance(stage.make_runner(), runtime.Session)
         assert "checked against JAX" in stage.notes
     assert "QGemm" in int8.notes  # calibrated here, since no quantize step ran
+    assert "integer kernels at 3 of 3 quantized sites" in int8.notes
     assert int8.size_bytes < fp32.size_bytes / 3
     assert "no TensorRT row" in int8.notes  # no GPU here
     rows = report.measure_stages(context.stages, digits.test.x, digits.test.y, runs=3)
