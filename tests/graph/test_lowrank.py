@@ -177,3 +177,15 @@ def test_bad_input_names_the_argument(mlp, kw, match):
 def test_svd_factors_bad_rank():
     with pytest.raises(ValueError, match=r"svd_factors: rank must be an integer in \[1, 3\], got 4"):
         graph.svd_factors(jnp.ones((5, 3)), 4)
+
+
+@pytest.mark.slow
+def test_factored_model_exports_to_onnx(mlp, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    apply_fn, params, x = mlp
+    lapply, lparams = graph.lowrank(apply_fn, params, x, rank=8)
+    result = hamjax.export.onnx(lapply, lparams, x[:1], tmp_path / "lowrank.onnx", check_data=x)
+    products = [n for n in onnx.load(str(tmp_path / "lowrank.onnx")).graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert len(products) == 4  # two factors per layer
+    assert all(check.max_relative_error <= 1e-5 for check in result.checks)
