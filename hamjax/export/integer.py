@@ -84,6 +84,12 @@ def _affine_chain(gr: GraphIndex, node, channels: int, rank: int):
         user = users[0]
         if user.op_type == "Transpose":
             axis = list(next(x.ints for x in user.attribute if x.name == "perm")).index(axis)
+        elif user.op_type == "Reshape":
+            # a reshape keeps the channels where they are last before and after (a 2-D Gemm back to 3-D)
+            shape = gr.shapes.get(user.output[0])
+            if axis != rank - 1 or not shape or shape[-1] != channels:
+                break
+            rank, axis = len(shape), len(shape) - 1
         elif user.op_type in _AFFINE and len(user.input) == 2:
             first = user.input[0] == value
             k = gr.constant(user.input[1] if first else user.input[0])
@@ -183,6 +189,8 @@ def _plan(gr: GraphIndex, node) -> dict | None:
     rank = codes.ndim if node.op_type == "Conv" else 2
     chain, a, b, end = _affine_chain(gr, node, channels, rank)
     found = _commuting_region(gr, end)
+    if found is None and any(u.op_type in _AFFINE for u in chain):
+        found = ([], [None])  # no quantized output, but the affine ops still fold into the op
     if bias is None or found is None or np.any(a == 0):
         return None
     shape = [1] * codes.ndim
@@ -253,7 +261,7 @@ def _apply(gr: GraphIndex, plan: dict) -> None:
         prev = user.output[0]
     removed = {id(u) for u in plan["chain"] if u.op_type in _AFFINE}
     q = plan["quantizer"]
-    quantized = [node] + [u for u in plan["chain"] if id(u) not in removed] + plan["region"]
+    quantized = [node] + [u for u in plan["chain"] if id(u) not in removed] + plan["region"] if q else []
     pairs = {}
     for producer in quantized:
         out = producer.output[0]
@@ -303,7 +311,10 @@ def quantize_outputs(model) -> int:
     per-channel affine ops and ops that commute with quantization only (see
     the module docstring), the affine ops are folded into the op's weight
     scales and int32 bias, and the op's output and every op on the way is
-    quantized on the next quantizer's grid; elsewhere nothing changes.
+    quantized on the next quantizer's grid. Where the output cannot be
+    quantized exactly (a ``tanh`` follows, a residual sum), per-channel affine
+    ops right after the op (a bias, a batch norm) still fold into it, and its
+    output stays float; elsewhere nothing changes.
 
     Args:
       model: an int8 QDQ ``onnx.ModelProto`` (per-tensor activation quantizers,
@@ -332,5 +343,5 @@ def quantize_outputs(model) -> int:
         plan = _plan(gr, candidates[0])
         if plan is not None:
             _apply(gr, plan)
-            done += 1
+            done += plan["quantizer"] is not None
         index += 1

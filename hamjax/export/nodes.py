@@ -52,7 +52,8 @@ class GraphIndex:
 
     Attributes:
       g: the graph; inits: ``{name: TensorProto}``; producer: ``{value: node}``;
-      consumers: ``{value: [nodes]}``; outputs: the graph's output names.
+      consumers: ``{value: [nodes]}``; outputs: the graph's output names;
+      shapes: :func:`value_shapes`.
 
     Examples:
       >>> from onnx import TensorProto, helper, numpy_helper
@@ -78,6 +79,7 @@ class GraphIndex:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.outputs = {o.name for o in self.g.output}
+        self.shapes = value_shapes(model)
         self._values: dict[str, np.ndarray | None] = {}
 
     def constant(self, name: str) -> np.ndarray | None:

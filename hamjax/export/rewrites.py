@@ -3,8 +3,8 @@
 onnxruntime's int8 fusions match fixed layouts: a product with a 2-D weight
 fuses as ``MatMul`` or ``Gemm``, never as ``Einsum``, which is how jax2onnx
 lowers a dense layer on a 3-D input (every dense layer of a transformer)
-(:func:`matmul_einsums`); a per-channel ``MatMul`` with a quantized output
-fuses only as a ``Gemm`` (:func:`gemm_matmuls`); a max pool written as a
+(:func:`matmul_einsums`); a per-channel ``MatMul`` with a quantized output or
+a bias fuses fully only as a ``Gemm`` (:func:`gemm_matmuls`); a max pool written as a
 reshape and a reduction runs as a generic reduction, a ``MaxPool`` as its
 int8 pooling kernel (:func:`max_pools`). Each rewrite computes the same values.
 """
@@ -53,13 +53,15 @@ def matmul_einsums(model) -> int:
 
 
 def gemm_matmuls(model) -> int:
-    """Run a ``MatMul`` of an N-D input and an int8 2-D weight whose output is quantized as a 2-D ``Gemm`` (in place).
+    """Run a ``MatMul`` of a statically quantized N-D input and an int8 2-D weight as a 2-D ``Gemm`` (in place).
 
     onnxruntime fuses ``DQ -> MatMul -> QuantizeLinear`` into ``QLinearMatMul``
-    only with one weight scale, and into ``MatMulIntegerToFloat`` only without
-    a quantizer among its users, so a per-channel product quantized right after stays float;
-    ``Reshape -> Gemm -> Reshape`` fuses into ``QGemm`` (which takes
-    per-channel scales and a quantized output) through the reshapes.
+    only with one weight scale, and ``DQ -> MatMul`` into
+    ``MatMulIntegerToFloat`` without its bias, so a per-channel product
+    quantized right after stays float and a biased one adds its bias in a
+    separate pass; ``Reshape -> Gemm -> Reshape`` fuses into ``QGemm`` (per-channel
+    scales, an int32 bias, a quantized output) through the reshapes, once
+    :func:`hamjax.export.integer.quantize_outputs` folds the bias in.
 
     Args:
       model: an int8 QDQ ``onnx.ModelProto``.
@@ -74,8 +76,8 @@ def gemm_matmuls(model) -> int:
       >>> f = lambda p, x: (x @ p["w1"]) @ p["w2"]
       >>> x = np.random.default_rng(0).uniform(size=(16, 3, 4)).astype(np.float32)
       >>> qapply, qparams = quant.quantize_model(f, {"w1": jnp.ones((4, 8)), "w2": jnp.ones((8, 2))}, calibration=[x])
-      >>> gemm_matmuls(qdq.quantized_model(qapply, qparams, x, integer_outputs=False))  # the first product
-      1
+      >>> gemm_matmuls(qdq.quantized_model(qapply, qparams, x, integer_outputs=False))
+      2
     """
     from onnx import helper
 
@@ -83,8 +85,7 @@ def gemm_matmuls(model) -> int:
     done, nodes, inits = 0, [], []
     for node in gr.g.node:
         dq, perm = gr.weight_dq(node.input[1]) if node.op_type == "MatMul" else (None, None)
-        users = gr.consumers.get(node.output[0], [])
-        quantized = any(u.op_type == "QuantizeLinear" for u in users)
+        quantized = gr.activation_scale(node.input[0]) is not None
         codes = gr.constant(dq.input[0]) if dq is not None else None
         if codes is None or perm is not None or codes.ndim != 2 or not quantized:
             nodes.append(node)

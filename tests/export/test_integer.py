@@ -146,7 +146,7 @@ def test_a_site_onnxruntime_runs_in_float_is_reported_and_warned(tmp_path):
     with pytest.warns(coverage.FloatSiteWarning, match=r"integer kernels at 1 of 2 quantized sites \(float: \['w'\]"):
         result = export.onnx(apply_fn, params, x[:64], tmp_path / "m.onnx", precision="int8", calibration=[x[:128]])
     assert [(k.site, k.integer) for k in result.sites] == [("['w']", False), ("['d']", True)]
-    assert result.sites[0].kernel == "Conv"
+    assert result.sites[0].kernel == "FusedConv"  # the affine folded in, tanh fused: still float
 
 
 def test_fully_integer_exports_do_not_warn(tmp_path, cnn):
