@@ -20,7 +20,9 @@ activations, never sites) stay float.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 
 import jax
 import jax.extend.core as jcore
@@ -62,6 +64,53 @@ def lower(closed: jcore.ClosedJaxpr, spec: jax.ShapeDtypeStruct) -> jcore.Closed
     run = jcore.jaxpr_as_fun(closed)
     fused = intercept(lambda _, x: run(x)[0], rewrite=attention.spans)
     return jax.make_jaxpr(lambda x: fused({}, x))(spec)
+
+
+@contextlib.contextmanager
+def whole_dot_product_attention():
+    """While tracing for export, ``jax.nn.dot_product_attention`` is one equation, written as one ``Attention``.
+
+    Models that call ``jax.nn.dot_product_attention`` (Flax NNX's
+    ``MultiHeadAttention`` does) would otherwise reach the converter as its
+    XLA implementation, op by op. Inside this context, calls with 4-D
+    inputs, as many key as query heads, a static scale and no causal flag,
+    sequence lengths or local window bind
+    :data:`~hamjax.graph.fused.attention_p` (the same function); others run
+    as before. (jax2onnx patches the same function during its own tracing,
+    which hamjax's export, tracing first, never reaches.)
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from hamjax.export import attention
+      >>> q = jnp.ones((1, 4, 2, 8))
+      >>> with attention.whole_dot_product_attention():
+      ...     closed = jax.make_jaxpr(lambda q: jax.nn.dot_product_attention(q, q, q))(q)
+      >>> [e.primitive.name for e in closed.jaxpr.eqns]
+      ['hamjax_attention']
+    """
+    register_plugin()
+    original = jax.nn.dot_product_attention
+
+    @functools.wraps(original)
+    def whole(query, key, value, bias=None, mask=None, *, scale=None, **kw):
+        shapes = [getattr(a, "shape", ()) for a in (query, key, value)]
+        plain = (
+            not any(v for k, v in kw.items() if k != "implementation")
+            and all(len(sh) == 4 for sh in shapes)
+            and shapes[1] == shapes[2]
+            and shapes[0][2] == shapes[1][2]
+            and (scale is None or isinstance(scale, (int, float)))
+        )
+        if not plain:
+            return original(query, key, value, bias, mask, scale=scale, **kw)
+        scale = 1.0 / math.sqrt(shapes[0][3]) if scale is None else float(scale)
+        return fused.fused_attention(query, key, value, bias, mask, scale=scale)
+
+    jax.nn.dot_product_attention = whole
+    try:
+        yield
+    finally:
+        jax.nn.dot_product_attention = original
 
 
 @functools.cache

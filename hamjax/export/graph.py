@@ -238,7 +238,8 @@ def check(closed: jcore.ClosedJaxpr) -> None:
 def trace(fn, spec: jax.ShapeDtypeStruct) -> jcore.ClosedJaxpr:
     """``fn``'s jaxpr for one input of ``spec``, pooling windows rewritten; its output must be one array."""
     try:
-        closed, out = jax.make_jaxpr(fn, return_shape=True)(spec)
+        with attention.whole_dot_product_attention():  # one ONNX Attention (hamjax.export.attention)
+            closed, out = jax.make_jaxpr(fn, return_shape=True)(spec)
     except Exception as err:
         raise ExportError(f"export: tracing the model on input {spec.shape} {spec.dtype} failed: {err}") from err
     if len(jax.tree.leaves(out)) != 1:

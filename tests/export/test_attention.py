@@ -84,3 +84,19 @@ def test_bias_and_inverted_mask_export_as_one_attention_mask(tmp_path):
     assert float(jnp.max(jnp.abs(jax.jit(fused)(w, x) - apply_fn(w, x)))) <= 1e-5
     result = export.onnx(apply_fn, w, x, tmp_path / "bias_mask.onnx")
     assert "Attention" in result.ops and "Where" in result.ops and all(c.passed for c in result.checks)
+
+
+def test_nnx_multi_head_attention_exports_as_attention(tmp_path):
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.attention = nnx.MultiHeadAttention(num_heads=2, in_features=8, decode=False, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.attention(x).mean(axis=1)
+
+    apply_fn, params = hamjax.functional(Model())
+    x = np.random.default_rng(3).normal(size=(4, 5, 8)).astype(np.float32)
+    result = export.onnx(apply_fn, params, x, tmp_path / "nnx_mha.onnx")
+    assert "Attention" in result.ops and "Exp" not in result.ops and all(c.passed for c in result.checks)
