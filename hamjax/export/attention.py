@@ -6,10 +6,13 @@ each product, the softmax as ``ReduceMax``, ``Sub``, ``Exp``,
 CPU provider fuses none of it. Before conversion, :func:`lower` finds the
 attentions of the traced model with :mod:`hamjax.graph.attention` (the
 matcher of :func:`hamjax.graph.fuse_attention`; a model fused already
-holds them as :data:`~hamjax.graph.fused.attention_p`) and the
+holds them as :data:`~hamjax.graph.fused.attention_p`, and so does a
+call of ``jax.nn.dot_product_attention`` traced under
+:func:`whole_dot_product_attention`) and the
 converter writes each as the standard ONNX ``Attention`` operator (opset
-23: inputs ``(B, N, T, H)``, the scale as an attribute, a bias or boolean
-mask as ``attn_mask``), which onnxruntime's CPU provider implements in
+23: inputs ``(B, N, T, H)``, or the unsplit ``(B, T, N * H)`` projections
+after :func:`simplify`; the scale as an attribute, a bias or boolean mask
+as ``attn_mask``), which onnxruntime's CPU provider implements in
 float32 and float16.
 
 Integer attention: the query, key, value and output projections stay

@@ -2,7 +2,7 @@
 
 A model that computes attention with matrix products and a softmax (the
 reference ViT and HAMNet, ``flax.linen.MultiHeadDotProductAttention``,
-Flax NNX's attention, a hand-written ``jax.numpy`` function) is traced to
+a hand-written ``jax.numpy`` function) is traced to
 its jaxpr and every attention found there is replaced by
 :data:`hamjax.graph.fused.attention_p`, a primitive whose meaning and lowering are
 ``jax.nn.dot_product_attention`` (XLA's implementation on the CPU; cuDNN's
@@ -23,8 +23,10 @@ matched, in the jaxpr:
 * ``dot_general(p, v)`` contracting the key axis over the same batch axes,
   with ``v`` shaped like ``k``.
 
-Intermediate values used elsewhere (probabilities the model returns) stop
-a match. Values the model marked with ``checkpoint_name`` inside a fused
+Flax NNX's ``MultiHeadAttention`` calls ``jax.nn.dot_product_attention``
+already: there is nothing to fuse (its export still gets one ONNX
+``Attention``, :mod:`hamjax.export.attention`). Intermediate values used
+elsewhere (probabilities the model returns) stop a match. Values the model marked with ``checkpoint_name`` inside a fused
 attention (the probabilities the ViT marks for attention transfer) are no
 longer computed, so :func:`hamjax.jaxpr.capture` cannot read them from the
 fused model. A fully masked row gives uniform weights where the original
