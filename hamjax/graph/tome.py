@@ -14,7 +14,8 @@ fewer tokens, without retraining.
 hamjax import needed), told apart by the last ``/``-part of the name:
 
 * ``".../keys"``: the attention keys, ``(N, T, ...)`` with tokens on axis 1
-  (the matching metric);
+  (the matching metric, flattened per token: all heads together, where
+  ToMe averages them, since the head axis of an unknown layout is unknown);
 * ``".../logits"``: the attention logits before the softmax,
   ``(N, ..., T)`` with the key tokens last (``log(size)`` is added here);
 * ``".../merge"``: the token stream ``(N, T, C)`` where tokens merge,
