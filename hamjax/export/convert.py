@@ -39,7 +39,7 @@ import numpy as np
 
 from hamjax import checkpoint
 from hamjax._base import call_model
-from hamjax.export import coverage, graph, qdq
+from hamjax.export import coverage, graph, qdq, rewrites
 from hamjax.export.graph import ExportError
 from hamjax.precision import get_policy
 
@@ -184,6 +184,7 @@ def _build(apply_fn, params, example, precision, dynamic_batch, fp16_io, calibra
         spec_example = example
     spec = graph.input_spec(spec_example, dynamic_batch=dynamic_batch)
     model = graph.convert(graph.trace(fn, spec), spec, model_name=f"hamjax_{precision}")
+    rewrites.matmul_einsums(model)  # dense layers on 3-D inputs (the attention projections) run as MatMul
     return model, jax.jit(lambda x: call_model(apply_fn, params, x, **kw)[0]), []
 
 
