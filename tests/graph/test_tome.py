@@ -288,3 +288,25 @@ def test_vmap_over_params_equals_a_loop_and_gradients_flow(tokens):
     grads = jax.jit(jax.grad(lambda p: merged(p, tokens).sum()))(members[0])
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["blocks"][1]["q"]).sum()) > 0
+
+
+def test_fusion_composes_after_merging_and_not_before(tokens):
+    from hamjax import graph
+
+    params = plain_params()
+    merged, _ = merge_tokens(plain_transformer, params, tokens, 3)
+    fused, _ = graph.fuse_attention(merged, params)
+    np.testing.assert_allclose(jax.jit(fused)(params, tokens), jax.jit(merged)(params, tokens), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="merge tokens first"):
+        merge_tokens(*graph.fuse_attention(plain_transformer, params), tokens, 3)
+
+
+@pytest.mark.slow
+def test_quantization_composes_after_merging(tokens):
+    from hamjax import quant
+
+    params = plain_params()
+    merged, _ = merge_tokens(plain_transformer, params, tokens, 3)
+    y = jax.jit(merged)(params, tokens)
+    qapply, qparams = quant.quantize_model(merged, params, calibration=[np.asarray(tokens)])
+    assert float(jnp.abs(jax.jit(qapply)(qparams, tokens) - y).max()) <= 0.1 * float(jnp.abs(y).max())
