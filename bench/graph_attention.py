@@ -12,7 +12,7 @@ The reference ViT (``hamjax.models.build("vit", input_shape=(28, 28, 1))``:
 writes each attention as one ONNX ``Attention`` operator
 (:mod:`hamjax.export.attention`). For comparison, the same model is also
 exported with that lowering switched off (attention op by op, as before:
-``Einsum``, ``ReduceMax``, ``Exp``, ...). Measured, interleaved as in
+its two products, ``ReduceMax``, ``Exp``, ``ReduceSum``, ``Div``...). Measured, interleaved as in
 ``bench/export.py`` (each round times every runner for a ~0.3 s burst,
 order rotating; medians over rounds of the burst p50s):
 
