@@ -319,7 +319,7 @@ def onnx(
         checkpoint.atomic_write(rejected, data)
         raise ExportError(_failure(checks, precision, rejected))
     checkpoint.atomic_write(path, data)
-    kernels = coverage.site_kernels(session.optimized_graph(), sites) if sites else ()
+    kernels = coverage.site_kernels(session.optimized_graph(), sites, model.graph) if sites else ()
     coverage.warn_float_sites(kernels)
     shape = tuple(None if isinstance(d, str) or d is None else d for d in session.input_shape)
     return ExportResult(

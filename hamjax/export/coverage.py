@@ -47,13 +47,10 @@ class SiteKernel:
 
 
 def _is_weight(name: str, j: int) -> bool:
-    """Whether ``name`` is site ``j``'s weight codes or scale, as written or renamed by onnxruntime (``hq_w0_s_T``)."""
+    """Whether ``name`` is site ``j``'s weight (codes, scale or float grid values), as written or renamed (``hq_w0_s_T``)."""
     stem = f"hq_w{j}_"
-    return (
-        name.startswith(stem)
-        and name[len(stem) : len(stem) + 1] in ("q", "s")
-        and name[len(stem) + 1 :][:1] in ("", "_")
-    )
+    kind, rest = name[len(stem) : len(stem) + 1], name[len(stem) + 1 :]
+    return name.startswith(stem) and kind in ("q", "s", "f") and rest[:1] in ("", "_")
 
 
 def _kernel(graph, j: int) -> str | None:
@@ -76,7 +73,40 @@ def _kernel(graph, j: int) -> str | None:
     return None
 
 
-def site_kernels(optimized_graph, sites: Sequence[tuple[str, str]]) -> tuple[SiteKernel, ...]:
+def _by_output(exported, optimized, j: int) -> str | None:
+    """The op that computes site ``j``'s old output in ``optimized`` when its weight was renamed there (NCHWc)."""
+    kernel = _node(exported, j)
+    if kernel is None:
+        return None
+    out = kernel.output[0]
+    named = [n for n in optimized.node if n.name.startswith(out)]
+    made = [n for n in optimized.node if out in n.output]
+    found = named or made
+    return found[0].op_type if found else None
+
+
+def _node(graph, j: int):
+    """The node of ``graph`` that computes with site ``j``'s weight (through dequantization and layout ops)."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    users = [n for n in graph.node if any(_is_weight(i, j) for i in n.input)]
+    frontier = []
+    for node in users:
+        if node.op_type not in _LAYOUT and node.op_type != "DequantizeLinear":
+            return node
+        frontier += list(node.output)
+    while frontier:
+        for node in consumers.get(frontier.pop(0), []):
+            if node.op_type in _LAYOUT:
+                frontier.extend(node.output)
+            else:
+                return node
+    return None
+
+
+def site_kernels(optimized_graph, sites: Sequence[tuple[str, str]], exported_graph=None) -> tuple[SiteKernel, ...]:
     """Per quantized site, the op onnxruntime runs it with and whether that is an integer kernel.
 
     Args:
@@ -85,6 +115,10 @@ def site_kernels(optimized_graph, sites: Sequence[tuple[str, str]]) -> tuple[Sit
         from :func:`hamjax.export.qdq.quantized_model`.
       sites: ``(name, primitive)`` of each quantized site in tag order (the
         rows of :meth:`hamjax.quant.QuantizedApply.site_table`).
+      exported_graph: the graph that was exported, for a site whose weight
+        onnxruntime renamed (a float convolution's weights reordered for its
+        NCHWc kernel): the op that replaced the site's node is found by the
+        name of that node's output.
 
     Returns:
       One :class:`SiteKernel` per site, in order.
@@ -102,6 +136,8 @@ def site_kernels(optimized_graph, sites: Sequence[tuple[str, str]]) -> tuple[Sit
     out = []
     for j, (name, primitive) in enumerate(sites):
         kernel = _kernel(optimized_graph, j)
+        if kernel is None and exported_graph is not None:
+            kernel = _by_output(exported_graph, optimized_graph, j)
         out.append(SiteKernel(name, primitive, kernel, kernel in INTEGER_OPS))
     return tuple(out)
 

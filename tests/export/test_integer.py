@@ -21,7 +21,7 @@ def _x(shape, rows=256, seed=0):
 
 def _kernels(model, qapply, qparams):
     sites = [(r["name"], r["primitive"]) for r in qapply.site_table(qparams)]
-    return coverage.site_kernels(runtime.Session(model).optimized_graph(), sites)
+    return coverage.site_kernels(runtime.Session(model).optimized_graph(), sites, model.graph)
 
 
 def _agreement(model, qapply, qparams, x):
@@ -43,8 +43,10 @@ def test_reference_cnn_convolutions_run_qlinearconv_and_match_jax(cnn):
     model = qdq.quantized_model(qapply, qparams, x[:4])
     onnx.checker.check_model(model)
     kernels = _kernels(model, qapply, qparams)
-    assert [k.kernel for k in kernels] == ["QLinearConv", "QLinearConv", "QGemm", "QGemm", "QGemm"]
-    assert all(k.integer for k in kernels)
+    # the 1-channel first convolution takes float grid values on purpose (MIN_INTEGER_CONV_CHANNELS)
+    assert [k.kernel for k in kernels] == ["Conv", "QLinearConv", "QGemm", "QGemm", "QGemm"]
+    assert [k.integer for k in kernels] == [False, True, True, True, True]
+    assert {"hq_w0_f", "hq_w1_q"} <= {t.name for t in model.graph.initializer}
     agree, got, want = _agreement(model, qapply, qparams, x)
     assert agree >= 0.995
     # the batch norms folded into the convolutions and the moved quantizers are exact up to float rounding
@@ -71,7 +73,7 @@ class _LinenCNN(nn.Module):
 
 def test_linen_cnn_convolutions_behind_layout_transposes_run_integer_kernels(tmp_path):
     model = _LinenCNN()
-    x = _x((12, 12, 1))
+    x = _x((12, 12, 4))
     apply_fn, params = hamjax.linen_functional(model, model.init(jax.random.key(0), x[:2]))
     result = export.onnx(apply_fn, params, x[:64], tmp_path / "linen.onnx", precision="int8", calibration=[x[:128]])
     assert [(k.primitive, k.kernel) for k in result.sites] == [
@@ -115,7 +117,7 @@ def _conv_then(activation, scale):
     """A plain jnp conv -> per-channel affine -> activation -> max pool -> dense model."""
     rng = np.random.default_rng(1)
     params = {
-        "w": jnp.asarray(rng.normal(size=(3, 3, 2, 4)) / 4, jnp.float32),
+        "w": jnp.asarray(rng.normal(size=(3, 3, 4, 4)) / 4, jnp.float32),
         "d": jnp.asarray(rng.normal(size=(16, 10)) / 4, jnp.float32),
     }
     a, b = jnp.asarray(scale, jnp.float32), jnp.asarray([0.1, -0.2, 0.3, 0.0], jnp.float32)
@@ -131,7 +133,7 @@ def _conv_then(activation, scale):
 
 def test_negative_per_channel_scales_fold_exactly():
     apply_fn, params = _conv_then(jax.nn.relu, [1.5, -0.5, 2.0, -1.0])
-    x = _x((4, 4, 2)) - 0.5
+    x = _x((4, 4, 4)) - 0.5
     qapply, qparams = quant.quantize_model(apply_fn, params, calibration=[x[:128]])
     model = qdq.quantized_model(qapply, qparams, x[:4])
     assert [k.kernel for k in _kernels(model, qapply, qparams)] == ["QLinearConv", "QGemm"]
@@ -142,21 +144,29 @@ def test_negative_per_channel_scales_fold_exactly():
 
 def test_a_site_onnxruntime_runs_in_float_is_reported_and_warned(tmp_path):
     apply_fn, params = _conv_then(jnp.tanh, [1.0, 1.0, 1.0, 1.0])  # tanh does not commute with quantization
-    x = _x((4, 4, 2))
+    x = _x((4, 4, 4))
     with pytest.warns(coverage.FloatSiteWarning, match=r"integer kernels at 1 of 2 quantized sites \(float: \['w'\]"):
         result = export.onnx(apply_fn, params, x[:64], tmp_path / "m.onnx", precision="int8", calibration=[x[:128]])
     assert [(k.site, k.integer) for k in result.sites] == [("['w']", False), ("['d']", True)]
     assert result.sites[0].kernel == "FusedConv"  # the affine folded in, tanh fused: still float
 
 
-def test_fully_integer_exports_do_not_warn(tmp_path, cnn):
-    qapply, qparams, x = cnn
+def test_fully_integer_exports_do_not_warn(tmp_path):
+    apply_fn, params = _conv_then(jax.nn.relu, [1.0, 2.0, 1.0, 0.5])
+    x = _x((4, 4, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error", coverage.FloatSiteWarning)
+        result = export.onnx(apply_fn, params, x[:64], tmp_path / "m.onnx", precision="int8", calibration=[x[:128]])
+    assert [k.kernel for k in result.sites] == ["QLinearConv", "QGemm"]
+
+
+def test_a_one_channel_convolution_runs_float_and_warns(tmp_path, cnn):
+    qapply, qparams, x = cnn
+    with pytest.warns(coverage.FloatSiteWarning, match=r"4 of 5 quantized sites \(float: .*convs'\]\[0\].* as Conv\)"):
         result = export.onnx(qapply, qparams, x[:64], tmp_path / "m.onnx", precision="int8")
-    assert len(result.sites) == 5
+    assert [k.integer for k in result.sites] == [False, True, True, True, True]
 
 
 def test_fp32_exports_have_no_sites(tmp_path):
     apply_fn, params = _conv_then(jax.nn.relu, [1.0, 1.0, 1.0, 1.0])
-    assert export.onnx(apply_fn, params, _x((4, 4, 2), 8), tmp_path / "m.onnx").sites == ()
+    assert export.onnx(apply_fn, params, _x((4, 4, 4), 8), tmp_path / "m.onnx").sites == ()
