@@ -161,3 +161,33 @@ def test_a_linen_model_exports(tmp_path):
     for precision, kw in (("fp32", {}), ("int8", {"calibration": [_x(128, 2)]})):
         result = export.onnx(apply_fn, params, _x(), tmp_path / f"{precision}.onnx", precision=precision, **kw)
         assert all(c.passed for c in result.checks)
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_int8_rows_tied_at_int8_resolution_count_as_agreeing(tmp_path, monkeypatch, far):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 3)).astype(np.float32)
+    w[:, 0] = np.abs(w[:, 0])
+    w[:, 1] = w[:, 0] * 1.001  # classes 0 and 1 tie (0.1% apart) in every row; class 2 loses
+    w[:, 2] = -np.abs(w[:, 2])
+    fn = lambda p, x: x.reshape(x.shape[0], -1) @ p  # noqa: E731
+    x = _x(256)
+    run = runtime.Session.__call__
+
+    def nudged(self, xs):  # the winner lowered by 0.5% of the largest |logit|, or the loser raised far above
+        y = run(self, xs).copy()
+        if far:
+            y[:, 2] = 2 * np.abs(y).max()
+        else:
+            y[np.arange(len(y)), y.argmax(-1)] -= 0.005 * np.abs(y).max()
+        return y
+
+    monkeypatch.setattr(runtime.Session, "__call__", nudged)
+    kw = {"precision": "int8", "calibration": [x[:128]]}
+    if far:
+        with pytest.raises(export.ExportError, match=r"argmax agreement 0\.0000 \(0 rows tied\)"):
+            export.onnx(fn, jnp.asarray(w), x[:64], tmp_path / "m.onnx", **kw)
+    else:
+        result = export.onnx(fn, jnp.asarray(w), x[:64], tmp_path / "m.onnx", **kw)
+        assert all(c.passed for c in result.checks) and sum(c.ties for c in result.checks) > 0
+        assert min(c.argmax_agreement for c in result.checks) < convert.MIN_ARGMAX_AGREEMENT
