@@ -69,7 +69,18 @@ def test_a_registered_step_validates_and_runs_beside_the_builtin_ones():
 
 
 def test_builtin_kinds_are_the_step_modules_and_nothing_registers_on_import():
-    assert list(BUILTIN) == ["train", "prune", "distill", "quantize", "precision", "export"]
+    assert list(BUILTIN) == [
+        "train",
+        "prune",
+        "distill",
+        "lowrank",
+        "fold",
+        "fuse",
+        "merge",
+        "quantize",
+        "precision",
+        "export",
+    ]
     assert all(kind.name == name for name, kind in BUILTIN.items())
     steps = Path(recipes.__file__).parent / "steps"
     for path in steps.glob("*.py"):
