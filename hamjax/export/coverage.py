@@ -38,12 +38,23 @@ class SiteKernel:
         ``"Conv"``...), or ``None`` where no node uses its weight any more.
       integer: whether that op is an integer kernel
         (:data:`hamjax.export.runtime.INTEGER_OPS`).
+      chosen: the export kept this site float on purpose (a convolution with
+        fewer than :data:`hamjax.export.integer.MIN_INTEGER_CONV_CHANNELS`
+        input channels, where onnxruntime's int8 kernel is the slower one):
+        listed, not warned about.
     """
 
     site: str
     primitive: str
     kernel: str | None
     integer: bool
+    chosen: bool = False
+
+
+def _float_by_choice(graph, j: int) -> bool:
+    """Whether site ``j``'s weight was written as float grid values (``hq_w{j}_f``), not int8 codes."""
+    names = [t.name for t in graph.initializer] + [i for n in graph.node for i in n.input]
+    return any(_is_weight(name, j) and name[len(f"hq_w{j}_") :][:1] == "f" for name in names)
 
 
 def _is_weight(name: str, j: int) -> bool:
@@ -138,7 +149,9 @@ def site_kernels(optimized_graph, sites: Sequence[tuple[str, str]], exported_gra
         kernel = _kernel(optimized_graph, j)
         if kernel is None and exported_graph is not None:
             kernel = _by_output(exported_graph, optimized_graph, j)
-        out.append(SiteKernel(name, primitive, kernel, kernel in INTEGER_OPS))
+        integer = kernel in INTEGER_OPS
+        chosen = not integer and exported_graph is not None and _float_by_choice(exported_graph, j)
+        out.append(SiteKernel(name, primitive, kernel, integer, chosen))
     return tuple(out)
 
 
@@ -152,16 +165,20 @@ def summary(kernels: Sequence[SiteKernel]) -> str:
     if not kernels:
         return ""
     text = f"integer kernels at {sum(k.integer for k in kernels)} of {len(kernels)} quantized sites"
-    floats = [f"{k.site} as {k.kernel or 'folded constant'}" for k in kernels if not k.integer]
+    floats = [
+        f"{k.site} as {k.kernel or 'folded constant'}{', by choice' if k.chosen else ''}"
+        for k in kernels
+        if not k.integer
+    ]
     return f"{text} (float: {', '.join(floats)})" if floats else text
 
 
 def warn_float_sites(kernels: Sequence[SiteKernel], where: str = "export.onnx") -> None:
-    """Warn with :class:`FloatSiteWarning` when a quantized site runs in float; nothing otherwise.
+    """Warn with :class:`FloatSiteWarning` when a quantized site runs in float unexpectedly (not :attr:`SiteKernel.chosen`).
 
     Args:
       kernels: from :func:`site_kernels`.
       where: the caller named in the message.
     """
-    if any(not k.integer for k in kernels):
+    if any(not k.integer and not k.chosen for k in kernels):
         warnings.warn(f"{where}: onnxruntime runs quantized sites in float: {summary(kernels)}", FloatSiteWarning, 2)

@@ -1,5 +1,6 @@
 """Integer kernels in onnxruntime: convolutions with quantized outputs, products on 3-D inputs, max pools."""
 
+import re
 import warnings
 
 import flax.linen as nn
@@ -160,11 +161,16 @@ def test_fully_integer_exports_do_not_warn(tmp_path):
     assert [k.kernel for k in result.sites] == ["QLinearConv", "QGemm"]
 
 
-def test_a_one_channel_convolution_runs_float_and_warns(tmp_path, cnn):
+def test_a_one_channel_convolution_runs_float_by_choice_without_a_warning(tmp_path, cnn):
     qapply, qparams, x = cnn
-    with pytest.warns(coverage.FloatSiteWarning, match=r"4 of 5 quantized sites \(float: .*convs'\]\[0\].* as Conv\)"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", coverage.FloatSiteWarning)
         result = export.onnx(qapply, qparams, x[:64], tmp_path / "m.onnx", precision="int8")
     assert [k.integer for k in result.sites] == [False, True, True, True, True]
+    assert [k.chosen for k in result.sites] == [True, False, False, False, False]
+    assert re.search(
+        r"4 of 5 quantized sites \(float: .*convs'\]\[0\].* as Conv, by choice\)", coverage.summary(result.sites)
+    )
 
 
 def test_fp32_exports_have_no_sites(tmp_path):
