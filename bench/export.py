@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from timing import interleaved_timings
 
 import hamjax
 from hamjax import data as data_lib
@@ -69,34 +68,6 @@ def _predictions(runner, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(
         [runner.to_numpy(runner.block(runner(x[i : i + batch]))).argmax(-1) for i in range(0, len(x), batch)]
     )
-
-
-def _burst_runs(runner, x: np.ndarray, burst_s: float) -> int:
-    """Timed calls that make a burst of about ``burst_s`` seconds, from a short probe after warm-up."""
-    measure.latency(runner, x, warmup=3, runs=1)
-    probe = measure.latency(runner, x, warmup=0, runs=5)
-    return int(min(500, max(10, math.ceil(burst_s / max(probe.p50_ms / 1e3, 1e-6)))))
-
-
-def interleaved_timings(runners: dict, x: np.ndarray, rounds: int, burst_s: float) -> dict:
-    """Per runner: medians over ``rounds`` of its burst p50 and p95, runners taking turns in each round."""
-    runs = {name: _burst_runs(r, x, burst_s) for name, r in runners.items()}
-    names = list(runners)
-    bursts = {name: [] for name in names}
-    for k in range(rounds):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            bursts[name].append(measure.latency(runners[name], x, warmup=3, runs=runs[name]))
-    out = {}
-    for name, lats in bursts.items():
-        p50 = statistics.median(lat.p50_ms for lat in lats)
-        out[name] = {
-            "p50_ms": p50,
-            "p95_ms": statistics.median(lat.p95_ms for lat in lats),
-            "samples_per_s": len(x) / (p50 / 1e3),
-            "runs_per_round": runs[name],
-            "round_p50_ms": [round(lat.p50_ms, 4) for lat in lats],
-        }
-    return out
 
 
 def _checks(result: export.ExportResult) -> list[dict]:

@@ -31,39 +31,18 @@ model's jit speed against the unfused one is reported, not targeted.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
 
-import jax
 import numpy as np
+from timing import finish, interleaved_p50, logits
 
 import hamjax
 from hamjax import export, graph, measure
 from hamjax.export import attention as export_attention
 from hamjax.export import runtime
-
-
-def _interleaved(runners: dict, x: np.ndarray, rounds: int, burst_s: float = 0.3) -> dict:
-    runs = {}
-    for name, r in runners.items():
-        measure.latency(r, x, warmup=3, runs=1)
-        probe = measure.latency(r, x, warmup=0, runs=5)
-        runs[name] = int(min(2000, max(10, math.ceil(burst_s / max(probe.p50_ms / 1e3, 1e-6)))))
-    names, bursts = list(runners), {name: [] for name in runners}
-    for k in range(rounds):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            bursts[name].append(measure.latency(runners[name], x, warmup=3, runs=runs[name]).p50_ms)
-    return {name: statistics.median(p50s) for name, p50s in bursts.items()}
-
-
-def _logits(apply_fn, params, x: np.ndarray) -> np.ndarray:
-    f = jax.jit(apply_fn)
-    return np.concatenate([np.asarray(f(params, x[i : i + 256])) for i in range(0, len(x), 256)])
 
 
 def _nodes(path: Path) -> dict[str, int]:
@@ -84,7 +63,7 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
     x = np.asarray(ds.test.x)
     fused_apply, fused_params = graph.fuse_attention(apply_fn, params)
     found = graph.find_attention(apply_fn, params, x[:1])
-    original, fused = _logits(apply_fn, params, x), _logits(fused_apply, fused_params, x)
+    original, fused = logits(apply_fn, params, x), logits(fused_apply, fused_params, x)
     rel = float(np.max(np.abs(fused - original)) / np.max(np.abs(original)))
     agreement = float(np.mean(fused.argmax(-1) == original.argmax(-1)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,9 +78,9 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
             "ort fp32 attention": runtime.Session(lowered.path, name="ort fp32 attention"),
             "ort fp32 op by op": runtime.Session(by_ops.path, name="ort fp32 op by op"),
         }
-        batch1 = _interleaved(runners, x[:1], rounds)
+        batch1 = interleaved_p50(runners, x[:1], rounds, max_runs=2000)
         jit_only = {k: runners[k] for k in ("jax jit", "jax jit fused")}
-        batch256 = _interleaved(jit_only, x[:256], rounds)
+        batch256 = interleaved_p50(jit_only, x[:256], rounds, max_runs=2000)
     ratio = batch1["ort fp32 attention"] / batch1["jax jit"]
     results = [
         {
@@ -149,12 +128,7 @@ def main(argv=None) -> int:
         for k in ("batch1_p50_ms", "batch256_p50_ms"):
             print(k, {name: round(v, 4) for name, v in r[k].items()})
         print("onnx nodes", r["onnx_nodes"])
-    for t in targets:
-        print(f"{t['name']}: {t['measured']} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
-    print(
-        json.dumps({"bench": "graph_attention", "env": measure.environment(), "results": results, "targets": targets})
-    )
-    return 0
+    return finish("graph_attention", results, targets)
 
 
 if __name__ == "__main__":

@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import math
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
+from timing import finish, interleaved_p50, logits
 
 import hamjax
 from hamjax import export, graph, measure
@@ -109,24 +107,6 @@ def _onnx_summary(apply_fn, params, x, path: Path) -> dict:
     }
 
 
-def _interleaved(runners: dict, x: np.ndarray, rounds: int, burst_s: float = 0.3) -> dict:
-    runs = {}
-    for name, r in runners.items():
-        measure.latency(r, x, warmup=3, runs=1)
-        probe = measure.latency(r, x, warmup=0, runs=5)
-        runs[name] = int(min(500, max(10, math.ceil(burst_s / max(probe.p50_ms / 1e3, 1e-6)))))
-    names, bursts = list(runners), {name: [] for name in runners}
-    for k in range(rounds):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            bursts[name].append(measure.latency(runners[name], x, warmup=3, runs=runs[name]).p50_ms)
-    return {name: statistics.median(p50s) for name, p50s in bursts.items()}
-
-
-def _logits(apply_fn, params, x: np.ndarray) -> np.ndarray:
-    f = jax.jit(apply_fn)
-    return np.concatenate([np.asarray(f(params, x[i : i + 256])) for i in range(0, len(x), 256)])
-
-
 def run(quick: bool) -> tuple[list[dict], list[dict]]:
     """Train, fold and measure the reference CNN; ``(results, targets)``."""
     epochs, rounds = (1, 5) if quick else (3, 9)
@@ -137,7 +117,7 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
     x = np.asarray(ds.test.x)
     folded_apply, folded_params = graph.fold(apply_fn, params, x[:2])
     sites = graph.foldable(apply_fn, params, x[:2])
-    original, folded = _logits(apply_fn, params, x), _logits(folded_apply, folded_params, x)
+    original, folded = logits(apply_fn, params, x), logits(folded_apply, folded_params, x)
     rel = float(np.max(np.abs(folded - original)) / np.max(np.abs(original)))
     agreement = float(np.mean(folded.argmax(-1) == original.argmax(-1)))
     eqns = {
@@ -152,7 +132,7 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
         "original": measure.JaxRunner(apply_fn, params, name="original"),
         "folded": measure.JaxRunner(folded_apply, folded_params, name="folded"),
     }
-    p50 = _interleaved(runners, batch, rounds)
+    p50 = interleaved_p50(runners, batch, rounds)
     results = [
         {
             "model": "cnn",
@@ -197,10 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 training epoch and 5 timing rounds")
     args = parser.parse_args(argv)
     results, targets = run(args.quick)
-    for t in targets:
-        print(f"{t['name']}: {t['measured']} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
-    print(json.dumps({"bench": "graph_fold", "env": measure.environment(), "results": results, "targets": targets}))
-    return 0
+    return finish("graph_fold", results, targets)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ agreement >= 0.995; ViT int8 / fp32 throughput at batch 256 >= 1.3.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from hamjax.recipes.steps.quantization import calibration_batches
 from hamjax.train import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export import interleaved_timings  # bench/export.py: the interleaved timing
+from timing import finish, interleaved_timings
 
 MODELS = ("mlp", "cnn", "vit")
 BATCH = 256
@@ -168,10 +167,7 @@ def main(argv=None) -> int:
                 print(f"    {site['site']:<45} {site['primitive']:<22} {site['kernel']}")
         else:
             print(f"  {row['model']:<4} {row['runner']:<30} {row['p50_ms']:9.2f} ms {row['samples_per_s']:10,.0f}/s")
-    for t in targets:
-        print(f"target {t['name']}: {t['measured']} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
-    print(json.dumps({"bench": "graph_int8", "env": measure.environment(), "results": results, "targets": targets}))
-    return 0
+    return finish("graph_int8", results, targets)
 
 
 if __name__ == "__main__":

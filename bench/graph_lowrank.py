@@ -27,32 +27,17 @@ of dense; throughput >= 1.5x dense at batch 256 under jit.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
 import sys
 
 import jax
 import numpy as np
+from timing import finish, interleaved_p50
 
 import hamjax
 from hamjax import graph, measure
 
 BUDGET = 0.5
 RANK_MULTIPLE = 8  # widths like 155 run slower on CPU vector units than 152
-
-
-def _interleaved(runners: dict, x: np.ndarray, rounds: int, burst_s: float = 0.3) -> dict:
-    runs = {}
-    for name, r in runners.items():
-        measure.latency(r, x, warmup=3, runs=1)
-        probe = measure.latency(r, x, warmup=0, runs=5)
-        runs[name] = int(min(500, max(10, math.ceil(burst_s / max(probe.p50_ms / 1e3, 1e-6)))))
-    names, bursts = list(runners), {name: [] for name in runners}
-    for k in range(rounds):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            bursts[name].append(measure.latency(runners[name], x, warmup=3, runs=runs[name]).p50_ms)
-    return {name: statistics.median(p50s) for name, p50s in bursts.items()}
 
 
 def _count(params) -> int:
@@ -85,7 +70,7 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
         "dense": measure.JaxRunner(apply_fn, params, name="dense"),
         "lowrank": measure.JaxRunner(lapply, tuned, name="lowrank"),
     }
-    p50 = _interleaved(runners, batch, rounds)
+    p50 = interleaved_p50(runners, batch, rounds)
     speedup = p50["dense"] / p50["lowrank"]
     points = 100 * (max(dense_acc, dense_more_acc) - lowrank_acc)
     results = [
@@ -137,10 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer epochs and 5 timing rounds")
     args = parser.parse_args(argv)
     results, targets = run(args.quick)
-    for t in targets:
-        print(f"{t['name']}: {t['measured']:.4g} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
-    print(json.dumps({"bench": "graph_lowrank", "env": measure.environment(), "results": results, "targets": targets}))
-    return 0
+    return finish("graph_lowrank", results, targets)
 
 
 if __name__ == "__main__":

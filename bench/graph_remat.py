@@ -25,7 +25,6 @@ Targets (``full`` against ``none``): temp memory <= 0.6x, step time <= 1.4x.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
+from timing import finish
 
 from hamjax import data, measure, models
 from hamjax._base import functional, trainable
@@ -118,8 +118,7 @@ def main(argv=None) -> int:
     for row in results:
         temp = "-" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 1e6:.1f} MB"
         print(f"remat {row['remat']:5s} temp {temp:>10s} step {row['step_ms']:.1f} ms")
-    print(json.dumps({"bench": "graph_remat", "env": measure.environment(), "results": results, "targets": targets}))
-    return 0
+    return finish("graph_remat", results, targets)
 
 
 if __name__ == "__main__":

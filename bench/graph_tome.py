@@ -25,13 +25,11 @@ over the unmerged model at batch 256 >= 1.4, and its test accuracy within
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
 import sys
 import time
 
 import numpy as np
+from timing import finish, interleaved_p50
 
 import hamjax
 from hamjax import measure
@@ -42,23 +40,6 @@ R_VALUES = (0, 2, 4, 6, 8, 9)  # 9: 49, 40, 31, 22 tokens; 10 would need 10 of t
 BATCH = 256
 SPEEDUP_GOAL = 1.4
 ACCURACY_DROP_GOAL = 1.0  # points
-
-
-def _burst_runs(runner, x: np.ndarray, burst_s: float) -> int:
-    measure.latency(runner, x, warmup=3, runs=1)
-    probe = measure.latency(runner, x, warmup=0, runs=3)
-    return int(min(200, max(5, math.ceil(burst_s / max(probe.p50_ms / 1e3, 1e-6)))))
-
-
-def interleaved_p50(runners: dict, x: np.ndarray, rounds: int, burst_s: float) -> dict:
-    """Per runner: the median over ``rounds`` of its burst p50 (ms), runners taking turns in each round."""
-    runs = {name: _burst_runs(r, x, burst_s) for name, r in runners.items()}
-    names = list(runners)
-    bursts = {name: [] for name in names}
-    for k in range(rounds):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            bursts[name].append(measure.latency(runners[name], x, warmup=2, runs=runs[name]).p50_ms)
-    return {name: statistics.median(v) for name, v in bursts.items()}
 
 
 def run(quick: bool, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -94,7 +75,7 @@ def run(quick: bool, seed: int = 0) -> tuple[list[dict], list[dict]]:
                 "test_accuracy": measure.accuracy(merged, ds.test.x, ds.test.y, params=params, batch_size=250),
             }
         )
-    p50 = interleaved_p50(runners, x, rounds, burst_s=0.3)
+    p50 = interleaved_p50(runners, x, rounds, burst_s=0.3, max_runs=200)
     base = rows[0]
     for row in rows:
         row.update(
@@ -144,8 +125,7 @@ def main(argv=None):
                 f"r={row['r']:>2}  tokens {row['tokens']}  val {row['val_accuracy']:.3f}  test {row['test_accuracy']:.3f}"
                 f"  {row['samples_per_s']:>9.1f} samples/s  x{row['speedup']:.2f}"
             )
-    print(json.dumps({"bench": "graph_tome", "env": measure.environment(), "results": results, "targets": targets}))
-    return 0
+    return finish("graph_tome", results, targets)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""What the benchmarks share: interleaved timing on a noisy machine, batched logits, the JSON last line.
+
+Imported by the scripts beside it (``python bench/NAME.py`` puts ``bench/`` on
+the path), never by hamjax.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import jax
+import numpy as np
+
+from hamjax import measure
+
+
+def burst_runs(runner, x: np.ndarray, burst_s: float, *, max_runs: int = 500) -> int:
+    """Timed calls that make a burst of about ``burst_s`` seconds, from a short probe after warm-up."""
+    measure.latency(runner, x, warmup=3, runs=1)
+    probe = measure.latency(runner, x, warmup=0, runs=5)
+    return int(min(max_runs, max(10, math.ceil(burst_s / max(probe.p50_ms / 1e3, 1e-6)))))
+
+
+def interleaved_timings(
+    runners: dict, x: np.ndarray, rounds: int, burst_s: float = 0.3, *, max_runs: int = 500
+) -> dict:
+    """Per runner: medians over ``rounds`` of its burst p50 and p95, runners taking turns in each round.
+
+    The machine is shared and noisy, so every round times each runner for a
+    short burst (order rotating from round to round), and ratios compare the
+    medians over rounds, measured under the same load.
+    """
+    runs = {name: burst_runs(r, x, burst_s, max_runs=max_runs) for name, r in runners.items()}
+    names = list(runners)
+    bursts = {name: [] for name in names}
+    for k in range(rounds):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            bursts[name].append(measure.latency(runners[name], x, warmup=3, runs=runs[name]))
+    out = {}
+    for name, lats in bursts.items():
+        p50 = statistics.median(lat.p50_ms for lat in lats)
+        out[name] = {
+            "p50_ms": p50,
+            "p95_ms": statistics.median(lat.p95_ms for lat in lats),
+            "samples_per_s": len(x) / (p50 / 1e3),
+            "runs_per_round": runs[name],
+            "round_p50_ms": [round(lat.p50_ms, 4) for lat in lats],
+        }
+    return out
+
+
+def interleaved_p50(runners: dict, x: np.ndarray, rounds: int, burst_s: float = 0.3, *, max_runs: int = 500) -> dict:
+    """Per runner: the median burst p50 in ms (:func:`interleaved_timings`)."""
+    return {
+        name: t["p50_ms"] for name, t in interleaved_timings(runners, x, rounds, burst_s, max_runs=max_runs).items()
+    }
+
+
+def logits(apply_fn, params, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """``apply_fn(params, x)`` under jit, ``batch`` rows at a time, as one numpy array."""
+    f = jax.jit(apply_fn)
+    return np.concatenate([np.asarray(f(params, x[i : i + batch])) for i in range(0, len(x), batch)])
+
+
+def finish(bench: str, results: list, targets: list) -> int:
+    """Print each target, then the one JSON line every benchmark ends with; the exit status 0."""
+    for t in targets:
+        measured = f"{t['measured']:.4g}" if isinstance(t["measured"], float) else t["measured"]
+        print(f"{t['name']}: {measured} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
+    print(json.dumps({"bench": bench, "env": measure.environment(), "results": results, "targets": targets}))
+    return 0
