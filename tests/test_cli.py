@@ -1,5 +1,3 @@
-import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,7 +6,7 @@ import sys
 import pytest
 
 import hamjax
-from hamjax import cli, cli_search
+from hamjax import cli
 
 
 def test_optimize_on_digits_writes_the_report(tmp_path, capsys):
@@ -111,10 +109,6 @@ def test_export_refuses_what_is_not_a_model(tmp_path, capsys):
         (["optimize", "--data", "cifar"], "invalid choice: 'cifar' (choose a bundled dataset from mnist, digits"),
         (["optimize", "--seed", "x"], "invalid int value"),
         (["frobnicate"], "invalid choice"),
-        (["search", "--objectives", "accuracy,flops"], "objective 'flops' is not one of"),
-        (["search", "--objectives", "params,latency"], "objectives must include 'accuracy'"),
-        (["search", "--selection", "nsga"], "invalid choice: 'nsga'"),
-        (["search", "--sampler", "cmaes"], "invalid choice: 'cmaes'"),
     ],
 )
 def test_bad_arguments_are_one_line(argv, match, capsys):
@@ -123,37 +117,6 @@ def test_bad_arguments_are_one_line(argv, match, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
-
-
-def test_search_passes_objectives_selection_and_sampler(tmp_path, monkeypatch, capsys):
-    from hamjax.search import engine
-
-    seen = []
-
-    def run(supernet, dataset, config, **kw):
-        seen.append(config)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "run", run)
-    argv = ["search", "--data", "digits", "--out", str(tmp_path), "--quiet", "--objectives", "latency,accuracy"]
-    assert cli.main([*argv, "--selection", "pareto", "--sampler", "gp"]) == 130
-    assert seen[0].objectives == ("accuracy", "latency") and (seen[0].selection, seen[0].sampler) == ("pareto", "gp")
-    assert "interrupted" in capsys.readouterr().err
-    if importlib.util.find_spec("torch") is None:  # the Bayesian method refuses the GP sampler before any data
-        assert cli.main(["search", "--method", "bayesian", "--sampler", "gp", "--out", str(tmp_path)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "needs torch" in err and "\n" not in err and len(seen) == 1
-
-
-def test_search_tables_show_latency_when_measured(capsys):
-    from hamjax.search import engine
-
-    c = engine.Candidate(0, {}, 0.5, 1234, "depth 1: dense/8/relu")
-    cli_search.print_candidates("t", [c])
-    assert "latency" not in capsys.readouterr().out
-    cli_search.print_candidates("t", [c, dataclasses.replace(c, latency_ms=0.123)])
-    out = capsys.readouterr().out
-    assert "latency p50 @1 (ms)" in out and "0.123" in out
 
 
 def test_bad_recipe_is_one_line_not_a_traceback(tmp_path, capsys):
@@ -314,19 +277,6 @@ def test_export_refuses_an_out_that_is_a_folder_before_exporting(tmp_path, capsy
     assert cli.main(["export", "mlp", "--data", "digits", "--out", str(tmp_path)]) == 2
     assert f"--out '{tmp_path}' is a directory, not a file to write" in _one_line_error(capsys, "export")
     assert "exporting" not in capsys.readouterr().out
-
-
-def test_search_refuses_an_out_that_is_a_file_before_searching(tmp_path, monkeypatch, capsys):
-    from hamjax.search import engine
-
-    def run(*args, **kwargs):
-        raise AssertionError("searched before refusing --out")
-
-    monkeypatch.setattr(engine, "run", run)
-    out = tmp_path / "search"
-    out.write_text("x")
-    assert cli.main(["search", "--data", "digits", "--out", str(out), "--quiet"]) == 2
-    assert f"--out must be a directory, got the regular file '{out}'" in _one_line_error(capsys, "search")
 
 
 def test_export_of_a_corrupt_model_json_is_one_line(tmp_path, capsys):
