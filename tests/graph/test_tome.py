@@ -1,4 +1,4 @@
-"""Token merging: the matching numerics, the marker protocol on plain, Linen and NNX models, bad r, ONNX."""
+"""Token merging: the marker protocol on plain, Linen and NNX models, bad r, ONNX (the numerics: test_matching.py)."""
 
 import math
 
@@ -10,7 +10,7 @@ import pytest
 from jax.ad_checkpoint import checkpoint_name
 
 import hamjax
-from hamjax.graph import Matching, bipartite_matching, merge_plan, merge_tokens, merged_positions, weighted_merge
+from hamjax.graph import merge_plan, merge_tokens
 from tests.reference_models import normal, random_model
 
 C = 8
@@ -79,47 +79,6 @@ def linen_model(tokens):
 def _duplicated(x):
     """Tokens in identical pairs (2i, 2i + 1): merging a pair loses nothing under proportional attention."""
     return jnp.repeat(x[:, : x.shape[1] // 2], 2, axis=1)
-
-
-# ---------------------------------------------------------------- numerics
-
-
-def test_matching_merges_the_most_similar_pairs():
-    a = np.eye(4, dtype=np.float32)
-    # A = tokens 0, 2, 4, 6; B = 1, 3, 5, 7.
-    metric = np.stack([a[0], a[2], a[1], a[3], a[2], a[1], a[3] + 0.1 * a[2], a[0] + 0.1 * a[3]])[None]
-    m = bipartite_matching(jnp.asarray(metric), 2)
-    # A1 = B2 and A2 = B0 exactly; A0 ~ B3 and A3 ~ B1 only closely.
-    assert dict(zip(m.merged[0].tolist(), m.into[0].tolist(), strict=True)) == {1: 2, 2: 0}
-    assert sorted(m.unmerged[0].tolist()) == [0, 3]
-    with pytest.raises(ValueError, match="r must be in"):
-        bipartite_matching(jnp.asarray(metric), 5)
-
-
-def test_weighted_merge_keeps_the_weighted_sum_and_positions_point_at_each_token(tokens):
-    size = jnp.asarray(np.random.default_rng(2).integers(1, 4, size=(4, 16, 1)), jnp.float32)
-    m = bipartite_matching(tokens, 5)
-    merged, new_size = weighted_merge(tokens, size, m)
-    assert merged.shape == (4, 11, C) and new_size.shape == (4, 11, 1)
-    np.testing.assert_allclose((merged * new_size).sum(1), (tokens * size).sum(1), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(new_size.sum(1), size.sum(1))
-    pos = np.asarray(merged_positions(m, 16))
-    assert pos.shape == (4, 16) and pos.min() >= 0 and pos.max() == 10
-    # Unmerged tokens are found unchanged at their position; every merged position holds the sizes it sums.
-    back = np.take_along_axis(np.asarray(merged), pos[:, :, None], axis=1)
-    moved = np.zeros((4, 16), bool)
-    np.put_along_axis(moved, 2 * np.asarray(m.merged), True, axis=1)
-    np.put_along_axis(moved, 2 * np.asarray(m.into) + 1, True, axis=1)
-    np.testing.assert_allclose(back[~moved], np.asarray(tokens)[~moved], rtol=1e-6, atol=1e-7)
-    totals = np.zeros((4, 11))
-    np.add.at(totals, (np.arange(4)[:, None], pos), np.asarray(size)[:, :, 0])
-    np.testing.assert_allclose(totals, np.asarray(new_size)[:, :, 0])
-
-
-def test_merged_positions_example():
-    m = Matching(jnp.array([[1, 2]]), jnp.array([[0]]), jnp.array([[1]]))
-    # A = (0, 2, 4), B = (1, 3); token 0 joins token 3: layout [tok 2, tok 4, tok 1, tok 3 + tok 0].
-    assert merged_positions(m, 5).tolist() == [[3, 2, 0, 3, 1]]
 
 
 # ---------------------------------------------------------------- the transform
