@@ -208,23 +208,19 @@ def _final_stage(context: recipes.Context) -> str:
     return context.stages[-1].name if context.stages else ""
 
 
-def _run_steps(recipe: recipes.Recipe, context: recipes.Context, profile: Path | None) -> dict[str, str]:
-    """Run the recipe's steps in order, each under a ``jax.profiler`` trace in ``profile/<stage>`` if given."""
-    if profile is None:
-        recipes.run(recipe, context)
-        return {}
+def _profiler(profile: Path, traces: dict[str, str]):
+    """A :func:`hamjax.recipes.run` scope: a ``jax.profiler`` trace of each step in ``profile/<stage>``, noted in ``traces``."""
     import jax
 
-    kinds, traces = recipes.step_kinds(), {}
-    for index, step in enumerate(recipe.steps):
+    def scope(index: int, step: recipes.Step):
         stage = str(step.params.get("stage", step.kind))
         name = stage if stage not in traces else f"{stage}-{index}"  # two steps with one stage name
         folder = profile / name
         checkpoint.check_inside("optimize", f"profile {profile}: its {name} folder", profile, folder)
-        with jax.profiler.trace(str(folder), create_perfetto_trace=True):
-            context = kinds[step.kind].run(dict(step.params), context)
         traces[name] = str(folder)
-    return traces
+        return jax.profiler.trace(str(folder), create_perfetto_trace=True)
+
+    return scope
 
 
 def optimize(
@@ -334,7 +330,8 @@ def optimize(
     )
     started = time.perf_counter()
     with compilation.compile_log() as compiled:
-        profiles = _run_steps(recipe, context, traces)
+        profiles: dict[str, str] = {}
+        context = recipes.run(recipe, context, scope=None if traces is None else _profiler(traces, profiles))
         run_seconds = time.perf_counter() - started
         measurements = report.measure_stages(context.stages, dataset.test.x, dataset.test.y)
     if model_name is None:

@@ -9,6 +9,7 @@ points back up.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 from hamjax.recipes.schema import REQUIRED, Context, Field, Recipe, RecipeError, Step, StepKind
@@ -184,12 +185,16 @@ def reference_steps(recipe: Recipe) -> list[str]:
     return found
 
 
-def run(recipe: Recipe, context: Context) -> Context:
+def run(
+    recipe: Recipe, context: Context, *, scope: Callable[[int, Step], contextlib.AbstractContextManager] | None = None
+) -> Context:
     """Run every step of ``recipe`` in order on ``context``.
 
     Args:
       recipe: a validated :class:`Recipe`.
       context: the starting :class:`Context` (the untrained or pretrained model).
+      scope: ``scope(index, step)`` gives a context manager each step runs
+        inside (a profiler trace, a timer), or ``None``.
 
     Returns:
       The final :class:`Context`; ``context.stages`` lists what each step produced.
@@ -205,6 +210,7 @@ def run(recipe: Recipe, context: Context) -> Context:
       ['dense']
     """
     kinds = step_kinds()
-    for step in recipe.steps:
-        context = kinds[step.kind].run(dict(step.params), context)
+    for index, step in enumerate(recipe.steps):
+        with contextlib.nullcontext() if scope is None else scope(index, step):
+            context = kinds[step.kind].run(dict(step.params), context)
     return context
