@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 import warnings
 from typing import Any
 
 import jax
 import numpy as np
 
-from hamjax._checks import check_int
+from hamjax._checks import check_int, check_number
 
 PyTree = Any
 
@@ -182,6 +183,9 @@ class Checkpointer:
       directory: where checkpoints live (created if absent); a regular file or
         a directory this process cannot read and write is a ``ValueError``.
       every: save when ``step % every == 0`` (``maybe_save``); ``None`` never.
+      min_interval_s: ``maybe_save`` also waits until this many seconds
+        have passed since the last save (or since the checkpointer was
+        made), unless told the step is the last.
       max_to_keep: how many recent checkpoints to keep.
 
     Examples:
@@ -195,7 +199,14 @@ class Checkpointer:
       >>> ckpt.close()
     """
 
-    def __init__(self, directory: str | os.PathLike, *, every: int | None = None, max_to_keep: int = 2):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        every: int | None = None,
+        min_interval_s: float = 0.0,
+        max_to_keep: int = 2,
+    ):
         import orbax.checkpoint as ocp
 
         if every is not None:
@@ -203,6 +214,8 @@ class Checkpointer:
         max_to_keep = check_int("Checkpointer", "max_to_keep", max_to_keep, minimum=1)
         self.directory = check_directory("Checkpointer", "directory", directory)
         self.every = every
+        self.min_interval_s = check_number("Checkpointer", "min_interval_s", min_interval_s, minimum=0)
+        self._last_save = time.monotonic()
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=False, cleanup_tmp_directories=True
@@ -224,10 +237,17 @@ class Checkpointer:
             self._manager.delete(step)  # a step written again supersedes the old one (a skipped corrupt one)
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
+        self._last_save = time.monotonic()
 
-    def maybe_save(self, step: int, tree: PyTree, metadata: dict | None = None) -> bool:
-        """Save when ``step`` is a multiple of ``every``; return whether it saved."""
-        if self.every is None or step % self.every:
+    def maybe_save(self, step: int, tree: PyTree, metadata: dict | None = None, *, last: bool = False) -> bool:
+        """Save when ``step`` is a multiple of ``every`` and ``min_interval_s`` have passed, or when ``last``.
+
+        Returns whether it saved. With ``every=None`` nothing is saved, ``last`` or not.
+        """
+        if self.every is None:
+            return False
+        due = step % self.every == 0 and time.monotonic() - self._last_save >= self.min_interval_s
+        if not (due or last):
             return False
         self.save(step, tree, metadata)
         return True

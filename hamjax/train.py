@@ -87,7 +87,14 @@ class TrainConfig:
       patience: stop after this many validations without improvement;
         ``None`` never stops early.
       checkpoint_every: steps between checkpoints (with ``checkpoint_dir``);
-        ``None`` is once per epoch.
+        ``None`` is at the end of an epoch once ``checkpoint_seconds`` have
+        passed since the last checkpoint (or the start). The last step is
+        always saved.
+      checkpoint_seconds: the least wall-clock time between two epoch-end
+        checkpoints when ``checkpoint_every`` is ``None``, a number >= 0
+        (0 saves every epoch). A checkpoint of a small model costs tens of
+        milliseconds, more than an epoch on the bundled data; a crash loses
+        at most this much training.
       seed: an integer; everything random (data order, dropout) derives from it.
       precision: a mixed-precision policy string such as
         ``"p=f32,c=bf16,o=f32"`` (see :class:`hamjax.precision.Policy`);
@@ -110,6 +117,7 @@ class TrainConfig:
     eval_every: int | None = None
     patience: int | None = None
     checkpoint_every: int | None = None
+    checkpoint_seconds: float = 30.0
     seed: int = 0
     precision: str | None = None
     loss_scale: str = "auto"
@@ -129,6 +137,7 @@ class TrainConfig:
         for name in ("eval_every", "patience", "checkpoint_every"):
             if getattr(self, name) is not None:
                 normalise(name, check_int(where, name, getattr(self, name), minimum=1))
+        normalise("checkpoint_seconds", check_number(where, "checkpoint_seconds", self.checkpoint_seconds, minimum=0))
         normalise("seed", check_int(where, "seed", self.seed))
         if isinstance(self.precision, precision_lib.Policy):
             normalise("precision", str(self.precision))
@@ -292,7 +301,11 @@ def fit(
     if checkpoint_dir is not None:
         from hamjax.checkpoint import Checkpointer
 
-        ckpt = Checkpointer(checkpoint_dir, every=config.checkpoint_every or per_epoch)
+        ckpt = Checkpointer(
+            checkpoint_dir,
+            every=config.checkpoint_every or per_epoch,
+            min_interval_s=0.0 if config.checkpoint_every else config.checkpoint_seconds,
+        )
         restored = ckpt.restore_latest({"state": state, "best_params": best_params})
         if restored is not None:
             resumed_from, tree, meta = restored
@@ -348,7 +361,8 @@ def fit(
                 bar.describe(train_loss, val["accuracy"])
             bar.advance(done)
             if ckpt is not None:
-                ckpt.maybe_save(done, {"state": state, "best_params": best_params}, _meta(config, record))
+                last = done == total or record["stopped_early"]
+                ckpt.maybe_save(done, {"state": state, "best_params": best_params}, _meta(config, record), last=last)
             if callback is not None:
                 callback(done, state, metrics)
     finally:
@@ -379,8 +393,11 @@ def _check_data(where: str, apply_fn, params, dataset) -> int:
 
 
 def _same_run(config: dict | None) -> dict | None:
-    """A config without ``remat``, which changes memory, not results: a run resumes under another policy."""
-    return None if config is None else {k: v for k, v in config.items() if k != "remat"}
+    """A config without what changes memory or checkpoint timing, not results: a run resumes under other values."""
+    return None if config is None else {k: v for k, v in config.items() if k not in _NOT_RESULTS}
+
+
+_NOT_RESULTS = ("remat", "checkpoint_seconds")
 
 
 def _meta(config, record):

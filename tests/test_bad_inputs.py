@@ -288,6 +288,12 @@ CASES = [
         ValueError,
         "learning_rate must be a finite number > 0",
     ),
+    (
+        "TrainConfig-checkpoint_seconds-negative",
+        lambda: train.TrainConfig(checkpoint_seconds=-1),
+        ValueError,
+        "checkpoint_seconds must be a finite number >= 0",
+    ),
     ("TrainConfig-epochs-str", lambda: train.TrainConfig(epochs="5"), ValueError, "epochs must be an integer >= 1"),
     ("TrainConfig-epochs-float", lambda: train.TrainConfig(epochs=2.5), ValueError, "epochs must be an integer >= 1"),
     ("TrainConfig-epochs-0", lambda: train.TrainConfig(epochs=0), ValueError, "epochs must be an integer >= 1"),

@@ -38,7 +38,28 @@ def test_checkpointer_keeps_the_newest_and_rejects_mismatched_trees(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["3", "4"]
 
 
+def test_maybe_save_waits_out_the_minimum_interval_unless_the_step_is_the_last(tmp_path, monkeypatch):
+    import hamjax.checkpoint as checkpoint
+
+    now = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: now[0])
+    with Checkpointer(tmp_path, every=2, min_interval_s=10.0) as ckpt:
+        tree = {"w": jnp.zeros(2)}
+        assert not ckpt.maybe_save(2, tree)  # due by step, not by time
+        now[0] += 10.0
+        assert not ckpt.maybe_save(3, tree)  # due by time, not by step
+        assert ckpt.maybe_save(4, tree)
+        now[0] += 5.0
+        assert not ckpt.maybe_save(6, tree)
+        assert ckpt.maybe_save(7, tree, last=True)
+        assert ckpt.latest_step() == 7
+    with Checkpointer(tmp_path / "never") as ckpt:
+        assert not ckpt.maybe_save(1, {"w": jnp.zeros(2)}, last=True)
+
+
 def test_checkpointer_validates_arguments(tmp_path):
+    with pytest.raises(ValueError, match="Checkpointer: min_interval_s must be a finite number >= 0, got -1"):
+        Checkpointer(tmp_path, min_interval_s=-1)
     with pytest.raises(ValueError, match="Checkpointer: every must be an integer >= 1, got 0"):
         Checkpointer(tmp_path, every=0)
     with pytest.raises(ValueError, match="Checkpointer: every must be an integer >= 1, got 2.5"):

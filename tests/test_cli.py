@@ -381,7 +381,8 @@ def test_optimize_says_when_it_resumed_and_from_which_step(user_files, capsys):
 
 
 def test_optimize_names_the_step_it_resumed_from_after_skipping_a_corrupt_one(user_files, capsys):
-    (user_files / "two.toml").write_text(_ONE_EPOCH.replace("epochs = 1", "epochs = 2"))
+    two = _ONE_EPOCH.replace("epochs = 1", "epochs = 2") + "checkpoint_seconds = 0\n"  # a checkpoint each epoch
+    (user_files / "two.toml").write_text(two)
     out = user_files / "out"
     argv = ["optimize", "--model", "usermodel:build", "--data", "mine.npz", "--recipe", "two.toml", "--out", str(out)]
     assert cli.main([*argv, "--quiet"]) == 0

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 import signal
@@ -179,6 +180,21 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert keys and len(keys) == len(b.files) - 1
     for k in keys:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("seconds, epochs_kept", [(3600.0, [3]), (0.0, [2, 3])])
+def test_epoch_checkpoints_wait_for_checkpoint_seconds_and_the_last_step_is_kept(
+    tmp_path, digits, seconds, epochs_kept
+):
+    apply_fn, params = plain_mlp()
+    cfg = TrainConfig(epochs=3, batch_size=64, checkpoint_seconds=seconds)  # the newest 2 are kept
+    expected = [epoch * hamjax.data.steps_per_epoch(len(digits.train.y), 64) for epoch in epochs_kept]
+    fit(apply_fn, params, digits, cfg, checkpoint_dir=str(tmp_path), progress=False)
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == expected
+    other = dataclasses.replace(cfg, checkpoint_seconds=1.0)  # checkpoint timing does not change results
+    assert (
+        fit(apply_fn, params, digits, other, checkpoint_dir=str(tmp_path), progress=False).resumed_from == expected[-1]
+    )
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, digits):

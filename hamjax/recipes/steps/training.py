@@ -19,6 +19,9 @@ FIELDS = {
     "warmup_steps": Field(int, 0, low=0, doc="linear warm-up then cosine decay; 0 keeps the rate constant"),
     "eval_every": Field(int, None, low=1, doc="steps between validations (default: each epoch)"),
     "patience": Field(int, None, low=1, doc="early stopping after this many validations without improvement"),
+    "checkpoint_seconds": Field(
+        float, 30.0, low=0.0, doc="least seconds between epoch-end checkpoints (0: every epoch); the last is kept"
+    ),
     "remat": Field(
         str, "none", choices=train.REMAT_POLICIES, doc="rematerialisation policy: recompute activations to save memory"
     ),
