@@ -14,15 +14,20 @@ import optax
 
 
 def cross_entropy(logits, labels) -> jax.Array:
-    """Mean softmax cross-entropy of ``logits`` against integer ``labels``, in float32.
+    """Mean softmax cross-entropy of ``logits`` against integer ``labels`` or probability rows, in float32.
 
-    ``loss = -mean_rows log softmax(logits)[label]``. Nothing is checked, so that this stays the
-    cheapest call in a training step: :func:`hamjax.distill.distillation_loss` checks its labels
-    before using it.
+    ``loss = -mean_rows sum_c target_c log softmax(logits)_c``, the target
+    being the one-hot row of an integer label, or a floating ``labels`` row
+    of the same shape as ``logits`` (smoothed labels, mixup and cutmix
+    targets: :mod:`hamjax.augment`). Which one is decided by the dtype and
+    rank, statically. Nothing is checked, so that this stays the cheapest call
+    in a training step: :func:`hamjax.distill.distillation_loss` checks its
+    labels before using it.
 
     Args:
       logits: ``(..., C)`` floating array.
-      labels: integer class indices in ``[0, C)`` of shape ``(...)``.
+      labels: integer class indices in ``[0, C)`` of shape ``(...)``, or
+        floating probability rows of shape ``(..., C)``.
 
     Returns:
       A float32 scalar.
@@ -32,5 +37,11 @@ def cross_entropy(logits, labels) -> jax.Array:
       >>> from hamjax.distill import cross_entropy
       >>> round(float(cross_entropy(jnp.array([[0.0, 0.0], [2.0, 0.0]]), jnp.array([0, 0]))), 4)
       0.41
+      >>> round(float(cross_entropy(jnp.array([[0.0, 0.0], [2.0, 0.0]]), jnp.array([[1.0, 0.0], [1.0, 0.0]]))), 4)
+      0.41
     """
-    return optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits).astype(jnp.float32), labels).mean()
+    logits = jnp.asarray(logits).astype(jnp.float32)
+    labels = jnp.asarray(labels)
+    if jnp.issubdtype(labels.dtype, jnp.floating) and labels.ndim == logits.ndim:
+        return optax.softmax_cross_entropy(logits, labels.astype(jnp.float32)).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

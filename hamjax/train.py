@@ -19,7 +19,6 @@ The jitted steps the loop runs (:class:`TrainState`, :class:`Objective`,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -32,10 +31,19 @@ import optax
 from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import trainable
-from hamjax._checks import check_choice, check_int, check_number, check_positive
 from hamjax._losses import cross_entropy
 from hamjax.footprint import CompiledMemory, compiled_memory
 from hamjax.graph.remat import REMAT_POLICIES
+from hamjax.train_config import (
+    ADVERSARIAL_METHODS,
+    LOSS_SCALES,
+    OPTIMIZERS,
+    TrainConfig,
+    clip_by_leaf_norm,
+    config_record,
+    configure_optimizer,
+    make_optimizer,
+)
 from hamjax.train_steps import (
     Objective,
     TrainState,
@@ -46,8 +54,10 @@ from hamjax.train_steps import (
     make_train_step,
     supervised,
 )
+from hamjax.train_views import train_hooks
 
 __all__ = [
+    "ADVERSARIAL_METHODS",
     "LOSS_SCALES",
     "OPTIMIZERS",
     "REMAT_POLICIES",
@@ -56,127 +66,18 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "batch_grads",
+    "clip_by_leaf_norm",
+    "configure_optimizer",
     "evaluate",
     "fit",
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
     "supervised",
+    "train_hooks",
 ]
 
 Params = Any
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
-LOSS_SCALES = precision_lib.LOSS_SCALES
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """What :func:`fit` does.
-
-    Attributes:
-      epochs: passes over the training split, an integer >= 1.
-      batch_size: examples per step, an integer >= 1, at most the training split.
-      learning_rate: peak learning rate, a finite number > 0.
-      optimizer: one of ``OPTIMIZERS``.
-      weight_decay: decoupled weight decay (``adamw``) or L2 added to the
-        gradient (others); >= 0.
-      warmup_steps: linear warm-up steps before cosine decay (an integer >= 0);
-        0 keeps the learning rate constant.
-      eval_every: steps between validations; ``None`` is once per epoch.
-      patience: stop after this many validations without improvement;
-        ``None`` never stops early.
-      checkpoint_every: steps between checkpoints (with ``checkpoint_dir``);
-        ``None`` is at the end of an epoch once ``checkpoint_seconds`` have
-        passed since the last checkpoint (or the start). The last step is
-        always saved.
-      checkpoint_seconds: the least wall-clock time between two epoch-end
-        checkpoints when ``checkpoint_every`` is ``None``, a number >= 0
-        (0 saves every epoch). A checkpoint of a small model costs tens of
-        milliseconds, more than an epoch on the bundled data; a crash loses
-        at most this much training.
-      seed: an integer; everything random (data order, dropout) derives from it.
-      precision: a mixed-precision policy string such as
-        ``"p=f32,c=bf16,o=f32"`` (see :class:`hamjax.precision.Policy`);
-        ``None`` trains the model as it is.
-      loss_scale: one of ``LOSS_SCALES``: ``"dynamic"`` wraps the optimizer
-        in :func:`hamjax.precision.dynamic_loss_scale`, ``"auto"`` does so
-        when the policy computes in float16, ``"none"`` never does.
-      remat: one of ``REMAT_POLICIES``: ``"none"`` keeps every activation for
-        the backward pass; ``"full"``, ``"dots"``, ... recompute the forward
-        pass in checkpointed segments (:func:`hamjax.graph.rematerialize`),
-        trading time for memory; the results agree within float rounding.
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    eval_every: int | None = None
-    patience: int | None = None
-    checkpoint_every: int | None = None
-    checkpoint_seconds: float = 30.0
-    seed: int = 0
-    precision: str | None = None
-    loss_scale: str = "auto"
-    remat: str = "none"
-
-    def __post_init__(self):
-        def normalise(name, value):
-            object.__setattr__(self, name, value)  # plain Python values, so the config stays JSON for checkpoints
-
-        where = "TrainConfig"
-        for name in ("epochs", "batch_size"):
-            normalise(name, check_int(where, name, getattr(self, name), minimum=1))
-        normalise("learning_rate", check_positive(where, "learning_rate", self.learning_rate))
-        check_choice(where, "optimizer", self.optimizer, OPTIMIZERS)
-        normalise("weight_decay", check_number(where, "weight_decay", self.weight_decay, minimum=0))
-        normalise("warmup_steps", check_int(where, "warmup_steps", self.warmup_steps, minimum=0))
-        for name in ("eval_every", "patience", "checkpoint_every"):
-            if getattr(self, name) is not None:
-                normalise(name, check_int(where, name, getattr(self, name), minimum=1))
-        normalise("checkpoint_seconds", check_number(where, "checkpoint_seconds", self.checkpoint_seconds, minimum=0))
-        normalise("seed", check_int(where, "seed", self.seed))
-        if isinstance(self.precision, precision_lib.Policy):
-            normalise("precision", str(self.precision))
-        if self.precision is not None:
-            try:
-                precision_lib.Policy.parse(self.precision)
-            except ValueError as err:
-                raise ValueError(f"{where}: precision={self.precision!r} is not a policy: {err}") from None
-        check_choice(where, "loss_scale", self.loss_scale, LOSS_SCALES)
-        check_choice(where, "remat", self.remat, REMAT_POLICIES)
-
-
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optax optimizer that ``config`` names, with its learning-rate schedule.
-
-    Args:
-      config: a :class:`TrainConfig`.
-      total_steps: the number of steps the schedule spans.
-
-    Returns:
-      An ``optax.GradientTransformation``.
-
-    Examples:
-      >>> from hamjax.train import TrainConfig, make_optimizer
-      >>> opt = make_optimizer(TrainConfig(optimizer="sgd"), total_steps=100)
-    """
-    if config.warmup_steps:
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, config.learning_rate, config.warmup_steps, max(total_steps, config.warmup_steps + 1)
-        )
-    else:
-        lr = config.learning_rate
-    if config.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=config.weight_decay)
-    base = {"adam": optax.adam, "sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9)}
-    opt = base[config.optimizer](lr)
-    if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
-    return opt
 
 
 class TrainResult(NamedTuple):
@@ -195,6 +96,8 @@ class TrainResult(NamedTuple):
         (:func:`hamjax.measure.compiled_memory`: ``temp_bytes`` are the
         activations kept for the backward pass), or ``None`` where the backend
         reports nothing or no step ran.
+      notes: the augmentation and regularisation the run used, in words
+        (:attr:`hamjax.train_views.TrainHooks.notes`).
     """
 
     params: Params
@@ -204,6 +107,7 @@ class TrainResult(NamedTuple):
     stopped_early: bool
     resumed_from: int | None
     step_memory: CompiledMemory | None = None
+    notes: tuple[str, ...] = ()
 
 
 def fit(
@@ -287,7 +191,7 @@ def fit(
     per_epoch = data_lib.steps_per_epoch(len(train.y), config.batch_size)
     total = per_epoch * config.epochs
     eval_every = config.eval_every or per_epoch
-    optimizer = optimizer or make_optimizer(config, total)
+    optimizer = configure_optimizer(optimizer or make_optimizer(config, total), config)
     apply_fn, params, optimizer = precision_lib.prepare_training(
         apply_fn, params, optimizer, config.precision, loss_scale=config.loss_scale
     )
@@ -309,10 +213,10 @@ def fit(
         restored = ckpt.restore_latest({"state": state, "best_params": best_params})
         if restored is not None:
             resumed_from, tree, meta = restored
-            if _same_run(meta.get("config")) != _same_run(dataclasses.asdict(config)):
+            if _same_run(meta.get("config")) != _same_run(config_record(config)):
                 raise ValueError(
                     f"checkpoint in {checkpoint_dir} was written with config {meta.get('config')}, "
-                    f"not {dataclasses.asdict(config)}; use another directory"
+                    f"not {config_record(config)}; use another directory"
                 )
             state, best_params, record = tree["state"], tree["best_params"], meta["record"]
 
@@ -325,7 +229,10 @@ def fit(
                 f"fit: objective.per_example has leading sizes {sorted(rows)}; expected {len(train.y)}, "
                 "one row per training example"
             )
-    train_step = make_train_step(apply_fn, optimizer, seed=config.seed, objective=objective, remat=config.remat)
+    hooks = train_hooks(config, num_classes, (float(np.min(train.x)), float(np.max(train.x))))
+    train_step = make_train_step(
+        apply_fn, optimizer, seed=config.seed, objective=objective, remat=config.remat, hooks=hooks
+    )
     eval_step = make_eval_step(apply_fn, loss_fn=loss_fn)
     start = int(state.count)
     step_memory = None
@@ -372,7 +279,14 @@ def fit(
     if not record["history"]:
         best_params = state.params
     return TrainResult(
-        best_params, state, record["history"], record["best_step"], record["stopped_early"], resumed_from, step_memory
+        best_params,
+        state,
+        record["history"],
+        record["best_step"],
+        record["stopped_early"],
+        resumed_from,
+        step_memory,
+        hooks.notes,
     )
 
 
@@ -393,15 +307,22 @@ def _check_data(where: str, apply_fn, params, dataset) -> int:
 
 
 def _same_run(config: dict | None) -> dict | None:
-    """A config without what changes memory or checkpoint timing, not results: a run resumes under other values."""
-    return None if config is None else {k: v for k, v in config.items() if k not in _NOT_RESULTS}
+    """A config without what changes memory or checkpoint timing, not results: a run resumes under other values.
+
+    Fields added since a checkpoint was written count as their defaults, so an older run still resumes.
+    """
+    if config is None:
+        return None
+    config = {**_DEFAULTS, **config}
+    return {k: v for k, v in config.items() if k not in _NOT_RESULTS}
 
 
 _NOT_RESULTS = ("remat", "checkpoint_seconds")
+_DEFAULTS = config_record(TrainConfig())
 
 
 def _meta(config, record):
-    return {"config": dataclasses.asdict(config), "record": record}
+    return {"config": config_record(config), "record": record}
 
 
 class _Progress:

@@ -167,6 +167,7 @@ def make_train_step(
     seed: int = 0,
     objective: Objective | None = None,
     remat: str = "none",
+    hooks=None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build a jitted ``step(state, x, y, frozen=None, batch=None) -> (state, metrics)``.
 
@@ -191,9 +192,9 @@ def make_train_step(
         activations for its backward pass; ``"none"`` keeps them all.
 
     Returns:
-      The jitted step, its state argument donated; ``metrics`` has ``loss`` (unscaled) and ``accuracy``
-      of the batch, the ``loss_scale`` of the next step and the objective's
-      own metrics.
+      The jitted step, its state argument donated; ``metrics`` has ``loss`` (unscaled, without
+      the penalty) and ``accuracy`` of the batch, the ``loss_scale`` of the next step, the
+      ``penalty`` where ``hooks`` add one, and the objective's own metrics.
 
     Examples:
       >>> import jax.numpy as jnp, optax
@@ -209,16 +210,26 @@ def make_train_step(
     base_key = jax.random.key(seed)
     objective = objective or supervised(loss_fn)
 
+    view, weights, penalty = (None, None, None) if hooks is None else hooks[:3]
+
     def step(state: TrainState, x, y, frozen=None, batch=None):
         rng = jax.random.fold_in(base_key, state.count)
         scale = precision_lib.loss_scale_of(state.opt_state)
+        targets = y
+        if view is not None:  # the keys of the hooks are folded from the step's, which dropout keeps using
+            x, targets = view(jax.random.fold_in(rng, 1), apply_fn, state.params, x, y)
 
         def loss_of(train_params):
-            params = with_trainable(apply_fn, state.params, train_params)
+            used = train_params if weights is None else weights(jax.random.fold_in(rng, 2), train_params)
+            params = with_trainable(apply_fn, state.params, used)
             loss, (logits, new_params, extra) = objective.loss(
-                apply_fn, params, x, y, rng=rng, frozen=frozen, batch=batch, opt_state=state.opt_state
+                apply_fn, params, x, targets, rng=rng, frozen=frozen, batch=batch, opt_state=state.opt_state
             )
-            return loss * scale, (loss, logits, new_params, extra)
+            total = loss
+            if penalty is not None:
+                extra = {**extra, "penalty": penalty(train_params)}
+                total = loss + extra["penalty"]
+            return total * scale, (loss, logits, new_params, extra)
 
         value_and_grad = jax.value_and_grad(rematerialize(loss_of, remat), has_aux=True)
         (_, (loss, logits, new_params, extra)), grads = value_and_grad(trainable(apply_fn, state.params))
