@@ -952,6 +952,55 @@ CASES = [
     ),
     ("optimize-profile-file", lambda: _optimize(profile=_file()), ValueError, "optimize: profile must be a directory"),
     ("use_cache-file", lambda: compilation.use_cache(_file()), ValueError, "use_cache: directory must be a directory"),
+    # regularizers: penalties, spectral norms, DropConnect, adversarial examples, stochastic depth
+    (
+        "elastic_net-negative-l1",
+        lambda: hamjax.regularize.elastic_net(_mlp()[1], l1=-1e-4),
+        ValueError,
+        "elastic_net: l1 must be a finite number >= 0",
+    ),
+    (
+        "spectral_penalty-negative",
+        lambda: hamjax.regularize.spectral_penalty(-0.1),
+        ValueError,
+        "spectral_penalty: coefficient must be",
+    ),
+    (
+        "drop_connect-rate-one",
+        lambda: hamjax.regularize.drop_connect(jax.random.key(0), _mlp()[1], 1.0),
+        ValueError,
+        "drop_connect: rate must be a scalar in [0, 1)",
+    ),
+    (
+        "fgsm-negative-epsilon",
+        lambda: hamjax.regularize.fgsm(*_mlp(), jnp.zeros((2, 64)), jnp.zeros(2, jnp.int32), epsilon=-0.1),
+        ValueError,
+        "fgsm: epsilon must be a finite number >= 0",
+    ),
+    (
+        "pgd-negative-epsilon",
+        lambda: hamjax.regularize.pgd(*_mlp(), jnp.zeros((2, 64)), jnp.zeros(2, jnp.int32), epsilon=-1, steps=3),
+        ValueError,
+        "pgd: epsilon must be",
+    ),
+    (
+        "pgd-zero-steps",
+        lambda: hamjax.regularize.pgd(*_mlp(), jnp.zeros((2, 64)), jnp.zeros(2, jnp.int32), epsilon=0.1, steps=0),
+        ValueError,
+        "pgd: steps must be an integer >= 1",
+    ),
+    (
+        "robust_accuracy-steps",
+        lambda: hamjax.regularize.robust_accuracy(*_mlp(), _ds().test, epsilon=0.1, steps=0),
+        ValueError,
+        "robust_accuracy: steps must be an integer >= 1",
+    ),
+    (
+        "ViTConfig-drop_path",
+        lambda: models.ViTConfig(drop_path=1.0),
+        ValueError,
+        "ViTConfig.drop_path=1.0",
+    ),
     # CLI
     ("cli-optimize-out-file", _cli("optimize", "--out", "@FILE"), None, "--out"),
     ("cli-optimize-model", _cli("optimize", "--model", "resnet9000"), None, "--model"),

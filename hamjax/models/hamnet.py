@@ -10,6 +10,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from hamjax.models import _validate
+from hamjax.models.residual import DropPath, drop_path_rates
 from hamjax.models.vit import Block, FeedForward
 
 
@@ -29,6 +30,10 @@ class HAMNetConfig:
       attention_every: layer ``i`` mixes tokens with attention when
         ``i % attention_every == 0``, else with a token MLP.
       num_classes: number of logits.
+      drop_path: stochastic depth, in ``[0, 1)``: in train mode layer ``i``
+        (from 0) of ``L`` skips each residual branch per example with
+        probability ``drop_path * (i + 1) / L`` (linear in depth); eval mode
+        is unchanged.
 
     Examples:
       >>> from hamjax.models import HAMNetConfig
@@ -45,6 +50,7 @@ class HAMNetConfig:
     mlp_ratio: float = 2
     attention_every: int = 2
     num_classes: int = 10
+    drop_path: float = 0.0
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "input_size", "num_heads", "num_tokens", "attention_every"):
@@ -52,6 +58,7 @@ class HAMNetConfig:
         _validate.positive_int("HAMNetConfig", "num_classes", self.num_classes)
         _validate.positive_number("HAMNetConfig", "mlp_ratio", self.mlp_ratio)
         _validate.rate("HAMNetConfig", "dropout_rate", self.dropout_rate)
+        _validate.rate("HAMNetConfig", "drop_path", self.drop_path)
         if self.input_size % self.num_tokens:
             raise ValueError(
                 f"HAMNetConfig.input_size={self.input_size}: expected a multiple of num_tokens={self.num_tokens}"
@@ -80,6 +87,7 @@ class MixerBlock(nnx.Module):
       mlp_hidden: inner width of the channel MLP.
       dropout_rate: dropout on both residual branches and inside the MLPs.
       rngs: ``nnx.Rngs``.
+      drop_path: the probability of skipping each residual branch per example (train mode), in ``[0, 1)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -90,19 +98,28 @@ class MixerBlock(nnx.Module):
     """
 
     def __init__(
-        self, num_tokens: int, hidden_size: int, token_hidden: int, mlp_hidden: int, dropout_rate: float, *, rngs
+        self,
+        num_tokens: int,
+        hidden_size: int,
+        token_hidden: int,
+        mlp_hidden: int,
+        dropout_rate: float,
+        *,
+        rngs,
+        drop_path: float = 0.0,
     ):
         self.norm1 = nnx.LayerNorm(hidden_size, rngs=rngs)
         self.token_mlp = FeedForward(num_tokens, token_hidden, dropout_rate, rngs=rngs)
         self.norm2 = nnx.LayerNorm(hidden_size, rngs=rngs)
         self.mlp = FeedForward(hidden_size, mlp_hidden, dropout_rate, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.drop_path = DropPath(drop_path, rngs=self.dropout.rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply the layer: ``(N, T, hidden) -> (N, T, hidden)``."""
         mixed = self.token_mlp(self.norm1(x).transpose(0, 2, 1)).transpose(0, 2, 1)
-        x = x + self.dropout(mixed)
-        return x + self.dropout(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.dropout(mixed))
+        return x + self.drop_path(self.dropout(self.mlp(self.norm2(x))))
 
 
 class HAMNet(nnx.Module):
@@ -147,11 +164,12 @@ class HAMNet(nnx.Module):
         mlp_hidden = max(1, round(d * config.mlp_ratio))
         token_hidden = max(1, round(t * config.mlp_ratio))
         rate = config.dropout_rate
+        paths = drop_path_rates(config.drop_path, config.num_layers)
         self.layers = nnx.List(
             [
-                Block(d, config.num_heads, mlp_hidden, rate, rngs=rngs, tap=f"layers/{i}/attention")
+                Block(d, config.num_heads, mlp_hidden, rate, rngs=rngs, tap=f"layers/{i}/attention", drop_path=paths[i])
                 if kind == "attention"
-                else MixerBlock(t, d, token_hidden, mlp_hidden, rate, rngs=rngs)
+                else MixerBlock(t, d, token_hidden, mlp_hidden, rate, rngs=rngs, drop_path=paths[i])
                 for i, kind in enumerate(config.layer_kinds)
             ]
         )

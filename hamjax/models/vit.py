@@ -11,6 +11,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from hamjax.models import _validate
+from hamjax.models.residual import DropPath, drop_path_rates
 
 
 class SelfAttention(nnx.Module):
@@ -93,6 +94,8 @@ class FeedForward(nnx.Module):
 class Block(nnx.Module):
     """Pre-LN transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
+    With ``drop_path > 0`` each residual branch is dropped per example in
+    train mode (:class:`~hamjax.models.residual.DropPath`, stochastic depth).
     Parameter paths: ``norm1``, ``attn/{query,key,value,out}``, ``norm2``,
     ``mlp/{fc1,fc2}``, each with ``kernel``/``bias`` (norms: ``scale``/``bias``).
     The token stream after the attention's residual add is marked
@@ -106,6 +109,7 @@ class Block(nnx.Module):
       dropout_rate: dropout on both residual branches and inside the MLP.
       rngs: ``nnx.Rngs``.
       tap: the name of the attention probabilities (see :class:`SelfAttention`).
+      drop_path: the probability of skipping each residual branch per example (train mode), in ``[0, 1)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -124,17 +128,20 @@ class Block(nnx.Module):
         *,
         rngs: nnx.Rngs,
         tap: str = "attention",
+        drop_path: float = 0.0,
     ):
         self.norm1 = nnx.LayerNorm(hidden_size, rngs=rngs)
         self.attn = SelfAttention(hidden_size, num_heads, rngs=rngs, tap=tap)
         self.norm2 = nnx.LayerNorm(hidden_size, rngs=rngs)
         self.mlp = FeedForward(hidden_size, mlp_hidden, dropout_rate, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        # Forked from the dropout's stream, not from rngs: the params drawn after this block stay as they were.
+        self.drop_path = DropPath(drop_path, rngs=self.dropout.rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply the block: ``(N, T, hidden) -> (N, T, hidden)``."""
-        x = checkpoint_name(x + self.dropout(self.attn(self.norm1(x))), f"{self.attn.tap}/merge")
-        return x + self.dropout(self.mlp(self.norm2(x)))
+        x = checkpoint_name(x + self.drop_path(self.dropout(self.attn(self.norm1(x)))), f"{self.attn.tap}/merge")
+        return x + self.drop_path(self.dropout(self.mlp(self.norm2(x))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +157,10 @@ class ViTConfig:
       mlp_ratio: MLP inner width is ``round(hidden_size * mlp_ratio)``.
       num_classes: number of logits.
       dropout_rate: dropout on embeddings and residual branches, in ``[0, 1)``.
+      drop_path: stochastic depth, in ``[0, 1)``: in train mode block ``i``
+        (from 0) of ``L`` skips each residual branch per example with
+        probability ``drop_path * (i + 1) / L`` (linear in depth, the last
+        block at ``drop_path``); eval mode is unchanged.
 
     Examples:
       >>> from hamjax.models import ViTConfig
@@ -165,6 +176,7 @@ class ViTConfig:
     mlp_ratio: float = 2
     num_classes: int = 10
     dropout_rate: float = 0.0
+    drop_path: float = 0.0
 
     def __post_init__(self):
         _validate.image_shape("ViTConfig", "input_shape", self.input_shape)
@@ -173,6 +185,7 @@ class ViTConfig:
             _validate.positive_int("ViTConfig", name, getattr(self, name))
         _validate.positive_number("ViTConfig", "mlp_ratio", self.mlp_ratio)
         _validate.rate("ViTConfig", "dropout_rate", self.dropout_rate)
+        _validate.rate("ViTConfig", "drop_path", self.drop_path)
         h, w, _ = self.input_shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(
@@ -249,9 +262,18 @@ class ViT(nnx.Module):
         self.patch_embed = nnx.Linear(config.patch_size**2 * c, d, rngs=rngs)
         self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, config.num_patches, d)))
         mlp_hidden = max(1, round(d * config.mlp_ratio))
+        rates = drop_path_rates(config.drop_path, config.num_layers)
         self.blocks = nnx.List(
             [
-                Block(d, config.num_heads, mlp_hidden, config.dropout_rate, rngs=rngs, tap=f"blocks/{i}/attention")
+                Block(
+                    d,
+                    config.num_heads,
+                    mlp_hidden,
+                    config.dropout_rate,
+                    rngs=rngs,
+                    tap=f"blocks/{i}/attention",
+                    drop_path=rates[i],
+                )
                 for i in range(config.num_layers)
             ]
         )
