@@ -24,7 +24,14 @@ PyTree = Any
 
 
 def _abstract(tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), tree)
+    """Shapes, dtypes and, for ``jax.Array`` leaves, shardings: a sharded state restores onto its own devices."""
+
+    def spec(a):
+        if isinstance(a, jax.Array):  # a global array spanning processes cannot become a numpy array here
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
+        return jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+
+    return jax.tree.map(spec, tree)
 
 
 def _into(like: PyTree, restored: PyTree, what: str) -> PyTree:

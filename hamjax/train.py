@@ -34,6 +34,7 @@ from hamjax._base import trainable
 from hamjax._losses import cross_entropy
 from hamjax.footprint import CompiledMemory, compiled_memory
 from hamjax.graph.remat import REMAT_POLICIES
+from hamjax.parallel import DataParallel
 from hamjax.train_config import (
     ADVERSARIAL_METHODS,
     LOSS_SCALES,
@@ -122,6 +123,7 @@ def fit(
     checkpoint_dir: str | None = None,
     progress: bool = True,
     callback: Callable[[int, TrainState, dict], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train ``(apply_fn, params)`` on ``dataset.train``, validating on ``dataset.val``.
 
@@ -136,6 +138,15 @@ def fit(
     and, when the directory already holds a checkpoint of this run, resumes
     from it: same params, optimizer state, step, data order and early
     stopping record, so the result equals an uninterrupted run's.
+
+    With ``config.data_parallel`` (or ``parallel``) every batch is split
+    over the devices of a :class:`hamjax.parallel.DataParallel` mesh and the
+    state is replicated (or sharded by its rule): the losses equal one
+    device's within float rounding. Under ``jax.distributed``
+    (:func:`hamjax.parallel.initialize`) the mesh spans every process, each
+    process reads only its rows of each batch, checkpoints are written once
+    by the group (``checkpoint_dir`` on storage all processes share) and
+    only process 0 shows progress.
 
     Args:
       apply_fn: the model's apply function (any kind of the contract).
@@ -152,6 +163,9 @@ def fit(
       progress: show a progress bar.
       callback: called as ``callback(step, state, metrics)`` after each
         step, after any checkpoint of that step is written.
+      parallel: a :class:`hamjax.parallel.DataParallel` to train on (its
+        devices, its ``param_rule``); ``None`` is ``DataParallel()`` over all
+        devices when ``config.data_parallel``, else one device.
 
     Returns:
       A :class:`TrainResult`.
@@ -164,7 +178,8 @@ def fit(
         inputs, or labels that are not integers in ``[0, C)``, ``C`` being
         ``dataset.num_classes`` or the model's logit count, whichever is
         smaller (:func:`hamjax.data.check_dataset`); or for a batch size
-        larger than the training split.
+        larger than the training split, or (data parallel) not divisible by
+        the device count.
 
     Examples:
       >>> import hamjax
@@ -188,6 +203,12 @@ def fit(
         raise ValueError(
             f"fit: TrainConfig.batch_size={config.batch_size} exceeds the {len(train.y)} training examples"
         )
+    if parallel is not None and not isinstance(parallel, DataParallel):
+        raise ValueError(f"fit: parallel must be a hamjax.parallel.DataParallel or None, got {parallel!r}")
+    if parallel is None and config.data_parallel:
+        parallel = DataParallel()
+    if parallel is not None:
+        parallel.check_batch("fit", config.batch_size)  # before any work, so no checkpoint is touched
     per_epoch = data_lib.steps_per_epoch(len(train.y), config.batch_size)
     total = per_epoch * config.epochs
     eval_every = config.eval_every or per_epoch
@@ -199,6 +220,8 @@ def fit(
     params = jax.tree.map(jnp.array, params)
     state = TrainState(params, optimizer.init(trainable(apply_fn, params)), jnp.asarray(0, jnp.int32))
     record = {"history": [], "best_accuracy": -math.inf, "best_step": 0, "bad_evals": 0, "stopped_early": False}
+    if parallel is not None:  # replicated or sharded by the rule; restored checkpoints keep these shardings
+        state, params = parallel.place(state), parallel.place(params)
     best_params = jax.tree.map(jnp.copy, params)
 
     ckpt, resumed_from = None, None
@@ -234,21 +257,33 @@ def fit(
         apply_fn, optimizer, seed=config.seed, objective=objective, remat=config.remat, hooks=hooks
     )
     eval_step = make_eval_step(apply_fn, loss_fn=loss_fn)
+
+    frozen = objective.frozen if parallel is None else parallel.place(objective.frozen)  # a teacher's params
+
+    def batch_at(step):
+        """The step's inputs, labels and per-example rows; under ``parallel`` global arrays of this process's rows."""
+        idx = data_lib.batch_indices(len(train.y), config.batch_size, step, seed=config.seed)
+        if parallel is not None:
+            idx = parallel.process_rows(idx)
+        batch = None if per_example is None else jax.tree.map(lambda a: a[idx], per_example)
+        arrays = (train.x[idx], train.y[idx], batch)
+        return arrays if parallel is None else parallel.global_batch(arrays)
+
     start = int(state.count)
     step_memory = None
     if start < total:  # the executable the loop is about to run, read once
-        idx = data_lib.batch_indices(len(train.y), config.batch_size, start, seed=config.seed)
-        batch = None if per_example is None else jax.tree.map(lambda a, i=idx: a[i], per_example)
-        step_memory = compiled_memory(train_step, state, train.x[idx], train.y[idx], objective.frozen, batch)
-    bar = _Progress(progress, total, start)
+        x, y, batch = batch_at(start)
+        step_memory = compiled_memory(train_step, state, x, y, frozen, batch)
+    bar = _Progress(progress and jax.process_index() == 0, total, start)
     losses = []
     try:
         for step in range(start, total):
             if record["stopped_early"]:
                 break
-            idx = data_lib.batch_indices(len(train.y), config.batch_size, step, seed=config.seed)
-            batch = None if per_example is None else jax.tree.map(lambda a, i=idx: a[i], per_example)
-            state, metrics = train_step(state, train.x[idx], train.y[idx], objective.frozen, batch)
+            x, y, batch = batch_at(step)
+            state, metrics = train_step(state, x, y, frozen, batch)
+            if parallel is not None:  # keep the layout asked for, whatever XLA chose for the outputs
+                state = parallel.place(state)
             losses.append(metrics["loss"])
             done = step + 1
             if done % eval_every == 0 or done == total:
@@ -317,7 +352,7 @@ def _same_run(config: dict | None) -> dict | None:
     return {k: v for k, v in config.items() if k not in _NOT_RESULTS}
 
 
-_NOT_RESULTS = ("remat", "checkpoint_seconds")
+_NOT_RESULTS = ("remat", "checkpoint_seconds", "data_parallel")
 _DEFAULTS = config_record(TrainConfig())
 
 
