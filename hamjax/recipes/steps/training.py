@@ -25,8 +25,54 @@ FIELDS = {
     "remat": Field(
         str, "none", choices=train.REMAT_POLICIES, doc="rematerialisation policy: recompute activations to save memory"
     ),
-    "stage": Field(str, "dense", doc="name of the row this step adds to the report"),
 }
+
+REGULARIZATION = {
+    "accumulate": Field(int, 1, low=1, doc="micro-batches per update (gradient accumulation)"),
+    "clip_norm": Field(float, None, above=0.0, doc="clip the gradient to this global norm"),
+    "clip_leaf_norm": Field(float, None, above=0.0, doc="clip each leaf's gradient to this norm"),
+    "label_smoothing": Field(float, 0.0, low=0.0, doc="label smoothing, in [0, 1)"),
+    "mixup": Field(float, 0.0, low=0.0, doc="mixup Beta alpha (0: off)"),
+    "cutmix": Field(float, 0.0, low=0.0, doc="CutMix Beta alpha (0: off)"),
+    "augment": Field(str, None, doc="augmentation spec, e.g. 'shift=2,rotate=10,cutout=8' or 'randaugment=0.5'"),
+    "l1": Field(float, 0.0, low=0.0, doc="L1 penalty on kernels"),
+    "l2": Field(float, 0.0, low=0.0, doc="L2 penalty on kernels (with l1: elastic net)"),
+    "spectral": Field(float, 0.0, low=0.0, doc="spectral-norm penalty on kernels"),
+    "drop_connect": Field(float, 0.0, low=0.0, doc="DropConnect rate on kernels, in [0, 1)"),
+    "adversarial": Field(str, "none", choices=train.ADVERSARIAL_METHODS, doc="train on FGSM or PGD inputs"),
+    "epsilon": Field(float, 0.0, low=0.0, doc="adversarial L-infinity radius"),
+    "adversarial_steps": Field(int, 1, low=1, doc="PGD steps"),
+}
+"""The augmentation and regularisation fields of :class:`hamjax.train.TrainConfig`, shared by the training steps."""
+
+FIELDS = {**FIELDS, **REGULARIZATION, "stage": Field(str, "dense", doc="name of the row this step adds to the report")}
+
+
+def check(f: dict) -> str | None:
+    """The rules across the regularisation fields; a message for the first one broken, else ``None``.
+
+    Args:
+      f: the step's fields with defaults filled in.
+
+    Examples:
+      >>> check({"label_smoothing": 1.0, "drop_connect": 0.0, "adversarial": "none", "epsilon": 0.0, "augment": None})
+      'label_smoothing must be < 1, got 1.0'
+      >>> check({"label_smoothing": 0.1, "drop_connect": 0.0, "adversarial": "pgd", "epsilon": 0.0, "augment": None})
+      "adversarial = 'pgd' needs epsilon > 0"
+    """
+    for name in ("label_smoothing", "drop_connect"):
+        if f[name] >= 1:
+            return f"{name} must be < 1, got {f[name]!r}"
+    if f["adversarial"] != "none" and f["epsilon"] <= 0:
+        return f"adversarial = {f['adversarial']!r} needs epsilon > 0"
+    if f["augment"] is not None:
+        from hamjax import augment
+
+        try:
+            augment.parse(f["augment"])
+        except ValueError as err:
+            return f"augment = {f['augment']!r}: {err}"
+    return None
 
 
 def run(fields: dict, context: Context) -> Context:
@@ -61,9 +107,11 @@ def run(fields: dict, context: Context) -> Context:
     )
     context.note_resumed(stage, result)
     context.params = result.params
-    context.stages.append(report.Stage.from_model(stage, context.apply_fn, result.params))
+    context.stages.append(
+        report.Stage.from_model(stage, context.apply_fn, result.params, notes="; ".join(result.notes))
+    )
     context.extras.setdefault("dense", (context.apply_fn, result.params, context.config))
     return context
 
 
-KIND = StepKind("train", FIELDS, run, doc="train the current model with optax")
+KIND = StepKind("train", FIELDS, run, doc="train the current model with optax", check=check)
