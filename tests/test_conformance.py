@@ -13,7 +13,7 @@ from absl.testing import parameterized
 from conformance import check_transform
 
 import hamjax
-from hamjax import prune, quant
+from hamjax import prune, quant, regularize
 
 
 class ScaleState(NamedTuple):
@@ -73,6 +73,7 @@ CASES = [
         ),
         {"bits": jnp.array([2.0, 9.0, 16.0])},
     ),
+    ("spectral_normalize", lambda hp: regularize.spectral_normalize(iterations=2), {}),
 ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from absl.testing import parameterized
 from conformance import check_optax_adapter, example_grads, example_params
 
-from hamjax import distill, precision, prune
+from hamjax import distill, precision, prune, regularize
 
 FIXED_MASKS = prune.magnitude_masks(example_params(), 0.5)
 LEARNING_RATE = {"learning_rate": jnp.array([0.1, 0.03, 0.01])}
@@ -62,6 +62,12 @@ CASES = [
         scaled_grads_with_an_overflow,
     ),
     ("ema_teacher", lambda hp: distill.ema_teacher(optax.sgd(0.1), hp["decay"]), DECAY, example_grads),
+    (
+        "spectral_penalty",
+        lambda hp: optax.chain(regularize.spectral_penalty(hp["coefficient"]), optax.sgd(0.1)),
+        {"coefficient": jnp.array([0.0, 0.1, 1.0])},
+        example_grads,
+    ),
 ]
 
 
