@@ -7,6 +7,7 @@ names the argument at fault. No row trains: each must raise before any work.
 
 import json
 import math
+import socket
 from pathlib import Path
 
 import jax
@@ -17,7 +18,21 @@ import pytest
 from reference_models import plain_mlp
 
 import hamjax
-from hamjax import checkpoint, cli, compilation, data, distill, graph, models, precision, prune, quant, recipes, train
+from hamjax import (
+    checkpoint,
+    cli,
+    compilation,
+    data,
+    distill,
+    graph,
+    models,
+    parallel,
+    precision,
+    prune,
+    quant,
+    recipes,
+    train,
+)
 from hamjax.export.graph import ExportError
 from hamjax.models import saved
 from hamjax.search import proposals, trainer
@@ -374,6 +389,37 @@ CASES = [
         "dataset.val.x and dataset.val.y hold no examples",
     ),
     ("fit-checkpoint_dir-file", lambda: _fit(checkpoint_dir=_file()), ValueError, "checkpoint_dir must be a directory"),
+    # data parallel and multi-process training (hamjax.parallel)
+    (
+        "fit-parallel-type",
+        lambda: _fit(parallel="gpu"),
+        ValueError,
+        "fit: parallel must be a hamjax.parallel.DataParallel",
+    ),
+    ("DataParallel-devices", lambda: parallel.DataParallel(devices=[]), ValueError, "devices must be a non-empty"),
+    ("DataParallel-param_rule", lambda: parallel.DataParallel(param_rule=3), ValueError, "param_rule must be None or"),
+    (
+        "DataParallel-rule-spec",
+        lambda: parallel.DataParallel(param_rule=lambda path, leaf: "batch").place({"w": jnp.ones((2, 2))}),
+        ValueError,
+        "param_rule returned 'batch' for ['w']; expected a jax.sharding.PartitionSpec",
+    ),
+    ("shard_by_size-device_count", lambda: parallel.shard_by_size(0), ValueError, "shard_by_size: device_count must"),
+    (
+        "initialize-address",
+        lambda: parallel.initialize("127.0.0.1", 2, 1),
+        ValueError,
+        "initialize: coordinator_address must be 'host:port'",
+    ),
+    ("initialize-process_id", lambda: parallel.initialize("127.0.0.1:1234", 2, 2), ValueError, "process_id must be"),
+    ("initialize-timeout", lambda: parallel.initialize("127.0.0.1:1234", 2, 1, timeout_s=0), ValueError, "timeout_s"),
+    (
+        "initialize-unreachable",
+        lambda: parallel.initialize(f"127.0.0.1:{_free_port()}", 2, 1, timeout_s=0.5),
+        ValueError,
+        "did not accept a connection within 0.5 s",
+    ),
+    ("initialize-port-busy", lambda: _busy_coordinator(), ValueError, "the port is in use"),
     # train.evaluate
     (
         "evaluate-tuple",
@@ -1021,6 +1067,21 @@ CASES = [
     ("cli-export-model", _cli("export", "resnet9000", "--out", "m.onnx"), None, "resnet9000"),
     ("cli-search-population", _cli("search", "--population", "0"), None, "population"),
 ]
+
+
+def _free_port() -> int:
+    """A localhost port nobody listens on (hamjax.parallel.initialize rows)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _busy_coordinator():
+    """Process 0 of a group whose coordinator port another socket already listens on."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        return parallel.initialize(f"127.0.0.1:{busy.getsockname()[1]}", 2, 0)
 
 
 def _npz(**arrays) -> str:
