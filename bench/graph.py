@@ -29,41 +29,15 @@ subprocesses), so ratios within a part are measured in the same run.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import json
 import sys
-import time
-from pathlib import Path
+
+from timing import run_parts
 
 PARTS = ("fold", "int8", "attention", "lowrank", "tome", "remat", "cache")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="every part's short variant")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list from {','.join(PARTS)}")
-    args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        parser.error(f"--parts: expected a comma list from {','.join(PARTS)}, got {args.parts!r}")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from hamjax import measure
-
-    results, targets = [], []
-    for part in parts:
-        module = importlib.import_module(f"graph_{part}")
-        started = time.perf_counter()
-        part_results, part_targets = module.run(args.quick)
-        seconds = round(time.perf_counter() - started, 1)
-        results.extend({"part": part, **row} for row in part_results)
-        results.append({"part": part, "seconds": seconds})
-        targets.extend({"part": part, **target} for target in part_targets)
-        print(f"graph/{part}: {seconds} s, targets met {sum(t['met'] for t in part_targets)}/{len(part_targets)}")
-        sys.stdout.flush()
-    print(json.dumps({"bench": "graph", "env": measure.environment(), "results": results, "targets": targets}))
-    return 0
+    return run_parts("graph", PARTS, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ the path), never by hamjax.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import math
 import statistics
+import sys
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -69,5 +74,36 @@ def finish(bench: str, results: list, targets: list) -> int:
     for t in targets:
         measured = f"{t['measured']:.4g}" if isinstance(t["measured"], float) else t["measured"]
         print(f"{t['name']}: {measured} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
+    print(json.dumps({"bench": bench, "env": measure.environment(), "results": results, "targets": targets}))
+    return 0
+
+
+def run_parts(bench: str, parts: tuple[str, ...], description: str, argv=None) -> int:
+    """The main of a benchmark made of parts: ``bench/BENCH_PART.py`` each exposing ``run(quick) -> (results, targets)``.
+
+    Parses ``--quick`` and ``--parts``, runs the parts one after another in
+    this process, tags every result and target with its ``part``, and prints
+    the one JSON line.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="every part's short variant")
+    parser.add_argument("--parts", default=",".join(parts), help=f"comma list from {','.join(parts)}")
+    args = parser.parse_args(argv)
+    chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(parts))
+    if unknown or not chosen:
+        parser.error(f"--parts: expected a comma list from {','.join(parts)}, got {args.parts!r}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    results, targets = [], []
+    for part in chosen:
+        module = importlib.import_module(f"{bench}_{part}")
+        started = time.perf_counter()
+        part_results, part_targets = module.run(args.quick)
+        seconds = round(time.perf_counter() - started, 1)
+        results.extend({"part": part, **row} for row in part_results)
+        results.append({"part": part, "seconds": seconds})
+        targets.extend({"part": part, **target} for target in part_targets)
+        print(f"{bench}/{part}: {seconds} s, targets met {sum(t['met'] for t in part_targets)}/{len(part_targets)}")
+        sys.stdout.flush()
     print(json.dumps({"bench": bench, "env": measure.environment(), "results": results, "targets": targets}))
     return 0
