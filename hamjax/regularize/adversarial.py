@@ -34,8 +34,8 @@ def _check_clip(where: str, clip: Any) -> tuple[float, float] | None:
         raise ValueError(f"{where}: clip must be a pair (lo, hi) or None, got {clip!r}")
     lo = check_number(where, "clip[0]", clip[0])
     hi = check_number(where, "clip[1]", clip[1])
-    if not lo < hi:
-        raise ValueError(f"{where}: clip must be a pair (lo, hi) with lo < hi, got {clip!r}")
+    if not lo <= hi:
+        raise ValueError(f"{where}: clip must be a pair (lo, hi) with lo <= hi, got {clip!r}")
     return lo, hi
 
 

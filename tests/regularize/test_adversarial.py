@@ -120,7 +120,7 @@ def test_flax_models(kind, digits):
         (lambda f, p, x, y: regularize.pgd(f, p, x, y, epsilon=0.1, steps=0), "pgd: steps must be an integer >= 1"),
         (
             lambda f, p, x, y: regularize.pgd(f, p, x, y, epsilon=0.1, steps=2, clip=(1.0, 0.0)),
-            r"pgd: clip must be a pair \(lo, hi\) with lo < hi",
+            r"pgd: clip must be a pair \(lo, hi\) with lo <= hi",
         ),
         (
             lambda f, p, x, y: regularize.robust_accuracy(f, p, x, epsilon=0.1),
