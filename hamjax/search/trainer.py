@@ -22,7 +22,14 @@ compiled step:
 * ``temperature``, ``alpha``: distillation from ``Population(teacher=...)``:
   the loss is ``alpha * soft_target_loss(T) + (1 - alpha) * loss_fn``
   (:func:`hamjax.distill.soft_target_loss`), the teacher's logits computed
-  once per batch for all members.
+  once per batch for all members;
+* ``augment``: the RandAugment magnitude in [0, 1] of each member's
+  training batches (:func:`hamjax.augment.randaugment`, two ops per
+  example); every member draws the same ops and offsets at a step (keys
+  folded from the step count), so members differ by magnitude alone;
+* ``label_smoothing``: in [0, 1), each member's targets smoothed by that
+  much (``loss_fn`` then receives probability rows, which the default
+  cross-entropy takes).
 
 Pruning and quantization touch the leaves :func:`hamjax.prune.default_filter`
 selects (weight matrices and kernels, not biases, norms or batch statistics).
@@ -51,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hamjax import distill, prune
+from hamjax import augment, distill, prune
 from hamjax._base import call_model, optax_update
 from hamjax._checks import check_choice, check_finite, check_int, is_traced
 from hamjax._losses import cross_entropy
@@ -61,7 +68,7 @@ from hamjax.train_steps import logit_count
 
 EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
 OPTIMIZER_HYPERPARAMETERS = ("learning_rate", "weight_decay")
-TRANSFORM_HYPERPARAMETERS = ("sparsity", "bits", "temperature", "alpha")
+TRANSFORM_HYPERPARAMETERS = ("sparsity", "bits", "temperature", "alpha", "augment", "label_smoothing")
 HYPERPARAMETERS = OPTIMIZER_HYPERPARAMETERS + TRANSFORM_HYPERPARAMETERS
 DISTILL_DEFAULTS = {"temperature": 4.0, "alpha": 0.9}
 
@@ -76,6 +83,8 @@ _RANGES = {
     ),
     "temperature": (lambda v: v > 0, "> 0"),
     "alpha": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "augment": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "label_smoothing": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
 }
 
 
@@ -193,6 +202,8 @@ class Population:
         return quantized
 
     def _loss(self, logits, y, teacher_logits, hparams):
+        if "label_smoothing" in hparams:
+            y = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=jnp.float32), hparams["label_smoothing"])
         loss = self.loss_fn(logits, y)
         if teacher_logits is None:
             return loss
@@ -200,7 +211,10 @@ class Population:
         soft = distill.soft_target_loss(logits, teacher_logits, temperature=hparams["temperature"])
         return alpha * soft + (1.0 - alpha) * loss
 
-    def _member_step(self, params, opt_state, hparams, x, y, teacher_logits):
+    def _member_step(self, params, opt_state, hparams, x, y, teacher_logits, key):
+        if "augment" in hparams:
+            x = augment.randaugment(key, x, hparams["augment"])
+
         def loss(p):
             logits, new_p = call_model(self.apply_fn, self._forward_params(p, hparams), x, train=True)
             return self._loss(logits, y, teacher_logits, hparams), new_p
@@ -217,13 +231,13 @@ class Population:
             params = prune.apply_masks(params, prune.magnitude_masks(params, hparams["sparsity"]))
         return params, opt_state, value
 
-    def _member_train(self, params, opt_state, hparams, xs, ys, teacher_logits):
+    def _member_train(self, params, opt_state, hparams, xs, ys, teacher_logits, keys):
         def body(carry, batch):
             p, s = carry
             p, s, value = self._member_step(p, s, hparams, *batch)
             return (p, s), value
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xs, ys, teacher_logits))
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xs, ys, teacher_logits, keys))
         return params, opt_state, losses
 
     def _member_eval(self, params, hparams, x, y):
@@ -249,7 +263,9 @@ class Population:
                     teacher_apply, teacher_params = self.teacher
                     teacher_logits = jax.lax.map(lambda x: call_model(teacher_apply, teacher_params, x)[0], xs)
                     teacher_logits = jax.lax.stop_gradient(teacher_logits)
-                shared = (xs, ys, teacher_logits)
+                steps = state.count + jnp.arange(xs.shape[0], dtype=jnp.int32)
+                keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(0), t))(steps)
+                shared = (xs, ys, teacher_logits, keys)
                 params, opt_state, losses = self._over_members(self._member_train, execution, members, shared)
                 return PopulationState(params, opt_state, state.hparams, state.count + xs.shape[0]), losses
 

@@ -134,9 +134,43 @@ def test_sparsity_and_bits_train_a_reference_model_with_batch_statistics(digits)
         assert any(not np.allclose(a, b) for a, b in zip(stats, start, strict=True))
 
 
+def _image_member(p, x):
+    return x.reshape(x.shape[0], -1) @ p["w"]
+
+
+def test_per_member_augmentation_magnitude_and_label_smoothing(digits):
+    import optax
+
+    w = 0.1 * jax.random.normal(jax.random.key(0), (64, 10), jnp.float32)
+    params = pop.stack([{"w": w}] * 3)
+    trainer = pop.Population(_image_member)
+    x = digits.train.x[:96].reshape(3, 32, *digits.input_shape)
+    y = digits.train.y[:96].reshape(3, 32)
+    hp = {
+        "learning_rate": 1e-2,
+        "augment": jnp.asarray([0.0, 0.5, 0.0]),
+        "label_smoothing": jnp.asarray([0.0, 0.0, 0.2]),
+    }
+    state, losses = trainer.train(trainer.init(params, hp), x, y)
+    plain, plain_losses = trainer.train(trainer.init(params, {"learning_rate": 1e-2}), x, y)
+    np.testing.assert_allclose(losses[0], plain_losses[0], rtol=1e-5)  # magnitude 0 and no smoothing: as plain
+    np.testing.assert_allclose(pop.member(state.params, 0)["w"], pop.member(plain.params, 0)["w"], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(pop.member(state.params, 1)["w"], pop.member(plain.params, 1)["w"])  # augmented views
+    logits = _image_member({"w": w}, jnp.asarray(x[0]))
+    smoothed = optax.smooth_labels(jax.nn.one_hot(y[0], 10), 0.2)
+    want = optax.softmax_cross_entropy(logits, smoothed).mean()
+    np.testing.assert_allclose(losses[2, 0], want, rtol=1e-5)
+    assert abs(float(losses[2, 0]) - float(losses[0, 0])) > 1e-3
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"augment": 1.5}), r"augment .* in \[0, 1\]"),
+        (
+            lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"label_smoothing": 1.0}),
+            r"label_smoothing .* in \[0, 1\)",
+        ),
         (lambda: pop.Population(mlp, execution="pmap"), "Population: execution must be one of"),
         (lambda: pop.Population(mlp, chunk=0), "Population: chunk must be an integer >= 1, got 0"),
         (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"momentum": 0.9}), "unknown hyperparameters"),
