@@ -13,6 +13,7 @@ use: ``hamjax.export`` (onnx, onnxruntime, jax2onnx) and ``hamjax.search``
 import importlib
 
 from hamjax import (
+    augment,
     checkpoint,
     data,
     distill,
@@ -69,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "Transform",
     "__version__",
+    "augment",
     "call_model",
     "chain",
     "checkpoint",
