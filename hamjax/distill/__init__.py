@@ -10,6 +10,8 @@ Modules, bottom to top:
 * :mod:`~hamjax.distill.relations`: relational KD (distances and angles between examples).
 * :mod:`~hamjax.distill.teacher`: the mean teacher, :func:`ema_update` and the optax adapter
   :func:`ema_teacher`.
+* :mod:`~hamjax.distill.matching`: function matching, the teacher and the student on one augmented
+  view, and the regularised (dropout, jittered) teacher.
 * :mod:`~hamjax.distill.terms`: the loss terms a distillation run combines.
 * :mod:`~hamjax.distill.training`: :func:`fit`, which trains a student on
   :func:`hamjax.train.fit` (it sits above the training engine; nothing else here imports it).
@@ -34,6 +36,7 @@ from hamjax.distill.losses import (
     self_distillation_loss,
     soft_target_loss,
 )
+from hamjax.distill.matching import TEACHER_METHODS, ViewKeys, check_view, teacher_forward, view_keys
 from hamjax.distill.relations import rkd_angle_loss, rkd_distance_loss
 from hamjax.distill.teacher import EmaTeacher, EmaTeacherState, ema_teacher, ema_update
 from hamjax.distill.terms import (
@@ -50,6 +53,7 @@ from hamjax.distill.training import CACHES, DistillResult, fit
 
 __all__ = [
     "CACHES",
+    "TEACHER_METHODS",
     "TERMS",
     "AttentionProbs",
     "AttentionTransfer",
@@ -61,9 +65,11 @@ __all__ = [
     "Relational",
     "SelfDistillation",
     "SoftTargets",
+    "ViewKeys",
     "attention_map",
     "attention_probs_loss",
     "attention_transfer_loss",
+    "check_view",
     "cross_entropy",
     "distillation_loss",
     "ema_teacher",
@@ -78,4 +84,6 @@ __all__ = [
     "rkd_distance_loss",
     "self_distillation_loss",
     "soft_target_loss",
+    "teacher_forward",
+    "view_keys",
 ]

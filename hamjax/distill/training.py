@@ -31,7 +31,10 @@ import optax
 from hamjax import train
 from hamjax._base import TRAINABLE, ApplyFn, call_model, is_protocol_apply, with_trainable
 from hamjax._checks import check_choice, check_finite
+from hamjax.augment import mixup as mix_views
+from hamjax.augment import soft_targets
 from hamjax.data import check_dataset, describe_value, steps_per_epoch
+from hamjax.distill.matching import check_view, teacher_forward, view_keys
 from hamjax.distill.teacher import EmaTeacher, EmaTeacherState, ema_teacher
 from hamjax.distill.terms import TERMS, Features, HardLabels, PairTerm, SelfDistillation, SoftTargets, TermInputs
 from hamjax.jaxpr import capture
@@ -157,17 +160,27 @@ def _cache_outputs(forwards, teachers, x: np.ndarray, batch_size: int):
     return {"logits": [o[0] for o in outs], "taps": [o[1] for o in outs]}
 
 
-def _make_loss(student_apply, terms, forwards, ema: bool, teacher_weights):
+def _make_loss(student_apply, terms, forwards, ema: bool, teacher_weights, view=None, online=None):
+    """The objective's loss; ``online`` teachers (:func:`teacher_forward`) run on each step's ``view = (augment, mixup, classes)``."""
+    augment, alpha, classes = view or (None, 0.0, 0)
     protocol = is_protocol_apply(student_apply)
 
     def loss(apply_fn, params, x, y, *, rng, frozen, batch, opt_state):
+        if online is not None:
+            keys = view_keys(rng)
+            x = x if augment is None else augment(keys.augment, x)
+            if alpha:  # the labels become the mixed probability rows
+                x, y = mix_views(keys.mix, x, soft_targets(y, classes, 0.0), alpha)
+            teacher_keys = jax.random.split(keys.teacher, len(online))
         (logits, taps), new_params = apply_fn(params, x, train=True, rng=rng, mutable=True, with_taps=True)
         s_vars, adapters = _split_vars(params, protocol)
         if ema:
-            average = optax.tree_utils.tree_get(opt_state, "ema")["student"]
-            outs = [forwards[0](with_trainable(student_apply, s_vars, average), x)]
+            average = with_trainable(student_apply, s_vars, optax.tree_utils.tree_get(opt_state, "ema")["student"])
+            outs = [forwards[0](average, x) if online is None else online[0](average, x, teacher_keys[0])]
         elif batch is not None:
             outs = list(zip(batch["logits"], batch["taps"], strict=True))
+        elif online is not None:
+            outs = [f(p, x, k) for f, p, k in zip(online, frozen, teacher_keys, strict=False)]
         else:
             outs = [f(p, x) for f, p in zip(forwards, frozen, strict=True)]
         inputs = TermInputs(logits, taps, [o[0] for o in outs], [o[1] for o in outs], y, None, teacher_weights)
@@ -195,6 +208,10 @@ def fit(
     terms: Sequence = (SoftTargets(), HardLabels()),
     teacher_weights: Sequence[float] | None = None,
     cache: str = "auto",
+    augment=None,
+    mixup: float = 0.0,
+    teacher_method: str = "eval",
+    teacher_noise: float = 0.0,
     checkpoint_dir: str | None = None,
     progress: bool = True,
     callback=None,
@@ -221,7 +238,21 @@ def fit(
         :class:`~hamjax.distill.SoftTargets` (default: equal).
       cache: one of :data:`CACHES`: ``"auto"`` computes the teachers' outputs on the training
         split once when they take at most 256 MiB; ``"always"`` and ``"never"`` force it either
-        way (an :class:`~hamjax.distill.EmaTeacher` is never cached).
+        way (an :class:`~hamjax.distill.EmaTeacher` is never cached). Anything below that
+        changes the teacher's input or output per step makes the teachers run online.
+      augment: ``None``, a spec string (:func:`hamjax.augment.parse`, ``"shift=2,rotate=10"``)
+        or a function ``(key, x) -> x`` drawing a view of each batch: the student and the teachers both see it, so
+        the student matches the teacher's function beyond the training images (function
+        matching, :mod:`hamjax.distill.matching`). Its key is folded from the step's key.
+      mixup: Beta alpha (>= 0; 0 is off) of :func:`hamjax.augment.mixup` on the view: the student
+        and the teachers see the mixed images, and the labels of
+        :class:`~hamjax.distill.HardLabels` become the mixed probability rows.
+      teacher_method: one of :data:`~hamjax.distill.TEACHER_METHODS`: ``"eval"``, or
+        ``"dropout"`` to run the teachers in train mode (dropout on, a fresh key per step;
+        batch statistics of the view, running averages left as they are), a regularised
+        teacher.
+      teacher_noise: standard deviation (>= 0) of Gaussian jitter added to the teachers' input
+        only.
       checkpoint_dir, progress, callback: as for :func:`hamjax.fit`.
 
     Returns:
@@ -229,7 +260,9 @@ def fit(
 
     Raises:
       ValueError: for a dataset :func:`hamjax.data.check_dataset` refuses (before anything is
-        traced), a single function passed as ``teachers``, a bad term, teacher or cache choice, a
+        traced), a single function passed as ``teachers``, a bad term, teacher, cache or
+        teacher_method choice, a negative ``teacher_noise`` or ``mixup``, an ``augment`` that is not
+        a spec or a function or changes the batch's shape or dtype, ``cache="always"`` with a teacher that runs online, a
         missing intermediate, teacher logits
         shaped unlike the student's, shapes a term cannot compare, or teacher outputs that are
         not finite.
@@ -257,6 +290,14 @@ def fit(
             )
     check_choice(_WHERE, "cache", cache, CACHES)
     check_dataset(_WHERE, "dataset", dataset)
+    augment, varies = check_view(
+        _WHERE, augment, dataset.train.x[:4], mixup=mixup, teacher_method=teacher_method, teacher_noise=teacher_noise
+    )
+    if varies and cache == "always":
+        raise ValueError(
+            f"{_WHERE}: the teachers see a new view every step (augment, mixup, teacher_method or teacher_noise), "
+            "so their outputs cannot be cached; use cache='auto'"
+        )
     teachers = _teachers(teachers)
     ema = isinstance(teachers, EmaTeacher)
     if ema and cache == "always":
@@ -309,8 +350,16 @@ def fit(
 
     per_example_bytes = sum(np.prod(a.shape[1:]) * a.dtype.itemsize for a in jax.tree.leaves(t_shapes))
     fits = cache == "always" or (cache == "auto" and int(per_example_bytes) * len(split.y) <= _CACHE_BUDGET)
-    cached = not ema and count > 0 and fits
-    loss = _make_loss(student_apply, terms, forwards, ema, teacher_weights)
+    cached = not ema and not varies and count > 0 and fits
+    online = None
+    if varies:
+        online = [
+            teacher_forward(capture(apply, t_names.get(k, ())), teacher_method, teacher_noise)
+            for k, (apply, _) in enumerate(teacher_list)
+        ]
+    loss = _make_loss(
+        student_apply, terms, forwards, ema, teacher_weights, (augment, float(mixup), s_logits.shape[-1]), online
+    )
     composite = _with_adapters(student_apply, s_names)
     variables = _join_vars(student_params, adapters, protocol)
     frozen = None if ema else [p for _, p in teacher_list]

@@ -1,5 +1,6 @@
 """Training a student with distillation terms: caching, teachers, adapters, EMA teacher, policies, resume, errors."""
 
+import dataclasses
 import re
 
 import chex
@@ -308,3 +309,87 @@ def test_one_teacher_as_a_pair_tuple_or_list_is_one_teacher(digits):
             ValueError, match=re.escape("distill.fit: teacher 0 outputs shape (4, 12) on four examples")
         ):
             distill.fit(*student, digits, CONFIG, teachers=teachers, progress=False)
+
+
+def _linear(seed):
+    """A plain jnp model without bias: zero inputs give zero logits."""
+    w = jax.random.normal(jax.random.key(seed), (64, 10)) / 8.0
+    return (lambda p, x: x.reshape(x.shape[0], -1) @ p["w"]), {"w": w}
+
+
+def test_augment_is_the_view_of_the_student_and_of_the_online_teacher(digits):
+    teacher, student = _linear(0), _linear(1)
+    terms = (distill.SoftTargets(2.0, 1.0),)
+    seen = []
+
+    def run(augment):
+        seen.clear()
+        return distill.fit(
+            *student,
+            digits,
+            CONFIG,
+            teachers=teacher,
+            terms=terms,
+            augment=augment,
+            progress=False,
+            callback=lambda s, st, m: seen.append(float(m["SoftTargets/0"])),
+        )
+
+    plain = run(None)
+    assert plain.cached and min(seen) > 0.01
+    # both see zeros, so both give zero logits and the loss is zero: a teacher on the clean batch would not be
+    blank = run(lambda key, x: jnp.zeros_like(x))
+    assert not blank.cached and max(seen) == 0.0
+    chex.assert_trees_all_equal(blank.params, student[1])
+
+
+def test_without_a_changing_view_the_result_is_unchanged(digits, teacher):
+    # an identity view runs the teacher online on the same inputs and leaves the student's keys alone
+    dropout_student = hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=(64, 16, 10), dropout_rate=0.3))
+    base = distill.fit(*dropout_student, digits, CONFIG, teachers=teacher, progress=False)
+    same = distill.fit(*dropout_student, digits, CONFIG, teachers=teacher, augment=lambda k, x: x, progress=False)
+    assert base.cached and not same.cached
+    chex.assert_trees_all_close(base.params, same.params, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_teacher_is_deterministic_per_seed_and_differs_from_eval(digits):
+    wide = hamjax.functional(models.build("mlp", input_shape=SHAPE, sizes=(64, 64, 10), dropout_rate=0.5, seed=3))
+
+    def run(method, seed):
+        config = dataclasses.replace(CONFIG, seed=seed)
+        return distill.fit(*_student(), digits, config, teachers=wide, teacher_method=method, progress=False)
+
+    first, again, clean, other_seed = run("dropout", 0), run("dropout", 0), run("eval", 0), run("dropout", 1)
+    assert not first.cached and clean.cached
+    chex.assert_trees_all_equal(first.params, again.params)
+    for other in (clean, other_seed):
+        diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), first.params, other.params)
+        assert max(jax.tree.leaves(diff)) > 1e-4
+
+
+def test_function_matching_arguments_are_refused_before_tracing(digits, teacher):
+    student = _student()
+    cases = [
+        ({"teacher_method": "train"}, "distill.fit: teacher_method must be one of"),
+        ({"teacher_noise": -1.0}, "distill.fit: teacher_noise must be"),
+        ({"augment": "shift"}, "distill.fit: augment parse('shift'): item 'shift' must read name=value"),
+        ({"augment": 3}, "distill.fit: augment must be None, a spec string such as 'shift=2,rotate=10' or a function"),
+        ({"mixup": -1.0}, "distill.fit: mixup must be"),
+        ({"augment": lambda k, x: x[..., :1, :]}, "distill.fit: augment must return a batch shaped like its input"),
+        ({"augment": lambda k, x: x, "cache": "always"}, "so their outputs cannot be cached; use cache='auto'"),
+        ({"teacher_method": "dropout", "cache": "always"}, "so their outputs cannot be cached"),
+        ({"mixup": 0.2, "cache": "always"}, "so their outputs cannot be cached"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            distill.fit(*student, digits, CONFIG, teachers=teacher, progress=False, **kw)
+
+
+def test_mixup_mixes_the_shared_view_and_the_labels(digits, teacher):
+    terms = (distill.SoftTargets(2.0, 0.5), distill.HardLabels(0.5))
+    base = distill.fit(*_student(), digits, CONFIG, teachers=teacher, terms=terms, progress=False)
+    mixed = distill.fit(*_student(), digits, CONFIG, teachers=teacher, terms=terms, mixup=0.4, progress=False)
+    assert base.cached and not mixed.cached
+    diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), base.params, mixed.params)
+    assert max(jax.tree.leaves(diff)) > 1e-4
+    assert np.isfinite(mixed.train.history[-1]["train_loss"])

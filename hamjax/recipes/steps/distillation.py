@@ -4,14 +4,16 @@ The current model is the teacher; the student is
 :func:`hamjax.models.make_student` of the current reference config (about
 ``param_ratio`` of its parameters), trained with Hinton's soft targets and
 the labels, plus optional relational (RKD) and feature terms on the
-models' ``embedding``. ``continue_with`` says whether later steps work on
+models' ``embedding``. With ``augment`` (a :func:`hamjax.augment.parse` spec) or ``mixup`` the
+teacher runs online on the student's augmented view (function matching); ``teacher_method`` and
+``teacher_noise`` regularise the teacher (:mod:`hamjax.distill.matching`). ``continue_with`` says whether later steps work on
 the student (the default, so that pruning, quantization and export compound
 on it) or go on with the teacher.
 """
 
 from __future__ import annotations
 
-from hamjax import distill, models, report, train
+from hamjax import augment, distill, models, report, train
 from hamjax._base import functional
 from hamjax.recipes.schema import Context, Field, RecipeError, StepKind
 
@@ -27,6 +29,12 @@ FIELDS = {
     "learning_rate": Field(float, 1e-3, above=0.0, doc="peak learning rate"),
     "warmup_steps": Field(int, 0, low=0, doc="linear warm-up then cosine decay; 0 keeps the rate constant"),
     "patience": Field(int, None, low=1, doc="early stopping after this many validations without improvement"),
+    "augment": Field(str, None, doc="augmentation spec (hamjax.augment.parse) of the view student and teacher share"),
+    "mixup": Field(float, 0.0, low=0.0, doc="Beta alpha of mixup on the shared view; 0 is off"),
+    "teacher_method": Field(
+        str, "eval", choices=distill.TEACHER_METHODS, doc="the teacher in eval mode, or in train mode with dropout"
+    ),
+    "teacher_noise": Field(float, 0.0, low=0.0, doc="standard deviation of Gaussian jitter on the teacher's input"),
     "continue_with": Field(str, "student", choices=("student", "teacher"), doc="the model later steps work on"),
     "stage": Field(str, "distilled", doc="name of the row this step adds to the report"),
 }
@@ -41,6 +49,31 @@ def reference(f: dict) -> str:
       'param_ratio=0.25'
     """
     return f"param_ratio={f['param_ratio']:g}"
+
+
+def check(f: dict) -> str | None:
+    """The augmentation spec, parsed: a message for a spec :func:`hamjax.augment.parse` refuses.
+
+    Examples:
+      >>> from hamjax.recipes.steps import distillation
+      >>> distillation.check({"augment": "shift=2,rotate=10"}) is None
+      True
+      >>> distillation.check({"augment": "spin=3"}).startswith("augment: parse('spin=3'): ")
+      True
+    """
+    try:
+        augment.parse(f["augment"])
+    except ValueError as err:
+        return f"augment: {err}"
+    return None
+
+
+def _view_notes(f: dict) -> str:
+    parts = [f"augment {augment.parse(f['augment'])!r}"] if f["augment"] else []
+    parts += [f"mixup {f['mixup']:g}"] if f["mixup"] else []
+    parts += [f"{f['teacher_method']} teacher"] if f["teacher_method"] != "eval" else []
+    parts += [f"teacher noise {f['teacher_noise']:g}"] if f["teacher_noise"] else []
+    return f"; {', '.join(parts)}" if parts else ""
 
 
 def _terms(f: dict) -> tuple:
@@ -105,6 +138,10 @@ def run(f: dict, context: Context) -> Context:
         config,
         teachers=(context.apply_fn, context.params),
         terms=_terms(f),
+        augment=f["augment"],
+        mixup=f["mixup"],
+        teacher_method=f["teacher_method"],
+        teacher_noise=f["teacher_noise"],
         checkpoint_dir=context.checkpoint_dir(stage),
         progress=context.progress,
     )
@@ -112,7 +149,7 @@ def run(f: dict, context: Context) -> Context:
     student, teacher = models.param_count(student_config), models.param_count(context.config)
     notes = (
         f"student {student:,} params ({student / teacher:.0%} of the teacher), "
-        f"distilled at T={f['temperature']:g}, alpha={f['alpha']:g}"
+        f"distilled at T={f['temperature']:g}, alpha={f['alpha']:g}{_view_notes(f)}"
     )
     context.stages.append(report.Stage.from_model(stage, apply_fn, result.params, notes=notes))
     if f["continue_with"] == "student":
@@ -126,4 +163,5 @@ KIND = StepKind(
     run,
     doc="train a smaller student of the current reference model with knowledge distillation from it",
     reference=reference,
+    check=check,
 )

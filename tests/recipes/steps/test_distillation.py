@@ -60,3 +60,42 @@ def test_a_shrunk_vit_has_no_student_config(digits):
     context = Context(lambda p, x: x, {}, digits, progress=False, config=shrunk)
     with pytest.raises(RecipeError, match=r"^distill \(param_ratio=0.25\) cannot build a student of this model"):
         run(validate({"name": "t", "steps": [{"kind": "distill"}]}), context)
+
+
+def test_function_matching_fields_reach_the_student_and_the_report_row(digits):
+    module = models.build("mlp", input_shape=SHAPE)
+    apply_fn, params = hamjax.functional(module)
+    recipe = validate(
+        {
+            "name": "t",
+            "steps": [
+                {
+                    "kind": "distill",
+                    "epochs": 1,
+                    "augment": "shift=1, cutout=2",
+                    "mixup": 0.2,
+                    "teacher_method": "dropout",
+                    "teacher_noise": 0.05,
+                }
+            ],
+        }
+    )
+    context = run(recipe, Context(apply_fn, params, digits, progress=False, config=models.config_of(module)))
+    notes = context.stages[-1].notes
+    assert notes.endswith("; augment shift=1,cutout=2, mixup 0.2, dropout teacher, teacher noise 0.05"), notes
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"augment": "spin=3"}, "steps[0]: augment: parse('spin=3'): "),
+        ({"augment": "rotate=270"}, "steps[0]: augment: parse('rotate=270'): rotate must be"),
+        ({"mixup": -0.1}, "steps[0].mixup"),
+        ({"teacher_method": "train"}, "steps[0].teacher_method"),
+        ({"teacher_noise": -1.0}, "steps[0].teacher_noise"),
+    ],
+)
+def test_bad_function_matching_fields_are_refused_when_the_recipe_loads(fields, message):
+    with pytest.raises(RecipeError) as info:
+        validate({"name": "t", "steps": [{"kind": "distill", **fields}]})
+    assert message in str(info.value)
