@@ -590,6 +590,39 @@ CASES = [
         ValueError,
         "teachers must be an (apply_fn, params) pair",
     ),
+    # distill: function matching and the regularised teacher
+    (
+        "distill-fit-teacher_method",
+        lambda: distill.fit(*_mlp(), _ds(), train.TrainConfig(epochs=1), teachers=_mlp(), teacher_method="train"),
+        ValueError,
+        "distill.fit: teacher_method must be one of",
+    ),
+    (
+        "distill-fit-teacher_noise",
+        lambda: distill.fit(*_mlp(), _ds(), train.TrainConfig(epochs=1), teachers=_mlp(), teacher_noise=-0.1),
+        ValueError,
+        "distill.fit: teacher_noise must be",
+    ),
+    (
+        "distill-fit-mixup",
+        lambda: distill.fit(*_mlp(), _ds(), train.TrainConfig(epochs=1), teachers=_mlp(), mixup=-1.0),
+        ValueError,
+        "distill.fit: mixup must be",
+    ),
+    (
+        "distill-fit-augment-spec",
+        lambda: distill.fit(*_mlp(), _ds(), train.TrainConfig(epochs=1), teachers=_mlp(), augment="rotate=270"),
+        ValueError,
+        "distill.fit: augment parse('rotate=270'): rotate must be",
+    ),
+    (
+        "distill-fit-augment-cached",
+        lambda: distill.fit(
+            *_mlp(), _ds(), train.TrainConfig(epochs=1), teachers=_mlp(), augment="shift=1", cache="always"
+        ),
+        ValueError,
+        "so their outputs cannot be cached; use cache='auto'",
+    ),
     # precision
     ("get_policy-dtype", lambda: precision.get_policy("p=f99"), ValueError, "key 'p': unknown dtype 'f99'"),
     ("get_policy-key", lambda: precision.get_policy("q=f32"), ValueError, "unknown key 'q'"),
