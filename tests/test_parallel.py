@@ -198,7 +198,8 @@ def test_two_processes_train_like_one_and_resume_as_a_group(tmp_path):
     group = {"name": "group", "data_parallel": True, "ckpt": str(ckpt)}
     # Both processes stop at step 17, after the checkpoint of step 14: the group then resumes from it.
     results, codes, errors = _group(tmp_path, [{**group, "stop_at": 17}], name="stopped")
-    assert codes == [3, 3], errors
+    # Process 0 exits with 3; process 1 too, or JAX ends it when it notices the coordinator gone first.
+    assert codes[0] == 3 and codes[1] != 0, (codes, errors)
     assert results is None
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())[-1] == 14
     results, codes, errors = _group(tmp_path, [group], name="resumed")
