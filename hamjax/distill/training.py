@@ -239,7 +239,9 @@ def fit(
       cache: one of :data:`CACHES`: ``"auto"`` computes the teachers' outputs on the training
         split once when they take at most 256 MiB; ``"always"`` and ``"never"`` force it either
         way (an :class:`~hamjax.distill.EmaTeacher` is never cached). Anything below that
-        changes the teacher's input or output per step makes the teachers run online.
+        changes the teacher's input or output per step makes the teachers run online, and so
+        do the views of the config (``augment``, ``mixup``, ``cutmix``, ``adversarial``), which
+        :func:`hamjax.train.fit` draws before the objective sees the batch.
       augment: ``None``, a spec string (:func:`hamjax.augment.parse`, ``"shift=2,rotate=10"``)
         or a function ``(key, x) -> x`` drawing a view of each batch: the student and the teachers both see it, so
         the student matches the teacher's function beyond the training images (function
@@ -293,9 +295,13 @@ def fit(
     augment, varies = check_view(
         _WHERE, augment, dataset.train.x[:4], mixup=mixup, teacher_method=teacher_method, teacher_noise=teacher_noise
     )
+    # the training step's own views (TrainConfig's augment, mixup, cutmix, adversarial inputs) reach the
+    # objective as x, so a teacher cached on the clean split would no longer see what the student sees
+    varies = varies or bool(config.augment or config.mixup or config.cutmix or config.adversarial != "none")
     if varies and cache == "always":
         raise ValueError(
-            f"{_WHERE}: the teachers see a new view every step (augment, mixup, teacher_method or teacher_noise), "
+            f"{_WHERE}: the teachers see a new view every step (augment, mixup, teacher_method or teacher_noise "
+            "here or in the TrainConfig), "
             "so their outputs cannot be cached; use cache='auto'"
         )
     teachers = _teachers(teachers)

@@ -322,12 +322,12 @@ def test_augment_is_the_view_of_the_student_and_of_the_online_teacher(digits):
     terms = (distill.SoftTargets(2.0, 1.0),)
     seen = []
 
-    def run(augment):
+    def run(augment, config=CONFIG):
         seen.clear()
         return distill.fit(
             *student,
             digits,
-            CONFIG,
+            config,
             teachers=teacher,
             terms=terms,
             augment=augment,
@@ -341,6 +341,10 @@ def test_augment_is_the_view_of_the_student_and_of_the_online_teacher(digits):
     blank = run(lambda key, x: jnp.zeros_like(x))
     assert not blank.cached and max(seen) == 0.0
     chex.assert_trees_all_equal(blank.params, student[1])
+    # the config's own augmentation reaches the objective as x: the teacher must run online on it too
+    blank_config = dataclasses.replace(CONFIG, augment=lambda key, x: jnp.zeros_like(x))
+    from_config = run(None, blank_config)
+    assert not from_config.cached and max(seen) == 0.0
 
 
 def test_without_a_changing_view_the_result_is_unchanged(digits, teacher):
