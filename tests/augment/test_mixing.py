@@ -81,8 +81,9 @@ def test_jit_and_vmap_over_keys_and_alphas(mix):
     x, targets = _labelled(n=8)
     keys = jax.random.split(KEY, 3)
     bx, bt = jax.vmap(lambda k: mix(k, x, targets, 0.5))(keys)
+    jitted = jax.jit(lambda k: mix(k, x, targets, 0.5))
     for i in range(3):
-        jx, jt = jax.jit(lambda k: mix(k, x, targets, 0.5))(keys[i])
+        jx, jt = jitted(keys[i])
         np.testing.assert_allclose(np.asarray(bx[i]), np.asarray(jx), atol=1e-5)
         np.testing.assert_allclose(np.asarray(bt[i]), np.asarray(jt), atol=1e-6)
     ax, at = jax.vmap(lambda a: mix(KEY, x, targets, a))(jnp.array([0.2, 2.0]))
