@@ -193,6 +193,9 @@ class TrainConfig:
             )
 
 
+TrainConfig.__module__ = "hamjax.train"  # its public home: where the reference documents it, once
+
+
 def config_record(config: TrainConfig) -> dict:
     """``config`` as a JSON object (a callable ``augment`` by its ``repr``), as checkpoints record it.
 
