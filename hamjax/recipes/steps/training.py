@@ -42,6 +42,7 @@ REGULARIZATION = {
     "adversarial": Field(str, "none", choices=train.ADVERSARIAL_METHODS, doc="train on FGSM or PGD inputs"),
     "epsilon": Field(float, 0.0, low=0.0, doc="adversarial L-infinity radius"),
     "adversarial_steps": Field(int, 1, low=1, doc="PGD steps"),
+    "data_parallel": Field(bool, False, doc="split every batch over all devices (hamjax.parallel)"),
 }
 """The augmentation and regularisation fields of :class:`hamjax.train.TrainConfig`, shared by the training steps."""
 
