@@ -58,7 +58,8 @@ class TermInputs(NamedTuple):
       taps: the student's named intermediates, ``{name: array}``.
       teacher_logits: one ``(N, C)`` array per teacher.
       teacher_taps: one ``{name: array}`` per teacher.
-      labels: the ``(N,)`` integer labels.
+      labels: the ``(N,)`` integer labels, or ``(N, C)`` probability rows when the view is mixed
+        (``fit``'s ``mixup``, or the config's mixup or cutmix).
       adapter: this term's learned params (a projection, exit heads), or ``None``.
       teacher_weights: the teachers' ensemble weights, or ``None`` for equal weights.
     """

@@ -161,7 +161,7 @@ def _cache_outputs(forwards, teachers, x: np.ndarray, batch_size: int):
 
 
 def _make_loss(student_apply, terms, forwards, ema: bool, teacher_weights, view=None, online=None):
-    """The objective's loss; ``online`` teachers (:func:`teacher_forward`) run on each step's ``view = (augment, mixup, classes)``."""
+    """The objective's loss; ``online`` teachers (:func:`teacher_forward`) see ``view = (augment, mixup, classes)``."""
     augment, alpha, classes = view or (None, 0.0, 0)
     protocol = is_protocol_apply(student_apply)
 
@@ -170,7 +170,8 @@ def _make_loss(student_apply, terms, forwards, ema: bool, teacher_weights, view=
             keys = view_keys(rng)
             x = x if augment is None else augment(keys.augment, x)
             if alpha:  # the labels become the mixed probability rows
-                x, y = mix_views(keys.mix, x, soft_targets(y, classes, 0.0), alpha)
+                rows = y if jnp.issubdtype(y.dtype, jnp.floating) else soft_targets(y, classes, 0.0)
+                x, y = mix_views(keys.mix, x, rows, alpha)
             teacher_keys = jax.random.split(keys.teacher, len(online))
         (logits, taps), new_params = apply_fn(params, x, train=True, rng=rng, mutable=True, with_taps=True)
         s_vars, adapters = _split_vars(params, protocol)
