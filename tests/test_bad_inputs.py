@@ -303,6 +303,67 @@ CASES = [
         ValueError,
         "learning_rate must be a finite number > 0",
     ),
+    # TrainConfig: accumulation, clipping, mixing, adversarial training (issue 17)
+    (
+        "TrainConfig-accumulate-0",
+        lambda: train.TrainConfig(accumulate=0),
+        ValueError,
+        "accumulate must be an integer >= 1",
+    ),
+    (
+        "TrainConfig-clip_norm-0",
+        lambda: train.TrainConfig(clip_norm=0.0),
+        ValueError,
+        "clip_norm must be a finite number > 0",
+    ),
+    (
+        "TrainConfig-clip_leaf_norm-negative",
+        lambda: train.TrainConfig(clip_leaf_norm=-1.0),
+        ValueError,
+        "clip_leaf_norm must be a finite number > 0",
+    ),
+    (
+        "TrainConfig-mixup-negative",
+        lambda: train.TrainConfig(mixup=-0.2),
+        ValueError,
+        "mixup must be a finite number >= 0",
+    ),
+    (
+        "TrainConfig-cutmix-negative",
+        lambda: train.TrainConfig(cutmix=-1),
+        ValueError,
+        "cutmix must be a finite number >= 0",
+    ),
+    (
+        "TrainConfig-epsilon-negative",
+        lambda: train.TrainConfig(epsilon=-0.1),
+        ValueError,
+        "epsilon must be a finite number >= 0",
+    ),
+    (
+        "TrainConfig-adversarial_steps-0",
+        lambda: train.TrainConfig(adversarial="pgd", epsilon=0.1, adversarial_steps=0),
+        ValueError,
+        "adversarial_steps must be an integer >= 1",
+    ),
+    (
+        "TrainConfig-adversarial-without-epsilon",
+        lambda: train.TrainConfig(adversarial="fgsm"),
+        ValueError,
+        "adversarial='fgsm' needs epsilon > 0",
+    ),
+    (
+        "TrainConfig-label_smoothing-1",
+        lambda: train.TrainConfig(label_smoothing=1.0),
+        ValueError,
+        "label_smoothing must be a finite number >= 0 and < 1",
+    ),
+    (
+        "TrainConfig-augment-magnitude",
+        lambda: train.TrainConfig(augment="rotate=400"),
+        ValueError,
+        "augment='rotate=400' is not an augmentation",
+    ),
     (
         "TrainConfig-checkpoint_seconds-negative",
         lambda: train.TrainConfig(checkpoint_seconds=-1),
