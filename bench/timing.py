@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hamjax import measure
@@ -61,6 +62,42 @@ def interleaved_p50(runners: dict, x: np.ndarray, rounds: int, burst_s: float = 
     return {
         name: t["p50_ms"] for name, t in interleaved_timings(runners, x, rounds, burst_s, max_runs=max_runs).items()
     }
+
+
+def step_timings(variants: dict, apply_fn, params, x, y, rounds: int, burst: int) -> tuple[dict, dict, dict]:
+    """Median milliseconds of jitted training steps, interleaved.
+
+    Returns ``({name: median ms}, {name: loss after warm-up}, {name: [ms per round]})``.
+
+    ``variants`` maps a name to ``(optimizer, objective)`` (``objective`` may be
+    ``None``); each becomes one :func:`hamjax.train.make_train_step` from the same
+    params. After three warm-up steps (compiling), every round times a burst of
+    ``burst`` steps of each variant, the order rotating from round to round; a
+    burst's figure is its median step and a variant's the median over rounds.
+    """
+    from hamjax._base import trainable
+    from hamjax.train import TrainState, make_train_step
+
+    steps, states, losses = {}, {}, {}
+    for name, (optimizer, objective) in variants.items():
+        steps[name] = make_train_step(apply_fn, optimizer, objective=objective)
+        start = jax.tree.map(jnp.array, params)
+        states[name] = TrainState(start, optimizer.init(trainable(apply_fn, start)), jnp.asarray(0, jnp.int32))
+        for _ in range(3):  # warm-up: compiles
+            states[name], metrics = steps[name](states[name], x, y)
+        losses[name] = float(metrics["loss"])
+    names = list(variants)
+    per_round = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times = []
+            for _ in range(burst):
+                started = time.perf_counter()
+                states[name], metrics = steps[name](states[name], x, y)
+                jax.block_until_ready(metrics["loss"])
+                times.append(time.perf_counter() - started)
+            per_round[name].append(statistics.median(times) * 1e3)
+    return {name: statistics.median(per_round[name]) for name in names}, losses, per_round
 
 
 def logits(apply_fn, params, x: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -28,14 +28,12 @@ accumulation step <= 1.15x the plain step.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from timing import finish
+from timing import finish, step_timings
 
 import hamjax
 from hamjax._base import trainable
@@ -74,31 +72,14 @@ def equality(ds, make_optimizer) -> float:
 
 
 def overhead(ds, rounds: int, burst: int = 20, batch: int = 128) -> dict:
-    """Median step milliseconds of the plain and the accumulating step, interleaved over rounds."""
+    """Median step milliseconds of the plain and the accumulating CNN step, interleaved over rounds."""
     apply_fn, params = _model("cnn")
-    x, y = ds.train.x[:batch], ds.train.y[:batch]
-    steps = {}
-    for name, config in (("plain", TrainConfig()), ("accumulate 4", TrainConfig(accumulate=K))):
-        optimizer = configure_optimizer(optax.adam(1e-3), config)
-        steps[name] = [make_train_step(apply_fn, optimizer), _state(optimizer, apply_fn, params)]
-    for entry in steps.values():  # compile and warm up
-        for _ in range(3):
-            entry[1], metrics = entry[0](entry[1], x, y)
-        jax.block_until_ready(metrics)
-    per_round = {name: [] for name in steps}
-    names = list(steps)
-    for r in range(rounds):
-        for name in names[r % 2 :] + names[: r % 2]:
-            step, state = steps[name]
-            times = []
-            for _ in range(burst):
-                started = time.perf_counter()
-                state, metrics = step(state, x, y)
-                jax.block_until_ready(metrics)
-                times.append(time.perf_counter() - started)
-            steps[name][1] = state
-            per_round[name].append(statistics.median(times) * 1e3)
-    return {name: statistics.median(ms) for name, ms in per_round.items()}
+    x, y = jnp.asarray(ds.train.x[:batch]), jnp.asarray(ds.train.y[:batch])
+    variants = {
+        name: (configure_optimizer(optax.adam(1e-3), config), None)
+        for name, config in (("plain", TrainConfig()), ("accumulate 4", TrainConfig(accumulate=K)))
+    }
+    return step_timings(variants, apply_fn, params, x, y, rounds, burst)[0]
 
 
 def run(quick: bool) -> tuple[list[dict], list[dict]]:

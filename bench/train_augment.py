@@ -27,19 +27,17 @@ step, for each augmentation.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
-from timing import finish
+from timing import finish, step_timings
 
 from hamjax import augment, data, models
-from hamjax._base import call_model, functional, trainable
+from hamjax._base import call_model, functional
 from hamjax.distill import cross_entropy
-from hamjax.train import Objective, TrainState, make_train_step
+from hamjax.train import Objective
 
 BATCH = 128
 SPEC = "shift=2,rotate=10,scale=0.1,cutout=8"
@@ -73,26 +71,9 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
         "spec": augment.parse(SPEC),
         "randaugment": lambda key, images: augment.randaugment(key, images, MAGNITUDE),
     }
-    steps, states, losses = {}, {}, {}
-    for name, augmentation in variants.items():
-        steps[name] = make_train_step(apply_fn, optimizer, objective=augmented(augmentation))
-        start = jax.tree.map(jnp.array, params)
-        states[name] = TrainState(start, optimizer.init(trainable(apply_fn, start)), jnp.asarray(0, jnp.int32))
-        for _ in range(3):  # warm-up: compiles
-            states[name], metrics = steps[name](states[name], x, y)
-        losses[name] = float(metrics["loss"])
-    names = list(variants)
-    per_round = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times = []
-            for _ in range(burst):
-                started = time.perf_counter()
-                states[name], metrics = steps[name](states[name], x, y)
-                jax.block_until_ready(metrics["loss"])
-                times.append(time.perf_counter() - started)
-            per_round[name].append(statistics.median(times) * 1e3)
-    step_ms = {name: statistics.median(per_round[name]) for name in names}
+    step_ms, losses, per_round = step_timings(
+        {name: (optimizer, augmented(a)) for name, a in variants.items()}, apply_fn, params, x, y, rounds, burst
+    )
     results = [
         {
             "model": "cnn",
@@ -103,7 +84,7 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
             "round_step_ms": [round(t, 3) for t in per_round[name]],
             "loss_after_warmup": losses[name],
         }
-        for name in names
+        for name in step_ms
     ]
     targets = []
     for name in ("spec", "randaugment"):

@@ -42,16 +42,15 @@ import statistics
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import optax
-from timing import finish
+from timing import finish, step_timings
 
 import hamjax
 from hamjax import data, models, regularize
 from hamjax._base import call_model, functional, trainable
 from hamjax.distill import cross_entropy
-from hamjax.train import Objective, TrainState, evaluate, make_train_step
+from hamjax.train import Objective, evaluate
 
 BATCH = 128
 L1, L2, SPECTRAL = 1e-5, 1e-4, 1e-3
@@ -82,26 +81,7 @@ def overheads(ds, rounds: int, burst: int) -> tuple[list[dict], list[dict]]:
         "elastic": (adam, elastic_objective()),
         "spectral": (optax.chain(regularize.spectral_penalty(SPECTRAL), adam), None),
     }
-    steps, states, losses = {}, {}, {}
-    for name, (optimizer, objective) in variants.items():
-        steps[name] = make_train_step(apply_fn, optimizer, objective=objective)
-        start = jax.tree.map(jnp.array, params)
-        states[name] = TrainState(start, optimizer.init(trainable(apply_fn, start)), jnp.asarray(0, jnp.int32))
-        for _ in range(3):  # warm-up: compiles
-            states[name], metrics = steps[name](states[name], x, y)
-        losses[name] = float(metrics["loss"])
-    names = list(variants)
-    per_round = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times = []
-            for _ in range(burst):
-                started = time.perf_counter()
-                states[name], metrics = steps[name](states[name], x, y)
-                jax.block_until_ready(metrics["loss"])
-                times.append(time.perf_counter() - started)
-            per_round[name].append(statistics.median(times) * 1e3)
-    step_ms = {name: statistics.median(per_round[name]) for name in names}
+    step_ms, losses, per_round = step_timings(variants, apply_fn, params, x, y, rounds, burst)
     labels = {
         "plain": "none",
         "elastic": f"elastic net l1={L1:g} l2={L2:g} (loss term)",
@@ -118,7 +98,7 @@ def overheads(ds, rounds: int, burst: int) -> tuple[list[dict], list[dict]]:
             "round_step_ms": [round(t, 3) for t in per_round[name]],
             "loss_after_warmup": losses[name],
         }
-        for name in names
+        for name in step_ms
     ]
     targets = []
     for name in ("elastic", "spectral"):
