@@ -111,27 +111,3 @@ def test_build_override():
     assert config_of(model) == HAMNetConfig(input_size=64, num_tokens=8, attention_every=1, **SMALL)
     with pytest.raises(ValueError, match=r"unknown override.*'patch_size'.*HAMNetConfig"):
         build("hamnet", patch_size=4)
-
-
-def test_drop_path_trains_per_example_and_leaves_eval_alone():
-    """Stochastic depth: same params and eval outputs as without it; train outputs depend on the key."""
-    x = jnp.asarray(np.random.default_rng(0).random((8, 8, 8, 1)), jnp.float32)
-    plain_fn, plain = functional(small(num_layers=2))
-    apply_fn, variables = functional(small(num_layers=2, drop_path=0.5))
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), plain, variables))
-    np.testing.assert_array_equal(apply_fn(variables, x), plain_fn(plain, x))
-    train = jax.jit(lambda k: apply_fn(variables, x, train=True, rng=k))
-    np.testing.assert_array_equal(train(jax.random.key(1)), train(jax.random.key(1)))
-    assert not np.allclose(train(jax.random.key(1)), train(jax.random.key(2)))
-    np.testing.assert_array_equal(plain_fn(plain, x, train=True, rng=jax.random.key(1)), plain_fn(plain, x))
-
-
-def test_a_config_without_drop_path_loads_with_zero():
-    from hamjax.models import saved
-
-    entry = saved.config_to_dict(config_of(abstract()))
-    assert entry["fields"]["drop_path"] == 0.0
-    del entry["fields"]["drop_path"]
-    assert saved.config_from_dict(entry).drop_path == 0.0
-    entry["fields"]["drop_path"] = 0.25
-    assert saved.config_from_dict(entry).drop_path == 0.25
