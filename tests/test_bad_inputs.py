@@ -571,6 +571,44 @@ CASES = [
         "granularity must be one of ('neurons',) for a MLPConfig model",
     ),
     ("magnitude_prune-sparsity", lambda: prune.magnitude_prune(1.5), ValueError, "sparsity must be a scalar in [0, 1)"),
+    # prune: the N:M axis, incompatible layers, block scores (issue 18)
+    ("nm_masks-axis-float", lambda: prune.nm_masks(_params(), 2, 4, axis=0.5), ValueError, "axis must be an integer"),
+    (
+        "nm_masks-axis-out-of-range",
+        lambda: prune.nm_masks(_params(), 2, 4, axis=-3),
+        ValueError,
+        "nm_masks: axis=-3 is out of range for ['dense']['kernel'], shape (4, 4)",
+    ),
+    (
+        "nm_masks-incompatible",
+        lambda: prune.nm_masks(_params(), 2, 4, incompatible="ignore"),
+        ValueError,
+        "incompatible must be one of ('raise', 'skip')",
+    ),
+    (
+        "nm_masks-m-does-not-divide",
+        lambda: prune.nm_masks(_params(), 1, 3),
+        ValueError,
+        "m=3 must divide axis -2 of ['dense']['kernel'], which has length 4",
+    ),
+    (
+        "block_masks-score",
+        lambda: prune.block_masks(_params(), 0.5, score="max"),
+        ValueError,
+        "score must be one of ('l2', 'mean')",
+    ),
+    (
+        "recipe-prune-incompatible",
+        lambda: _recipe(kind="prune", method="nm", incompatible="drop"),
+        recipes.RecipeError,
+        "steps[0].incompatible must be one of",
+    ),
+    (
+        "recipe-prune-block_score",
+        lambda: _recipe(kind="prune", method="block", block_score="l1"),
+        recipes.RecipeError,
+        "steps[0].block_score must be one of",
+    ),
     # quant
     (
         "fake_quant-bits-1",

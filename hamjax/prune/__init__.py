@@ -3,8 +3,9 @@
 Modules, bottom to top:
 
 * :mod:`~hamjax.prune.ranking`: scores to exact-count masks, shared by all.
-* :mod:`~hamjax.prune.masks`: ``*_masks`` functions, :func:`apply_masks`,
-  :func:`check_masks`, :func:`sparsity_of`.
+* :mod:`~hamjax.prune.masks`: unstructured ``*_masks`` functions,
+  :func:`apply_masks`, :func:`check_masks`, :func:`sparsity_of`.
+* :mod:`~hamjax.prune.patterns`: :func:`nm_masks` and :func:`block_masks`.
 * :mod:`~hamjax.prune.transforms`: ``*_prune`` :class:`~hamjax.Transform`
   factories and their states.
 * :mod:`~hamjax.prune.schedules`: sparsity schedules.
@@ -25,15 +26,14 @@ from hamjax.prune.iterative import METHODS, iterative_prune
 from hamjax.prune.masked import SCHEDULED_METHODS, MaskedState, masked_optimizer
 from hamjax.prune.masks import (
     apply_masks,
-    block_masks,
     check_masks,
     layer_sparsities,
     magnitude_masks,
-    nm_masks,
     random_masks,
     saliency_masks,
     sparsity_of,
 )
+from hamjax.prune.patterns import BLOCK_SCORES, INCOMPATIBLE, block_masks, nm_masks
 from hamjax.prune.ranking import SCOPES
 from hamjax.prune.rebuild import NarrowSelfAttention, build_shrunk, shrink, shrunk_model
 from hamjax.prune.schedules import constant_schedule, polynomial_schedule
@@ -51,7 +51,9 @@ from hamjax.prune.transforms import (
 )
 
 __all__ = [
+    "BLOCK_SCORES",
     "GRANULARITIES",
+    "INCOMPATIBLE",
     "METHODS",
     "NORMS",
     "SCHEDULED_METHODS",

@@ -17,7 +17,8 @@ from hamjax._checks import check_choice, check_fraction
 from hamjax._select import is_none, resolve_filter
 from hamjax.data import steps_per_epoch
 from hamjax.prune.masked import masked_optimizer
-from hamjax.prune.masks import apply_masks, block_masks, magnitude_masks, saliency_masks, sparsity_of
+from hamjax.prune.masks import apply_masks, magnitude_masks, saliency_masks, sparsity_of
+from hamjax.prune.patterns import block_masks
 from hamjax.prune.ranking import random_scores, rank_masks
 from hamjax.train import batch_grads, evaluate, fit, make_optimizer
 

@@ -21,9 +21,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from hamjax._checks import check_choice, check_fraction, check_int
+from hamjax._checks import check_choice, check_fraction
 from hamjax._select import Filter, is_none, map_selected
 from hamjax.prune.ranking import SCOPES, Masks, Params, random_scores, rank_masks
 
@@ -32,7 +31,9 @@ def magnitude_masks(params: Params, sparsity, *, filter: Filter | None = None, s
     """Masks that prune the smallest-magnitude weights.
 
     For each selected leaf ``w`` with ``n`` entries (``scope="layer"``) the
-    ``k = floor(s n)`` entries of smallest ``|w|`` are pruned; with
+    ``k = floor(s n)`` entries of smallest ``|w|`` are pruned (hamjax rounds
+    the pruned count down: ``n = 10``, ``s = 0.25`` prunes 2 and keeps 8,
+    where keeping ``int((1 - s) n) = 7`` would prune 3); with
     ``scope="global"`` one ranking runs over all selected leaves together, so
     layers end up with different sparsities.
 
@@ -66,6 +67,9 @@ def magnitude_masks(params: Params, sparsity, *, filter: Filter | None = None, s
 
 def random_masks(params: Params, sparsity, key, *, filter: Filter | None = None) -> Masks:
     """Masks that prune a uniformly random ``floor(s n)`` weights of each selected leaf.
+
+    The pruned count is rounded down, as in :func:`magnitude_masks`: ``n = 10``,
+    ``s = 0.25`` prunes 2 weights and keeps 8.
 
     Args:
       params: any pytree of arrays.
@@ -149,6 +153,9 @@ def saliency_masks(
 
     .. math:: S_j = |w_j \\, \\partial L / \\partial w_j|
 
+    The ``floor(s n)`` weights of smallest ``S`` are pruned, the count rounded
+    down as in :func:`magnitude_masks` (``n = 10``, ``s = 0.25``: 2 pruned, 8 kept).
+
     Args:
       params: any pytree of arrays.
       grads: gradients of the loss with the structure of ``params``.
@@ -182,145 +189,6 @@ def saliency_masks(
         is_leaf=is_none,
     )
     return rank_masks(scores, s, scope)
-
-
-def check_nm(where: str, n, m) -> tuple[int, int]:
-    """``(n, m)`` as ints, or raises unless ``1 <= n <= m`` (keep ``n`` of every ``m`` weights).
-
-    Args:
-      where: the caller's name, for errors.
-      n: weights kept per group.
-      m: group size.
-
-    Returns:
-      ``(n, m)``.
-
-    Examples:
-      >>> from hamjax.prune.masks import check_nm
-      >>> check_nm("nm_masks", 2, 4)
-      (2, 4)
-    """
-    n, m = check_int(where, "n", n, minimum=1), check_int(where, "m", m, minimum=1)
-    if n > m:
-        raise ValueError(f"{where}: n must be <= m (keep n of every m weights), got n={n}, m={m}")
-    return n, m
-
-
-def nm_masks(params: Params, n: int, m: int, *, filter: Filter | None = None) -> Masks:
-    """N:M masks: keep the ``n`` largest ``|w|`` of every ``m`` consecutive input weights.
-
-    Groups run along the reduction axis ``-2``: axis 0 of a dense kernel
-    ``(in, out)``, the ``I`` axis of an ``HWIO`` conv kernel. Sparsity is
-    ``1 - n/m`` exactly; 2:4 is the pattern sparse tensor cores run. Other
-    layouts, such as NNX attention's ``(in, heads, head_dim)`` query kernel
-    (axis -2 is ``heads``), should be left out with ``filter``.
-
-    Args:
-      params: any pytree of arrays.
-      n: weights kept per group, ``1 <= n <= m`` (static).
-      m: group size; must divide axis ``-2`` of every selected leaf (static).
-      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
-
-    Returns:
-      A mask tree.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from hamjax import prune
-      >>> w = {"w": jnp.array([[1.0], [-3.0], [2.0], [0.5]])}
-      >>> prune.nm_masks(w, 2, 4)["w"][:, 0].tolist()
-      [False, True, True, False]
-
-    References:
-      Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv
-      2104.08378 (2021); Zhou et al., "Learning N:M Fine-grained Structured
-      Sparse Neural Networks From Scratch", ICLR 2021.
-    """
-    n, m = check_nm("nm_masks", n, m)
-
-    def one(path, w):
-        if w.shape[-2] % m:
-            raise ValueError(
-                f"nm_masks: m={m} must divide the input axis (-2) of {jax.tree_util.keystr(path)}, shape {w.shape}"
-            )
-        a = jnp.moveaxis(jnp.abs(w).astype(jnp.float32), -2, -1)
-        groups = a.reshape(*a.shape[:-1], a.shape[-1] // m, m)
-        rank = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1)
-        return jnp.moveaxis((rank >= m - n).reshape(a.shape), -1, -2)
-
-    return map_selected("nm_masks", params, filter, one)
-
-
-def check_block(where: str, block) -> tuple[int, int]:
-    """``block`` as ``(rows, cols)`` ints, or raises unless it is two integers >= 1.
-
-    Args:
-      where: the caller's name, for errors.
-      block: the tile shape of block pruning.
-
-    Returns:
-      ``(rows, cols)``.
-
-    Examples:
-      >>> from hamjax.prune.masks import check_block
-      >>> check_block("block_masks", [4, 2])
-      (4, 2)
-    """
-    try:
-        bi, bo = block
-        return check_int(where, "block[0]", bi, minimum=1), check_int(where, "block[1]", bo, minimum=1)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: block must be two integers >= 1, got {block!r}") from err
-
-
-def block_masks(params: Params, sparsity, *, block=(4, 4), filter: Filter | None = None) -> Masks:
-    """Masks that prune whole ``block`` tiles of smallest L2 norm in each layer.
-
-    A kernel is viewed as a matrix ``(prod(shape[:-1]), shape[-1])`` (a conv
-    ``HWIO`` kernel as ``(H*W*I, O)``) cut into tiles of ``block``; the
-    ``floor(s B)`` of its ``B`` tiles with smallest ``||W_b||_2`` are pruned.
-
-    Args:
-      params: any pytree of arrays.
-      sparsity: fraction of tiles in ``[0, 1)`` (possibly traced).
-      block: ``(rows, cols)`` of a tile; must divide the matrix view.
-      filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
-
-    Returns:
-      A mask tree, constant within each tile.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from hamjax import prune
-      >>> w = {"w": jnp.array([[1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 5.0, 5.0]])}
-      >>> prune.block_masks(w, 0.5, block=(2, 2))["w"][0].tolist()
-      [False, False, True, True]
-
-    References:
-      Gray et al., "GPU Kernels for Block-Sparse Weights", OpenAI 2017;
-      Narang et al., "Block-Sparse Recurrent Neural Networks", arXiv 1711.02782.
-    """
-    bi, bo = check_block("block_masks", block)
-    s = check_fraction("block_masks", "sparsity", sparsity)
-
-    def norms(path, w):
-        r, c = int(np.prod(w.shape[:-1])), w.shape[-1]
-        if r % bi or c % bo:
-            raise ValueError(
-                f"block_masks: block={block!r} must divide the ({r}, {c}) matrix view of "
-                f"{jax.tree_util.keystr(path)}, shape {w.shape}"
-            )
-        sq = jnp.square(w.astype(jnp.float32)).reshape(r // bi, bi, c // bo, bo)
-        return jnp.sqrt(sq.sum(axis=(1, 3)))
-
-    scores = map_selected("block_masks", params, filter, norms)
-    keep = rank_masks(scores, s, "layer")
-    return jax.tree.map(
-        lambda k, w: None if k is None else jnp.repeat(jnp.repeat(k, bi, 0), bo, 1).reshape(w.shape),
-        keep,
-        params,
-        is_leaf=is_none,
-    )
 
 
 def check_masks(params: Params, masks: Masks) -> None:

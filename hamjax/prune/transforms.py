@@ -17,17 +17,8 @@ import jax.numpy as jnp
 from hamjax._base import Transform
 from hamjax._checks import check_choice, check_fraction
 from hamjax._select import Filter, is_none, map_selected, resolve_filter
-from hamjax.prune.masks import (
-    apply_masks,
-    block_masks,
-    check_block,
-    check_nm,
-    check_tree,
-    magnitude_masks,
-    nm_masks,
-    random_masks,
-    saliency_masks,
-)
+from hamjax.prune.masks import apply_masks, check_tree, magnitude_masks, random_masks, saliency_masks
+from hamjax.prune.patterns import block_masks, check_block, check_nm, nm_masks
 from hamjax.prune.ranking import SCOPES, Masks, keep_all, rank_masks
 
 

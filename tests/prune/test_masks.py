@@ -173,49 +173,6 @@ def test_saliency_uses_the_gradient():
     np.testing.assert_array_equal(masks["w"].reshape(-1), np.arange(16) >= 4)
 
 
-@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8)])
-def test_nm_groups_keep_exactly_n(n, m):
-    k = jax.random.split(jax.random.key(0), 2)
-    params = {"dense": jax.random.normal(k[0], (16, 24)), "conv": jax.random.normal(k[1], (3, 3, 8, 6))}
-    masks = prune.nm_masks(params, n, m)
-    dense = np.asarray(masks["dense"]).reshape(16 // m, m, 24)  # groups along the input axis 0
-    assert (dense.sum(axis=1) == n).all()
-    conv = np.asarray(masks["conv"]).reshape(3, 3, 8 // m, m, 6)  # groups along I of HWIO
-    assert (conv.sum(axis=3) == n).all()
-    w = np.abs(np.asarray(params["dense"])).reshape(16 // m, m, 24)
-    kept_min = np.where(dense, w, np.inf).min(axis=1)
-    pruned_max = np.where(dense, -np.inf, w).max(axis=1)
-    assert (kept_min >= pruned_max).all()
-    out = prune.apply_masks(params, masks)
-    assert prune.sparsity_of(out) == pytest.approx(1 - n / m)
-
-
-@pytest.mark.parametrize("block", [(4, 4), (2, 2), (4, 2)])
-def test_block_masks_are_constant_within_blocks(block):
-    params = _tree()
-    masks = prune.block_masks(params, 0.5, block=block)
-    bi, bo = block
-    for name, leaf in (("a", masks["a"]["kernel"]), ("conv", masks["conv"]["kernel"])):
-        m = np.asarray(leaf).reshape(-1, leaf.shape[-1])
-        r, c = m.shape
-        tiles = m.reshape(r // bi, bi, c // bo, bo)
-        assert (tiles.all(axis=(1, 3)) == tiles.any(axis=(1, 3))).all(), name
-        n_tiles = (r // bi) * (c // bo)
-        assert (~tiles.all(axis=(1, 3))).sum() == math.floor(0.5 * n_tiles)
-    # the pruned tiles have the smallest norms
-    w = np.asarray(params["a"]["kernel"]).reshape(20 // bi, bi, 40 // bo, bo)
-    norms = np.sqrt((w**2).sum(axis=(1, 3)))
-    keep = np.asarray(masks["a"]["kernel"]).reshape(20 // bi, bi, 40 // bo, bo).all(axis=(1, 3))
-    assert norms[~keep].max() <= norms[keep].min()
-
-
-def test_block_masks_under_vmap():
-    params = _tree()
-    masks = jax.jit(jax.vmap(lambda s: prune.block_masks(params, s, block=(4, 2))))(jnp.array(SPARSITIES))
-    for i, s in enumerate(SPARSITIES):
-        assert int((~masks["a"]["kernel"][i]).sum()) == 8 * math.floor(s * 100)
-
-
 def test_apply_masks_preserves_dtype_and_untouched_leaves():
     for dtype in (jnp.float32, jnp.bfloat16):
         params = _tree(dtype=dtype)
@@ -267,18 +224,6 @@ def test_bad_arguments_raise():
         prune.selected({"b": jnp.ones(3)})
     with pytest.raises(ValueError, match="filter must be a callable"):
         prune.magnitude_masks(params, 0.5, filter="kernel")
-    with pytest.raises(ValueError, match="n must be <= m"):
-        prune.nm_masks(params, 5, 4)
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
-        prune.nm_masks(params, 0, 4)
-    with pytest.raises(
-        ValueError, match=r"m=8 must divide the input axis \(-2\) of \['a'\]\['kernel'\], shape \(20, 40\)"
-    ):
-        prune.nm_masks(params, 2, 8)
-    with pytest.raises(ValueError, match=r"block=\(8, 8\) must divide the \(20, 40\) matrix view of \['a'\]"):
-        prune.block_masks(params, 0.5, block=(8, 8))
-    with pytest.raises(ValueError, match="block must be two integers"):
-        prune.block_masks(params, 0.5, block=(0, 4))
     with pytest.raises(ValueError, match=r"grads do not match params: first mismatch at \['b'\]"):
         prune.saliency_masks(params, {"a": params["a"]}, 0.5)
 

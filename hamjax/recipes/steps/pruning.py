@@ -35,8 +35,10 @@ _ONE_SHOT = {
     "global_magnitude": lambda f, tp, ctx, grads: prune.magnitude_masks(tp, f["sparsity"], scope="global"),
     "random": lambda f, tp, ctx, grads: prune.random_masks(tp, f["sparsity"], jax.random.key(ctx.seed)),
     "saliency": lambda f, tp, ctx, grads: prune.saliency_masks(tp, grads(), f["sparsity"]),
-    "nm": lambda f, tp, ctx, grads: prune.nm_masks(tp, f["n"], f["m"]),
-    "block": lambda f, tp, ctx, grads: prune.block_masks(tp, f["sparsity"], block=(f["block"], f["block"])),
+    "nm": lambda f, tp, ctx, grads: prune.nm_masks(tp, f["n"], f["m"], incompatible=f["incompatible"]),
+    "block": lambda f, tp, ctx, grads: prune.block_masks(
+        tp, f["sparsity"], block=(f["block"], f["block"]), score=f["block_score"]
+    ),
 }
 
 UNSTRUCTURED = tuple(dict.fromkeys((*_ONE_SHOT, *prune.SCHEDULED_METHODS, *prune.METHODS)))
@@ -47,7 +49,11 @@ FIELDS = {
     "sparsity": Field(float, 0.5, low=0.0, high=0.999, doc="fraction of weights (or groups) removed, in [0, 1)"),
     "n": Field(int, 2, low=1, doc="N of N:M (method nm)"),
     "m": Field(int, 4, low=1, doc="M of N:M (method nm)"),
+    "incompatible": Field(
+        str, "raise", choices=prune.INCOMPATIBLE, doc="layers whose input axis m does not divide: raise or skip (nm)"
+    ),
     "block": Field(int, 4, low=1, doc="side of square blocks (method block)"),
+    "block_score": Field(str, "l2", choices=prune.BLOCK_SCORES, doc="score of a block: l2 norm or mean |w| (block)"),
     "schedule": Field(str, "one_shot", choices=SCHEDULES, doc="one_shot, polynomial (Zhu & Gupta) or iterative"),
     "cycles": Field(int, 3, low=1, doc="prune -> finetune cycles (schedule iterative)"),
     "finetune_epochs": Field(int, 5, low=0, doc="epochs of masked finetuning per cycle"),
@@ -84,6 +90,8 @@ def check(f: dict) -> str | None:
         return f"schedule='iterative' supports methods {list(prune.METHODS)}, got {method!r}"
     if schedule in ("polynomial", "iterative") and f["finetune_epochs"] < 1:
         return f"schedule={schedule!r} needs finetune_epochs >= 1"
+    if f["block_score"] != "l2" and (method != "block" or schedule != "one_shot"):
+        return f"block_score={f['block_score']!r} applies to method='block' with schedule='one_shot' only"
     return None
 
 

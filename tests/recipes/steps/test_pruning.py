@@ -55,6 +55,14 @@ def test_nm_keeps_two_of_four(digits):
     assert (groups <= 2).all() and groups.mean() > 1.9
 
 
+def test_nm_skip_leaves_layers_m_does_not_divide_dense(digits):
+    step = {"kind": "prune", "method": "nm", "n": 32, "m": 64, "incompatible": "skip", "finetune_epochs": 0}
+    with pytest.warns(UserWarning, match=r"\['layers'\]\[2\]\['kernel'\] \(axis -2 has length 32\)"):
+        ctx = recipes.run(_recipe(step), _context(digits))
+    assert _kernel_sparsity(ctx.params)[:2] == [0.5, 0.5]
+    assert _kernel_sparsity(ctx.params)[2] == 0.0  # 32 inputs: left dense
+
+
 def test_iterative_and_polynomial_reach_the_target(digits):
     # movement pruning (scores from -w*g) needs more steps than magnitude to recover on a small net
     cases = (
@@ -102,6 +110,8 @@ def test_structured_needs_a_reference_model(digits):
         ({"method": "magnitude", "sparsity": 1.0}, r"sparsity must be <= 0.999"),
         ({"method": "magnitude", "sparsity": -0.1}, r"sparsity must be >= 0.0"),
         ({"method": "lottery"}, "method must be one of"),
+        ({"method": "block", "block_score": "mean", "schedule": "iterative"}, "block_score='mean' applies to"),
+        ({"method": "nm", "incompatible": "drop"}, "incompatible must be one of"),
     ],
 )
 def test_prune_step_validation(step, match):
