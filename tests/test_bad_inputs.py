@@ -609,6 +609,27 @@ CASES = [
         recipes.RecipeError,
         "steps[0].block_score must be one of",
     ),
+    # prune: channel groups from the jaxpr and their masks (issue 18)
+    ("group_masks-sparsity-one", lambda: prune.group_masks(_params(), (), 1.0), ValueError, "sparsity must be"),
+    (
+        "group_masks-multiple-zero",
+        lambda: prune.group_masks(_params(), (), 0.5, multiple=0),
+        ValueError,
+        "multiple must",
+    ),
+    ("group_masks-method", lambda: prune.group_masks(_params(), (), 0.5, method="l3"), ValueError, "method must be"),
+    (
+        "group_masks-foreign-group",
+        lambda: prune.group_masks(_params(), [prune.ChannelGroup(2, (("['x']", 0, 1),), True, "")], 0.5),
+        ValueError,
+        "group_masks: params has no leaf ['x']",
+    ),
+    (
+        "channel_groups-no-weighted-op",
+        lambda: prune.channel_groups(lambda p, x: x * p["dense"]["bias"][None], _params(), jnp.ones((1, 4))),
+        ValueError,
+        "channel_groups: apply_fn has no dot_general",
+    ),
     # quant
     (
         "fake_quant-bits-1",

@@ -13,6 +13,8 @@ Modules, bottom to top:
 * :mod:`~hamjax.prune.groups`, :mod:`~hamjax.prune.structured`,
   :mod:`~hamjax.prune.rebuild`: structured pruning of the reference models
   and the physical shrink to a smaller dense model.
+* :mod:`~hamjax.prune.dependency`, :mod:`~hamjax.prune.group_masks`: channel
+  groups of any model, found in its jaxpr, and masks that remove whole groups.
 * :mod:`~hamjax.prune.iterative`: prune -> finetune cycles (runs
   :func:`hamjax.train.fit`).
 
@@ -21,6 +23,8 @@ the weight) at each pruned leaf, ``None`` elsewhere.
 """
 
 from hamjax._select import default_filter, selected
+from hamjax.prune.dependency import ChannelGroup, channel_groups
+from hamjax.prune.group_masks import IMPORTANCE_METHODS, group_importance, group_masks
 from hamjax.prune.groups import GRANULARITIES, ShrunkConfig
 from hamjax.prune.iterative import METHODS, iterative_prune
 from hamjax.prune.masked import SCHEDULED_METHODS, MaskedState, masked_optimizer
@@ -53,11 +57,13 @@ from hamjax.prune.transforms import (
 __all__ = [
     "BLOCK_SCORES",
     "GRANULARITIES",
+    "IMPORTANCE_METHODS",
     "INCOMPATIBLE",
     "METHODS",
     "NORMS",
     "SCHEDULED_METHODS",
     "SCOPES",
+    "ChannelGroup",
     "MaskedState",
     "MovementState",
     "NarrowSelfAttention",
@@ -68,10 +74,13 @@ __all__ = [
     "block_masks",
     "block_prune",
     "build_shrunk",
+    "channel_groups",
     "check_masks",
     "constant_schedule",
     "default_filter",
     "global_magnitude_prune",
+    "group_importance",
+    "group_masks",
     "iterative_prune",
     "layer_sparsities",
     "magnitude_masks",
