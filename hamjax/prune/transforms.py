@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from hamjax._base import Transform
-from hamjax._checks import check_choice, check_fraction
+from hamjax._checks import check_choice, check_fraction, check_int
 from hamjax._select import Filter, is_none, map_selected, resolve_filter
 from hamjax.prune.masks import apply_masks, check_tree, magnitude_masks, random_masks, saliency_masks
-from hamjax.prune.patterns import block_masks, check_block, check_nm, nm_masks
+from hamjax.prune.patterns import BLOCK_SCORES, INCOMPATIBLE, block_masks, check_block, check_nm, nm_masks
 from hamjax.prune.ranking import SCOPES, Masks, keep_all, rank_masks
 
 
@@ -261,12 +261,15 @@ def movement_prune(sparsity, *, filter: Filter | None = None, scope: str = "laye
     return Transform(init, apply)
 
 
-def nm_prune(n: int, m: int, *, filter: Filter | None = None) -> Transform:
+def nm_prune(n: int, m: int, *, axis: int = -2, incompatible: str = "raise", filter: Filter | None = None) -> Transform:
     """Transform that applies N:M sparsity on every ``apply`` (see :func:`nm_masks`).
 
     Args:
       n: weights kept per group of ``m`` (static).
-      m: group size along the input axis (static).
+      m: group size along ``axis`` (static).
+      axis: the axis the groups run along, as for :func:`nm_masks` (the input axis by default).
+      incompatible: one of ``INCOMPATIBLE``: a layer whose ``axis`` is not a
+        multiple of ``m`` raises, or is left dense with a warning naming it.
       filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
 
     Returns:
@@ -285,16 +288,21 @@ def nm_prune(n: int, m: int, *, filter: Filter | None = None) -> Transform:
       Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv 2104.08378.
     """
     n, m = check_nm("nm_prune", n, m)
+    check_int("nm_prune", "axis", axis)
+    check_choice("nm_prune", "incompatible", incompatible, INCOMPATIBLE)
     resolve_filter("nm_prune", filter)
-    return _recomputing("nm_prune", lambda p: nm_masks(p, n, m, filter=filter), filter)
+    return _recomputing(
+        "nm_prune", lambda p: nm_masks(p, n, m, axis=axis, incompatible=incompatible, filter=filter), filter
+    )
 
 
-def block_prune(sparsity, *, block=(4, 4), filter: Filter | None = None) -> Transform:
-    """Transform that prunes whole tiles of smallest norm (see :func:`block_masks`).
+def block_prune(sparsity, *, block=(4, 4), score: str = "l2", filter: Filter | None = None) -> Transform:
+    """Transform that prunes whole tiles of smallest score (see :func:`block_masks`).
 
     Args:
       sparsity: fraction of tiles in ``[0, 1)`` per layer (possibly traced).
-      block: ``(rows, cols)`` of a tile (static).
+      block: ``(rows, cols)`` of a tile (static); edge tiles of a kernel it does not divide are smaller.
+      score: one of ``BLOCK_SCORES``: a tile's L2 norm or its mean magnitude.
       filter: ``filter(path, leaf) -> bool``; :func:`default_filter` if ``None``.
 
     Returns:
@@ -313,5 +321,8 @@ def block_prune(sparsity, *, block=(4, 4), filter: Filter | None = None) -> Tran
       Gray et al., "GPU Kernels for Block-Sparse Weights", OpenAI 2017.
     """
     check_block("block_prune", block)
+    check_choice("block_prune", "score", score, BLOCK_SCORES)
     _check_args("block_prune", sparsity, filter)
-    return _recomputing("block_prune", lambda p: block_masks(p, sparsity, block=block, filter=filter), filter)
+    return _recomputing(
+        "block_prune", lambda p: block_masks(p, sparsity, block=block, score=score, filter=filter), filter
+    )

@@ -20,8 +20,16 @@ from hamjax import prune
         (lambda: prune.global_magnitude_prune(0.5), lambda p: prune.magnitude_masks(p, 0.5, scope="global")),
         (lambda: prune.nm_prune(1, 4), lambda p: prune.nm_masks(p, 1, 4)),
         (lambda: prune.block_prune(0.5, block=(4, 4)), lambda p: prune.block_masks(p, 0.5)),
+        (
+            lambda: prune.nm_prune(1, 2, axis=-1, incompatible="skip"),
+            lambda p: prune.nm_masks(p, 1, 2, axis=-1, incompatible="skip"),
+        ),
+        (
+            lambda: prune.block_prune(0.5, block=(3, 5), score="mean"),
+            lambda p: prune.block_masks(p, 0.5, block=(3, 5), score="mean"),
+        ),
     ],
-    ids=["magnitude", "global", "nm", "block"],
+    ids=["magnitude", "global", "nm", "block", "nm-axis-skip", "block-ragged-mean"],
 )
 def test_transforms_apply_their_masks(make, masks_fn):
     params = param_tree()
@@ -103,6 +111,12 @@ def test_transform_factories_validate_before_tracing():
         prune.nm_prune(3, 2)
     with pytest.raises(ValueError, match="block must be two integers"):
         prune.block_prune(0.5, block=4)
+    with pytest.raises(ValueError, match="block_prune: score must be one of"):
+        prune.block_prune(0.5, score="max")
+    with pytest.raises(ValueError, match="nm_prune: incompatible must be one of"):
+        prune.nm_prune(2, 4, incompatible="pad")
+    with pytest.raises(ValueError, match="nm_prune: axis must be an integer"):
+        prune.nm_prune(2, 4, axis=1.5)
     with pytest.raises(ValueError, match="filter must be a callable"):
         prune.random_prune(0.5, filter=3)
     with pytest.raises(ValueError, match="movement_prune: sparsity"):
