@@ -427,7 +427,7 @@ def channel_groups(apply_fn, params, x) -> tuple[ChannelGroup, ...]:
       >>> import jax.numpy as jnp
       >>> from hamjax import prune
       >>> params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4), "v": jnp.ones((4, 2))}
-      >>> f = lambda p, x: jnp.maximum(x @ p["w"] + p["b"], 0.0) @ p["v"]
+      >>> f = lambda p, x: jnp.maximum(x @ p["w"] + p["b"][None], 0.0) @ p["v"]
       >>> [(g.size, [m[0] for m in g.members], g.prunable) for g in prune.channel_groups(f, params, jnp.ones((1, 3)))]
       [(4, ["['b']", "['v']", "['w']"], True), (2, ["['v']"], False)]
     """
