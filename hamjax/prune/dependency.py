@@ -12,7 +12,9 @@ Covered today:
   params weight, with the bias added to them, and the matching input rows or
   channels of every consumer;
 * elementwise ops (activations, casts, the affine of an inference batch
-  norm: its scale, bias and ``batch_stats`` mean and variance join the group);
+  norm: its scale, bias and ``batch_stats`` mean and variance join the group;
+  ``log``, ``rsqrt``, ``pow`` and division by a channel are not followed:
+  zeroed channels would not stay finite);
 * residual additions, which couple the channels of both operands;
 * reshapes that merge axes (conv -> flatten -> dense: channel ``c`` owns
   every input row ``i`` with ``(i // block) % size == c``), transposes,
@@ -25,10 +27,7 @@ attention heads) makes the channels it touches unprunable: the group is
 returned with ``prunable=False`` and a reason naming the primitive. The
 model's output channels are never prunable. Not yet covered: offsets through
 concatenation, heads, depthwise convolutions, train mode, and physical
-shrink of arbitrary models.
-
-:mod:`~hamjax.prune.group_masks` scores the channels of a group and masks
-them.
+shrink of arbitrary models. :mod:`~hamjax.prune.group_masks` masks groups.
 """
 
 from __future__ import annotations
@@ -123,11 +122,8 @@ class _Graph:
     def bad(self, n: int, why: str) -> None:
         self.reasons.setdefault(n, []).append(why)
 
-    def member(self, n: int, leaf: int, axis, block: int, why: str) -> None:
-        if axis is None:
-            self.bad(n, why)
-        else:
-            self.members.setdefault(n, set()).add((leaf, axis, block))
+    def member(self, n: int, leaf: int, axis: int, block: int) -> None:
+        self.members.setdefault(n, set()).add((leaf, axis, block))
 
     def touch(self, src: _P, n: int, axis: int, block: int, why: str) -> None:
         if src.opaque:
@@ -136,7 +132,7 @@ class _Graph:
             if amap is None:
                 self.bad(n, why)
             elif amap[axis] is not None:
-                self.member(n, leaf, amap[axis], block, why)
+                self.member(n, leaf, amap[axis], block)
 
     def groups(self) -> tuple[ChannelGroup, ...]:
         roots = sorted({self.find(n) for n in range(len(self.parent))})
@@ -218,8 +214,13 @@ def _elementwise(g: _Graph, name, ins, shape):
                 g.bad(node, f"{name} of channels laid out differently")
         if None in entries and dim > 1:
             g.bad(node, f"{name} with an operand that is not a channel of the same group")
+        den = ins[1] if name == "div" else None
+        den_varies = isinstance(den, _D) and _is_node(den.axes[k])
+        den_varies |= isinstance(den, _P) and any(a is not None and a[k] is not None for _, a in den.srcs)
+        if name in ("log", "rsqrt", "pow") or den_varies:
+            g.bad(node, f"{name} of a channel (a removed channel's zero would not stay finite)")
         for leaf, axis in pend:
-            g.member(node, leaf, axis, block, "")
+            g.member(node, leaf, axis, block)
         for t in params:
             if len(t.srcs) or t.opaque:
                 g.touch(t, node, k, block, f"{name} with a param or constant of unknown layout")
@@ -437,9 +438,8 @@ def channel_groups(apply_fn, params, x) -> tuple[ChannelGroup, ...]:
         [leaf for _, leaf in leaves], x
     )
     g = _Graph(paths)
-    n_data = len(closed.jaxpr.invars) - len(leaves)
     tags = [_P(((i, tuple(range(len(_shape(v))))),)) for i, v in enumerate(closed.jaxpr.invars[: len(leaves)])]
-    tags += [_D((None,) * len(_shape(v))) for v in closed.jaxpr.invars[len(leaves) :]][:n_data]
+    tags += [_D((None,) * len(_shape(v))) for v in closed.jaxpr.invars[len(leaves) :]]
     for t in _walk(g, closed.jaxpr, tags):
         for e in getattr(t, "axes", ()):
             if _is_node(e):

@@ -243,3 +243,13 @@ def test_max_pooling_passes_channels_and_a_split_does_not():
     out = channel_groups(split, params, x)[1]
     assert not out.prunable
     assert "split" in out.reason
+
+
+def test_a_log_or_a_division_by_a_channel_is_not_followed():
+    params = {"w": jnp.ones((3, 4)), "s": jnp.ones(4), "v": jnp.ones((4, 2))}
+    x = jnp.ones((1, 3))
+    divided = channel_groups(lambda p, x: (x @ p["w"] / p["s"][None]) @ p["v"], params, x)[0]
+    logged = channel_groups(lambda p, x: jnp.log(x @ p["w"]) @ p["v"], params, x)[0]
+    scaled = channel_groups(lambda p, x: (x @ p["w"] / 2.0) @ p["v"], params, x)[0]
+    assert "div of a channel" in divided.reason and "log of a channel" in logged.reason
+    assert scaled.prunable
