@@ -25,14 +25,12 @@ Targets (``full`` against ``none``): temp memory <= 0.6x, step time <= 1.4x.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
-from timing import finish
+from timing import finish, interleaved_steps
 
 from hamjax import data, measure, models
 from hamjax._base import functional, trainable
@@ -61,18 +59,7 @@ def run(quick: bool) -> tuple[list[dict], list[dict]]:
         memory[policy] = measure.compiled_memory(steps[policy], states[policy], x, y)
         states[policy], metrics = steps[policy](states[policy], x, y)  # warm-up: compiles
         losses[policy] = float(metrics["loss"])
-    per_round = {policy: [] for policy in POLICIES}
-    for r in range(rounds):
-        order = POLICIES[r % len(POLICIES) :] + POLICIES[: r % len(POLICIES)]
-        for policy in order:
-            times = []
-            for _ in range(burst):
-                started = time.perf_counter()
-                states[policy], metrics = steps[policy](states[policy], x, y)
-                jax.block_until_ready(metrics["loss"])
-                times.append(time.perf_counter() - started)
-            per_round[policy].append(statistics.median(times) * 1e3)
-    step_ms = {policy: statistics.median(per_round[policy]) for policy in POLICIES}
+    step_ms, _ = interleaved_steps(steps, states, x, y, rounds, burst)
     results = []
     for policy in POLICIES:
         m = memory[policy]

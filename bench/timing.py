@@ -86,7 +86,19 @@ def step_timings(variants: dict, apply_fn, params, x, y, rounds: int, burst: int
         for _ in range(3):  # warm-up: compiles
             states[name], metrics = steps[name](states[name], x, y)
         losses[name] = float(metrics["loss"])
-    names = list(variants)
+    step_ms, per_round = interleaved_steps(steps, states, x, y, rounds, burst)
+    return step_ms, losses, per_round
+
+
+def interleaved_steps(steps: dict, states: dict, x, y, rounds: int, burst: int) -> tuple[dict, dict]:
+    """Time compiled train steps in interleaved bursts: ``({name: median ms}, {name: [ms per round]})``.
+
+    ``steps[name](state, x, y) -> (state, metrics)`` runs from ``states[name]``,
+    which is replaced by each new (donated) state. Every round times ``burst``
+    steps of each, the order rotating from round to round; a burst's figure is
+    its median step and a step's figure the median over rounds.
+    """
+    names = list(steps)
     per_round = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -97,7 +109,7 @@ def step_timings(variants: dict, apply_fn, params, x, y, rounds: int, burst: int
                 jax.block_until_ready(metrics["loss"])
                 times.append(time.perf_counter() - started)
             per_round[name].append(statistics.median(times) * 1e3)
-    return {name: statistics.median(per_round[name]) for name in names}, losses, per_round
+    return {name: statistics.median(per_round[name]) for name in names}, per_round
 
 
 def logits(apply_fn, params, x: np.ndarray, batch: int = 256) -> np.ndarray:
