@@ -252,7 +252,10 @@ def fit(
                 f"fit: objective.per_example has leading sizes {sorted(rows)}; expected {len(train.y)}, "
                 "one row per training example"
             )
-    hooks = train_hooks(config, num_classes, (float(np.min(train.x)), float(np.max(train.x))))
+    data_range = None  # the clip range of adversarial inputs, read from the data only when they are made
+    if config.adversarial != "none":
+        data_range = (float(np.min(train.x)), float(np.max(train.x)))
+    hooks = train_hooks(config, num_classes, data_range)
     train_step = make_train_step(
         apply_fn, optimizer, seed=config.seed, objective=objective, remat=config.remat, hooks=hooks
     )

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 __all__ = ["TrainHooks", "train_hooks"]
 
@@ -141,10 +140,11 @@ def _view(config, augment_fn, soft: bool, num_classes: int, data_range) -> Calla
             x = augment_fn(aug_key, x)
         targets = augment.soft_targets(y, num_classes, smoothing) if soft else y
         if mixup and cutmix:
-            mixed = augment.mixup(mix_key, x, targets, mixup)
-            cut = augment.cutmix(mix_key, x, targets, cutmix)
-            use_cut = jax.random.bernoulli(coin_key)
-            x, targets = jax.tree.map(lambda a, b: jnp.where(use_cut, a, b), cut, mixed)
+            x, targets = jax.lax.cond(  # one of the two, computed alone
+                jax.random.bernoulli(coin_key),
+                lambda: augment.cutmix(mix_key, x, targets, cutmix),
+                lambda: augment.mixup(mix_key, x, targets, mixup),
+            )
         elif mixup:
             x, targets = augment.mixup(mix_key, x, targets, mixup)
         elif cutmix:
