@@ -37,6 +37,12 @@ def default_filter(path, leaf) -> bool:
     in a ``"batch_stats"`` collection. Biases, norm scales and other 1-D
     leaves are never selected.
 
+    This is a guess from the params alone, the default of functions that
+    see no model (:func:`hamjax.prune.magnitude_masks` and the other mask
+    functions, quantizing a params tree): a 2-D table that is added (a
+    position table named ``pos``) is taken for a kernel. Where the model
+    is known, :func:`hamjax.jaxpr.weight_filter` decides by use instead.
+
     Args:
       path: a jax key path (``DictKey``, ``GetAttrKey``, ``SequenceKey``...).
       leaf: the leaf at ``path``.

@@ -9,6 +9,8 @@ jaxpr and evaluated again with callbacks:
   transform that calls a hook at every site and named value;
 * :mod:`~hamjax.jaxpr.sites`: :func:`find_sites` and
   :func:`weight_channel_axes`;
+* :mod:`~hamjax.jaxpr.uses`: :func:`weight_filter`, the leaves a model
+  uses only as dense or convolution weights (a filter that decides by use);
 * :mod:`~hamjax.jaxpr.intermediates`: :func:`capture`, :func:`names` and
   :func:`shapes` of named intermediate activations.
 
@@ -20,6 +22,7 @@ from hamjax.jaxpr.equations import MARKER_PRIMITIVE, SITE_PRIMITIVES, Site, bind
 from hamjax.jaxpr.intermediates import capture, names, shapes
 from hamjax.jaxpr.interpret import Hook, OutputHook, Rewrite, Span, intercept
 from hamjax.jaxpr.sites import find_sites, weight_channel_axes
+from hamjax.jaxpr.uses import WeightFilter, weight_filter
 
 __all__ = [
     "MARKER_PRIMITIVE",
@@ -29,6 +32,7 @@ __all__ = [
     "Rewrite",
     "Site",
     "Span",
+    "WeightFilter",
     "bind_equation",
     "call_body",
     "capture",
@@ -37,4 +41,5 @@ __all__ = [
     "names",
     "shapes",
     "weight_channel_axes",
+    "weight_filter",
 ]

@@ -16,6 +16,7 @@ from hamjax._base import trainable, with_trainable
 from hamjax._checks import check_choice, check_fraction
 from hamjax._select import is_none, resolve_filter
 from hamjax.data import steps_per_epoch
+from hamjax.jaxpr import weight_filter
 from hamjax.prune.masked import masked_optimizer
 from hamjax.prune.masks import apply_masks, magnitude_masks, saliency_masks, sparsity_of
 from hamjax.prune.patterns import block_masks
@@ -76,7 +77,10 @@ def iterative_prune(
       method: one of ``METHODS``: ``"magnitude"``, ``"global_magnitude"``,
         ``"random"``, ``"saliency"`` (SNIP on one training batch) or
         ``"block"``.
-      filter: ``filter(path, leaf) -> bool`` over the trainable params.
+      filter: ``filter(path, leaf) -> bool`` over the trainable params;
+        ``None`` selects the leaves ``apply_fn`` uses as dense or
+        convolution weights (:func:`hamjax.jaxpr.weight_filter` on a
+        training batch), not the name-based default.
       block: the tile of ``method="block"``.
       progress: show fit's progress bar.
 
@@ -108,6 +112,8 @@ def iterative_prune(
     for s in targets:
         check_fraction(where, "sparsities", s)
     resolve_filter(where, filter)
+    if filter is None:
+        filter = weight_filter(apply_fn, params, dataset.train.x[:2])
     total = steps_per_epoch(len(dataset.train.y), config.batch_size) * config.epochs
     masks, history = None, []
     for cycle, s in enumerate(targets):

@@ -5,12 +5,18 @@ the param's shape (``True`` keeps the weight) or ``None`` for a leaf that is
 not pruned. Map over it with
 ``jax.tree.map(f, masks, params, is_leaf=lambda x: x is None)``.
 
-Every mask function selects leaves with a ``filter(path, leaf) -> bool``
-(:func:`default_filter`: weight matrices and conv kernels) and is
-shape-static: ``sparsity`` may be a traced scalar, so ``jax.vmap`` over a
-batch of sparsities is one compiled call. The number of pruned weights is
-exactly ``floor(sparsity * n)`` per layer (or over all selected layers with
-``scope="global"``); ties are broken by position, lower index first
+Every mask function selects leaves with a ``filter(path, leaf) -> bool``.
+They see params only, so without one they fall back to the name-based
+:func:`default_filter` (weight matrices and conv kernels, not tables named
+``embed``); where the model is known, pass
+``filter=hamjax.jaxpr.weight_filter(apply_fn, params, x)``, which decides
+by use (a position table that is added, or any table that is gathered, is
+not a weight whatever its name), as the recipe ``prune`` step,
+:func:`hamjax.prune.iterative_prune` and the population trainer do. Every
+mask function is shape-static: ``sparsity`` may be a traced scalar, so
+``jax.vmap`` over a batch of sparsities is one compiled call. The number
+of pruned weights is exactly ``floor(sparsity * n)`` per layer (or over all
+selected layers with ``scope="global"``); ties are broken by position, lower index first
 (:func:`hamjax.prune.ranking.rank_masks`).
 """
 

@@ -31,8 +31,10 @@ compiled step:
   much (``loss_fn`` then receives probability rows, which the default
   cross-entropy takes).
 
-Pruning and quantization touch the leaves :func:`hamjax.prune.default_filter`
-selects (weight matrices and kernels, not biases, norms or batch statistics).
+Pruning and quantization touch the leaves the model uses as dense or
+convolution weights (:func:`hamjax.jaxpr.weight_filter`, decided by use in
+its jaxpr: not biases, norms, batch statistics, nor tables that are added
+or gathered, whatever their names).
 
 How the member axis executes is a choice (:data:`EXECUTIONS`), because on
 XLA:CPU a plain ``vmap`` over compute-bound members can lose to a loop:
@@ -58,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hamjax import augment, distill, prune
+from hamjax import augment, distill, jaxpr, prune
 from hamjax._base import call_model, optax_update
 from hamjax._checks import check_choice, check_finite, check_int, is_traced
 from hamjax._losses import cross_entropy
@@ -144,9 +146,9 @@ def _check_hparams(hparams: Mapping, p: int) -> dict:
     return out
 
 
-def _selected(params) -> Any:
-    """A tree of bools: the leaves pruning and quantization touch (:func:`hamjax.prune.default_filter`)."""
-    return jax.tree_util.tree_map_with_path(prune.default_filter, params)
+def _selected(params, keep) -> Any:
+    """A tree of bools: the leaves pruning and quantization touch (``keep``, from :meth:`Population._weights`)."""
+    return jax.tree_util.tree_map_with_path(keep, params)
 
 
 @dataclasses.dataclass
@@ -191,13 +193,21 @@ class Population:
             raise ValueError("Population: teacher must be a (teacher_apply_fn, teacher_params) pair")
         self._optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
         self._compiled: dict = {}
+        self._filters: dict = {}
 
     # one member -------------------------------------------------------------------------------
-    def _forward_params(self, params, hparams):
+    def _weights(self, params, x) -> jaxpr.WeightFilter:
+        """The leaves pruning and quantization touch: the model's dense and conv weights, found by use, once per shape."""
+        key = (jax.tree.structure(params), *((jnp.shape(a), jnp.result_type(a)) for a in jax.tree.leaves((params, x))))
+        if key not in self._filters:
+            self._filters[key] = jaxpr.weight_filter(self.apply_fn, params, x)
+        return self._filters[key]
+
+    def _forward_params(self, params, hparams, keep):
         """The params the forward pass sees: fake-quantized weights when the member has ``bits``."""
         if "bits" not in hparams:
             return params
-        transform = fake_quant_weights(jnp.round(hparams["bits"]), filter=prune.default_filter)
+        transform = fake_quant_weights(jnp.round(hparams["bits"]), filter=keep)
         quantized, _ = transform.apply(params, transform.init(params))
         return quantized
 
@@ -214,21 +224,22 @@ class Population:
     def _member_step(self, params, opt_state, hparams, x, y, teacher_logits, key):
         if "augment" in hparams:
             x = augment.randaugment(key, x, hparams["augment"])
+        keep = self._weights(params, x) if {"bits", "sparsity"} & set(hparams) else None
 
         def loss(p):
-            logits, new_p = call_model(self.apply_fn, self._forward_params(p, hparams), x, train=True)
+            logits, new_p = call_model(self.apply_fn, self._forward_params(p, hparams, keep), x, train=True)
             return self._loss(logits, y, teacher_logits, hparams), new_p
 
         (value, new_params), grads = jax.value_and_grad(loss, has_aux=True)(params)
         if "bits" in hparams:  # keep the float weights; take only new collections (batch statistics)
-            new_params = jax.tree.map(lambda keep, p, n: p if keep else n, _selected(params), params, new_params)
+            new_params = jax.tree.map(lambda sel, p, n: p if sel else n, _selected(params, keep), params, new_params)
         hyper = dict(opt_state.hyperparams)
         hyper.update({k: hparams[k].astype(hyper[k].dtype) for k in OPTIMIZER_HYPERPARAMETERS if k in hparams})
         opt_state = opt_state._replace(hyperparams=hyper)
         updates, opt_state = optax_update(self._optimizer, grads, opt_state, params)
         params = optax.apply_updates(new_params, updates)
         if "sparsity" in hparams:
-            params = prune.apply_masks(params, prune.magnitude_masks(params, hparams["sparsity"]))
+            params = prune.apply_masks(params, prune.magnitude_masks(params, hparams["sparsity"], filter=keep))
         return params, opt_state, value
 
     def _member_train(self, params, opt_state, hparams, xs, ys, teacher_logits, keys):
@@ -241,7 +252,11 @@ class Population:
         return params, opt_state, losses
 
     def _member_eval(self, params, hparams, x, y):
-        logits, _ = call_model(self.apply_fn, self._forward_params(params, hparams), x)
+        logits, _ = call_model(
+            self.apply_fn,
+            self._forward_params(params, hparams, self._weights(params, x) if "bits" in hparams else None),
+            x,
+        )
         ok = jnp.all(jnp.isfinite(logits))
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return {"loss": self.loss_fn(logits, y), "accuracy": jnp.where(ok, accuracy, 0.0)}

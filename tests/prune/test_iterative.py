@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from reference_models import row_token_model
 
 from hamjax import prune
 from hamjax.train import TrainConfig, evaluate
@@ -48,3 +49,11 @@ def test_iterative_prune_errors(digits, plain_model):
         prune.iterative_prune(apply_fn, params, digits, [], config)
     with pytest.raises(ValueError, match=r"sparsities must be a scalar in \[0, 1\), got 1.2"):
         prune.iterative_prune(apply_fn, params, digits, [0.5, 1.2], config)
+
+
+def test_iterative_prune_by_default_prunes_the_weights_the_model_uses_not_an_added_pos_table(digits):
+    apply_fn, params = row_token_model()
+    config = TrainConfig(epochs=1, batch_size=128, learning_rate=1e-3)
+    out, masks, _ = prune.iterative_prune(apply_fn, params, digits, [0.5], config)
+    assert masks["pos"] is None and not np.any(np.asarray(out["pos"]) == 0)
+    assert prune.layer_sparsities(out, masks) == {"['head']": 0.5, "['proj']": 0.5}

@@ -1,7 +1,11 @@
 """The ``prune`` recipe step: unstructured, N:M, block or structured pruning, then masked finetuning.
 
 Unstructured methods zero single weights (stored dense, so bytes and speed
-stay the dense model's until a sparse runtime uses them); structured ones
+stay the dense model's until a sparse runtime uses them) of the leaves the
+model uses as dense or convolution weights
+(:func:`hamjax.jaxpr.weight_filter`: decided by use, so a position table
+that is added or an embedding that is gathered is left whole whatever its
+name); structured ones
 remove whole neurons, channels or heads of a hamjax reference model, and
 with ``shrink = true`` rebuild it as a smaller dense model. The lists of
 methods are the prune family's: :data:`hamjax.prune.SCHEDULED_METHODS`
@@ -14,7 +18,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from hamjax import data, models, prune, report, train
+from hamjax import data, jaxpr, models, prune, report, train
 from hamjax._base import trainable, with_trainable
 from hamjax.recipes.schema import Context, Field, RecipeError, StepKind
 
@@ -29,15 +33,26 @@ def _grads(f: dict, apply_fn, params, context: Context):
     return train.batch_grads(apply_fn, params, context.dataset.train, f["batch_size"], seed=context.seed)
 
 
+def _weights(context: Context) -> jaxpr.WeightFilter:
+    """The leaves the model uses as dense or conv weights (by use, not name: an added ``pos`` table is not one)."""
+    return jaxpr.weight_filter(context.apply_fn, context.params, context.dataset.train.x[:2])
+
+
 # One-shot masks over the trainable params, by method.
 _ONE_SHOT = {
-    "magnitude": lambda f, tp, ctx, grads: prune.magnitude_masks(tp, f["sparsity"]),
-    "global_magnitude": lambda f, tp, ctx, grads: prune.magnitude_masks(tp, f["sparsity"], scope="global"),
-    "random": lambda f, tp, ctx, grads: prune.random_masks(tp, f["sparsity"], jax.random.key(ctx.seed)),
-    "saliency": lambda f, tp, ctx, grads: prune.saliency_masks(tp, grads(), f["sparsity"]),
-    "nm": lambda f, tp, ctx, grads: prune.nm_masks(tp, f["n"], f["m"], incompatible=f["incompatible"]),
+    "magnitude": lambda f, tp, ctx, grads: prune.magnitude_masks(tp, f["sparsity"], filter=_weights(ctx)),
+    "global_magnitude": lambda f, tp, ctx, grads: prune.magnitude_masks(
+        tp, f["sparsity"], scope="global", filter=_weights(ctx)
+    ),
+    "random": lambda f, tp, ctx, grads: prune.random_masks(
+        tp, f["sparsity"], jax.random.key(ctx.seed), filter=_weights(ctx)
+    ),
+    "saliency": lambda f, tp, ctx, grads: prune.saliency_masks(tp, grads(), f["sparsity"], filter=_weights(ctx)),
+    "nm": lambda f, tp, ctx, grads: prune.nm_masks(
+        tp, f["n"], f["m"], incompatible=f["incompatible"], filter=_weights(ctx)
+    ),
     "block": lambda f, tp, ctx, grads: prune.block_masks(
-        tp, f["sparsity"], block=(f["block"], f["block"]), score=f["block_score"]
+        tp, f["sparsity"], block=(f["block"], f["block"]), score=f["block_score"], filter=_weights(ctx)
     ),
 }
 
@@ -175,6 +190,7 @@ def run(f: dict, context: Context) -> Context:
             targets,
             _finetune_config(f, context),
             method=method,
+            filter=_weights(context),
             block=(f["block"], f["block"]),
             progress=context.progress,
         )
@@ -184,7 +200,7 @@ def run(f: dict, context: Context) -> Context:
             schedule = prune.polynomial_schedule(
                 f["sparsity"], end_step=max(1, int(0.75 * total)), update_every=max(1, total // 20)
             )
-            return prune.masked_optimizer(inner, method=method, schedule=schedule)
+            return prune.masked_optimizer(inner, method=method, schedule=schedule, filter=_weights(context))
 
         params = _finetune(f, context, params, optimizer_for, final=True)
     else:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from reference_models import row_token_model
 
 import hamjax
 from hamjax import recipes
@@ -126,3 +127,13 @@ def test_method_lists_are_the_prune_familys():
     assert set(hamjax.prune.SCHEDULED_METHODS) <= set(choices) and set(hamjax.prune.METHODS) <= set(choices)
     assert set(pruning.STRUCTURED) == {g for gs in hamjax.prune.GRANULARITIES.values() for g in gs}
     assert pruning.reference({"method": "channels", "shrink": False}) == "method='channels'"
+
+
+@pytest.mark.parametrize("method", ["global_magnitude", "nm"])
+def test_unstructured_methods_prune_weights_found_by_use_not_an_added_pos_table(digits, method):
+    apply_fn, params = row_token_model()
+    recipe = recipes.validate({"name": "t", "steps": [{"kind": "prune", "method": method, "finetune_epochs": 0}]})
+    ctx = recipes.run(recipe, recipes.Context(apply_fn, params, digits, progress=False))
+    np.testing.assert_array_equal(ctx.params["pos"], params["pos"])  # by name, pos (8, 16) was a kernel
+    weights = np.concatenate([np.ravel(ctx.params[name]) for name in ("proj", "head")])
+    assert np.mean(weights == 0) == pytest.approx(0.5, abs=0.01)  # global: over both; nm: 2 of 4 in each
