@@ -1,11 +1,14 @@
 """Structured pruning: masks that remove whole neurons, conv channels and attention heads.
 
-The units are the :class:`~hamjax.prune.groups.Group` s of
-:mod:`hamjax.prune.groups`. A mask zeroes every leaf entry a group needs to
-output exactly ``0``; since ``relu``, ``gelu``, ``tanh`` and ``silu`` map
-``0`` to ``0`` and a head with ``q = k = v = 0`` attends uniformly over zero
-values, nothing downstream needs masking, and :func:`hamjax.prune.shrink`
-can then slice the groups away exactly.
+The units of :func:`structured_masks` are the reference models'
+:class:`~hamjax.prune.groups.Group` s of :mod:`hamjax.prune.groups`;
+:func:`neuron_masks` works on any model through its channel groups
+(:func:`hamjax.prune.channel_groups`, found by use in the jaxpr). A mask
+zeroes every leaf entry a group needs to output exactly ``0``; since
+``relu``, ``gelu``, ``tanh`` and ``silu`` map ``0`` to ``0`` and a head with
+``q = k = v = 0`` attends uniformly over zero values, nothing downstream
+needs masking, and :func:`hamjax.prune.shrink` can then slice the groups
+away exactly.
 
 Mask trees mirror the tree they were computed from: a ``bool`` array of the
 leaf's shape, or ``None`` for leaves left alone. Apply them with
@@ -25,7 +28,6 @@ References:
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, NamedTuple
 
 import jax
@@ -33,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamjax._base import Transform
-from hamjax._checks import check_choice, check_fraction
+from hamjax._checks import check_choice, check_fraction, check_int
+from hamjax.prune.dependency import channel_groups
+from hamjax.prune.group_masks import group_masks
 from hamjax.prune.groups import (
     GRANULARITIES,
     Group,
@@ -43,7 +47,6 @@ from hamjax.prune.groups import (
     check_shapes,
     flatten_paths,
     model_groups,
-    path_str,
     unit_view,
     widths_of,
 )
@@ -101,63 +104,66 @@ def _masks_of(leaves, sparsity, *, groups, paths, norm):
     return masks
 
 
-def _natural(path: tuple) -> tuple:
-    """Sort key that orders ``Dense_2`` before ``Dense_10``."""
-    return tuple(
-        tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(k)) if t) for k in path
-    )
+def neuron_masks(params, sparsity, *, norm: str = "l2", apply_fn=None, x=None, multiple: int = 1):
+    """Masks that remove the lowest-norm neurons and channels of any model, found by use in its jaxpr.
 
-
-def neuron_masks(params, sparsity, *, norm: str = "l2", exclude_last: bool = True):
-    """Masks that remove the lowest-norm output neurons of every dense layer of any params tree.
-
-    Every 2-D leaf is taken as a dense kernel ``(in, out)`` of a sequential
-    stack; each output column ``j`` scores ``||W[:, j]||`` and the
-    ``min(floor(s * out), out - 1)`` lowest columns of each kernel are
-    masked, with entry ``j`` of the sibling ``bias`` (or ``b``) leaf of shape
-    ``(out,)``. The last kernel in natural path order (``Dense_10`` after
-    ``Dense_2``) is the classifier and is left alone unless
-    ``exclude_last=False``. For the reference models with their attention or
-    conv layers, use :func:`structured_masks`.
+    The units are the prunable :func:`~hamjax.prune.channel_groups` of
+    ``apply_fn``: each output neuron of a dense layer or output channel of
+    a convolution together with every slice that must go with it (the bias
+    added to it, the following norm's scale, bias and running statistics,
+    the matching input rows of every consumer, channels coupled by residual
+    additions), whatever the leaves are named. The model's output channels
+    are never pruned. :func:`~hamjax.prune.group_masks` scores each channel
+    by the summed norms of its slices and masks the lowest
+    ``floor(s * size)`` of every group (at least one kept). The params
+    alone do not say which leaf is a bias, which layer is the classifier or
+    which axis is a convolution's channel, so ``apply_fn`` and ``x`` are
+    required. For the reference models' head and neuron groups, see
+    :func:`structured_masks`.
 
     Args:
-      params: any pytree of arrays: NNX variables from
-        :func:`hamjax.functional`, Linen params, a plain dict.
-      sparsity: fraction of neurons to drop per layer, in ``[0, 1)``; a float
-        or a (possibly traced) scalar array.
+      params: the model's params (variables for an :class:`hamjax.ApplyFn`).
+      sparsity: fraction of channels removed per group, in ``[0, 1)``; a
+        float or a (possibly traced) scalar array.
       norm: ``"l1"`` or ``"l2"``.
-      exclude_last: leave the last kernel (the classifier) unmasked.
+      apply_fn: the model's apply function (NNX, Linen or plain jnp).
+      x: an example input (only its shape and dtype matter).
+      multiple: round each group's kept count up to a multiple of this where
+        the group is large enough.
 
     Returns:
-      A mask tree shaped like ``params``: ``bool`` arrays for the masked
-      kernels and biases, ``None`` elsewhere.
+      A mask tree shaped like ``params``: ``bool`` arrays at the leaves of
+      prunable groups, ``None`` elsewhere.
 
     Raises:
-      ValueError: for a concrete sparsity outside ``[0, 1)`` or an unknown norm.
+      ValueError: without ``apply_fn`` and ``x``, for a concrete sparsity
+        outside ``[0, 1)``, an unknown norm, or a model with no prunable
+        channel group (the reasons named).
 
     Examples:
       >>> import jax.numpy as jnp
       >>> from hamjax.prune import neuron_masks
-      >>> params = {"l0": {"w": jnp.arange(8.0).reshape(2, 4), "b": jnp.ones(4)}, "l1": {"w": jnp.ones((4, 3))}}
-      >>> masks = neuron_masks(params, 0.5)
-      >>> masks["l0"]["b"].tolist(), masks["l1"]["w"] is None
-      ([False, False, True, True], True)
+      >>> params = [(jnp.arange(8.0).reshape(2, 4), jnp.ones(4)), (jnp.ones((4, 3)), jnp.zeros(3))]
+      >>> def f(p, x):
+      ...     (w0, b0), (w1, b1) = p
+      ...     return jnp.maximum(x @ w0 + b0[None], 0.0) @ w1 + b1[None]
+      >>> masks = neuron_masks(params, 0.5, apply_fn=f, x=jnp.ones((1, 2)))
+      >>> masks[0][1].tolist(), masks[1][0][:, 0].tolist(), masks[1][1] is None
+      ([False, False, True, True], [False, False, True, True], True)
     """
     check_choice("neuron_masks", "norm", norm, NORMS)
     check_fraction("neuron_masks", "sparsity", sparsity)
-    flat, _ = flatten_paths(params)
-    kernels = sorted((p for p, a in flat.items() if a is not None and np.ndim(a) == 2), key=_natural)
-    if exclude_last:
-        kernels = kernels[:-1]
-    groups = []
-    for path in kernels:
-        out = np.shape(flat[path])[1]
-        kernel = Slot(path, 1)
-        biases = [(*path[:-1], b) for b in ("bias", "b")]
-        bias = next((b for b in biases if b in flat and np.shape(flat[b]) == (out,)), None)
-        masked = (kernel,) if bias is None else (kernel, Slot(bias, 0))
-        groups.append(Group(path_str(path), "neurons", None, out, masked, (kernel,), ()))
-    return _group_masks(params, groups, sparsity, norm)
+    multiple = check_int("neuron_masks", "multiple", multiple, minimum=1)
+    if apply_fn is None or x is None:
+        raise ValueError(
+            "neuron_masks: apply_fn and x are needed: biases, norms, consumers and the output layer are found by "
+            "use in the model's jaxpr (prune.channel_groups); guessing them from params names gave wrong masks"
+        )
+    groups = channel_groups(apply_fn, params, x)
+    if not any(g.prunable for g in groups):
+        reasons = sorted({g.reason for g in groups})
+        raise ValueError(f"neuron_masks: apply_fn has no prunable channel group; reasons: {reasons}")
+    return group_masks(params, groups, sparsity, method=norm, multiple=multiple)
 
 
 def structured_masks(config, variables, sparsity, *, granularity: str, norm: str = "l2"):

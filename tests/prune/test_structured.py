@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conformance import check_transform
-from reference_models import random_model
+from reference_models import plain_transformer, random_model
 
+import hamjax
+from hamjax import prune
 from hamjax.models import CNNConfig, MLPConfig, ViTConfig
 from hamjax.prune import apply_masks, neuron_masks, structured_masks, structured_prune
 
@@ -27,6 +29,13 @@ def _removed(mask, axis, repeat=1):
     return set(np.flatnonzero(~units.any(axis=1)).tolist())
 
 
+def _gone(mask, axis):
+    """Indices along ``axis`` whose whole slice ``mask`` zeroes (a leaf in two groups is masked along both axes)."""
+    return set(
+        np.flatnonzero(~np.moveaxis(np.asarray(mask), axis, 0).reshape(np.shape(mask)[axis], -1).any(axis=1)).tolist()
+    )
+
+
 def _expected_drop(s, size):
     return min(math.floor(s * size), size - 1)
 
@@ -42,7 +51,12 @@ def test_mlp_neurons_drop_exact_counts_of_the_lowest_norm_columns(s):
         norms = np.linalg.norm(np.asarray(variables["params"]["layers"][i]["kernel"]), axis=0)
         assert set(np.argsort(norms, kind="stable")[: len(dropped)].tolist()) == dropped
     assert masks[2]["kernel"] is None and masks[2]["bias"] is None
-    assert neuron_masks(variables, s)["params"]["layers"][0]["kernel"].tolist() == masks[0]["kernel"].tolist()
+    apply_fn = random_model("mlp", input_shape=(8, 8, 1), sizes=(64, 32, 24, 10))[0]
+    generic = neuron_masks(variables, s, apply_fn=apply_fn, x=jnp.ones((1, 8, 8, 1)))["params"]["layers"]
+    dropped = _removed(generic[0]["kernel"], 1)
+    assert len(dropped) == _expected_drop(s, 32)
+    assert _removed(generic[0]["bias"], 0) == _gone(generic[1]["kernel"], 0) == dropped
+    assert generic[2]["bias"] is None
 
 
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (8, 8, 1)])
@@ -120,40 +134,81 @@ def test_neuron_masks_on_a_linen_dense_stack():
             return nn.Dense(3)(x)
 
     model = Stack()
-    variables = model.init(jax.random.key(0), jnp.ones((1, 8)))
-    masks = neuron_masks(variables, 0.5)
-    assert masks["params"]["Dense_2"]["kernel"] is None
+    apply_fn, variables = hamjax.linen_functional(model, model.init(jax.random.key(0), jnp.ones((1, 8))))
+    masks = neuron_masks(variables, 0.5, apply_fn=apply_fn, x=jnp.ones((1, 8)))
+    assert masks["params"]["Dense_2"]["bias"] is None
+    assert masks["params"]["Dense_2"]["kernel"].any(axis=0).all()  # every output column kept
     x = jax.random.normal(jax.random.key(1), (4, 8))
     hidden = nn.Dense(16).apply({"params": apply_masks(variables, masks)["params"]["Dense_0"]}, x)
     assert int((np.abs(np.asarray(hidden)).sum(axis=0) == 0).sum()) == 8
-    assert len(_removed(masks["params"]["Dense_1"]["kernel"], 1)) == 6
-    assert _removed(masks["params"]["Dense_1"]["bias"], 0) == _removed(masks["params"]["Dense_1"]["kernel"], 1)
+    second = _removed(masks["params"]["Dense_1"]["bias"], 0)
+    assert len(second) == 6 and _gone(masks["params"]["Dense_1"]["kernel"], 1) == second
+    assert _gone(masks["params"]["Dense_1"]["kernel"], 0) == _removed(masks["params"]["Dense_0"]["bias"], 0)
+    assert _removed(masks["params"]["Dense_2"]["kernel"], 0) == second
 
 
-def test_neuron_masks_on_a_plain_dict_orders_paths_naturally_and_honours_the_norm():
-    params = {
-        "layer_2": {"w": jnp.array([[1.0, 3.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]), "b": jnp.ones(2)},
-        "layer_10": {"w": jnp.ones((2, 3)), "b": jnp.ones(3)},
+def _tuple_stack(p, x):
+    """A plain relu stack whose params are a list of ``(w, b)`` tuples: no leaf is named ``bias``."""
+    for w, b in p[:-1]:
+        x = jax.nn.relu(x @ w + b[None])
+    w, b = p[-1]
+    return x @ w + b[None]
+
+
+def test_neuron_masks_on_w_b_tuples_mask_the_bias_so_a_removed_neuron_outputs_zero():
+    rng = np.random.default_rng(0)
+    params = [(jnp.asarray(rng.normal(size=shape), jnp.float32), jnp.ones(shape[1])) for shape in ((5, 8), (8, 3))]
+    x = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+    masks = neuron_masks(params, 0.5, apply_fn=_tuple_stack, x=x)
+    dropped = _removed(masks[0][0], 1)
+    assert len(dropped) == 4 and _removed(masks[0][1], 0) == dropped  # the bias goes with its neuron
+    assert _removed(masks[1][0], 0) == dropped and masks[1][1] is None  # consumer rows; the output is kept
+    (w, b), _ = apply_masks(params, masks)
+    hidden = np.asarray(jax.nn.relu(x @ w + b[None]))
+    assert not hidden[:, sorted(dropped)].any()  # relu(b) = 1 before the bias was found by use
+
+
+def test_neuron_masks_honour_the_norm():
+    w = jnp.array([[1.0, 3.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # column norms: l2 [2, 3], l1 [4, 3]
+    params = [(w, jnp.zeros(2)), (jnp.zeros((2, 3)), jnp.zeros(3))]
+    x = jnp.ones((1, 4))
+    assert neuron_masks(params, 0.5, apply_fn=_tuple_stack, x=x)[0][1].tolist() == [False, True]
+    assert neuron_masks(params, 0.5, norm="l1", apply_fn=_tuple_stack, x=x)[0][1].tolist() == [True, False]
+
+
+def test_neuron_masks_keep_every_output_of_a_transformer_whose_last_path_is_pos():
+    apply_fn, params, tokens = plain_transformer()
+    assert sorted(params)[-1] == "pos"  # the params-only guess took pos for the classifier
+    masks = neuron_masks(params, 0.5, apply_fn=apply_fn, x=tokens)
+    assert masks["head"] is None or masks["head"].any(axis=0).all()  # all 10 outputs survive
+    hidden = _removed(masks["mlp_bias"], 0)  # the MLP's 128 hidden units: half removed, with their bias
+    assert len(hidden) == 64 and _gone(masks["mlp_in"], 1) == _gone(masks["mlp_out"], 0) == hidden
+    logits = np.asarray(apply_fn(apply_masks(params, masks), tokens))
+    assert logits.shape == (2, 10) and np.all(logits != 0)
+
+
+def test_neuron_masks_on_every_model_kind_remove_the_same_units_from_every_member(any_model):
+    apply_fn, params = any_model
+    x = jnp.ones((1, 8, 8, 1))
+    masks = neuron_masks(params, 0.5, apply_fn=apply_fn, x=x)
+    (group,) = [g for g in prune.channel_groups(apply_fn, params, x) if g.prunable]
+    flat = {
+        jax.tree_util.keystr(p): m
+        for p, m in jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda m: m is None)[0]
     }
-    l2 = neuron_masks(params, 0.5)
-    l1 = neuron_masks(params, 0.5, norm="l1")
-    assert l2["layer_10"]["w"] is None  # layer_10 is the last layer although it sorts first as a string
-    assert l2["layer_2"]["b"].tolist() == [False, True]  # l2: [2, 3]
-    assert l1["layer_2"]["b"].tolist() == [True, False]  # l1: [4, 3]
-    every = neuron_masks(params, 0.5, exclude_last=False)
-    assert int(every["layer_10"]["w"].all(axis=0).sum()) == 2
+    removed = [_removed(flat[member[0]], member[1]) for member in group.members]
+    assert len(removed[0]) == 32 and all(r == removed[0] for r in removed)
+    members = {member[0] for member in group.members}
+    assert all(m is None for path, m in flat.items() if path not in members)
 
 
-def test_neuron_masks_on_nnx_functional_variables_match_structured_masks():
-    config, variables = _model("mlp", input_shape=(8, 8, 1))
-    generic = neuron_masks(variables, 0.3)
-    specific = structured_masks(config, variables, 0.3, granularity="neurons")
-    for a, b in zip(
-        jax.tree.leaves(generic, is_leaf=lambda x: x is None),
-        jax.tree.leaves(specific, is_leaf=lambda x: x is None),
-        strict=True,
-    ):
-        assert (a is None and b is None) or np.array_equal(a, b)
+def test_neuron_masks_vmap_over_sparsities():
+    params, x = (
+        [(jnp.asarray(np.arange(40.0).reshape(5, 8), jnp.float32), jnp.ones(8)), (jnp.ones((8, 3)), jnp.zeros(3))],
+        jnp.ones((1, 5)),
+    )
+    masks = jax.vmap(lambda s: neuron_masks(params, s, apply_fn=_tuple_stack, x=x))(jnp.array([0.0, 0.25, 0.5]))
+    assert np.asarray(masks[0][1]).sum(axis=1).tolist() == [8, 6, 4]
 
 
 def test_jit_vmap_over_sparsities_gives_exact_counts():
@@ -204,6 +259,12 @@ def test_errors_name_the_argument():
             structured_masks(config, variables, bad, granularity="neurons")
     with pytest.raises(ValueError, match=r"neuron_masks: sparsity must be a scalar in \[0, 1\), got 1\.5"):
         neuron_masks(variables, 1.5)
+    with pytest.raises(ValueError, match=r"neuron_masks: apply_fn and x are needed"):
+        neuron_masks(variables, 0.5)
+    with pytest.raises(
+        ValueError, match=r"neuron_masks: apply_fn has no prunable channel group; reasons: \['model output'\]"
+    ):
+        neuron_masks({"w": jnp.ones((3, 2))}, 0.5, apply_fn=lambda p, x: x @ p["w"], x=jnp.ones((1, 3)))
     with pytest.raises(ValueError, match=r"norm must be one of \('l1', 'l2'\), got 'l3'"):
         structured_prune(config, 0.5, granularity="neurons", norm="l3")
     with pytest.raises(ValueError, match="variables do not match the config"):
