@@ -98,6 +98,12 @@ def _params():
     return {"dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}}
 
 
+def _dense_stack(p, x):
+    """``_params()``'s dense layer applied twice: a model for rows whose arguments fail before it is traced."""
+    h = jax.nn.relu(x @ p["dense"]["kernel"] + p["dense"]["bias"][None])
+    return h @ p["dense"]["kernel"]
+
+
 def _recipe(**step):
     return recipes.validate({"name": "r", "steps": [step]})
 
@@ -629,6 +635,43 @@ CASES = [
         lambda: prune.channel_groups(lambda p, x: x * p["dense"]["bias"][None], _params(), jnp.ones((1, 4))),
         ValueError,
         "channel_groups: apply_fn has no dot_general",
+    ),
+    # prune: leaves by use (jaxpr.weight_filter) and neuron masks on channel groups (issue 18)
+    (
+        "neuron_masks-no-apply_fn",
+        lambda: prune.neuron_masks(_params(), 0.5),
+        ValueError,
+        "neuron_masks: apply_fn and x are needed",
+    ),
+    (
+        "neuron_masks-sparsity-one",
+        lambda: prune.neuron_masks(_params(), 1.0, apply_fn=_dense_stack, x=jnp.ones((1, 4))),
+        ValueError,
+        "neuron_masks: sparsity must be a scalar in [0, 1)",
+    ),
+    (
+        "neuron_masks-multiple-zero",
+        lambda: prune.neuron_masks(_params(), 0.5, apply_fn=_dense_stack, x=jnp.ones((1, 4)), multiple=0),
+        ValueError,
+        "neuron_masks: multiple must be an integer >= 1",
+    ),
+    (
+        "neuron_masks-norm",
+        lambda: prune.neuron_masks(_params(), 0.5, norm="l3", apply_fn=_dense_stack, x=jnp.ones((1, 4))),
+        ValueError,
+        "neuron_masks: norm must be one of ('l1', 'l2')",
+    ),
+    (
+        "neuron_masks-no-prunable-group",
+        lambda: prune.neuron_masks(_params(), 0.5, apply_fn=lambda p, x: x @ p["dense"]["kernel"], x=jnp.ones((1, 4))),
+        ValueError,
+        "neuron_masks: apply_fn has no prunable channel group; reasons: ['model output']",
+    ),
+    (
+        "weight_filter-no-weighted-op",
+        lambda: hamjax.jaxpr.weight_filter(lambda p, x: x * p["dense"]["bias"][None], _params(), jnp.ones((1, 4))),
+        ValueError,
+        "weight_filter: apply_fn has no dot_general or conv_general_dilated",
     ),
     # quant
     (
