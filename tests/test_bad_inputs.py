@@ -104,6 +104,12 @@ def _dense_stack(p, x):
     return h @ p["dense"]["kernel"]
 
 
+def _dense_group(prunable=True, reason=""):
+    """``_params()``'s four dense outputs as one channel group, written by hand."""
+    members = (prune.Member("['dense']['bias']", 0, 1, 0, 4, 0), prune.Member("['dense']['kernel']", 1, 1, 0, 4, 0))
+    return prune.ChannelGroup(4, members, prunable, reason)
+
+
 def _recipe(**step):
     return recipes.validate({"name": "r", "steps": [step]})
 
@@ -626,9 +632,112 @@ CASES = [
     ("group_masks-method", lambda: prune.group_masks(_params(), (), 0.5, method="l3"), ValueError, "method must be"),
     (
         "group_masks-foreign-group",
-        lambda: prune.group_masks(_params(), [prune.ChannelGroup(2, (("['x']", 0, 1),), True, "")], 0.5),
+        lambda: prune.group_masks(
+            _params(), [prune.ChannelGroup(2, (prune.Member("['x']", 0, 1, 0, 2, 0),), True, "")], 0.5
+        ),
         ValueError,
         "group_masks: params has no leaf ['x']",
+    ),
+    # prune: kept channels per group (group_channels), scopes, methods and rounding (issue 18)
+    (
+        "group_channels-sparsity-negative",
+        lambda: prune.group_channels(_params(), [_dense_group()], -0.1),
+        ValueError,
+        "group_channels: sparsity must be a scalar in [0, 1)",
+    ),
+    (
+        "group_channels-method",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, method="snip"),
+        ValueError,
+        "group_channels: method must be one of ('l2', 'l1', 'taylor', 'random')",
+    ),
+    (
+        "group_channels-scope",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, scope="model"),
+        ValueError,
+        "group_channels: scope must be one of ('layer', 'global')",
+    ),
+    (
+        "group_masks-scope",
+        lambda: prune.group_masks(_params(), [_dense_group()], 0.5, scope="all"),
+        ValueError,
+        "group_masks: scope must be one of",
+    ),
+    (
+        "group_channels-multiple-zero",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, multiple=0),
+        ValueError,
+        "group_channels: multiple must be an integer >= 1",
+    ),
+    (
+        "group_channels-multiple-larger-than-group",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, multiple=8),
+        ValueError,
+        "group_channels: multiple=8 is larger than the group of ['dense']['bias'] (4 channels)",
+    ),
+    (
+        "group_channels-taylor-no-grads",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, method="taylor"),
+        ValueError,
+        "group_channels: method='taylor' needs grads=",
+    ),
+    (
+        "group_channels-taylor-grads-mismatched",
+        lambda: prune.group_channels(
+            _params(), [_dense_group()], 0.5, method="taylor", grads={"dense": {"kernel": jnp.ones((2, 2)), "bias": 0}}
+        ),
+        ValueError,
+        "group_channels: grads['dense']['bias'] has shape ()",
+    ),
+    (
+        "group_channels-taylor-grads-missing-leaf",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, method="taylor", grads={"kernel": jnp.ones(4)}),
+        ValueError,
+        "group_channels: grads has no leaf ['dense']['bias']",
+    ),
+    (
+        "group_channels-random-no-key",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, method="random"),
+        ValueError,
+        "group_channels: method='random' needs key=",
+    ),
+    (
+        "group_channels-random-bad-key",
+        lambda: prune.group_channels(_params(), [_dense_group()], 0.5, method="random", key="seed"),
+        ValueError,
+        "group_channels: key must be a jax.random key or an int seed",
+    ),
+    (
+        "group_channels-no-prunable-group",
+        lambda: prune.group_channels(_params(), [_dense_group(False, "model output")], 0.5),
+        ValueError,
+        "group_channels: no prunable group; reasons: model output",
+    ),
+    (
+        "group_masks-no-group",
+        lambda: prune.group_masks(_params(), (), 0.5),
+        ValueError,
+        "group_masks: no prunable group; reasons: groups is empty",
+    ),
+    (
+        "group_channels-member-beyond-leaf",
+        lambda: prune.group_channels(
+            _params(), [prune.ChannelGroup(6, (prune.Member("['dense']['bias']", 0, 1, 0, 6, 0),), True, "")], 0.5
+        ),
+        ValueError,
+        "group_channels: params['dense']['bias'] has shape (4,), too small",
+    ),
+    (
+        "group_importance-taylor-no-grads",
+        lambda: prune.group_importance(_params(), _dense_group(), "taylor"),
+        ValueError,
+        "group_importance: method='taylor' needs grads=",
+    ),
+    (
+        "group_importance-method",
+        lambda: prune.group_importance(_params(), _dense_group(), "l0"),
+        ValueError,
+        "group_importance: method must be one of",
     ),
     (
         "channel_groups-no-weighted-op",

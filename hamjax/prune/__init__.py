@@ -13,8 +13,9 @@ Modules, bottom to top:
 * :mod:`~hamjax.prune.groups`, :mod:`~hamjax.prune.structured`,
   :mod:`~hamjax.prune.rebuild`: structured pruning of the reference models
   and the physical shrink to a smaller dense model.
-* :mod:`~hamjax.prune.dependency`, :mod:`~hamjax.prune.group_masks`: channel
-  groups of any model, found in its jaxpr, and masks that remove whole groups.
+* :mod:`~hamjax.prune.dependency`, :mod:`~hamjax.prune.group_scores`,
+  :mod:`~hamjax.prune.group_masks`: channel groups of any model, found in its
+  jaxpr, their importance, and the channels kept and masks that remove whole groups.
 * :mod:`~hamjax.prune.iterative`: prune -> finetune cycles (runs
   :func:`hamjax.train.fit`).
 
@@ -24,7 +25,8 @@ the weight) at each pruned leaf, ``None`` elsewhere.
 
 from hamjax._select import default_filter, selected
 from hamjax.prune.dependency import ChannelGroup, channel_groups
-from hamjax.prune.group_masks import IMPORTANCE_METHODS, group_importance, group_masks
+from hamjax.prune.group_masks import group_channels, group_masks
+from hamjax.prune.group_scores import IMPORTANCE_METHODS, group_importance
 from hamjax.prune.groups import GRANULARITIES, ShrunkConfig
 from hamjax.prune.iterative import METHODS, iterative_prune
 from hamjax.prune.masked import SCHEDULED_METHODS, MaskedState, masked_optimizer
@@ -79,6 +81,7 @@ __all__ = [
     "constant_schedule",
     "default_filter",
     "global_magnitude_prune",
+    "group_channels",
     "group_importance",
     "group_masks",
     "iterative_prune",
