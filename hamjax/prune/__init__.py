@@ -24,7 +24,7 @@ the weight) at each pruned leaf, ``None`` elsewhere.
 """
 
 from hamjax._select import default_filter, selected
-from hamjax.prune.dependency import ChannelGroup, channel_groups
+from hamjax.prune.dependency import ChannelGroup, Member, channel_groups, member_channels
 from hamjax.prune.group_masks import group_channels, group_masks
 from hamjax.prune.group_scores import IMPORTANCE_METHODS, group_importance
 from hamjax.prune.groups import GRANULARITIES, ShrunkConfig
@@ -43,6 +43,7 @@ from hamjax.prune.patterns import BLOCK_SCORES, INCOMPATIBLE, block_masks, nm_ma
 from hamjax.prune.ranking import SCOPES
 from hamjax.prune.rebuild import NarrowSelfAttention, build_shrunk, shrink, shrunk_model
 from hamjax.prune.schedules import constant_schedule, polynomial_schedule
+from hamjax.prune.shrink_any import shrink_groups
 from hamjax.prune.structured import NORMS, StructuredPruneState, neuron_masks, structured_masks, structured_prune
 from hamjax.prune.transforms import (
     MovementState,
@@ -67,6 +68,7 @@ __all__ = [
     "SCOPES",
     "ChannelGroup",
     "MaskedState",
+    "Member",
     "MovementState",
     "NarrowSelfAttention",
     "PruneState",
@@ -89,6 +91,7 @@ __all__ = [
     "magnitude_masks",
     "magnitude_prune",
     "masked_optimizer",
+    "member_channels",
     "movement_prune",
     "neuron_masks",
     "nm_masks",
@@ -100,6 +103,7 @@ __all__ = [
     "saliency_prune",
     "selected",
     "shrink",
+    "shrink_groups",
     "shrunk_model",
     "sparsity_of",
     "structured_masks",
