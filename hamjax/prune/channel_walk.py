@@ -1,7 +1,8 @@
 """The symbolic walk behind :func:`hamjax.prune.channel_groups`: tag every value of a jaxpr, equation by equation.
 
-The rules of most primitives are in :mod:`~hamjax.prune.channel_tags`; this
-module adds slices, splits, concatenations, reductions, transposes and the
+The rules of elementwise ops, products and convolutions are in
+:mod:`~hamjax.prune.channel_tags`; this module adds reshapes, broadcasts,
+slices, splits, concatenations, reductions, transposes and the
 fallback (any other primitive that touches a channel makes it unprunable,
 naming the primitive), and :func:`walk`, which inlines calls and records
 every equation's output tags in evaluation order
@@ -10,6 +11,8 @@ physical shrink can walk the same jaxpr again and read them.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax.extend.core as jcore
 
@@ -23,18 +26,125 @@ from hamjax.prune.channel_tags import (
     DataTag,
     ParamTag,
     View,
-    broadcast,
     conv,
     dot,
     elementwise,
     is_channel,
-    reshape,
     shape,
 )
 
 _REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"}
 _RESHAPES = {"reshape", "squeeze", "expand_dims"}
 _SIGN_KEEPING = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "transpose"}
+
+
+def reshape_groups(src: tuple, dst: tuple):
+    """Consecutive axes of ``src`` and ``dst`` with equal products, size-1 axes left out; ``None`` if none."""
+    s = [i for i, d in enumerate(src) if d != 1]
+    t = [i for i, d in enumerate(dst) if d != 1]
+    out, i, j = [], 0, 0
+    while i < len(s) and j < len(t):
+        gi, gj, pi, pj = [s[i]], [t[j]], src[s[i]], dst[t[j]]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                gi.append(s[i])
+                pi, i = pi * src[s[i]], i + 1
+            else:
+                gj.append(t[j])
+                pj, j = pj * dst[t[j]], j + 1
+        out.append((gi, gj))
+    return out if i == len(s) and j == len(t) else None
+
+
+def _merge(g: ChannelGraph, name, t: DataTag, src, a: list[int]):
+    """The entry of the axis that merges ``src`` axes ``a`` (row-major), or ``None`` with the channels marked."""
+    views = []
+    for pos, i in enumerate(a):
+        e = t.axes[i]
+        if not is_channel(e):
+            continue
+        inner = math.prod(src[j] for j in a[pos + 1 :])
+        if isinstance(e, Cat) and (inner != 1 or pos > 0):
+            g.bad(e, f"{name} that merges a concatenated axis")
+            return None
+        if isinstance(e, Cat):
+            return e
+        for v in e.views:
+            if src[i] % (v.block * g.size[v.node]) and pos > 0:
+                g.bad(e, f"{name} that merges a sliced channel axis")
+                return None
+        views += [View(v.node, v.block * inner, v.offset) for v in e.views]
+    return Chan(tuple(views)) if views else None
+
+
+def _split(g: ChannelGraph, name, e, dst, b: list[int]) -> list:
+    """Entries of the axes ``dst[b]`` that split the channel axis ``e`` (row-major)."""
+    if not isinstance(e, Chan):
+        g.bad(e, f"{name} that splits a concatenated axis")
+        return [None] * len(b)
+    out = []
+    for pos, j in enumerate(b):
+        period, size, views = math.prod(dst[k] for k in b[pos + 1 :]), dst[j], []
+        for v in e.views:
+            n = g.size[v.node]
+            if period % v.block == 0:
+                q = period // v.block
+                if v.offset % q or n % (q * size):
+                    g.bad(e, f"{name} that splits channels unevenly")
+                    return [None] * len(b)
+                views.append(View(g.derive(v.node, q, size), 1, v.offset // q))
+            elif v.block % (period * size):
+                g.bad(e, f"{name} that splits channels unevenly")
+                return [None] * len(b)
+        out.append(Chan(tuple(views)) if views else None)
+    return out
+
+
+def reshape(g: ChannelGraph, name, t, src, dst):
+    groups = reshape_groups(src, dst)
+    if isinstance(t, ParamTag):
+        if groups is None or any(len(a) != 1 or len(b) != 1 for a, b in groups):
+            return ParamTag(tuple((leaf, None) for leaf, _ in t.srcs), t.opaque)
+        moved = {b[0]: a[0] for a, b in groups}
+        srcs = [
+            (leaf, None if m is None else tuple(m[moved[k]] if k in moved else None for k in range(len(dst))))
+            for leaf, m in t.srcs
+        ]
+        return ParamTag(tuple(srcs), t.opaque)
+    out = [None] * len(dst)
+    kept = {i for a, _ in groups or () for i in a}
+    for i, e in enumerate(t.axes):
+        if groups is None or i not in kept:
+            g.bad(e, f"{name} that drops or reorders a channel axis")
+    for a, b in groups or ():
+        if len(b) == 1:
+            out[b[0]] = _merge(g, name, t, src, a) if len(a) > 1 else t.axes[a[0]]
+        elif len(a) == 1 and is_channel(t.axes[a[0]]):
+            for j, e in zip(b, _split(g, name, t.axes[a[0]], dst, b), strict=True):
+                out[j] = e
+        else:
+            for i in a:
+                g.bad(t.axes[i], f"{name} that splits or merges several channel axes")
+    return DataTag(tuple(out), t.sign)
+
+
+def broadcast(eqn, t, src, dst):
+    dims = eqn.params["broadcast_dimensions"]
+    if isinstance(t, ParamTag):
+        srcs = []
+        for leaf, amap in t.srcs:
+            if amap is not None:
+                new = [None] * len(dst)
+                for i, o in enumerate(dims):
+                    new[o] = amap[i] if src[i] == dst[o] else None
+                amap = tuple(new)
+            srcs.append((leaf, amap))
+        return ParamTag(tuple(srcs), t.opaque and len(src) > 0)
+    out = [BCAST] * len(dst)
+    for i, o in enumerate(dims):
+        out[o] = t.axes[i] if src[i] == dst[o] else BCAST
+    return DataTag(tuple(out), t.sign)
 
 
 def _cut(g: ChannelGraph, name, e, dim: int, start: int, stop: int):

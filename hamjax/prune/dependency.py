@@ -120,27 +120,27 @@ def _nested(x, y) -> bool:
     return by % (bx * sx) == 0
 
 
-def finish(g: ChannelGraph) -> tuple[tuple[ChannelGroup, ...], list[int], dict[int, int]]:
-    """The groups of a walked graph, their root nodes, and each child root's parent root."""
+def finish(g: ChannelGraph) -> tuple[tuple[ChannelGroup, ...], list[int], dict[int, set]]:
+    """The groups of a walked graph, their root nodes, and each derived root's parent roots."""
     seen: dict[tuple, int] = {}
     for child, parent, period, size in g.children:
         key = (g.find(parent), period, size)
         seen[key] = g.union(seen[key], child) if key in seen else child
     members = {r: set(ms) for r, ms in _root_sets(g, g.members).items()}
     reasons = _root_sets(g, g.reasons)
-    parent_of: dict[int, int] = {}
+    parent_of: dict[int, set] = {}
     for child, parent, period, _ in g.children:
         c, p = g.find(child), g.find(parent)
         if c == p:
             reasons.setdefault(c, []).append("a reshape that splits channels into axes coupled with each other")
             continue
-        parent_of[c] = p
+        parent_of.setdefault(c, set()).add(p)
         for leaf, axis, block, start, stop, offset in members.get(p, ()):
             if offset % period:
                 reasons.setdefault(c, []).append("a reshape that splits a sliced channel axis")
             members.setdefault(c, set()).add((leaf, axis, block * period, start, stop, offset // period))
         reasons.setdefault(c, []).extend(reasons.get(p, []))
-    parents = set(parent_of.values())
+    parents = set().union(*parent_of.values())
     roots = sorted({g.find(n) for n in range(len(g.parent))})
     owners: dict[tuple, list] = {}
     for r in roots:
@@ -159,9 +159,9 @@ def finish(g: ChannelGraph) -> tuple[tuple[ChannelGroup, ...], list[int], dict[i
                 for n in (r, q):
                     reasons.setdefault(n, []).append(f"axis {axis} of {g.paths[leaf]} belongs to several groups")
     for r in parents:
-        kids = sorted(roots.index(c) for c, p in parent_of.items() if p == r)
+        kids = sorted(roots.index(c) for c, ps in parent_of.items() if r in ps)
         reasons.setdefault(r, []).append(f"split by a reshape into other axes: pruned through groups {kids}")
-    g.root_members, g.parent_of = members, parent_of
+    g.root_members, g.parents = members, parents
     groups = []
     for r in roots:
         ms = (Member(g.paths[leaf], a, b, s, t, o) for leaf, a, b, s, t, o in members.get(r, ()))

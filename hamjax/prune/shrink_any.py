@@ -34,7 +34,7 @@ import numpy as np
 
 from hamjax._base import ApplyFn
 from hamjax.jaxpr import bind_equation, call_body
-from hamjax.prune.channel_tags import BCAST, Cat, Chan, DataTag, ParamTag, Pending
+from hamjax.prune.channel_tags import BCAST, ELEMENTWISE, Cat, Chan, DataTag, ParamTag, Pending
 from hamjax.prune.dependency import ChannelGroup, finish, member_channels, trace_channels
 
 
@@ -138,7 +138,7 @@ class _Plan:
         rebuilt: dict[tuple, np.ndarray] = {}  # the leaf masks again, from the channels: they must agree
         for r, members in g.root_members.items():
             for leaf, axis, block, start, stop, offset in members:
-                if r in self.keep and r not in g.parent_of.values():
+                if r in self.keep and r not in g.parents:
                     m = rebuilt.setdefault((leaf, axis), np.ones(g.shapes[leaf][axis], bool))
                     m[start:stop] &= self.keep[r][(np.arange(stop - start) // block + offset) % g.size[r]]
         for leaf, axes in self.leaf.items():
@@ -256,10 +256,9 @@ def _bind(plan: _Plan, eqn, invals: list, intags: list, outtags) -> list:
         params["slice_sizes"] = tuple(s if k in indexed else invals[0].shape[k] for k, s in enumerate(sizes))
     elif name == "conv_general_dilated" and params["feature_group_count"] > 1:
         params["feature_group_count"] = invals[0].shape[params["dimension_numbers"].lhs_spec[1]]
-    elif len(eqn.outvars) == 1 and name not in ("dot_general", "conv_general_dilated", "concatenate"):
+    elif name in ELEMENTWISE and len(eqn.outvars) == 1:  # cut full-size operands that are not params
         out_dims = shape(eqn.outvars[0])
-        if all(np.ndim(x) == len(out_dims) for x in invals):  # elementwise: cut full-size operands
-            invals = [_cut(x, out_masks[0], out_dims) for x in invals]
+        invals = [_cut(x, out_masks[0], out_dims) if np.ndim(x) == len(out_dims) else x for x in invals]
     try:
         outs = _rebind(eqn, invals, params)
     except (TypeError, ValueError) as e:
@@ -311,7 +310,7 @@ def shrink_groups(apply_fn, params, x, groups, keep):
       >>> import jax, jax.numpy as jnp, numpy as np
       >>> from hamjax import prune
       >>> params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4), "v": jnp.ones((4, 2))}
-      >>> f = lambda p, x: jax.nn.relu(x @ p["w"] + p["b"]) @ p["v"]
+      >>> f = lambda p, x: jax.nn.relu(x @ p["w"] + p["b"][None]) @ p["v"]
       >>> groups = prune.channel_groups(f, params, jnp.ones((1, 3)))
       >>> g, small = prune.shrink_groups(f, params, jnp.ones((1, 3)), groups, (np.array([1, 0, 1, 0], bool), None))
       >>> small["w"].shape, small["v"].shape, jax.jit(g)(small, jnp.ones((5, 3))).shape

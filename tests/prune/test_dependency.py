@@ -265,3 +265,10 @@ def test_a_log_or_a_division_by_a_channel_is_not_followed():
     scaled = channel_groups(lambda p, x: (x @ p["w"] / 2.0) @ p["v"], params, x)[0]
     assert "div of a channel" in divided.reason and "log of a channel" in logged.reason
     assert scaled.prunable
+
+
+def test_a_param_added_to_the_input_does_not_hide_the_input():
+    params = {"pos": jnp.ones((1, 4)), "a": jnp.ones((4, 4)), "v": jnp.ones((4, 2))}
+    groups = channel_groups(lambda p, x: ((x + p["pos"]) + x @ p["a"]) @ p["v"], params, jnp.ones((2, 4)))
+    assert not groups[0].prunable
+    assert "not a channel" in groups[0].reason
