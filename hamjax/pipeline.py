@@ -244,8 +244,9 @@ def optimize(
     :class:`hamjax.data.Dataset`, e.g. from :func:`hamjax.data.from_arrays`),
     that ``apply_fn(params, x)`` gives one logit per class of the data, and,
     for a custom model (``config=None``), that no step needs a reference
-    architecture (structured pruning with shrink, a distilled student built
-    from the config).
+    architecture (a distilled student built from the config or made
+    shallower; structured pruning, shrink and narrower students work on any
+    model through its channel groups).
 
     Args:
       apply_fn: the model's apply function: from :func:`hamjax.functional`

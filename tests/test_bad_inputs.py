@@ -1054,9 +1054,9 @@ CASES = [
     ),
     (
         "optimize-reference-step-custom-model",
-        lambda: _optimize("default"),
+        lambda: _optimize(recipes.validate({"name": "r", "steps": [{"kind": "distill", "student": "config"}]})),
         recipes.RecipeError,
-        "recipe 'default' steps[1] (distill, param_ratio=0.6) needs a hamjax reference model",
+        "recipe 'r' steps[0] (distill, param_ratio=0.25, student='config') needs a hamjax reference model",
     ),
     (
         "optimize-tuple-data",

@@ -45,6 +45,7 @@ from hamjax.prune.rebuild import NarrowSelfAttention, build_shrunk, shrink, shru
 from hamjax.prune.schedules import constant_schedule, polynomial_schedule
 from hamjax.prune.shrink_any import shrink_groups
 from hamjax.prune.structured import NORMS, StructuredPruneState, neuron_masks, structured_masks, structured_prune
+from hamjax.prune.student import INITS, make_student
 from hamjax.prune.transforms import (
     MovementState,
     PruneState,
@@ -62,6 +63,7 @@ __all__ = [
     "GRANULARITIES",
     "IMPORTANCE_METHODS",
     "INCOMPATIBLE",
+    "INITS",
     "METHODS",
     "NORMS",
     "SCHEDULED_METHODS",
@@ -90,6 +92,7 @@ __all__ = [
     "layer_sparsities",
     "magnitude_masks",
     "magnitude_prune",
+    "make_student",
     "masked_optimizer",
     "member_channels",
     "movement_prune",

@@ -170,8 +170,8 @@ def reference_steps(recipe: Recipe) -> list[str]:
 
     Examples:
       >>> from hamjax import recipes
-      >>> recipes.reference_steps(recipes.load("structured-50-shrink"))
-      ["steps[1] (prune, method='neurons', shrink=true)"]
+      >>> recipes.reference_steps(recipes.validate({"name": "r", "steps": [{"kind": "distill", "depth_ratio": 0.5}]}))
+      ['steps[0] (distill, depth_ratio=0.5)']
       >>> recipes.reference_steps(recipes.load("nm-2-4"))
       []
     """

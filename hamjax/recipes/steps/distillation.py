@@ -1,8 +1,12 @@
 """The ``distill`` recipe step: train a smaller student of the same family from the current model.
 
-The current model is the teacher; the student is
-:func:`hamjax.models.make_student` of the current reference config (about
-``param_ratio`` of its parameters), trained with Hinton's soft targets and
+The current model is the teacher; the student (about ``param_ratio`` of its
+parameters) is :func:`hamjax.models.make_student` of the current reference
+config (``student = "config"``: the depth can shrink too) or, for any model,
+:func:`hamjax.prune.make_student`: the same structure narrowed through its
+channel groups, inheriting the teacher's most important channels
+(``"inherit"``) or drawn afresh (``"fresh"``); ``"auto"`` takes the config
+where the model has one. It is trained with Hinton's soft targets and
 the labels, plus optional relational (RKD) and feature terms on the
 models' ``embedding``. With ``augment`` (a :func:`hamjax.augment.parse` spec) or ``mixup`` the
 teacher runs online on the student's augmented view (function matching); ``teacher_method`` and
@@ -13,13 +17,21 @@ on it) or go on with the teacher.
 
 from __future__ import annotations
 
-from hamjax import augment, distill, models, report, train
-from hamjax._base import functional
+import jax
+
+from hamjax import augment, distill, models, prune, report, train
+from hamjax._base import functional, trainable
 from hamjax.recipes.schema import Context, Field, RecipeError, StepKind
+
+STUDENTS = ("auto", "config", "inherit", "fresh")
+"""How the student is built: from the reference config, or from the channel groups (inherited or fresh)."""
 
 FIELDS = {
     "param_ratio": Field(float, 0.25, above=0.0, high=1.0, doc="student parameters / teacher parameters"),
-    "depth_ratio": Field(float, 1.0, above=0.0, high=1.0, doc="student depth / teacher depth"),
+    "depth_ratio": Field(float, 1.0, above=0.0, high=1.0, doc="student depth / teacher depth (student config)"),
+    "student": Field(
+        str, "auto", choices=STUDENTS, doc="config (reference models), inherit or fresh (any model), or auto"
+    ),
     "temperature": Field(float, 4.0, above=0.0, doc="softmax temperature of the soft targets"),
     "alpha": Field(float, 0.9, low=0.0, high=1.0, doc="weight of the soft targets; the labels get 1 - alpha"),
     "relational": Field(float, 0.0, low=0.0, doc="weight of relational KD (distance + 2 angle) on the embeddings"),
@@ -40,15 +52,21 @@ FIELDS = {
 }
 
 
-def reference(f: dict) -> str:
-    """The field behind the step's need of a reference model: the student is built from the teacher's config.
+def reference(f: dict) -> str | None:
+    """The fields that make the step need a reference model (a student from the config), else ``None``.
 
     Examples:
       >>> from hamjax.recipes.steps import distillation
-      >>> distillation.reference({"param_ratio": 0.25})
-      'param_ratio=0.25'
+      >>> distillation.reference({"param_ratio": 0.25, "student": "config", "depth_ratio": 1.0})
+      "param_ratio=0.25, student='config'"
+      >>> distillation.reference({"param_ratio": 0.25, "student": "auto", "depth_ratio": 1.0}) is None
+      True
     """
-    return f"param_ratio={f['param_ratio']:g}"
+    if f["student"] == "config":
+        return f"param_ratio={f['param_ratio']:g}, student='config'"
+    if f["depth_ratio"] != 1.0:
+        return f"depth_ratio={f['depth_ratio']:g}"
+    return None
 
 
 def check(f: dict) -> str | None:
@@ -65,6 +83,10 @@ def check(f: dict) -> str | None:
         augment.parse(f["augment"])
     except ValueError as err:
         return f"augment: {err}"
+    if f.get("student") in ("inherit", "fresh") and f.get("depth_ratio", 1.0) != 1.0:
+        return (
+            f"depth_ratio={f['depth_ratio']:g} needs student='config' (channel groups narrow, they do not drop layers)"
+        )
     return None
 
 
@@ -86,17 +108,17 @@ def _terms(f: dict) -> tuple:
 
 
 def run(f: dict, context: Context) -> Context:
-    """Distill ``context``'s model into a student built from its config; add the student's report row.
+    """Distill ``context``'s model into a narrower student; add the student's report row.
 
     Args:
       f: the step's validated fields (:data:`FIELDS`).
-      context: the run so far; needs ``context.config``.
+      context: the run so far; ``student = "config"`` needs ``context.config``.
 
     Returns:
       ``context``, working on the student when ``continue_with = "student"``.
 
     Raises:
-      RecipeError: the current model has no reference config.
+      RecipeError: ``student = "config"`` on a model without a reference config.
 
     Examples:
       >>> import hamjax
@@ -109,20 +131,17 @@ def run(f: dict, context: Context) -> Context:
       >>> run(dict(fields), context).stages[-1].name  # doctest: +SKIP
       'distilled'
     """
-    if context.config is None:
-        raise RecipeError(
-            f"distill ({reference(f)}) needs a hamjax reference model ({', '.join(models.MODELS)}) to build "
-            "its student from; this model has no config"
+    stage, mode = f["stage"], f["student"]
+    if mode == "auto":
+        mode = "config" if context.config is not None or f["depth_ratio"] != 1.0 else "inherit"
+    if mode == "config":
+        apply_fn, params, student_config = _config_student(f, context)
+    else:
+        x = context.dataset.train.x[:2]
+        apply_fn, params = prune.make_student(
+            context.apply_fn, context.params, x, param_ratio=f["param_ratio"], init=mode, seed=context.seed
         )
-    stage = f["stage"]
-    try:
-        student_config = models.make_student(context.config, param_ratio=f["param_ratio"], depth_ratio=f["depth_ratio"])
-    except TypeError as err:  # a shrunk ViT or HAMNet keeps per-layer widths that no student config describes
-        raise RecipeError(
-            f"distill ({reference(f)}) cannot build a student of this model ({err}); put distill before a "
-            "prune step with shrink = true"
-        ) from None
-    apply_fn, params = functional(models.from_config(student_config, seed=context.seed))
+        student_config = None
     config = train.TrainConfig(
         epochs=f["epochs"],
         batch_size=f["batch_size"],
@@ -146,9 +165,11 @@ def run(f: dict, context: Context) -> Context:
         progress=context.progress,
     )
     context.note_resumed(stage, result)
-    student, teacher = models.param_count(student_config), models.param_count(context.config)
+    student = _count(apply_fn, result.params)
+    teacher = _count(context.apply_fn, context.params)
+    how = "from its config" if student_config is not None else f"{mode} through its channel groups"
     notes = (
-        f"student {student:,} params ({student / teacher:.0%} of the teacher), "
+        f"student {student:,} params ({student / teacher:.0%} of the teacher, {how}), "
         f"distilled at T={f['temperature']:g}, alpha={f['alpha']:g}{_view_notes(f)}"
     )
     context.stages.append(report.Stage.from_model(stage, apply_fn, result.params, notes=notes))
@@ -157,11 +178,33 @@ def run(f: dict, context: Context) -> Context:
     return context
 
 
+def _count(apply_fn, params) -> int:
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(trainable(apply_fn, params)))
+
+
+def _config_student(f: dict, context: Context):
+    what = reference(f) or f"param_ratio={f['param_ratio']:g}"
+    if context.config is None:
+        raise RecipeError(
+            f"distill ({what}) needs a hamjax reference model ({', '.join(models.MODELS)}) to build "
+            "its student from; this model has no config: use student = 'inherit' or 'fresh' with depth_ratio = 1"
+        )
+    try:
+        student_config = models.make_student(context.config, param_ratio=f["param_ratio"], depth_ratio=f["depth_ratio"])
+    except TypeError as err:  # a shrunk ViT or HAMNet keeps per-layer widths that no student config describes
+        raise RecipeError(
+            f"distill ({what}) cannot build a student of this model ({err}); put distill before a "
+            "prune step with shrink = true, or use student = 'inherit'"
+        ) from None
+    apply_fn, params = functional(models.from_config(student_config, seed=context.seed))
+    return apply_fn, params, student_config
+
+
 KIND = StepKind(
     "distill",
     FIELDS,
     run,
-    doc="train a smaller student of the current reference model with knowledge distillation from it",
+    doc="train a narrower student of the current model (any model) with knowledge distillation from it",
     reference=reference,
     check=check,
 )

@@ -5,9 +5,17 @@ stay the dense model's until a sparse runtime uses them) of the leaves the
 model uses as dense or convolution weights
 (:func:`hamjax.jaxpr.weight_filter`: decided by use, so a position table
 that is added or an embedding that is gathered is left whole whatever its
-name); structured ones
-remove whole neurons, channels or heads of a hamjax reference model, and
-with ``shrink = true`` rebuild it as a smaller dense model. The lists of
+name); structured ones remove whole channels. ``method = "groups"`` works
+on any model: it removes channels of every prunable channel group the
+jaxpr shows (:func:`hamjax.prune.channel_groups`: dense and conv outputs
+with their biases, norms and consumers, residual-coupled channels, heads),
+ranked by ``importance`` per group or globally (``scope``), and with
+``shrink = true`` makes the model physically smaller
+(:func:`hamjax.prune.shrink_groups`). ``neurons``, ``channels`` and
+``heads`` are the reference models' granularities
+(:func:`hamjax.prune.structured_masks`), kept because they prune one kind
+of unit at a time and shrink to a rebuilt NNX module of a smaller config;
+on a model without a reference config they take the general path. The lists of
 methods are the prune family's: :data:`hamjax.prune.SCHEDULED_METHODS`
 (during training), :data:`hamjax.prune.METHODS` (iterative cycles) and the
 granularities of :func:`hamjax.prune.structured_masks`.
@@ -18,15 +26,16 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from hamjax import data, jaxpr, models, prune, report, train
+from hamjax import data, jaxpr, prune, report, train
 from hamjax._base import trainable, with_trainable
-from hamjax.recipes.schema import Context, Field, RecipeError, StepKind
+from hamjax.recipes.schema import Context, Field, StepKind
 
 SCHEDULES = ("one_shot", "polynomial", "iterative")
 """How the step reaches its sparsity: at once, along a cubic schedule while finetuning, or in cycles."""
 
-STRUCTURED = tuple(dict.fromkeys(g for granularities in prune.GRANULARITIES.values() for g in granularities))
-"""The structured methods: the units :func:`hamjax.prune.structured_masks` removes."""
+GRANULAR = tuple(dict.fromkeys(g for granularities in prune.GRANULARITIES.values() for g in granularities))
+STRUCTURED = ("groups", *GRANULAR)
+"""The structured methods: ``groups`` (any model) and the units :func:`hamjax.prune.structured_masks` removes."""
 
 
 def _grads(f: dict, apply_fn, params, context: Context):
@@ -74,7 +83,12 @@ FIELDS = {
     "finetune_epochs": Field(int, 5, low=0, doc="epochs of masked finetuning per cycle"),
     "learning_rate": Field(float, 5e-4, above=0.0, doc="finetuning learning rate"),
     "batch_size": Field(int, 128, low=1, doc="finetuning batch size"),
-    "shrink": Field(bool, False, doc="structured only: rebuild a smaller dense model"),
+    "shrink": Field(bool, False, doc="structured only: make the model physically smaller"),
+    "importance": Field(
+        str, "l2", choices=prune.IMPORTANCE_METHODS, doc="channel importance of method groups (taylor: weight x grad)"
+    ),
+    "scope": Field(str, "layer", choices=("layer", "global"), doc="method groups: sparsity per group or overall"),
+    "multiple": Field(int, 1, low=1, doc="method groups: round kept channel counts up to a multiple"),
     "stage": Field(str, "pruned", doc="name of the row this step adds to the report"),
 }
 
@@ -105,24 +119,11 @@ def check(f: dict) -> str | None:
         return f"schedule='iterative' supports methods {list(prune.METHODS)}, got {method!r}"
     if schedule in ("polynomial", "iterative") and f["finetune_epochs"] < 1:
         return f"schedule={schedule!r} needs finetune_epochs >= 1"
+    if (f["importance"], f["scope"], f["multiple"]) != ("l2", "layer", 1) and method != "groups":
+        return f"importance, scope and multiple apply to method='groups', got method={method!r}"
     if f["block_score"] != "l2" and (method != "block" or schedule != "one_shot"):
         return f"block_score={f['block_score']!r} applies to method='block' with schedule='one_shot' only"
     return None
-
-
-def reference(f: dict) -> str | None:
-    """The fields that make the step need a reference model (a structured method), else ``None``.
-
-    Examples:
-      >>> from hamjax.recipes.steps import pruning
-      >>> pruning.reference({"method": "neurons", "shrink": True})
-      "method='neurons', shrink=true"
-      >>> pruning.reference({"method": "nm", "shrink": False}) is None
-      True
-    """
-    if f["method"] not in STRUCTURED:
-        return None
-    return f"method={f['method']!r}" + (", shrink=true" if f["shrink"] else "")
 
 
 def _nonzeros(params) -> int:
@@ -224,12 +225,37 @@ def run(f: dict, context: Context) -> Context:
     return context
 
 
+def _run_groups(f: dict, context: Context) -> Context:
+    """Any model: remove channels of its channel groups, finetune with the masks kept, shrink physically."""
+    apply_fn, params, stage = context.apply_fn, context.params, f["stage"]
+    x = context.dataset.train.x[:2]
+    groups = prune.channel_groups(apply_fn, params, x)
+    grads = _grads(f, apply_fn, params, context) if f["importance"] == "taylor" else None
+    how = {"method": f["importance"], "scope": f["scope"], "multiple": f["multiple"], "grads": grads}
+    how["key"] = context.seed if f["importance"] == "random" else None
+    keep = prune.group_channels(params, groups, f["sparsity"], **how)
+    masks = prune.group_masks(params, groups, f["sparsity"], **how)
+    params = prune.apply_masks(params, masks)
+    if f["finetune_epochs"]:
+        train_masks = trainable(apply_fn, masks)
+        params = _finetune(f, context, params, lambda inner, total: prune.masked_optimizer(inner, train_masks))
+    unit = f"{f['method']} " if f["method"] != "groups" else ""
+    amount = f"{unit}channel groups {f['sparsity']:.0%} ({f['importance']}, {f['scope']})"
+    if f["shrink"]:
+        apply_fn, params = prune.shrink_groups(apply_fn, params, x, groups, keep)
+        context.apply_fn, context.config = apply_fn, None
+        row = report.Stage.from_model(stage, apply_fn, params, notes=f"{amount}, shrunk physically")
+    else:
+        notes = f"{amount}, masked (not shrunk); params counts nonzeros"
+        row = report.Stage.from_model(stage, apply_fn, params, param_count=_nonzeros(params), notes=notes)
+    context.params = params
+    context.stages.append(row)
+    return context
+
+
 def _run_structured(f: dict, context: Context) -> Context:
-    if context.config is None:
-        raise RecipeError(
-            f"prune ({reference(f)}) needs a hamjax reference model ({', '.join(models.MODELS)}) to know its "
-            "layers; this model has no config: use an unstructured method (magnitude, nm, block, ...)"
-        )
+    if f["method"] == "groups" or context.config is None:
+        return _run_groups(f, context)
     apply_fn, params, config, stage = context.apply_fn, context.params, context.config, f["stage"]
     masks = prune.structured_masks(config, params, f["sparsity"], granularity=f["method"])
     params = prune.apply_masks(params, masks)
@@ -256,5 +282,4 @@ KIND = StepKind(
     run,
     doc="prune the current model (unstructured, N:M, block or structured + shrink), then finetune with masks kept",
     check=check,
-    reference=reference,
 )

@@ -49,8 +49,20 @@ def test_recipe_step_can_go_on_with_the_teacher_and_needs_a_reference_model(digi
         Context(apply_fn, params, digits, progress=False, config=models.config_of(module)),
     )
     assert context.params is context.stages[0].params
-    with pytest.raises(RecipeError, match=r"^distill \(param_ratio=0.25\) needs a hamjax reference model"):
-        run(_recipe(), Context(apply_fn, params, digits, progress=False))
+    match = r"^distill \(param_ratio=0.25, student='config'\) needs a hamjax reference model"
+    with pytest.raises(RecipeError, match=match):
+        run(_recipe(student="config"), Context(apply_fn, params, digits, progress=False))
+
+
+@pytest.mark.parametrize("student", ["inherit", "fresh"])
+def test_a_custom_model_gets_a_student_from_its_channel_groups(digits, student):
+    apply_fn, params = hamjax.functional(models.build("mlp", input_shape=SHAPE))  # no config passed: custom
+    context = run(_recipe(student=student), Context(apply_fn, params, digits, progress=False))
+    dense, distilled = context.stages
+    ratio = hamjax.measure.param_count(distilled.params) / hamjax.measure.param_count(dense.params)
+    assert 0.15 < ratio <= 0.25 and context.config is None
+    assert f"{student} through its channel groups" in distilled.notes
+    assert _accuracy(context.apply_fn, context.params, digits.test) > 0.8
 
 
 def test_a_shrunk_vit_has_no_student_config(digits):

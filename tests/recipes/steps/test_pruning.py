@@ -1,5 +1,6 @@
 """The ``prune`` recipe step on real (small) models and data."""
 
+import jax
 import numpy as np
 import pytest
 from reference_models import row_token_model
@@ -92,12 +93,6 @@ def test_structured_shrink_gives_a_smaller_model_with_the_masked_accuracy(digits
     assert hamjax.train.evaluate(ctx.apply_fn, ctx.params, digits.test)["accuracy"] > 0.85
 
 
-def test_structured_needs_a_reference_model(digits):
-    match = r"^prune \(method='neurons'\) needs a hamjax reference model \(mlp, cnn, vit, hamnet\) to know its layers"
-    with pytest.raises(RecipeError, match=match):
-        recipes.run(_recipe({"kind": "prune", "method": "neurons"}), _context(digits, with_config=False))
-
-
 @pytest.mark.parametrize(
     ("step", "match"),
     [
@@ -125,8 +120,30 @@ def test_method_lists_are_the_prune_familys():
 
     choices = pruning.FIELDS["method"].choices
     assert set(hamjax.prune.SCHEDULED_METHODS) <= set(choices) and set(hamjax.prune.METHODS) <= set(choices)
-    assert set(pruning.STRUCTURED) == {g for gs in hamjax.prune.GRANULARITIES.values() for g in gs}
-    assert pruning.reference({"method": "channels", "shrink": False}) == "method='channels'"
+    assert set(pruning.STRUCTURED) == {"groups"} | {g for gs in hamjax.prune.GRANULARITIES.values() for g in gs}
+
+
+@pytest.mark.parametrize("method", ["groups", "neurons"])
+def test_structured_pruning_shrinks_a_custom_model_through_its_channel_groups(digits, method):
+    from reference_models import plain_mlp
+
+    apply_fn, params = plain_mlp()
+    step = {"kind": "prune", "method": method, "sparsity": 0.5, "shrink": True, "finetune_epochs": 1}
+    ctx = recipes.run(
+        recipes.validate({"name": "t", "steps": [step]}), recipes.Context(apply_fn, params, digits, progress=False)
+    )
+    hidden = [g for g in hamjax.prune.channel_groups(apply_fn, params, digits.train.x[:2]) if g.prunable]
+    assert hidden and ctx.config is None
+    small = sum(int(np.size(a)) for a in jax.tree.leaves(ctx.params))
+    assert small < 0.6 * sum(int(np.size(a)) for a in jax.tree.leaves(params))
+    assert "channel groups 50%" in ctx.stages[-1].notes and "shrunk physically" in ctx.stages[-1].notes
+    dense = hamjax.train.evaluate(apply_fn, ctx.stages[0].params, digits.test)["accuracy"]
+    assert hamjax.train.evaluate(ctx.apply_fn, ctx.params, digits.test)["accuracy"] > dense - 0.05
+
+
+def test_groups_fields_apply_to_method_groups_only():
+    with pytest.raises(RecipeError, match="importance, scope and multiple apply to method='groups'"):
+        recipes.validate({"name": "t", "steps": [{"kind": "prune", "method": "magnitude", "scope": "global"}]})
 
 
 @pytest.mark.parametrize("method", ["global_magnitude", "nm"])
