@@ -210,3 +210,17 @@ def test_profile_writes_a_trace_per_step_and_meta_counts_compilations(tmp_path):
     compiled = result.meta["compile"]
     assert compiled["compiles"] >= 1 and compiled["seconds"] > 0 and compiled["cache_dir"] is None
     assert result.stage("dense").compiled_memory_bytes >= 256 * 16 * 4  # the throughput batch of inputs
+
+
+@pytest.mark.slow
+def test_the_default_recipe_runs_on_a_custom_model(digits, tmp_path):
+    from reference_models import plain_mlp
+
+    apply_fn, params = plain_mlp()
+    result = hamjax.optimize(apply_fn, params, digits, "default", out=tmp_path / "run", progress=False)
+    names = [s.name for s in result.stages]
+    assert names[:3] == ["dense", "distilled", "pruned"] and "onnx int8" in names
+    notes = (tmp_path / "run" / "report.md").read_text()
+    assert "inherit through its channel groups" in notes and "shrunk physically" in notes
+    dense, pruned = (sum(int(np.size(a)) for a in jax.tree.leaves(p)) for p in (params, result.params))
+    assert pruned < dense / 2

@@ -212,8 +212,8 @@ def _sign(name: str, ins, invars, params) -> str | None:
             if name == "max" or name == "add":
                 return "pos" if "pos" in signs else "nonneg"
             return "pos" if all(s == "pos" for s in signs) else "nonneg"
-        if name == "max" and "pos" in signs:
-            return "pos"
+        if name == "max" and ("pos" in signs or "nonneg" in signs):  # at least the larger operand's sign
+            return "pos" if "pos" in signs else "nonneg"
     return None
 
 

@@ -211,3 +211,10 @@ def test_keep_tuples_and_bad_keeps():
         prune.shrink_groups(apply_fn, params, x, groups, tuple(keep))
     with pytest.raises(ValueError, match="one per group"):
         prune.shrink_groups(apply_fn, params, x, groups, (None,))
+
+
+def test_train_mode_groups_match_eval_mode_groups():
+    apply_fn, params, x = any_models.resnet()
+    train = prune.channel_groups(apply_fn, params, x, train=True)
+    evaluate = prune.channel_groups(apply_fn, params, x)
+    assert [(g.size, g.members, g.prunable) for g in train] == [(g.size, g.members, g.prunable) for g in evaluate]
