@@ -98,6 +98,18 @@ def _params():
     return {"dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}}
 
 
+def _mlp_two(p, x):
+    return jnp.tanh(x @ p["a"]) @ p["b"]
+
+
+def _two():
+    return {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+
+
+def _two_groups():
+    return prune.channel_groups(_mlp_two, _two(), jnp.ones((1, 3)))
+
+
 def _dense_stack(p, x):
     """``_params()``'s dense layer applied twice: a model for rows whose arguments fail before it is traced."""
     h = jax.nn.relu(x @ p["dense"]["kernel"] + p["dense"]["bias"][None])
@@ -744,6 +756,49 @@ CASES = [
         lambda: prune.channel_groups(lambda p, x: x * p["dense"]["bias"][None], _params(), jnp.ones((1, 4))),
         ValueError,
         "channel_groups: apply_fn has no dot_general",
+    ),
+    # prune: physical shrink and students of any model (issue 18)
+    (
+        "channel_groups-params-do-not-fit",
+        lambda: prune.channel_groups(_mlp_two, {"a": jnp.ones((3, 5)), "b": jnp.ones((4, 2))}, jnp.ones((1, 3))),
+        ValueError,
+        "channel_groups: apply_fn fails on these params and x (do they belong together?)",
+    ),
+    (
+        "shrink_groups-keep-length",
+        lambda: prune.shrink_groups(_mlp_two, _two(), jnp.ones((1, 3)), _two_groups(), (None,)),
+        ValueError,
+        "shrink_groups: keep has 1 entries for 2 groups",
+    ),
+    (
+        "shrink_groups-keep-shape",
+        lambda: prune.shrink_groups(_mlp_two, _two(), jnp.ones((1, 3)), _two_groups(), (np.ones(3, bool), None)),
+        ValueError,
+        "shrink_groups: keep[0] must be a bool array of shape (4,)",
+    ),
+    (
+        "shrink_groups-removes-all",
+        lambda: prune.shrink_groups(_mlp_two, _two(), jnp.ones((1, 3)), _two_groups(), (np.zeros(4, bool), None)),
+        ValueError,
+        "shrink_groups: keep[0] removes every channel of the group of ['a']",
+    ),
+    (
+        "shrink_groups-unprunable",
+        lambda: prune.shrink_groups(_mlp_two, _two(), jnp.ones((1, 3)), _two_groups(), (None, np.array([True, False]))),
+        ValueError,
+        "shrink_groups: group 1 is not prunable (model output)",
+    ),
+    (
+        "make_student-ratio",
+        lambda: prune.make_student(_mlp_two, _two(), jnp.ones((1, 3)), param_ratio=1.5),
+        ValueError,
+        "make_student: param_ratio must be in (0, 1], got 1.5",
+    ),
+    (
+        "make_student-init",
+        lambda: prune.make_student(_mlp_two, _two(), jnp.ones((1, 3)), param_ratio=0.5, init="zeros"),
+        ValueError,
+        "make_student: init must be one of",
     ),
     # prune: leaves by use (jaxpr.weight_filter) and neuron masks on channel groups (issue 18)
     (

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hamjax._base import trainable, with_trainable
-from hamjax._checks import check_choice, check_fraction, check_int
+from hamjax._checks import check_choice, check_int
 from hamjax.prune.dependency import channel_groups
 from hamjax.prune.group_masks import group_channels
 from hamjax.prune.shrink_any import leaf_masks, shrink_groups
@@ -91,8 +91,7 @@ def make_student(
       >>> student["w"].shape, student_fn(student, jnp.ones((3, 8))).shape
       ((8, 32), (3, 4))
     """
-    check_fraction("make_student", "param_ratio", 1.0 - param_ratio)
-    if not param_ratio > 0:
+    if isinstance(param_ratio, bool) or not isinstance(param_ratio, (int, float)) or not 0 < param_ratio <= 1:
         raise ValueError(f"make_student: param_ratio must be in (0, 1], got {param_ratio!r}")
     check_choice("make_student", "init", init, INITS)
     check_choice("make_student", "method", method, ("l2", "l1", "random"))
