@@ -9,6 +9,12 @@ attention head's query, key and value columns and biases and its rows of
 ``out``. Because a removed group outputs exactly ``0`` in the masked model,
 the shrunk model computes the same function (eval mode).
 
+Any model shrinks through :func:`hamjax.prune.shrink_groups` (its channel
+groups, found in the jaxpr); this reference-model path stays because it
+rebuilds a real NNX module of a smaller config, which later steps can prune
+or distill again by config (a student of fewer layers), and which trains and
+exports without re-evaluating a jaxpr.
+
 MLP and CNN configs already hold one width per layer, so their shrunk config
 is an :class:`~hamjax.models.MLPConfig` or :class:`~hamjax.models.CNNConfig`.
 ViT and HAMNet configs hold one ``num_heads`` and ``mlp_ratio`` for all

@@ -1,7 +1,10 @@
 """Structured pruning: masks that remove whole neurons, conv channels and attention heads.
 
 The units of :func:`structured_masks` are the reference models'
-:class:`~hamjax.prune.groups.Group` s of :mod:`hamjax.prune.groups`;
+:class:`~hamjax.prune.groups.Group` s of :mod:`hamjax.prune.groups` (kept
+beside the general channel groups because they prune one kind of unit at a
+time, neurons, channels or heads, and pair with :func:`hamjax.prune.shrink`'s
+rebuilt modules);
 :func:`neuron_masks` works on any model through its channel groups
 (:func:`hamjax.prune.channel_groups`, found by use in the jaxpr). A mask
 zeroes every leaf entry a group needs to output exactly ``0``; since
