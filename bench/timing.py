@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -118,12 +119,21 @@ def logits(apply_fn, params, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate([np.asarray(f(params, x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
+def environment() -> dict:
+    """:func:`hamjax.measure.environment` plus ``cpu_flags_avx512``: the AVX-512 flags ``/proc/cpuinfo`` lists (as ``lscpu``)."""
+    try:
+        flags = sorted(set(re.findall(r"\bavx512[a-z_0-9]*", Path("/proc/cpuinfo").read_text())))
+    except OSError:
+        flags = []
+    return {**measure.environment(), "cpu_flags_avx512": flags}
+
+
 def finish(bench: str, results: list, targets: list) -> int:
     """Print each target, then the one JSON line every benchmark ends with; the exit status 0."""
     for t in targets:
         measured = f"{t['measured']:.4g}" if isinstance(t["measured"], float) else t["measured"]
         print(f"{t['name']}: {measured} (goal {t['goal']}) {'met' if t['met'] else 'NOT met'}")
-    print(json.dumps({"bench": bench, "env": measure.environment(), "results": results, "targets": targets}))
+    print(json.dumps({"bench": bench, "env": environment(), "results": results, "targets": targets}))
     return 0
 
 
@@ -154,5 +164,5 @@ def run_parts(bench: str, parts: tuple[str, ...], description: str, argv=None) -
         targets.extend({"part": part, **target} for target in part_targets)
         print(f"{bench}/{part}: {seconds} s, targets met {sum(t['met'] for t in part_targets)}/{len(part_targets)}")
         sys.stdout.flush()
-    print(json.dumps({"bench": bench, "env": measure.environment(), "results": results, "targets": targets}))
+    print(json.dumps({"bench": bench, "env": environment(), "results": results, "targets": targets}))
     return 0

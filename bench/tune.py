@@ -1,0 +1,38 @@
+"""Hyperparameter search benchmark: issue 19's targets for :mod:`hamjax.tune` in one run.
+
+Run: ``python bench/tune.py --quick`` (each part's short variant) or
+``python bench/tune.py``; ``--parts compare`` picks parts. The last line
+printed is one JSON object: ``{"bench": "tune", "env", "results",
+"targets"}`` (``env`` carries the machine, its ``lscpu`` flags and the
+package versions); every result and target carries the ``part`` it came
+from.
+
+Each part is its own script, runnable alone (``python bench/tune_compare.py
+--quick``), exposing ``run(quick) -> (results, targets)``:
+
+* ``compare``: Optuna studies of the digits MLP (learning rate, weight
+  decay, label smoothing; TPE): idiomatic sequential Optuna + JAX (a
+  ``fit`` per trial, float hyperparameters, a compile per trial), careful
+  sequential (one compiled step, hyperparameters injected as arrays) and
+  :func:`hamjax.tune.run` in batches; end-to-end seconds and best
+  validation accuracy, means over seeds.
+
+Parts run one after another in one process, so ratios within a part are
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from timing import run_parts
+
+PARTS = ("compare",)
+
+
+def main(argv=None) -> int:
+    return run_parts("tune", PARTS, __doc__.splitlines()[0], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
