@@ -5,9 +5,10 @@ function, so it composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 A model is a pair ``(apply_fn, params)``; see :func:`functional`.
 
 ``import hamjax`` gives the contract, :func:`fit`, :func:`optimize` and the
-family namespaces. The two parts that pull in heavy backends load on first
-use: ``hamjax.export`` (onnx, onnxruntime, jax2onnx) and ``hamjax.search``
-(optuna, when a study is asked for); ``from hamjax import export`` works too.
+family namespaces. The parts that pull in heavy backends load on first
+use: ``hamjax.export`` (onnx, onnxruntime, jax2onnx), ``hamjax.search`` and
+``hamjax.tune`` (optuna, when a study is asked for); ``from hamjax import
+export`` works too.
 """
 
 import importlib
@@ -47,7 +48,7 @@ from hamjax.train import TrainConfig, fit
 __version__ = "0.1.0"
 
 # Subpackages whose imports are heavy: loaded by attribute access, once.
-_LAZY = ("export", "search")
+_LAZY = ("export", "search", "tune")
 
 
 def __getattr__(name: str):
@@ -95,4 +96,5 @@ __all__ = [
     "search",
     "streaming",
     "train",
+    "tune",
 ]

@@ -37,7 +37,7 @@ LAYERS = (
     ),
     ("search", "export"),
     ("recipes",),
-    ("pipeline",),
+    ("pipeline", "tune"),
     ("cli", "cli_search"),
 )
 # Family modules that run a training loop sit above the engine they call; nothing below imports them.

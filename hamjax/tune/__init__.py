@@ -1,0 +1,47 @@
+"""Hyperparameter search: Optuna studies whose trials train in batches, as members of one population.
+
+Optuna asks a batch of trials; their values become ``(P,)`` arrays of one
+:class:`hamjax.search.population.Population`, so the batch trains in one
+compiled call per shape bucket instead of one compile per trial; every
+member reports each epoch to the study's pruner, and a pruned or finished
+member's slot is refilled at once with a newly asked trial.
+
+* :mod:`hamjax.tune.space`: :class:`Space`, from a table or a recipe's
+  ``[steps.search]`` tables; traced and bucketed names.
+* :mod:`hamjax.tune.samplers`: samplers, pruners and objective directions by name.
+* :mod:`hamjax.tune.study`: the study created or resumed, its records
+  (objectives, space, execution) and warm starts.
+* :mod:`hamjax.tune.runner`: :func:`run` (alias :func:`tune`), the batched ask/tell loop.
+* :mod:`hamjax.tune.result`: :class:`TuneResult`, the best trial as a recipe TOML.
+
+Optuna is imported when a study is made, not with this package.
+
+Examples:
+  >>> from hamjax import tune
+  >>> tune.Space({"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}}).traced
+  ('learning_rate',)
+"""
+
+from hamjax.tune import result, runner, samplers, space, study
+from hamjax.tune.result import TuneResult
+from hamjax.tune.runner import run, tune
+from hamjax.tune.samplers import OBJECTIVES, PRUNERS, SAMPLERS
+from hamjax.tune.space import BUCKETED, SEARCHABLE, TRACED, Space
+
+__all__ = [
+    "BUCKETED",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
+    "SEARCHABLE",
+    "TRACED",
+    "Space",
+    "TuneResult",
+    "result",
+    "run",
+    "runner",
+    "samplers",
+    "space",
+    "study",
+    "tune",
+]

@@ -1,0 +1,381 @@
+"""The batched ask/tell loop: :func:`run` trains the trials of a study as members of one population.
+
+Each round trains every live member one epoch (one compiled call per shape
+bucket) and scores it on the validation split. Each member then reports its
+validation accuracy at its own epoch; the study's pruner decides per member.
+A finished, pruned or diverged member is told at once and its slot is
+refilled with a newly asked trial (fresh params, new hyperparameters, epoch
+0), so the batch stays full until the budget is spent: asynchronous
+successive halving without idle slots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hamjax import data, measure
+from hamjax._checks import check_choice, check_int, check_number
+from hamjax.search.population import Population, PopulationState
+from hamjax.search.trainer import EXECUTIONS
+from hamjax.tune import study as studies
+from hamjax.tune.bookkeeping import ask_batch, tell_batch
+from hamjax.tune.result import TuneResult
+from hamjax.tune.samplers import check_objectives, grid_size, make_pruner, make_sampler
+from hamjax.tune.space import Space
+
+EVAL_ROWS = 2048  # validation rows scored per call
+
+
+class _Bucket:
+    """The members of one shape bucket: a population state and which trial each slot holds."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.state: PopulationState | None = None
+        self.slots: list[dict | None] = []
+
+    @property
+    def live(self) -> list[int]:
+        return [i for i, m in enumerate(self.slots) if m is not None]
+
+
+def _stack(trees: Sequence) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _concat(a: PopulationState, b: PopulationState) -> PopulationState:
+    grow = lambda x, y: jnp.concatenate([x, y])  # noqa: E731
+    return PopulationState(
+        jax.tree.map(grow, a.params, b.params),
+        jax.tree.map(grow, a.opt_state, b.opt_state),
+        jax.tree.map(grow, a.hparams, b.hparams),
+        a.count,
+    )
+
+
+def _scatter(a: PopulationState, index: np.ndarray, b: PopulationState) -> PopulationState:
+    put = lambda x, y: x.at[index].set(y)  # noqa: E731
+    return PopulationState(
+        jax.tree.map(put, a.params, b.params),
+        jax.tree.map(put, a.opt_state, b.opt_state),
+        jax.tree.map(put, a.hparams, b.hparams),
+        a.count,
+    )
+
+
+class _Loop:
+    """One run's mutable bookkeeping: buckets, counters, the convergence watch."""
+
+    def __init__(self, apply_fn, params, dataset, space, study, trainer, *, batch, epochs, seed, objectives):
+        self.apply_fn, self.params, self.dataset, self.space = apply_fn, params, dataset, space
+        self.study, self.trainer, self.batch, self.epochs = study, trainer, batch, epochs
+        self.seed, self.objectives = seed, objectives
+        self.buckets: dict[tuple, _Bucket] = {}
+        self.distributions = space.distributions()
+        self.member_epochs = 0
+        self.finished = 0
+        self.latencies: dict[tuple, float] = {}
+        self.best = -math.inf
+        self.since_best = 0
+
+    # members -------------------------------------------------------------------------------------------
+    def fresh_params(self, number: int):
+        if callable(self.params):
+            return self.params(jax.random.fold_in(jax.random.key(self.seed), number))
+        return self.params
+
+    def members_init(self, members: Sequence[dict]) -> PopulationState:
+        stacked = _stack([self.fresh_params(m["trial"].number) for m in members])
+        return self.trainer.init(stacked, self.space.hparams([m["values"] for m in members]))
+
+    def place(self, members: Sequence[dict]) -> None:
+        """Put newly asked members into their buckets' free slots, growing a bucket (powers of two) when full."""
+        by_bucket: dict[tuple, list[dict]] = {}
+        for m in members:
+            by_bucket.setdefault(self.space.bucket(m["values"]), []).append(m)
+        for key, new in by_bucket.items():
+            bucket = self.buckets.setdefault(key, _Bucket(int(dict(key).get("batch_size", self._batch_size()))))
+            free = [i for i, m in enumerate(bucket.slots) if m is None]
+            if len(free) < len(new):
+                needed = len(bucket.slots) - len(free) + len(new)
+                target = min(max(1 << (needed - 1).bit_length(), len(bucket.slots)), self.batch)
+                target = max(target, needed)
+                pad = self.members_init([new[0]] * (target - len(bucket.slots)))
+                bucket.state = pad if bucket.state is None else _concat(bucket.state, pad)
+                bucket.slots += [None] * (target - len(bucket.slots))
+                free = [i for i, m in enumerate(bucket.slots) if m is None]
+            index = np.asarray(free[: len(new)])
+            bucket.state = _scatter(bucket.state, index, self.members_init(new))
+            for i, m in zip(index, new, strict=True):
+                bucket.slots[int(i)] = m
+
+    def _batch_size(self) -> int:
+        return int(self.space.fixed.get("batch_size", 128))
+
+    def ask(self, count: int) -> list[dict]:
+        if count <= 0:
+            return []
+        trials = ask_batch(self.study, count, self.distributions)
+        return [{"trial": t, "values": self.space.values(t.params), "epoch": 0} for t in trials]
+
+    # one round -----------------------------------------------------------------------------------------
+    def epoch_batches(self, batch_size: int, round_: int):
+        train = self.dataset.train
+        batch_size = min(batch_size, len(train.y))
+        rows = list(data.batches(train, batch_size, seed=self.seed, epoch=round_))
+        return np.stack([x for x, _ in rows]), np.stack([y for _, y in rows])
+
+    def evaluate(self, state: PopulationState) -> dict:
+        val = self.dataset.val
+        totals: dict[str, np.ndarray] = {}
+        for start in range(0, len(val.y), EVAL_ROWS):
+            x, y = val.x[start : start + EVAL_ROWS], val.y[start : start + EVAL_ROWS]
+            scores = self.trainer.evaluate(state, x, y)
+            for k, v in scores.items():
+                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * len(y)
+        return {k: v / len(val.y) for k, v in totals.items()}
+
+    def latency(self, params) -> float:
+        key = tuple((np.shape(a), str(np.result_type(a))) for a in jax.tree.leaves(params))
+        if key not in self.latencies:
+            runner = measure.JaxRunner(self.apply_fn, params)
+            self.latencies[key] = measure.latency(runner, self.dataset.val.x[:1], warmup=5, runs=30).p50_ms
+        return self.latencies[key]
+
+    def objective_values(self, state: PopulationState, i: int, accuracy: float) -> list[float]:
+        values = []
+        member = None
+        for name in self.objectives:
+            if name == "accuracy":
+                values.append(accuracy)
+                continue
+            member = jax.tree.map(lambda a: a[i], state.params) if member is None else member
+            if name == "size":
+                values.append(float(sum(int(np.count_nonzero(np.asarray(a))) for a in jax.tree.leaves(member))))
+            else:
+                values.append(self.latency(member))
+        return values
+
+    def tell(self, told: list) -> None:
+        """Finish a round's trials in one batch: ``told`` holds ``(trial, values or None, state)``."""
+        if told:
+            trials, values, states = zip(*told, strict=True)
+            tell_batch(self.study, trials, values, states=states)
+            self.finished += len(told)
+
+    def watch(self, accuracy: float, min_delta: float) -> None:
+        if accuracy > self.best + min_delta:
+            self.best, self.since_best = accuracy, 0
+        else:
+            self.since_best += 1
+
+    def round(self, round_: int, *, pruning: bool, min_delta: float) -> None:
+        """Train every bucket's members one epoch, then report, prune, finish and tell them."""
+        from optuna.trial import TrialState
+
+        told: list = []
+        for bucket in list(self.buckets.values()):
+            live = bucket.live
+            if not live:
+                continue
+            xs, ys = self.epoch_batches(bucket.batch_size, round_)
+            bucket.state, _ = self.trainer.train(bucket.state, xs, ys)
+            scores = self.evaluate(bucket.state)
+            for i in live:
+                member = bucket.slots[i]
+                member["epoch"] += 1
+                self.member_epochs += 1
+                accuracy, loss = float(scores["accuracy"][i]), float(scores["loss"][i])
+                trial = member["trial"]
+                if not math.isfinite(loss):
+                    trial.set_user_attr(studies.DIVERGED_ATTR, True)
+                    told.append((trial, None, TrialState.FAIL))
+                    self.watch(-math.inf, min_delta)
+                    bucket.slots[i] = None
+                    continue
+                if len(self.objectives) == 1:  # Optuna keeps intermediate values of one objective only
+                    trial.report(accuracy, member["epoch"])
+                if member["epoch"] >= self.epochs:
+                    told.append((trial, self.objective_values(bucket.state, i, accuracy), TrialState.COMPLETE))
+                    self.watch(accuracy, min_delta)
+                else:
+                    if not (pruning and trial.should_prune()):
+                        continue
+                    told.append((trial, None, TrialState.PRUNED))
+                    self.watch(-math.inf, min_delta)
+                bucket.slots[i] = None
+        self.tell(told)
+
+    @property
+    def live(self) -> int:
+        return sum(len(b.live) for b in self.buckets.values())
+
+
+def run(
+    apply_fn: Any,
+    params: Any,
+    dataset: Any,
+    space: Space | Mapping,
+    *,
+    trials: int,
+    batch: int,
+    sampler: str = "tpe",
+    pruner: str | None = None,
+    objectives: str | Sequence[str] = ("accuracy",),
+    storage: Any = None,
+    study_name: str | None = None,
+    epochs: int = 3,
+    seed: int = 0,
+    execution: str = "auto",
+    teacher: tuple | None = None,
+    enqueue: Sequence[Mapping] | Any = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    progress: bool = True,
+) -> TuneResult:
+    """Tune hyperparameters with an Optuna study whose trials train in batches, as one population.
+
+    Args:
+      apply_fn: the model's apply function (any kind of the contract).
+      params: every trial's starting params, or ``init(key) -> params`` for
+        fresh params per trial (the key folded from ``seed`` and the trial number).
+      dataset: a :class:`hamjax.data.Dataset`; trials train on ``train`` and are scored on ``val``.
+      space: a :class:`hamjax.tune.Space` or its table.
+      trials: the study's trial budget: COMPLETE, PRUNED and diverged trials
+        count, earlier runs of the study included (running the call again
+        resumes); with the grid sampler at most the grid's size.
+      batch: trials trained at once (the population size), 1 to ``trials``.
+      sampler: one of :data:`hamjax.tune.samplers.SAMPLERS`.
+      pruner: one of :data:`hamjax.tune.samplers.PRUNERS`, or ``None``; one objective only.
+      objectives: from ``("accuracy", "size", "latency")``, accuracy
+        (maximised) first; size is the nonzero parameter count and latency
+        the median jit latency at batch 1 in ms (measured once per param
+        shape), both minimised.
+      storage: ``None`` (in memory), an Optuna storage URL or object.
+      study_name: the study to create or resume.
+      epochs: epochs of a trial that is not pruned (the pruners' rungs).
+      seed: seeds the sampler, the trials' params and the batch order.
+      execution: how members run (:data:`hamjax.search.trainer.EXECUTIONS`);
+        ``"auto"`` reuses the study's recorded choice or times the
+        candidates once; the choice is recorded in the study.
+      teacher: ``(apply_fn, params)`` for distillation hyperparameters.
+      enqueue: starting points: a list of ``name -> value`` dicts, or an
+        earlier ``optuna.Study`` whose ``batch`` best trials are enqueued.
+      patience: stop asking new trials once this many finished trials in a
+        row have not improved the best accuracy by more than ``min_delta``
+        (``None``: never); running trials still finish.
+      min_delta: the improvement that counts.
+      progress: show a progress bar.
+
+    Returns:
+      A :class:`hamjax.tune.TuneResult`.
+
+    Raises:
+      ValueError: bad arguments (before any training), or a stored study
+        whose directions, objectives, space or execution differ.
+
+    Examples:
+      >>> import jax, hamjax
+      >>> ds = hamjax.data.load("digits")
+      >>> f = lambda p, x: x.reshape(x.shape[0], -1) @ p["w"]
+      >>> init = lambda key: {"w": 0.01 * jax.random.normal(key, (64, 10))}
+      >>> space = {"learning_rate": {"low": 1e-3, "high": 1e-1, "log": True}, "batch_size": 64}
+      >>> result = run(f, init, ds, space, trials=8, batch=4, epochs=2, execution="vmap", progress=False)
+      >>> len(result.study.trials), result.member_epochs, result.best_values["accuracy"] > 0.5
+      (8, 16, True)
+    """
+    where = "tune"
+    started = time.perf_counter()
+    space = space if isinstance(space, Space) else Space(space)
+    trials = check_int(where, "trials", trials, minimum=1)
+    batch = check_int(where, "batch", batch, minimum=1, maximum=trials)
+    epochs = check_int(where, "epochs", epochs, minimum=1)
+    seed = check_int(where, "seed", seed, minimum=0)
+    check_choice(where, "execution", execution, EXECUTIONS)
+    objectives = check_objectives(where, objectives)
+    if patience is not None:
+        patience = check_int(where, "patience", patience, minimum=1)
+    min_delta = check_number(where, "min_delta", min_delta, minimum=0)
+    if not (callable(params) or jax.tree.leaves(params)):
+        raise ValueError(f"{where}: params must be a params tree or init(key) -> params, got {params!r}")
+    if pruner not in (None, "none") and len(objectives) > 1:
+        raise ValueError(f"{where}: pruner {pruner!r} needs one objective (Optuna prunes single-objective studies)")
+    if sampler == "grid":  # a spent grid ends the study
+        trials = min(trials, grid_size(space))
+    optuna_sampler = make_sampler(sampler, seed=seed, space=space, batch=batch, objectives=objectives)
+    optuna_pruner = make_pruner(pruner, epochs=epochs)
+    study = studies.open_study(
+        objectives, storage=storage, study_name=study_name, sampler=optuna_sampler, pruner=optuna_pruner, space=space
+    )
+    execution = studies.recorded_execution(study, execution)
+    trainer = Population(apply_fn, execution=execution, teacher=teacher)
+    studies.warm_start(study, space, enqueue, count=batch)
+    loop = _Loop(
+        apply_fn, params, dataset, space, study, trainer, batch=batch, epochs=epochs, seed=seed, objectives=objectives
+    )
+    bar = _Progress(progress, trials, studies.counted_trials(study))
+    stopped, round_ = "budget", 0
+    try:
+        while True:
+            remaining = trials - studies.counted_trials(study) - loop.live
+            if patience is not None and loop.since_best >= patience:
+                stopped, remaining = "converged", 0
+            asked = loop.ask(min(batch - loop.live, max(remaining, 0)))
+            if asked:
+                loop.place(asked)
+            if not loop.live:
+                break
+            loop.round(round_, pruning=pruner not in (None, "none"), min_delta=min_delta)
+            if round_ == 0 and trainer.execution == "auto":
+                trainer.execution = trainer.chosen
+            if studies.EXECUTION_ATTR not in study.user_attrs:
+                study.set_user_attr(studies.EXECUTION_ATTR, trainer.execution)
+            round_ += 1
+            bar.update(studies.counted_trials(study), loop.best)
+    finally:
+        bar.close()
+    return TuneResult(
+        study=study,
+        space=space,
+        objectives=objectives,
+        epochs=epochs,
+        execution=trainer.execution,
+        trials_run=loop.finished,
+        member_epochs=loop.member_epochs,
+        stopped=stopped,
+        seconds=time.perf_counter() - started,
+    )
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, start: int):
+        self._bar: Any = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("tune"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), transient=True,
+        )  # fmt: skip
+        self._task = self._bar.add_task("tune", total=total, completed=start, info="")
+        self._bar.start()
+
+    def update(self, completed: int, best: float) -> None:
+        if self._bar is not None:
+            info = f"best val acc {best:.4f}" if math.isfinite(best) else ""
+            self._bar.update(self._task, completed=completed, info=info)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+tune: Callable[..., TuneResult] = run

@@ -1,0 +1,148 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hamjax import tune
+
+SPACE = {
+    "learning_rate": {"low": 3e-3, "high": 1e-1, "log": True},
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "batch_size": 128,
+}
+
+
+def init(key):
+    k1, k2 = jax.random.split(key)
+    return {
+        "w1": jax.random.normal(k1, (64, 16)) / 8.0,
+        "b1": jnp.zeros(16),
+        "w2": jax.random.normal(k2, (16, 10)) / 4.0,
+        "b2": jnp.zeros(10),
+    }
+
+
+def mlp(p, x):
+    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
+    return h @ p["w2"] + p["b2"][None]
+
+
+def tune_digits(digits, space=SPACE, **kw):
+    kw = {"trials": 8, "batch": 4, "epochs": 2, "execution": "vmap", "progress": False, **kw}
+    return tune.run(mlp, init, digits, space, **kw)
+
+
+@pytest.fixture(scope="module")
+def plain(digits):
+    return tune_digits(digits)
+
+
+def test_every_trial_trains_and_is_told(plain):
+    trials = plain.study.trials
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert plain.trials_run == 8 and plain.member_epochs == 16 and plain.stopped == "budget"
+    assert plain.best_values["accuracy"] > 0.7
+    assert plain.best_values["accuracy"] == max(t.value for t in trials)
+    assert len({t.params["learning_rate"] for t in trials}) == 8  # constant liar: no repeated points
+    assert plain.study.user_attrs["hamjax.execution"] == "vmap" == plain.execution
+    assert plain.best_params["batch_size"] == 128
+    # every member reports each epoch
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)
+
+
+def test_same_seed_same_results(digits, plain):
+    again = tune_digits(digits)
+    assert [t.params for t in again.study.trials] == [t.params for t in plain.study.trials]
+    np.testing.assert_array_equal([t.value for t in again.study.trials], [t.value for t in plain.study.trials])
+
+
+def test_alias_is_run():
+    assert tune.tune is tune.run
+
+
+def test_pruned_slots_are_refilled(digits):
+    result = tune_digits(digits, trials=12, batch=4, epochs=3, pruner="hyperband", sampler="random")
+    states = [t.state for t in result.study.trials]
+    assert len(states) == 12 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    pruned = states.count(TrialState.PRUNED)
+    assert pruned >= 1
+    assert result.member_epochs < 12 * 3
+    # a pruned trial trained fewer epochs than the budget: its last report is its last epoch
+    for t in result.study.trials:
+        assert max(t.intermediate_values) == 3 or t.state == TrialState.PRUNED
+    assert result.member_epochs == sum(max(t.intermediate_values) for t in result.study.trials)
+
+
+def test_buckets_train_apart(digits):
+    space = {**SPACE, "batch_size": {"choices": [64, 128]}}
+    result = tune_digits(digits, space, sampler="random")
+    sizes = {t.params["batch_size"] for t in result.study.trials}
+    assert sizes == {64, 128}
+    assert all(t.state == TrialState.COMPLETE and t.value > 0.3 for t in result.study.trials)
+
+
+def test_diverged_trial_fails_and_the_study_goes_on(digits):
+    space = {"learning_rate": {"choices": [1e-2, 1e38]}, "label_smoothing": {"choices": [0.0, 0.1]}}
+    result = tune_digits(digits, space, trials=6, batch=3, epochs=1, sampler="grid")
+    by_rate = {}
+    for t in result.study.trials:
+        by_rate.setdefault(t.params["learning_rate"], set()).add(t.state)
+    assert by_rate[1e38] == {TrialState.FAIL}
+    assert by_rate[1e-2] == {TrialState.COMPLETE}
+    assert len(result.study.trials) == 4  # the grid's size
+    assert all(t.user_attrs.get("hamjax.diverged") for t in result.study.trials if t.state == TrialState.FAIL)
+
+
+def test_multi_objective(digits):
+    space = {**SPACE, "sparsity": {"low": 0.0, "high": 0.9}}
+    result = tune_digits(digits, space, objectives="accuracy,size", sampler="nsga2")
+    assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    sizes = [t.values[1] for t in result.study.trials]
+    dense = sum(a.size for a in jax.tree.leaves(init(jax.random.key(0))))
+    assert all(0 < s < dense for s in sizes) and len(set(sizes)) > 1
+    assert set(result.best_values) == {"accuracy", "size"}
+
+
+def test_resume_counts_earlier_trials_and_reuses_execution(digits, tmp_path):
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    first = tune_digits(digits, trials=4, batch=4, epochs=1, storage=url, study_name="s", execution="sequential")
+    assert len(first.study.trials) == 4
+    second = tune_digits(digits, trials=6, batch=2, epochs=1, storage=url, study_name="s", execution="auto")
+    assert second.trials_run == 2 and second.execution == "sequential"
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 6
+    with pytest.raises(ValueError, match="ran with execution 'sequential'"):
+        tune_digits(digits, trials=8, batch=2, epochs=1, storage=url, study_name="s", execution="vmap")
+    with pytest.raises(ValueError, match="directions"):
+        tune_digits(digits, trials=8, batch=2, epochs=1, storage=url, study_name="s", objectives="accuracy,size")
+
+
+def test_warm_start_and_convergence_stop(digits, plain):
+    best = plain.best_params
+    result = tune_digits(digits, trials=16, batch=2, epochs=1, enqueue=plain.study, patience=2, min_delta=0.5)
+    first = result.study.trials[0]
+    assert first.params["learning_rate"] == best["learning_rate"]
+    assert result.stopped == "converged" and len(result.study.trials) < 16
+    listed = tune_digits(digits, trials=4, batch=2, epochs=1, enqueue=[{"learning_rate": 0.05, "other": 1}])
+    assert listed.study.trials[0].params["learning_rate"] == 0.05
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"batch": 0}, "batch must be an integer in"),
+        ({"batch": 9}, r"batch must be an integer in \[1, 8\]"),
+        ({"sampler": "bohb"}, "sampler must be one of"),
+        ({"pruner": "early"}, "pruner must be one of"),
+        ({"objectives": "size"}, "must name 'accuracy'"),
+        ({"objectives": "accuracy,size", "pruner": "median"}, "needs one objective"),
+        ({"sampler": "nsga2"}, "is for several objectives"),
+        ({"sampler": "grid"}, "grid sampler: learning_rate needs choices or a step"),
+        ({"execution": "parallel"}, "execution must be one of"),
+        ({"enqueue": "lr=0.1"}, "enqueue must be a list"),
+    ],
+)
+def test_bad_arguments(digits, kw, message):
+    with pytest.raises(ValueError, match=message):
+        tune_digits(digits, **kw)

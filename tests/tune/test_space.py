@@ -1,0 +1,105 @@
+import numpy as np
+import optuna
+import pytest
+
+from hamjax import recipes
+from hamjax.tune import Space
+
+SPEC = {
+    "learning_rate": {"low": 1e-4, "high": 1e-1, "log": True},
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "batch_size": {"choices": [64, 128]},
+    "weight_decay": 1e-4,
+}
+
+
+def test_traced_bucketed_and_fixed_names():
+    space = Space(SPEC)
+    assert space.names == ("learning_rate", "label_smoothing", "batch_size")
+    assert space.traced == ("learning_rate", "label_smoothing")
+    assert space.bucketed == ("batch_size",)
+    assert space.fixed == {"weight_decay": 1e-4}
+    members = [{"learning_rate": 0.01, "label_smoothing": 0.1, "batch_size": 64}] * 3
+    hp = space.hparams(members)
+    assert sorted(hp) == ["label_smoothing", "learning_rate", "weight_decay"]
+    assert all(v.shape == (3,) and v.dtype == np.float32 for v in hp.values())
+    np.testing.assert_allclose(hp["weight_decay"], 1e-4)
+    assert space.bucket(members[0]) == (("batch_size", 64),)
+    assert Space(space.to_dict()) == space
+
+
+def test_distributions_and_grid():
+    space = Space(
+        {**SPEC, "bits": {"low": 4, "high": 8, "step": 2}, "sparsity": {"low": 0.0, "high": 0.5, "step": 0.25}}
+    )
+    dists = space.distributions()
+    assert isinstance(dists["learning_rate"], optuna.distributions.FloatDistribution) and dists["learning_rate"].log
+    assert isinstance(dists["batch_size"], optuna.distributions.CategoricalDistribution)
+    assert isinstance(dists["bits"], optuna.distributions.IntDistribution)
+    with pytest.raises(ValueError, match="grid sampler: learning_rate needs choices or a step"):
+        space.grid()
+    grid = Space({"bits": {"low": 4, "high": 8, "step": 2}, "sparsity": {"low": 0.0, "high": 0.5, "step": 0.25}}).grid()
+    assert grid == {"sparsity": [0.0, 0.25, 0.5], "bits": [4, 6, 8]}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({}, "searches nothing"),
+        ({"weight_decay": 0.1}, "searches nothing"),
+        ({"dropout": {"low": 0.0, "high": 0.5}}, r"\['dropout'\] cannot be searched"),
+        ({"learning_rate": {"low": 0.1, "high": 0.01}}, "needs low < high"),
+        ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
+        ({"sparsity": {"low": 0.1, "high": 1.0}}, r"sparsity.high must be a number in \[0.0, 1.0\)"),
+        ({"bits": {"low": 2.5, "high": 8}}, "bits.low must be an integer"),
+        ({"bits": {"low": 1, "high": 8}}, r"bits.low must be an integer in \[2, 16\]"),
+        ({"batch_size": {"choices": []}}, "non-empty list"),
+        ({"batch_size": {"choices": [64, 64]}}, "repeat a value"),
+        ({"batch_size": {"choices": [0, 64]}}, "choices must each be an integer >= 1"),
+        ({"learning_rate": {"low": 1e-3, "high": 0.1, "choices": [0.1]}}, "non-empty list"),
+        ({"learning_rate": {"low": 1e-3}}, "needs low and high"),
+        ({"learning_rate": {"low": 1e-3, "high": 0.1, "step": -1}}, "step must be a number > 0"),
+        ({"learning_rate": "fast"}, "must be a table or a number"),
+    ],
+)
+def test_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        Space(spec)
+
+
+def test_from_recipe_fills_targets_and_fixed_values():
+    r = recipes.validate(
+        {
+            "name": "r",
+            "steps": [
+                {"kind": "train", "learning_rate": 0.002, "search": {"weight_decay": {"low": 0.0, "high": 0.1}}},
+                {"kind": "prune", "search": {"sparsity": {"low": 0.3, "high": 0.9}}},
+                {"kind": "quantize", "bits": 6},
+            ],
+        }
+    )
+    space = Space.from_recipe(r)
+    assert space.targets == {"weight_decay": (0, "weight_decay"), "sparsity": (1, "sparsity")}
+    assert space.fixed["learning_rate"] == 0.002 and space.fixed["bits"] == 6 and space.fixed["batch_size"] == 128
+    assert space.recipe is r
+
+
+def test_from_recipe_refuses_what_one_call_cannot_vary():
+    with pytest.raises(ValueError, match=r"steps\[1\].search.param_ratio \(distill\) cannot be searched"):
+        Space.from_recipe("default")
+    two = {
+        "name": "r",
+        "steps": [
+            {"kind": "train", "search": {"learning_rate": {"low": 1e-4, "high": 1e-2}}},
+            {"kind": "train", "search": {"learning_rate": {"low": 1e-4, "high": 1e-2}}},
+        ],
+    }
+    with pytest.raises(ValueError, match=r"already searched by steps\[0\]"):
+        Space.from_recipe(recipes.validate(two))
+    with pytest.raises(ValueError, match="has no \\[steps.search\\] table"):
+        Space.from_recipe(recipes.validate({"name": "r", "steps": [{"kind": "train"}]}))
+
+
+def test_from_bundled_recipe():
+    space = Space.from_recipe("baseline")
+    assert space.names == ("learning_rate", "batch_size") and space.targets["batch_size"] == (0, "batch_size")
