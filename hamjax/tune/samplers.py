@@ -90,10 +90,16 @@ def make_sampler(name: str, *, seed: int, space, batch: int, objectives: Sequenc
         raise ValueError("tune: sampler 'gp' needs torch (pip install torch); choose 'tpe' without it")
     if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise ValueError("tune: sampler 'cmaes' needs the cmaes package (pip install cmaes)")
+    with warnings.catch_warnings():  # Optuna marks several of these (and TPE's constant liar) experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _build_sampler(name, seed=seed, space=space, batch=batch)
+
+
+def _build_sampler(name: str, *, seed: int, space, batch: int):
+    import optuna
+
     if name == "tpe":
-        with warnings.catch_warnings():  # constant_liar and multivariate are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -134,7 +140,9 @@ def make_pruner(name: str | None, *, epochs: int):
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
 
 
 def _grid_sampler(grid: dict, seed: int):
