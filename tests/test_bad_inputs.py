@@ -32,6 +32,7 @@ from hamjax import (
     quant,
     recipes,
     train,
+    tune,
 )
 from hamjax.export.graph import ExportError
 from hamjax.models import saved
@@ -183,6 +184,18 @@ def _optimize(recipe="default", apply_fn=None, params=None, dataset=None, **kw):
     if apply_fn is None:
         apply_fn, params = _mlp()
     return hamjax.optimize(apply_fn, params, _ds() if dataset is None else dataset, recipe, out=str(_tmp() / "o"), **kw)
+
+
+def _tune(**kw):
+    space = kw.pop("space", {"learning_rate": {"low": 1e-3, "high": 1e-1, "log": True}})
+    kw = {"trials": 4, "batch": 2, "epochs": 1, "execution": "sequential", "progress": False, **kw}
+    return tune.run(*_mlp(), _ds(), space, **kw)
+
+
+def _tune_twice(**kw):
+    url = f"sqlite:///{_tmp() / 'tune.db'}"
+    _tune(trials=2, storage=url, study_name="bad")
+    return _tune(trials=4, storage=url, study_name="bad", **kw)
 
 
 def _cli(*argv):
@@ -1548,7 +1561,31 @@ CASES = [
     ("cli-export-precision", _cli("export", "mlp", "--precision", "int4", "--out", "m.onnx"), None, "--precision"),
     ("cli-export-model", _cli("export", "resnet9000", "--out", "m.onnx"), None, "resnet9000"),
     ("cli-search-population", _cli("search", "--population", "0"), None, "population"),
-]
+    # tune: search spaces, batches, samplers, pruners, objectives and studies (issue 19)
+    ("tune-space-empty", lambda: _tune(space={}), ValueError, "Space: the space searches nothing"),
+    ("tune-space-unsearchable", lambda: _tune(space={"dropout": {"low": 0.0, "high": 0.5}}), ValueError,
+     "Space: ['dropout'] cannot be searched in one population call"),
+    ("tune-space-low-high", lambda: _tune(space={"learning_rate": {"low": 0.1, "high": 0.01}}), ValueError,
+     "Space: learning_rate needs low < high"),
+    ("tune-space-log-zero", lambda: _tune(space={"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}),
+     ValueError, "Space: weight_decay on a log scale needs low > 0"),
+    ("tune-space-range", lambda: _tune(space={"sparsity": {"low": 0.5, "high": 1.0}}), ValueError,
+     "Space: sparsity.high must be a number in [0.0, 1.0)"),
+    ("tune-space-recipe-field", lambda: tune.Space.from_recipe("default"), ValueError,
+     "steps[1].search.param_ratio (distill) cannot be searched"),
+    ("tune-batch-zero", lambda: _tune(batch=0), ValueError, "tune: batch must be an integer in [1, 4]"),
+    ("tune-batch-over-budget", lambda: _tune(batch=5), ValueError, "tune: batch must be an integer in [1, 4]"),
+    ("tune-sampler", lambda: _tune(sampler="bohb"), ValueError, "tune: sampler must be one of"),
+    ("tune-pruner", lambda: _tune(pruner="asha"), ValueError, "tune: pruner must be one of"),
+    ("tune-objectives", lambda: _tune(objectives="size"), ValueError, "tune: objectives must name 'accuracy'"),
+    ("tune-pruner-several-objectives", lambda: _tune(objectives="accuracy,size", pruner="median"), ValueError,
+     "tune: pruner 'median' needs one objective"),
+    ("tune-grid-float", lambda: _tune(sampler="grid"), ValueError, "grid sampler: learning_rate needs choices or a step"),
+    ("tune-study-directions", lambda: _tune_twice(objectives="accuracy,size"), ValueError,
+     "has directions ['maximize'], not the requested ['maximize', 'minimize']"),
+    ("tune-study-execution", lambda: _tune_twice(execution="vmap"), ValueError,
+     "tune: study 'bad' ran with execution 'sequential'; pass execution='sequential'"),
+]  # fmt: skip
 
 
 def _free_port() -> int:
