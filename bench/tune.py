@@ -27,7 +27,7 @@ import sys
 
 from timing import run_parts
 
-PARTS = ("compare",)
+PARTS = ("compare", "hyperband")
 
 
 def main(argv=None) -> int:
