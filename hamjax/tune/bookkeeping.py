@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import uuid
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hamjax.tune.storage import WORKER_ATTR, fail_stale_trials, heartbeat_interval, worker_identity
+from hamjax.tune.storage import WORKER_ATTR, deferred_writes, fail_stale_trials, heartbeat_interval, worker_identity
 
 _MIRRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BEATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -186,17 +187,19 @@ def _ask(study, n: int, distributions) -> list:
         if mirror is None:
             mirror = _MIRRORS[study] = _Mirror(study)
         mirror.sync(study.get_trials(deepcopy=False) if asked else trials)
-        study_id = study._study_id
-        for _ in range(n - len(asked)):
-            sampled = mirror.storage.get_trial(mirror.study.ask(distributions)._trial_id)
-            template = optuna.trial.create_trial(
+        samples = [mirror.storage.get_trial(mirror.study.ask(distributions)._trial_id) for _ in range(n - len(asked))]
+        token = uuid.uuid4().hex
+        templates = [
+            optuna.trial.create_trial(
                 state=TrialState.RUNNING,
                 params=sampled.params,
                 distributions=sampled.distributions,
                 user_attrs=sampled.user_attrs,
-                system_attrs={**sampled.system_attrs, WORKER_ATTR: worker},
+                system_attrs={**sampled.system_attrs, WORKER_ATTR: {**worker, "ask": f"{token}-{i}"}},
             )
-            stored_id = storage.create_new_trial(study_id, template_trial=template)
+            for i, sampled in enumerate(samples)
+        ]
+        for stored_id, sampled in zip(_create(study, templates), samples, strict=True):
             mirror.ids[stored_id] = sampled._trial_id
             mirror.open.add(stored_id)
             asked.append(optuna.Trial(study, stored_id))
@@ -207,6 +210,31 @@ def _ask(study, n: int, distributions) -> list:
             beat = _BEATS[storage] = _Heartbeat(storage, interval)
         beat.add([t._trial_id for t in asked])
     return asked
+
+
+def _create(study, templates) -> list[int]:
+    """Write trials RUNNING with their parameters; their ids. A journal file takes them in one append."""
+    storage = study._storage
+    if not hasattr(getattr(storage, "_backend", None), "deferred"):
+        return [storage.create_new_trial(study._study_id, template_trial=t) for t in templates]
+    # the first alone: the journal's replay learns from it which trials this process created
+    storage.create_new_trial(study._study_id, template_trial=templates[0])
+    with deferred_writes(storage):
+        for template in templates[1:]:
+            storage.create_new_trial(study._study_id, template_trial=template)
+    # found again by their tokens: the ids of trials written in one append are only known once read back
+    wanted = {t.system_attrs[WORKER_ATTR]["ask"]: i for i, t in enumerate(templates)}
+    ids: list[int | None] = [None] * len(templates)
+    for trial in reversed(study.get_trials(deepcopy=False)):
+        worker = trial.system_attrs.get(WORKER_ATTR)
+        slot = wanted.pop(worker.get("ask"), None) if isinstance(worker, dict) else None
+        if slot is not None:
+            ids[slot] = trial._trial_id
+            if not wanted:
+                break
+    if wanted:
+        raise RuntimeError(f"ask_batch: {len(wanted)} trials written to the journal were not read back")
+    return ids
 
 
 def _finished(values, state):
@@ -257,11 +285,20 @@ def tell_batch(study, trials: Sequence, values: Sequence, *, states: Sequence | 
 
 
 def _tell(study, trials, values, states) -> None:
+    storage = study._storage
+    mirror = _MIRRORS.get(study)
+    with deferred_writes(storage):
+        _finish_all(study, trials, values, states, mirror)
+    beat = _BEATS.get(storage)
+    if beat is not None:
+        beat.discard([t._trial_id for t in trials])
+
+
+def _finish_all(study, trials, values, states, mirror) -> None:
     import optuna
     from optuna.trial import TrialState
 
     storage = study._storage
-    mirror = _MIRRORS.get(study)
     for i, trial in enumerate(trials):
         state, finished = _finished(values[i], None if states is None else states[i])
         if mirror is None or trial._trial_id not in mirror.ids:
@@ -286,6 +323,3 @@ def _tell(study, trials, values, states) -> None:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             storage.set_trial_state_values(trial._trial_id, state=state, values=finished)
         mirror.open.discard(trial._trial_id)
-    beat = _BEATS.get(storage)
-    if beat is not None:
-        beat.discard([t._trial_id for t in trials])

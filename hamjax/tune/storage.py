@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import socket
@@ -92,6 +93,69 @@ class FileLock:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def deferred_writes(storage):
+    """A context in which ``storage``'s journal appends its log lines at once, on exit (one lock, one fsync).
+
+    Only for what needs no read-back inside the context (finishing trials,
+    creating trials found again by a token afterwards; not a study, nor the
+    first trial a process creates); for any storage other
+    than a journal file opened by :func:`open_storage`, a context that does
+    nothing.
+
+    Args:
+      storage: an Optuna storage.
+
+    Returns:
+      A context manager.
+
+    Examples:
+      >>> import tempfile, os
+      >>> journal = open_storage(os.path.join(tempfile.mkdtemp(), "d.log"))
+      >>> study_id = journal.create_new_study([])
+      >>> with deferred_writes(journal):
+      ...     journal.set_study_user_attr(study_id, "note", "later")
+      ...     journal.get_study_user_attrs(study_id)
+      {}
+      >>> journal.get_study_user_attrs(study_id)
+      {'note': 'later'}
+    """
+    deferred = getattr(getattr(storage, "_backend", None), "deferred", None)
+    return deferred() if callable(deferred) else contextlib.nullcontext()
+
+
+@functools.cache
+def _journal_file():
+    from optuna.storages.journal import JournalFileBackend
+
+    class JournalFile(JournalFileBackend):
+        """Optuna's journal file backend whose appends can be gathered (:func:`deferred_writes`)."""
+
+        def __init__(self, path: str, lock: FileLock):
+            super().__init__(path, lock_obj=lock)
+            self._gathered: list | None = None
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            if self._gathered is not None:
+                self._gathered.extend(logs)
+            else:
+                super().append_logs(logs)
+
+        @contextlib.contextmanager
+        def deferred(self):
+            if self._gathered is not None:  # nested: the outer context writes
+                yield
+                return
+            self._gathered = []
+            try:
+                yield
+            finally:
+                logs, self._gathered = self._gathered, None
+                if logs:
+                    super().append_logs(logs)
+
+    return JournalFile
 
 
 def _journal_path(url: str) -> str | None:
@@ -174,13 +238,13 @@ def open_storage(
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     journal = _journal_path(url)
     if journal is not None:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
         try:
             folder = os.path.dirname(os.path.abspath(journal))
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"no folder {folder}")
-            storage = JournalStorage(JournalFileBackend(journal, lock_obj=FileLock(journal + ".lock")))
+            storage = JournalStorage(_journal_file()(journal, FileLock(journal + ".lock")))
         except Exception as error:
             raise _open_error(url, error) from None
         _JOURNALS[storage] = (retry, journal + ".recover.lock")
