@@ -83,6 +83,7 @@ class _Loop:
         self.finished = 0
         self.latencies: dict[tuple, float] = {}
         self.best = -math.inf
+        self.narrowed = False
         self.since_best = 0
 
     # members -------------------------------------------------------------------------------------------
@@ -238,6 +239,8 @@ def run(
     enqueue: Sequence[Mapping] | Any = None,
     patience: int | None = None,
     min_delta: float = 0.0,
+    narrow_after: int | None = None,
+    narrow_quantile: float = 0.25,
     progress: bool = True,
 ) -> TuneResult:
     """Tune hyperparameters with an Optuna study whose trials train in batches, as one population.
@@ -272,6 +275,11 @@ def run(
         row have not improved the best accuracy by more than ``min_delta``
         (``None``: never); running trials still finish.
       min_delta: the improvement that counts.
+      narrow_after: once this many trials count, later trials are asked
+        from the space spanned by the top ``narrow_quantile`` of COMPLETE
+        trials (:meth:`hamjax.tune.Space.narrowed`), recorded in the study's
+        user attrs and kept when it resumes; ``None``: never narrow.
+      narrow_quantile: the share of the best trials to narrow around, in (0, 1].
       progress: show a progress bar.
 
     Returns:
@@ -303,6 +311,11 @@ def run(
     if patience is not None:
         patience = check_int(where, "patience", patience, minimum=1)
     min_delta = check_number(where, "min_delta", min_delta, minimum=0)
+    if narrow_after is not None:
+        narrow_after = check_int(where, "narrow_after", narrow_after, minimum=2)
+    narrow_quantile = check_number(
+        where, "narrow_quantile", narrow_quantile, minimum=0, maximum=1, exclusive_minimum=True
+    )
     if not (callable(params) or jax.tree.leaves(params)):
         raise ValueError(f"{where}: params must be a params tree or init(key) -> params, got {params!r}")
     if pruner not in (None, "none") and len(objectives) > 1:
@@ -325,6 +338,10 @@ def run(
     try:
         while True:
             remaining = trials - studies.counted_trials(study) - loop.live
+            if narrow_after is not None and not loop.narrowed:
+                narrowed = studies.narrow(study, space, after=narrow_after, quantile=narrow_quantile)
+                if narrowed is not None:
+                    loop.narrowed, loop.distributions = True, narrowed.distributions()
             if patience is not None and loop.since_best >= patience:
                 stopped, remaining = "converged", 0
             asked = loop.ask(min(batch - loop.live, max(remaining, 0)))

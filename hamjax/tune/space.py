@@ -304,6 +304,47 @@ class Space:
                 raise ValueError(f"grid sampler: {name} needs choices or a step, got {d.to_dict()!r}")
         return out
 
+    def narrowed(self, points: Sequence[Mapping], *, margin: float = 0.1) -> Space:
+        """The space around ``points`` (the best trials' params): what they span, widened by ``margin``.
+
+        A range becomes ``[min, max]`` of the points, widened on each side by
+        ``margin`` of that span (on a log scale for log ranges) and kept
+        within the old range; choices keep the values the points took. A
+        name the points leave without room (one value on a range) keeps its range.
+
+        Args:
+          points: the params of the trials to narrow around (two or more).
+          margin: the widening, a fraction of the span.
+
+        Returns:
+          A :class:`Space` with the same names, fixed values and targets.
+
+        Examples:
+          >>> space = Space({"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "bits": {"choices": [4, 6, 8]}})
+          >>> narrow = space.narrowed([{"learning_rate": 1e-3, "bits": 8}, {"learning_rate": 1e-2, "bits": 6}])
+          >>> narrow.dimensions["bits"].choices, [round(v, 5) for v in narrow.to_dict()["learning_rate"].values()][:2]
+          ((6, 8), [0.00079, 0.01259])
+        """
+        if len(points) < 2:
+            raise ValueError(f"Space.narrowed: needs two or more points, got {len(points)}")
+        spec = dict(self.fixed)
+        for name, d in self.dimensions.items():
+            taken = [p[name] for p in points]
+            if d.choices is not None:
+                spec[name] = {"choices": [c for c in d.choices if c in taken]}
+                continue
+            scale = (np.log, np.exp) if d.log else (lambda v: v, lambda v: v)
+            low, high = scale[0](min(taken)), scale[0](max(taken))
+            pad = margin * (high - low)
+            low, high = float(max(scale[1](low - pad), d.low)), float(min(scale[1](high + pad), d.high))
+            if d.step is not None:  # whole steps from the old low
+                low = d.low + math.floor((low - d.low) / d.step + 1e-9) * d.step
+                high = min(d.low + math.ceil((high - d.low) / d.step - 1e-9) * d.step, d.high)
+            if d.integer:
+                low, high = math.floor(low), math.ceil(high)
+            spec[name] = {**d.to_dict(), "low": low, "high": high} if low < high else d.to_dict()
+        return Space(spec, targets=self.targets, recipe=self.recipe)
+
     def values(self, params: Mapping) -> dict:
         """A trial's full values: its sampled ``params`` and the fixed ones."""
         return {**self.fixed, **{n: params[n] for n in self.dimensions}}

@@ -16,6 +16,7 @@ trials, while a FAIL without it (a worker that died) does not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from hamjax.tune.samplers import directions
@@ -188,3 +189,53 @@ def _fits(dimension, value) -> bool:
     if dimension.choices is not None:
         return value in dimension.choices
     return isinstance(value, int | float) and not isinstance(value, bool) and dimension.low <= value <= dimension.high
+
+
+def narrow(study, space, *, after: int, quantile: float):
+    """Narrow the search around the top ``quantile`` of COMPLETE trials, once ``after`` trials count.
+
+    Done once per study: the narrowed space is recorded in the user attr
+    ``hamjax.narrowed`` (``{"after", "quantile", "space"}``), and a resumed
+    study reads it back.
+
+    Args:
+      study: the study.
+      space: the :class:`hamjax.tune.Space` it searches.
+      after: trials that must count (:func:`counted_trials`) first.
+      quantile: the share of COMPLETE trials, best by the first objective, to narrow around.
+
+    Returns:
+      The narrowed :class:`hamjax.tune.Space`, or ``None`` while it is too early
+      (fewer than ``after`` trials, or fewer than two COMPLETE ones to span).
+
+    Examples:
+      >>> import optuna
+      >>> from hamjax.tune import Space
+      >>> space = Space({"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}})
+      >>> study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+      >>> study.optimize(lambda t: -abs(t.suggest_float("learning_rate", 1e-4, 1e-1, log=True) - 1e-2), n_trials=20)
+      >>> narrow(study, space, after=20, quantile=0.25).dimensions["learning_rate"].high < 0.1
+      True
+      >>> study.user_attrs["hamjax.narrowed"]["after"]
+      20
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    recorded = study.user_attrs.get(NARROWED_ATTR)
+    if recorded is not None:
+        from hamjax.tune.space import Space
+
+        return Space(recorded["space"], targets=space.targets, recipe=space.recipe)
+    counted = counted_trials(study)
+    if counted < after:
+        return None
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        return None
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    done = sorted(done, key=lambda t: sign * t.values[0])
+    top = done[: max(2, math.ceil(quantile * len(done)))]
+    narrowed = space.narrowed([t.params for t in top])
+    study.set_user_attr(NARROWED_ATTR, {"after": counted, "quantile": quantile, "space": _json_space(narrowed)})
+    return narrowed

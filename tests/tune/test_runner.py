@@ -146,3 +146,18 @@ def test_warm_start_and_convergence_stop(digits, plain):
 def test_bad_arguments(digits, kw, message):
     with pytest.raises(ValueError, match=message):
         tune_digits(digits, **kw)
+
+
+def test_narrowing_after_n_trials(digits):
+    space = {**SPACE, "learning_rate": {"low": 1e-4, "high": 1.0, "log": True}}
+    result = tune_digits(digits, space, trials=12, batch=4, epochs=1, sampler="random", narrow_after=4,
+                         narrow_quantile=0.5)  # fmt: skip
+    record = result.study.user_attrs["hamjax.narrowed"]
+    assert record["after"] == 4 and record["quantile"] == 0.5
+    low, high = record["space"]["learning_rate"]["low"], record["space"]["learning_rate"]["high"]
+    assert 1e-4 <= low < high <= 1.0 and (low, high) != (1e-4, 1.0)
+    first = sorted(result.study.trials, key=lambda t: t.number)[:4]
+    best = sorted(first, key=lambda t: -t.value)[:2]
+    assert low <= min(t.params["learning_rate"] for t in best) and high >= max(t.params["learning_rate"] for t in best)
+    later = [t for t in result.study.trials if t.number >= 4]
+    assert len(later) == 8 and all(low <= t.params["learning_rate"] <= high for t in later)

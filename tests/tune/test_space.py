@@ -103,3 +103,23 @@ def test_from_recipe_refuses_what_one_call_cannot_vary():
 def test_from_bundled_recipe():
     space = Space.from_recipe("baseline")
     assert space.names == ("learning_rate", "batch_size") and space.targets["batch_size"] == (0, "batch_size")
+
+
+def test_narrowed_spans_the_points_within_the_old_range():
+    space = Space({"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "sparsity": {"low": 0.0, "high": 0.8,
+                   "step": 0.1}, "bits": {"low": 2, "high": 8}, "batch_size": {"choices": [32, 64, 128]}})  # fmt: skip
+    points = [
+        {"learning_rate": 1e-3, "sparsity": 0.3, "bits": 4, "batch_size": 64},
+        {"learning_rate": 4e-3, "sparsity": 0.5, "bits": 5, "batch_size": 64},
+    ]
+    narrow = space.narrowed(points, margin=0.1)
+    lr = narrow.dimensions["learning_rate"]
+    assert 1e-4 < lr.low < 1e-3 and 4e-3 < lr.high < 1e-1 and lr.log
+    sp = narrow.dimensions["sparsity"]
+    assert (round(sp.low, 6), round(sp.high, 6), sp.step) == (0.2, 0.6, 0.1)
+    assert (narrow.dimensions["bits"].low, narrow.dimensions["bits"].high) == (3, 6)
+    assert narrow.dimensions["batch_size"].choices == (64,)
+    same = space.narrowed([points[0], points[0]])
+    assert same.dimensions["learning_rate"] == space.dimensions["learning_rate"]
+    with pytest.raises(ValueError, match="needs two or more points"):
+        space.narrowed(points[:1])
