@@ -144,7 +144,7 @@ class _Loop:
         return {k: v / len(val.y) for k, v in totals.items()}
 
     def latency(self, params) -> float:
-        key = tuple((np.shape(a), str(np.result_type(a))) for a in jax.tree.leaves(params))
+        key = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(params))
         if key not in self.latencies:
             runner = measure.JaxRunner(self.apply_fn, params)
             self.latencies[key] = measure.latency(runner, self.dataset.val.x[:1], warmup=5, runs=30).p50_ms
@@ -211,6 +211,17 @@ class _Loop:
                         continue
                     told.append((trial, None, TrialState.PRUNED))
                     self.watch(-math.inf, min_delta)
+                bucket.slots[i] = None
+        self.tell(told)
+
+    def abandon(self) -> None:
+        """Fail every live trial (an interrupted run), leaving its slot empty."""
+        from optuna.trial import TrialState
+
+        told = []
+        for bucket in self.buckets.values():
+            for i in bucket.live:
+                told.append((bucket.slots[i]["trial"], None, TrialState.FAIL))
                 bucket.slots[i] = None
         self.tell(told)
 
@@ -318,6 +329,9 @@ def run(
     )
     if not (callable(params) or jax.tree.leaves(params)):
         raise ValueError(f"{where}: params must be a params tree or init(key) -> params, got {params!r}")
+    distilling = sorted({"temperature", "alpha"} & {*space.names, *space.fixed})
+    if distilling and teacher is None:
+        raise ValueError(f"{where}: {distilling} need teacher=(teacher_apply_fn, teacher_params)")
     if pruner not in (None, "none") and len(objectives) > 1:
         raise ValueError(f"{where}: pruner {pruner!r} needs one objective (Optuna prunes single-objective studies)")
     if sampler == "grid":  # a spent grid ends the study
@@ -333,6 +347,7 @@ def run(
     loop = _Loop(
         apply_fn, params, dataset, space, study, trainer, batch=batch, epochs=epochs, seed=seed, objectives=objectives
     )
+    loop.best = _best_accuracy(study)  # a resumed study's convergence watch starts from its best so far
     bar = _Progress(progress, trials, studies.counted_trials(study))
     stopped, round_ = "budget", 0
     try:
@@ -356,6 +371,9 @@ def run(
                 study.set_user_attr(studies.EXECUTION_ATTR, trainer.execution)
             round_ += 1
             bar.update(studies.counted_trials(study), loop.best)
+    except BaseException:
+        loop.abandon()  # no trial stays RUNNING: FAIL (not counted) so that a resumed study retries it
+        raise
     finally:
         bar.close()
     return TuneResult(
@@ -369,6 +387,13 @@ def run(
         stopped=stopped,
         seconds=time.perf_counter() - started,
     )
+
+
+def _best_accuracy(study) -> float:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max((t.values[0] for t in done), default=-math.inf)
 
 
 class _Progress:

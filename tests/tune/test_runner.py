@@ -97,12 +97,24 @@ def test_diverged_trial_fails_and_the_study_goes_on(digits):
 
 def test_multi_objective(digits):
     space = {**SPACE, "sparsity": {"low": 0.0, "high": 0.9}}
-    result = tune_digits(digits, space, objectives="accuracy,size", sampler="nsga2")
-    assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    result = tune_digits(digits, space, objectives="accuracy,size,latency", sampler="nsga3")
+    assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
     sizes = [t.values[1] for t in result.study.trials]
     dense = sum(a.size for a in jax.tree.leaves(init(jax.random.key(0))))
     assert all(0 < s < dense for s in sizes) and len(set(sizes)) > 1
-    assert set(result.best_values) == {"accuracy", "size"}
+    latencies = {t.values[2] for t in result.study.trials}
+    assert len(latencies) == 1 and latencies.pop() > 0  # one param shape: measured once
+    assert set(result.best_values) == {"accuracy", "size", "latency"}
+
+
+def test_distillation_hyperparameters_need_and_use_a_teacher(digits, plain):
+    space = {"temperature": {"low": 1.0, "high": 8.0}, "alpha": {"low": 0.0, "high": 1.0}, "learning_rate": 0.05}
+    with pytest.raises(ValueError, match=r"tune: \['alpha', 'temperature'\] need teacher="):
+        tune_digits(digits, space, trials=2, batch=2, epochs=1)
+    teacher = (mlp, init(jax.random.key(1)))
+    result = tune_digits(digits, space, trials=4, batch=4, epochs=1, teacher=teacher)
+    assert all(t.state == TrialState.COMPLETE for t in result.study.trials)
+    assert len({t.value for t in result.study.trials}) > 1
 
 
 def test_resume_counts_earlier_trials_and_reuses_execution(digits, tmp_path):
@@ -161,3 +173,26 @@ def test_narrowing_after_n_trials(digits):
     assert low <= min(t.params["learning_rate"] for t in best) and high >= max(t.params["learning_rate"] for t in best)
     later = [t for t in result.study.trials if t.number >= 4]
     assert len(later) == 8 and all(low <= t.params["learning_rate"] <= high for t in later)
+
+
+def test_an_interrupted_run_leaves_no_trial_running(digits, monkeypatch):
+    from hamjax.search.population import Population
+
+    calls = []
+
+    def train(self, state, xs, ys):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, state, xs, ys)
+
+    original = Population.train
+    monkeypatch.setattr(Population, "train", train)
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(KeyboardInterrupt):
+        tune_digits(digits, trials=8, batch=4, epochs=2, storage=storage, study_name="cut")
+    states = [t.state for t in optuna.load_study(study_name="cut", storage=storage).trials]
+    assert states == [TrialState.FAIL] * 4
+    monkeypatch.setattr(Population, "train", original)
+    resumed = tune_digits(digits, trials=8, batch=4, epochs=2, storage=storage, study_name="cut")
+    assert [t.state for t in resumed.study.trials].count(TrialState.COMPLETE) == 8
