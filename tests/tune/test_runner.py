@@ -196,3 +196,18 @@ def test_an_interrupted_run_leaves_no_trial_running(digits, monkeypatch):
     monkeypatch.setattr(Population, "train", original)
     resumed = tune_digits(digits, trials=8, batch=4, epochs=2, storage=storage, study_name="cut")
     assert [t.state for t in resumed.study.trials].count(TrialState.COMPLETE) == 8
+
+
+def test_traces_do_not_grow_with_trials(digits):
+    traces = []
+
+    def counted(p, x):
+        traces.append(x.shape)
+        return mlp(p, x)
+
+    def traced(trials):
+        traces.clear()
+        tune.run(counted, init, digits, SPACE, trials=trials, batch=4, epochs=1, execution="vmap", progress=False)
+        return len(traces)
+
+    assert traced(4) == traced(12)  # one compile per shape bucket, whatever the trials
