@@ -325,7 +325,12 @@ def shrink_groups(apply_fn, params, x, groups, keep):
     cache: dict = {}
 
     def run(p, xx, *, train=False, rng=None, mutable=False, **kw):
-        key = (_shapes_key(xx), train, mutable, _shapes_key(rng), tuple(sorted(kw.items())))
+        mutable = bool(mutable)  # the protocol's mutable=True, or a list of collections: updated variables come back
+        key = (_shapes_key(xx), bool(train), mutable, _shapes_key(rng), tuple(sorted(kw.items())))
+        try:
+            hash(key)
+        except TypeError:  # keyword values that cannot key a cache: trace on every call
+            key = object()
         if key not in cache:
             spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (xx, rng))
             closed, g, out_tree, _ = trace_channels(
