@@ -60,6 +60,13 @@ def _concat(a: PopulationState, b: PopulationState) -> PopulationState:
     )
 
 
+def _repeat(a: PopulationState, copies: int) -> PopulationState:
+    again = lambda x: jnp.repeat(x, copies, axis=0)  # noqa: E731
+    return PopulationState(
+        jax.tree.map(again, a.params), jax.tree.map(again, a.opt_state), jax.tree.map(again, a.hparams), a.count
+    )
+
+
 def _scatter(a: PopulationState, index: np.ndarray, b: PopulationState) -> PopulationState:
     put = lambda x, y: x.at[index].set(y)  # noqa: E731
     return PopulationState(
@@ -108,7 +115,8 @@ class _Loop:
                 needed = len(bucket.slots) - len(free) + len(new)
                 target = min(max(1 << (needed - 1).bit_length(), len(bucket.slots)), self.batch)
                 target = max(target, needed)
-                pad = self.members_init([new[0]] * (target - len(bucket.slots)))
+                # idle slots: copies of one member, initialised once
+                pad = _repeat(self.members_init(new[:1]), target - len(bucket.slots))
                 bucket.state = pad if bucket.state is None else _concat(bucket.state, pad)
                 bucket.slots += [None] * (target - len(bucket.slots))
                 free = [i for i, m in enumerate(bucket.slots) if m is None]
@@ -274,7 +282,8 @@ def run(
         shape), both minimised.
       storage: ``None`` (in memory), an Optuna storage URL or object.
       study_name: the study to create or resume.
-      epochs: epochs of a trial that is not pruned (the pruners' rungs).
+      epochs: epochs of a trial that is not pruned (the pruners' rungs); a
+        trial's batch size is its ``batch_size`` (searched or fixed), else 128.
       seed: seeds the sampler, the trials' params and the batch order.
       execution: how members run (:data:`hamjax.search.trainer.EXECUTIONS`);
         ``"auto"`` reuses the study's recorded choice or times the
