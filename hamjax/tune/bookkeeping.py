@@ -13,7 +13,7 @@ trial (grid ids, CMA-ES generations) are written with the trial.
 
 Trials waiting in the storage (enqueued warm starts, trials of dead workers
 enqueued again) are taken first, through ``study.ask``. Each trial records
-the process that runs it (:func:`hamjax.tune.storage.fail_stale_trials` fails
+the process that runs it (:func:`hamjax.tune.workers.fail_stale_trials` fails
 the trials of processes that are gone), and on a SQL storage a background
 thread beats every running trial's heartbeat.
 """
@@ -29,7 +29,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hamjax.tune.storage import WORKER_ATTR, deferred_writes, fail_stale_trials, heartbeat_interval, worker_identity
+from hamjax.tune.storage import deferred_writes
+from hamjax.tune.workers import WORKER_ATTR, fail_stale_trials, heartbeat_interval, worker_identity
 
 _MIRRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BEATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -130,7 +131,7 @@ def ask_batch(study, n: int, distributions: Mapping[str, Any]) -> list:
     """Ask ``n`` trials of ``study`` at once, every parameter of ``distributions`` sampled.
 
     Stale trials of dead workers are failed and enqueued again first
-    (:func:`hamjax.tune.storage.fail_stale_trials`), waiting trials are taken
+    (:func:`hamjax.tune.workers.fail_stale_trials`), waiting trials are taken
     before new ones are sampled, and new ones are sampled on the study's
     mirror and written one transaction each. Each returned trial is RUNNING in
     the storage and speaks Optuna's ``Trial`` API (``params``, ``number``,

@@ -15,7 +15,7 @@ for every running trial; a trial whose worker stopped beating (killed, its
 machine lost) is failed after the grace period and enqueued again with its
 parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``). On one machine a
 dead worker is also seen at once: every trial records the process that runs
-it, and :func:`fail_stale_trials` fails the trials of processes that are gone
+it, and :func:`hamjax.tune.workers.fail_stale_trials` fails the trials of processes that are gone
 (the only way for the journal file, which has no heartbeat). ``optuna-dashboard
 URL`` opens the same SQL storage (``optuna-dashboard sqlite:///hamjax-tune.db``);
 for a journal file, ``optuna-dashboard tune.log``.
@@ -31,13 +31,10 @@ import fcntl
 import functools
 import os
 import re
-import socket
 import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
-
-WORKER_ATTR = "hamjax:worker"
 
 # The retry callback and the recovery lock of each journal storage that open_storage made
 # (JournalStorage has no heartbeat, so it cannot carry them itself).
@@ -354,56 +351,40 @@ def create_or_load_study(
     return study
 
 
-def heartbeat_interval(storage) -> int | None:
-    """Seconds between heartbeats of ``storage``'s running trials, or ``None`` where it beats none.
+def retry_callback(storage):
+    """The callback that enqueues a stale trial again for ``storage`` (``None`` where there is none).
 
     Args:
       storage: an Optuna storage (a study's ``_storage`` included).
 
     Returns:
-      The interval, or ``None`` (in memory, journal file).
+      Optuna's ``RetryHeartbeatStaleTrialCallback`` that :func:`open_storage` gave it, or ``None``.
 
     Examples:
-      >>> heartbeat_interval(open_storage(None)) is None
+      >>> retry_callback(open_storage(None)) is None
       True
     """
-    get = getattr(storage, "get_heartbeat_interval", None)
+    if storage in _JOURNALS:
+        return _JOURNALS[storage][0]
+    get = getattr(storage, "get_heartbeat_stale_trial_callback", None)
     return get() if callable(get) else None
 
 
-def _process_start(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+@contextlib.contextmanager
+def recovery_lock(storage):
+    """Hold, across the processes of this machine, the lock under which stale trials of a journal file are failed.
 
+    SQL storages refuse to finish a trial twice; a journal file does not, so
+    two workers failing the same dead trial must take turns. For any other
+    storage, a context that does nothing.
 
-def worker_identity() -> dict:
-    """This process as recorded in its trials' system attrs: host, pid, and the pid's start time.
-
-    The start time tells a pid reused by a later process from the worker itself.
-
-    Returns:
-      ``{"host": str, "pid": int, "start": str | None}``.
+    Args:
+      storage: an Optuna storage.
 
     Examples:
-      >>> sorted(worker_identity())
-      ['host', 'pid', 'start']
+      >>> with recovery_lock(open_storage(None)):
+      ...     pass
     """
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
-
-
-def _worker_is_gone(worker: Any) -> bool:
-    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname():
-        return False  # another machine's worker: its heartbeat says whether it lives
-    start = _process_start(int(worker.get("pid", -1)))
-    return start is None or start != worker.get("start")
-
-
-@contextlib.contextmanager
-def _recovery_lock(storage):
     entry = _JOURNALS.get(storage)
     if entry is None:
         yield
@@ -414,61 +395,3 @@ def _recovery_lock(storage):
         yield
     finally:
         lock.release()
-
-
-def fail_stale_trials(study) -> list[int]:
-    """Fail the running trials whose worker is gone and enqueue them again; returns their numbers.
-
-    A trial is stale when its worker process (recorded by :func:`ask_batch`) no
-    longer runs on this machine, or, on a SQL storage with a heartbeat, when its
-    heartbeat is older than the grace period. Each stale trial is failed once,
-    however many workers look at the same time, and enqueued again with its
-    parameters (up to ``max_retry`` times); :func:`ask_batch` calls this first.
-
-    Args:
-      study: an ``optuna.Study``.
-
-    Returns:
-      The numbers of the trials this call failed.
-
-    Examples:
-      >>> import optuna
-      >>> study = create_or_load_study(None, "stale", ["minimize"])
-      >>> fail_stale_trials(study)
-      []
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    failed: list[int] = []
-    if heartbeat_interval(storage) is not None:
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        now = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        failed += [t.number for t in now if t.number not in before]
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not any(_worker_is_gone(t.system_attrs.get(WORKER_ATTR)) for t in running):
-        return failed
-    if storage in _JOURNALS:
-        retry = _JOURNALS[storage][0]
-    else:
-        get = getattr(storage, "get_heartbeat_stale_trial_callback", None)
-        retry = get() if callable(get) else None
-    with _recovery_lock(storage):
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not _worker_is_gone(trial.system_attrs.get(WORKER_ATTR)):
-                continue
-            try:
-                if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker failed it first
-            failed.append(trial.number)
-            if retry is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    retry(study, storage.get_trial(trial._trial_id))
-    return failed

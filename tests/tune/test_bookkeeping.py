@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from hamjax.tune import bookkeeping as bk
 from hamjax.tune import storage as st
+from hamjax.tune import workers as wk
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {
@@ -86,8 +87,8 @@ def test_waiting_trials_are_taken_first_and_other_workers_trials_are_seen(kind, 
     assert len(mirror.study.trials) == len(mine.trials) == 7
     assert [t.state for t in mirror.study.trials[:5]] == [TrialState.COMPLETE] * 5
     assert sorted(t.number for t in [*first, *other, *batch]) == list(range(7))
-    workers = {t.system_attrs[st.WORKER_ATTR]["pid"] for t in mine.trials}
-    assert workers == {st.worker_identity()["pid"]}
+    workers = {t.system_attrs[wk.WORKER_ATTR]["pid"] for t in mine.trials}
+    assert workers == {wk.worker_identity()["pid"]}
 
 
 def test_grid_and_nsga2_samplers_work_through_batches(tmp_path):
@@ -124,7 +125,7 @@ def test_a_heartbeat_is_beaten_for_running_trials(tmp_path):
     import time
 
     time.sleep(3.5)  # longer than the grace period: only the beats keep them alive
-    assert st.fail_stale_trials(study) == []
+    assert wk.fail_stale_trials(study) == []
     bk.tell_batch(study, trials, [1.0, 2.0, 3.0])
     assert {t.state for t in study.trials} == {TrialState.COMPLETE}
 

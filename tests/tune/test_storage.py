@@ -6,26 +6,16 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
 
 from hamjax.tune import storage as st
+from hamjax.tune import workers as wk
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"x": FloatDistribution(-1.0, 1.0)}
-
-
-def _dead_worker() -> dict:
-    """The identity of a process of this machine that has exited."""
-    code = "from hamjax.tune.storage import worker_identity; import json; print(json.dumps(worker_identity()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    import json
-
-    return json.loads(out)
 
 
 def _free_port() -> int:
@@ -68,7 +58,7 @@ def test_in_memory_sqlite_and_journal_urls(tmp_path, monkeypatch):
         journal = st.open_storage(url)
         assert isinstance(journal, optuna.storages.JournalStorage)
         assert path.exists()
-        assert st.heartbeat_interval(journal) is None
+        assert wk.heartbeat_interval(journal) is None
 
 
 def test_unopenable_and_unknown_urls_name_the_url_without_password(tmp_path):
@@ -106,41 +96,6 @@ def test_a_study_resumes_and_refuses_other_directions(kind, tmp_path):
         st.create_or_load_study(storage, "t", ["up"])
     with pytest.raises(ValueError, match="directions must be a non-empty list"):
         st.create_or_load_study(storage, "t", [])
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_trials_of_a_dead_worker_are_failed_and_retried_once(kind, tmp_path):
-    url = f"sqlite:///{tmp_path}/t.db" if kind == "sqlite" else f"journal:///{tmp_path}/t.log"
-    study = st.create_or_load_study(st.open_storage(url), "s", ["minimize"])
-    dead, alive = _dead_worker(), st.worker_identity()
-    for worker, x in [(dead, 0.25), (alive, 0.5)]:
-        study.add_trial(
-            optuna.create_trial(
-                state=TrialState.RUNNING, params={"x": x}, distributions=SPACE, system_attrs={st.WORKER_ATTR: worker}
-            )
-        )
-    other = st.create_or_load_study(st.open_storage(url), "s", ["minimize"])  # a second worker looks too
-    assert st.fail_stale_trials(study) == [0]
-    assert st.fail_stale_trials(other) == []
-    states = [(t.state, t.params["x"]) for t in study.trials]
-    assert states == [(TrialState.FAIL, 0.25), (TrialState.RUNNING, 0.5), (TrialState.WAITING, 0.25)]
-    assert study.trials[2].system_attrs["failed_trial"] == 0
-
-
-def test_a_trial_whose_heartbeat_stops_is_failed_and_retried(tmp_path):
-    storage = st.open_storage(f"sqlite:///{tmp_path}/t.db", heartbeat_interval=1, grace_period=1)
-    study = st.create_or_load_study(storage, "s", ["minimize"])
-    far = {"host": "another-machine", "pid": 1, "start": "1"}  # not this machine's: only its heartbeat tells
-    study.add_trial(
-        optuna.create_trial(
-            state=TrialState.RUNNING, params={"x": 0.1}, distributions=SPACE, system_attrs={st.WORKER_ATTR: far}
-        )
-    )
-    storage.record_heartbeat(study.trials[0]._trial_id)
-    assert st.fail_stale_trials(study) == []
-    time.sleep(2.2)
-    assert st.fail_stale_trials(study) == [0]
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
 
 
 def test_file_lock_excludes_other_processes(tmp_path):
