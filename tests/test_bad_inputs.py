@@ -37,6 +37,8 @@ from hamjax import (
 from hamjax.export.graph import ExportError
 from hamjax.models import saved
 from hamjax.search import proposals, trainer
+from hamjax.tune import bookkeeping
+from hamjax.tune import storage as tune_storage
 
 INF, NAN = math.inf, math.nan
 _CTX: dict = {}  # the `digits` dataset and a temporary folder, set by the test before each call
@@ -1585,7 +1587,54 @@ CASES = [
      "has directions ['maximize'], not the requested ['maximize', 'minimize']"),
     ("tune-study-execution", lambda: _tune_twice(execution="vmap"), ValueError,
      "tune: study 'bad' ran with execution 'sequential'; pass execution='sequential'"),
+    # tune: storages, studies of other directions, batches of trials (issue 19)
+    ("open_storage-missing-folder", lambda: tune_storage.open_storage(f"sqlite:///{_tmp()}/missing/t.db"), ValueError,
+     "open_storage: cannot open storage sqlite:///"),
+    ("open_storage-journal-missing-folder", lambda: tune_storage.open_storage(f"{_tmp()}/missing/t.log"), ValueError,
+     "open_storage: cannot open storage /"),
+    ("open_storage-unreachable-password-hidden", lambda: _unreachable_postgresql(), ValueError,
+     "open_storage: cannot open storage postgresql://tune:***@127.0.0.1:"),
+    ("open_storage-scheme", lambda: tune_storage.open_storage("redis://u:s3cret@h/0"), ValueError,
+     "open_storage: url must start with sqlite:///, journal:///, postgresql:// or end in .log, got 'redis://u:***@h/0'"),
+    ("open_storage-heartbeat", lambda: tune_storage.open_storage(None, heartbeat_interval=0), ValueError,
+     "open_storage: heartbeat_interval must be an integer >= 1, got 0"),
+    ("tune-storage-unopenable", lambda: _tune(storage=f"postgresql://tune:s3cret@127.0.0.1:{_free_port()}/x"), ValueError,
+     "cannot open storage postgresql://tune:***@"),
+    ("create_or_load_study-directions", lambda: _stored_study(["maximize"]), ValueError,
+     "create_or_load_study: study 's' has directions ['minimize'], not the requested ['maximize']"),
+    ("create_or_load_study-direction-name", lambda: _stored_study(["up"]), ValueError,
+     "create_or_load_study: directions must each be 'minimize' or 'maximize', got ['up']"),
+    ("ask_batch-zero", lambda: bookkeeping.ask_batch(_stored_study(["minimize"]), 0, {"x": _unit()}), ValueError,
+     "ask_batch: n must be an integer >= 1, got 0"),
+    ("tell_batch-lengths", lambda: _told(values=[1.0]), ValueError,
+     "tell_batch: values and states must have one entry per trial (2), got 1 values"),
 ]  # fmt: skip
+
+
+def _unreachable_postgresql():
+    """A PostgreSQL URL with a password, on a port nobody listens on: the message must not show the password."""
+    try:
+        tune_storage.open_storage(f"postgresql://tune:s3cret@127.0.0.1:{_free_port()}/x")
+    except ValueError as error:
+        assert "s3cret" not in str(error), error
+        raise
+
+
+def _stored_study(directions):
+    url = f"sqlite:///{_tmp() / 'stored.db'}"
+    tune_storage.create_or_load_study(url, "s", ["minimize"])
+    return tune_storage.create_or_load_study(url, "s", directions)
+
+
+def _unit():
+    import optuna
+
+    return optuna.distributions.FloatDistribution(0.0, 1.0)
+
+
+def _told(values):
+    study = _stored_study(["minimize"])
+    return bookkeeping.tell_batch(study, bookkeeping.ask_batch(study, 2, {"x": _unit()}), values)
 
 
 def _free_port() -> int:
