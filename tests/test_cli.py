@@ -192,6 +192,9 @@ def user_files(tmp_path, monkeypatch, digits):
     arrays = {f"{k}_{split}": getattr(getattr(digits, split), k) for split in ("train", "val", "test") for k in "xy"}
     np.savez(tmp_path / "mine.npz", **arrays)
     (tmp_path / "small.toml").write_text(_SMALL)
+    (tmp_path / "config_student.toml").write_text(
+        'name = "c"\n[[steps]]\nkind = "train"\n[[steps]]\nkind = "distill"\nstudent = "config"\n'
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -222,7 +225,7 @@ def test_optimize_a_model_and_arrays_of_the_users_own(user_files, capsys):
             "--model usermodel:five_classes: the model gives 5 logits per example, but the labels have 10 classes",
         ),
         (["--data", "missing.npz"], "missing.npz"),
-        (["--recipe", "default"], "steps[1] (distill, param_ratio="),
+        (["--recipe", "config_student.toml"], "steps[1] (distill, param_ratio=0.25, student='config') needs a hamjax"),
     ],
 )
 def test_bad_model_or_data_of_the_users_own_is_one_line(user_files, capsys, argv, match):

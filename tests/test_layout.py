@@ -38,7 +38,7 @@ LAYERS = (
     ("search", "export"),
     ("recipes",),
     ("pipeline", "tune"),
-    ("cli", "cli_search"),
+    ("cli", "cli_search", "cli_tune"),
 )
 # Family modules that run a training loop sit above the engine they call; nothing below imports them.
 TRAINING_LOOPS = {"hamjax.prune.iterative", "hamjax.distill.training"}
