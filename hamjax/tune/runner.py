@@ -274,8 +274,9 @@ def run(
         count, earlier runs of the study included (running the call again
         resumes); with the grid sampler at most the grid's size.
       batch: trials trained at once (the population size), 1 to ``trials``.
-      sampler: one of :data:`hamjax.tune.samplers.SAMPLERS`.
-      pruner: one of :data:`hamjax.tune.samplers.PRUNERS`, or ``None``; one objective only.
+      sampler: one of :data:`hamjax.tune.samplers.SAMPLERS`, or an Optuna sampler.
+      pruner: one of :data:`hamjax.tune.samplers.PRUNERS`, ``None``, or an
+        Optuna pruner (``HyperbandPruner(reduction_factor=4)``); one objective only.
       objectives: from ``("accuracy", "size", "latency")``, accuracy
         (maximised) first; size is the nonzero parameter count and latency
         the median jit latency at batch 1 in ms (measured once per param
@@ -341,17 +342,18 @@ def run(
     distilling = sorted({"temperature", "alpha"} & {*space.names, *space.fixed})
     if distilling and teacher is None:
         raise ValueError(f"{where}: {distilling} need teacher=(teacher_apply_fn, teacher_params)")
-    if pruner not in (None, "none") and len(objectives) > 1:
-        raise ValueError(f"{where}: pruner {pruner!r} needs one objective (Optuna prunes single-objective studies)")
     if sampler == "grid":  # a spent grid ends the study
         trials = min(trials, grid_size(space))
     optuna_sampler = make_sampler(sampler, seed=seed, space=space, batch=batch, objectives=objectives)
     optuna_pruner = make_pruner(pruner, epochs=epochs)
+    pruning = type(optuna_pruner).__name__ != "NopPruner"
+    if pruning and len(objectives) > 1:
+        raise ValueError(f"{where}: pruner {pruner!r} needs one objective (Optuna prunes single-objective studies)")
     study = studies.open_study(
         objectives, storage=storage, study_name=study_name, sampler=optuna_sampler, pruner=optuna_pruner, space=space
     )
     execution = studies.recorded_execution(study, execution)
-    trainer = Population(apply_fn, execution=execution, teacher=teacher)
+    trainer = _trainer(apply_fn, execution, teacher)
     studies.warm_start(study, space, enqueue, count=batch)
     loop = _Loop(
         apply_fn, params, dataset, space, study, trainer, batch=batch, epochs=epochs, seed=seed, objectives=objectives
@@ -373,7 +375,7 @@ def run(
                 loop.place(asked)
             if not loop.live:
                 break
-            loop.round(round_, pruning=pruner not in (None, "none"), min_delta=min_delta)
+            loop.round(round_, pruning=pruning, min_delta=min_delta)
             if round_ == 0 and trainer.execution == "auto":
                 trainer.execution = trainer.chosen
             if studies.EXECUTION_ATTR not in study.user_attrs:
@@ -396,6 +398,27 @@ def run(
         stopped=stopped,
         seconds=time.perf_counter() - started,
     )
+
+
+_TRAINERS: dict = {}  # (id(apply_fn), execution) -> (apply_fn, Population): compiled programs kept per model
+_TRAINERS_KEPT = 4
+
+
+def _trainer(apply_fn, execution: str, teacher) -> Population:
+    """The population trainer of ``apply_fn``: the one of an earlier run in this process when there is one.
+
+    A second study of the same model (another seed, a resumed study) then
+    compiles nothing again; with ``"auto"`` it keeps the execution chosen
+    first. A distilling trainer (its teacher's params) is never shared.
+    """
+    if teacher is not None:
+        return Population(apply_fn, execution=execution, teacher=teacher)
+    key = (id(apply_fn), execution)
+    if key not in _TRAINERS:
+        while len(_TRAINERS) >= _TRAINERS_KEPT:
+            _TRAINERS.pop(next(iter(_TRAINERS)))
+        _TRAINERS[key] = (apply_fn, Population(apply_fn, execution=execution))  # apply_fn held: its id stays its own
+    return _TRAINERS[key][1]
 
 
 def _best_accuracy(study) -> float:

@@ -61,7 +61,7 @@ def make_sampler(name: str, *, seed: int, space, batch: int, objectives: Sequenc
     """The Optuna sampler called ``name``.
 
     Args:
-      name: one of :data:`SAMPLERS`.
+      name: one of :data:`SAMPLERS`, or an ``optuna.samplers.BaseSampler`` (returned as it is).
       seed: the sampler's seed.
       space: the :class:`hamjax.tune.Space` (a grid is built from it).
       batch: trials asked at once (the NSGA population size).
@@ -82,6 +82,8 @@ def make_sampler(name: str, *, seed: int, space, batch: int, objectives: Sequenc
     """
     import optuna
 
+    if isinstance(name, optuna.samplers.BaseSampler):
+        return name
     check_choice("tune", "sampler", name, SAMPLERS)
     multi = len(objectives) > 1
     if name in ("nsga2", "nsga3") and not multi:
@@ -119,7 +121,7 @@ def make_pruner(name: str | None, *, epochs: int):
     """The Optuna pruner called ``name`` (``None`` or ``"none"``: Optuna's ``NopPruner``).
 
     Args:
-      name: one of :data:`PRUNERS`, or ``None``.
+      name: one of :data:`PRUNERS`, ``None``, or an ``optuna.pruners.BasePruner`` (returned as it is).
       epochs: a trial's epochs, the pruners' largest resource.
 
     Examples:
@@ -128,6 +130,8 @@ def make_pruner(name: str | None, *, epochs: int):
     """
     import optuna
 
+    if isinstance(name, optuna.pruners.BasePruner):
+        return name
     name = "none" if name is None else name
     check_choice("tune", "pruner", name, PRUNERS)
     if name == "none":

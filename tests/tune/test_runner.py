@@ -201,13 +201,29 @@ def test_an_interrupted_run_leaves_no_trial_running(digits, monkeypatch):
 def test_traces_do_not_grow_with_trials(digits):
     traces = []
 
-    def counted(p, x):
-        traces.append(x.shape)
-        return mlp(p, x)
+    def model():
+        def counted(p, x):
+            traces.append(x.shape)
+            return mlp(p, x)
 
-    def traced(trials):
+        return counted
+
+    def traced(fn, trials):
         traces.clear()
-        tune.run(counted, init, digits, SPACE, trials=trials, batch=4, epochs=1, execution="vmap", progress=False)
+        tune.run(fn, init, digits, SPACE, trials=trials, batch=4, epochs=1, execution="vmap", progress=False)
         return len(traces)
 
-    assert traced(4) == traced(12)  # one compile per shape bucket, whatever the trials
+    first = traced(model(), 4)
+    assert first == traced(model(), 12) > 0  # one compile per shape bucket, whatever the trials
+    same = model()
+    traced(same, 4)
+    assert traced(same, 4) == 0  # a second study of one model in one process compiles nothing again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving", "wilcoxon"])
+def test_every_pruner_in_the_loop(digits, pruner):
+    result = tune_digits(digits, trials=12, batch=4, epochs=3, pruner=pruner, sampler="random")
+    trials = result.study.trials
+    assert len(trials) == 12 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert result.member_epochs == sum(max(t.intermediate_values) for t in trials)

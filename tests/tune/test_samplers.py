@@ -80,3 +80,9 @@ def test_objectives_and_directions():
         samplers.make_sampler("bohb", seed=0, space=SPACE, batch=8, objectives=("accuracy",))
     with pytest.raises(ValueError, match="pruner must be one of"):
         samplers.make_pruner("asha", epochs=3)
+
+
+def test_optuna_objects_pass_through():
+    sampler, pruner = optuna.samplers.RandomSampler(seed=3), optuna.pruners.HyperbandPruner(reduction_factor=4)
+    assert samplers.make_sampler(sampler, seed=0, space=SPACE, batch=8, objectives=("accuracy",)) is sampler
+    assert samplers.make_pruner(pruner, epochs=9) is pruner
