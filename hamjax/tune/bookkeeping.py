@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hamjax.tune.storage import deferred_writes
+from hamjax.tune.transactions import create_in_one_transaction, finish_in_one_transaction
 from hamjax.tune.workers import WORKER_ATTR, fail_stale_trials, heartbeat_interval, worker_identity
 
 _MIRRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -200,7 +201,8 @@ def _ask(study, n: int, distributions) -> list:
             )
             for i, sampled in enumerate(samples)
         ]
-        for stored_id, sampled in zip(_create(study, templates), samples, strict=True):
+        beating = heartbeat_interval(storage) is not None
+        for stored_id, sampled in zip(_create(study, templates, beating), samples, strict=True):
             mirror.ids[stored_id] = sampled._trial_id
             mirror.open.add(stored_id)
             asked.append(optuna.Trial(study, stored_id))
@@ -213,9 +215,15 @@ def _ask(study, n: int, distributions) -> list:
     return asked
 
 
-def _create(study, templates) -> list[int]:
-    """Write trials RUNNING with their parameters; their ids. A journal file takes them in one append."""
+def _create(study, templates, heartbeat: bool = False) -> list[int]:
+    """Write trials RUNNING with their parameters; their ids, in the order of ``templates``.
+
+    A SQL storage takes them in one transaction, a journal file in two appends.
+    """
     storage = study._storage
+    ids = create_in_one_transaction(study, templates, heartbeat=heartbeat)
+    if ids is not None:
+        return ids
     if not hasattr(getattr(storage, "_backend", None), "deferred"):
         return [storage.create_new_trial(study._study_id, template_trial=t) for t in templates]
     # the first alone: the journal's replay learns from it which trials this process created
@@ -300,6 +308,7 @@ def _finish_all(study, trials, values, states, mirror) -> None:
     from optuna.trial import TrialState
 
     storage = study._storage
+    writes = []
     for i, trial in enumerate(trials):
         state, finished = _finished(values[i], None if states is None else states[i])
         if mirror is None or trial._trial_id not in mirror.ids:
@@ -320,7 +329,10 @@ def _finish_all(study, trials, values, states, mirror) -> None:
         for key, value in mirror.storage.get_trial(mirrored).system_attrs.items():
             if before.get(key) != value:  # what the sampler's after_trial recorded
                 storage.set_trial_system_attr(trial._trial_id, key, value)
-        # failed as stale by another worker meanwhile and enqueued again: the retry counts
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(trial._trial_id, state=state, values=finished)
+        writes.append((trial._trial_id, state, finished))
         mirror.open.discard(trial._trial_id)
+    if writes and not finish_in_one_transaction(study, writes):
+        for trial_id, state, finished in writes:
+            # failed as stale by another worker meanwhile and enqueued again: the retry counts
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_state_values(trial_id, state=state, values=finished)

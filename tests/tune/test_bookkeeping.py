@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import optuna
@@ -42,9 +43,12 @@ def test_batches_are_asked_and_told_through_every_storage(kind, tmp_path):
     stored = (study if url is None else st.create_or_load_study(st.open_storage(url), "s", ["minimize"])).trials
     assert [t.number for t in stored] == list(range(18))
     assert {t.state for t in stored} == {TrialState.COMPLETE}
+    now = datetime.datetime.now()
     for t in stored:
         assert t.value == pytest.approx(_value(t.params))
         assert t.distributions == SPACE
+        # local times, as Optuna's own writes give them
+        assert now - datetime.timedelta(minutes=5) < t.datetime_start <= t.datetime_complete <= now
     # constant liar: one batch is not six copies of one point
     assert len({t.params["lr"] for t in stored[12:]}) == 6
 
@@ -141,3 +145,23 @@ def test_bad_batches_are_refused(tmp_path):
         bk.tell_batch(study, trials, [1.0])
     with pytest.raises(ValueError, match="tell_batch: states must be COMPLETE, PRUNED or FAIL"):
         bk.tell_batch(study, trials, [1.0, 2.0], states=[TrialState.RUNNING, None])
+
+
+def test_batches_on_postgresql(postgresql_url):
+    storage = st.open_storage(postgresql_url, heartbeat_interval=5)
+    sampler = optuna.samplers.TPESampler(seed=0, constant_liar=True, n_startup_trials=4)
+    study = st.create_or_load_study(storage, "pg", ["minimize"], sampler=sampler)
+    other = st.create_or_load_study(st.open_storage(postgresql_url), "pg", ["minimize"])
+    for _ in range(2):
+        mine, theirs = bk.ask_batch(study, 5, SPACE), bk.ask_batch(other, 3, SPACE)
+        bk.tell_batch(other, theirs, [_value(t.params) for t in theirs])
+        mine[0].report(0.5, step=1)
+        bk.tell_batch(study, mine, [_value(t.params) for t in mine], states=[TrialState.PRUNED] + [None] * 4)
+    stored = study.trials
+    assert [t.number for t in stored] == list(range(16))
+    assert sum(t.state == TrialState.PRUNED for t in stored) == 2
+    for t in stored:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(_value(t.params))
+        assert t.datetime_start <= t.datetime_complete
+    assert wk.audit(study)["problems"] == []
