@@ -11,7 +11,10 @@ member's slot is refilled at once with a newly asked trial.
 * :mod:`hamjax.tune.samplers`: samplers, pruners and objective directions by name.
 * :mod:`hamjax.tune.study`: the study created or resumed, its records
   (objectives, space, execution) and warm starts.
-* :mod:`hamjax.tune.runner`: :func:`run` (alias :func:`tune`), the batched ask/tell loop.
+* :mod:`hamjax.tune.runner`: :func:`run` (alias :func:`tune`), the batched ask/tell loop;
+  :mod:`hamjax.tune.slots`: the population state whose members are trials.
+* :mod:`hamjax.tune.storage`: storages by URL (memory, SQLite, journal file,
+  PostgreSQL) and stale trials; :mod:`hamjax.tune.bookkeeping`: batched ask and tell.
 * :mod:`hamjax.tune.result`: :class:`TuneResult`, the best trial as a recipe TOML.
 
 Optuna is imported when a study is made, not with this package.
@@ -22,7 +25,7 @@ Examples:
   ('learning_rate',)
 """
 
-from hamjax.tune import result, runner, samplers, space, study
+from hamjax.tune import bookkeeping, result, runner, samplers, slots, space, storage, study
 from hamjax.tune.result import TuneResult
 from hamjax.tune.runner import run, tune
 from hamjax.tune.samplers import OBJECTIVES, PRUNERS, SAMPLERS
@@ -37,11 +40,14 @@ __all__ = [
     "TRACED",
     "Space",
     "TuneResult",
+    "bookkeeping",
     "result",
     "run",
     "runner",
     "samplers",
+    "slots",
     "space",
+    "storage",
     "study",
     "tune",
 ]

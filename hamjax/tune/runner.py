@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hamjax import data, measure
 from hamjax._checks import check_choice, check_int, check_number
 from hamjax.search.population import Population, PopulationState
 from hamjax.search.trainer import EXECUTIONS
+from hamjax.tune import slots
 from hamjax.tune import study as studies
 from hamjax.tune.bookkeeping import ask_batch, tell_batch
 from hamjax.tune.result import TuneResult
@@ -33,50 +33,6 @@ from hamjax.tune.space import Space
 EVAL_ROWS = 2048  # validation rows scored per call
 
 
-class _Bucket:
-    """The members of one shape bucket: a population state and which trial each slot holds."""
-
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
-        self.state: PopulationState | None = None
-        self.slots: list[dict | None] = []
-
-    @property
-    def live(self) -> list[int]:
-        return [i for i, m in enumerate(self.slots) if m is not None]
-
-
-def _stack(trees: Sequence) -> Any:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def _concat(a: PopulationState, b: PopulationState) -> PopulationState:
-    grow = lambda x, y: jnp.concatenate([x, y])  # noqa: E731
-    return PopulationState(
-        jax.tree.map(grow, a.params, b.params),
-        jax.tree.map(grow, a.opt_state, b.opt_state),
-        jax.tree.map(grow, a.hparams, b.hparams),
-        a.count,
-    )
-
-
-def _repeat(a: PopulationState, copies: int) -> PopulationState:
-    again = lambda x: jnp.repeat(x, copies, axis=0)  # noqa: E731
-    return PopulationState(
-        jax.tree.map(again, a.params), jax.tree.map(again, a.opt_state), jax.tree.map(again, a.hparams), a.count
-    )
-
-
-def _scatter(a: PopulationState, index: np.ndarray, b: PopulationState) -> PopulationState:
-    put = lambda x, y: x.at[index].set(y)  # noqa: E731
-    return PopulationState(
-        jax.tree.map(put, a.params, b.params),
-        jax.tree.map(put, a.opt_state, b.opt_state),
-        jax.tree.map(put, a.hparams, b.hparams),
-        a.count,
-    )
-
-
 class _Loop:
     """One run's mutable bookkeeping: buckets, counters, the convergence watch."""
 
@@ -84,7 +40,7 @@ class _Loop:
         self.apply_fn, self.params, self.dataset, self.space = apply_fn, params, dataset, space
         self.study, self.trainer, self.batch, self.epochs = study, trainer, batch, epochs
         self.seed, self.objectives = seed, objectives
-        self.buckets: dict[tuple, _Bucket] = {}
+        self.buckets: dict[tuple, slots.Bucket] = {}
         self.distributions = space.distributions()
         self.member_epochs = 0
         self.finished = 0
@@ -100,7 +56,7 @@ class _Loop:
         return self.params
 
     def members_init(self, members: Sequence[dict]) -> PopulationState:
-        stacked = _stack([self.fresh_params(m["trial"].number) for m in members])
+        stacked = slots.stack([self.fresh_params(m["trial"].number) for m in members])
         return self.trainer.init(stacked, self.space.hparams([m["values"] for m in members]))
 
     def place(self, members: Sequence[dict]) -> None:
@@ -109,19 +65,19 @@ class _Loop:
         for m in members:
             by_bucket.setdefault(self.space.bucket(m["values"]), []).append(m)
         for key, new in by_bucket.items():
-            bucket = self.buckets.setdefault(key, _Bucket(int(dict(key).get("batch_size", self._batch_size()))))
+            bucket = self.buckets.setdefault(key, slots.Bucket(int(dict(key).get("batch_size", self._batch_size()))))
             free = [i for i, m in enumerate(bucket.slots) if m is None]
             if len(free) < len(new):
                 needed = len(bucket.slots) - len(free) + len(new)
                 target = min(max(1 << (needed - 1).bit_length(), len(bucket.slots)), self.batch)
                 target = max(target, needed)
                 # idle slots: copies of one member, initialised once
-                pad = _repeat(self.members_init(new[:1]), target - len(bucket.slots))
-                bucket.state = pad if bucket.state is None else _concat(bucket.state, pad)
+                pad = slots.repeat(self.members_init(new[:1]), target - len(bucket.slots))
+                bucket.state = pad if bucket.state is None else slots.concat(bucket.state, pad)
                 bucket.slots += [None] * (target - len(bucket.slots))
                 free = [i for i, m in enumerate(bucket.slots) if m is None]
             index = np.asarray(free[: len(new)])
-            bucket.state = _scatter(bucket.state, index, self.members_init(new))
+            bucket.state = slots.scatter(bucket.state, index, self.members_init(new))
             for i, m in zip(index, new, strict=True):
                 bucket.slots[int(i)] = m
 
