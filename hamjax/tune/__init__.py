@@ -14,7 +14,8 @@ member's slot is refilled at once with a newly asked trial.
 * :mod:`hamjax.tune.runner`: :func:`run` (alias :func:`tune`), the batched ask/tell loop;
   :mod:`hamjax.tune.slots`: the population state whose members are trials.
 * :mod:`hamjax.tune.storage`: storages by URL (memory, SQLite, journal file,
-  PostgreSQL) and stale trials; :mod:`hamjax.tune.bookkeeping`: batched ask and tell.
+  PostgreSQL); :mod:`hamjax.tune.bookkeeping`: batched ask and tell;
+  :mod:`hamjax.tune.workers`: many workers on one study, the trials of dead ones retried.
 * :mod:`hamjax.tune.result`: :class:`TuneResult`, the best trial as a recipe TOML.
 
 Optuna is imported when a study is made, not with this package.
@@ -25,7 +26,7 @@ Examples:
   ('learning_rate',)
 """
 
-from hamjax.tune import bookkeeping, result, runner, samplers, slots, space, storage, study
+from hamjax.tune import bookkeeping, result, runner, samplers, slots, space, storage, study, workers
 from hamjax.tune.result import TuneResult
 from hamjax.tune.runner import run, tune
 from hamjax.tune.samplers import OBJECTIVES, PRUNERS, SAMPLERS
@@ -50,4 +51,5 @@ __all__ = [
     "storage",
     "study",
     "tune",
+    "workers",
 ]
