@@ -15,7 +15,13 @@ Each part is its own script, runnable alone (``python bench/tune_compare.py
   ``fit`` per trial, float hyperparameters, a compile per trial), careful
   sequential (one compiled step, hyperparameters injected as arrays) and
   :func:`hamjax.tune.run` in batches; end-to-end seconds and best
-  validation accuracy, means over seeds.
+  validation accuracy, means over seeds;
+* ``hyperband``: :func:`hamjax.tune.run` with in-loop Hyperband (pruned
+  slots refilled at once) against no pruning on the same task: member-epochs
+  and best validation accuracy;
+* ``storage``: the bookkeeping of a batch (ask + tell + storage) per trial
+  at batch 64 after 1,000 trials, SQLite and the journal file, against
+  Optuna's own loop.
 
 Parts run one after another in one process, so ratios within a part are
 measured in the same run.
@@ -27,7 +33,7 @@ import sys
 
 from timing import run_parts
 
-PARTS = ("compare", "hyperband")
+PARTS = ("compare", "hyperband", "storage")
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,12 @@ included) on the same seeds and trial budget:
   the execution ``auto`` chose, as a resumed study reuses its recorded
   choice; it separates the cost of choosing from the rest.
 
+Every study pays its own compiles, as it would in a process of its own:
+``careful`` builds its jitted step inside the study, and each ``hamjax``
+call passes a new model object (``functools.partial(apply_mlp)``), since
+:func:`hamjax.tune.run` keeps a model's compiled trainer for the process
+and a second study of the same ``apply_fn`` would compile nothing.
+
 Every trial starts from params drawn with ``key(seed)`` folded with the
 trial number. Seeds and trials: 5 seeds of 128 trials; ``--quick``: 2 seeds
 of 64 trials (the figures say which).
@@ -46,6 +52,7 @@ validation accuracy >= each sequential arm's minus 0.3 points.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import statistics
@@ -205,7 +212,7 @@ def batched(ds, seed: int, trials: int, *, pruner: str | None = None, execution:
 
     started = time.perf_counter()
     result = tune.run(
-        apply_mlp,
+        functools.partial(apply_mlp),  # a new model object: this study compiles as a new process would
         _init,
         ds,
         tune_space(),
