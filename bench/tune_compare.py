@@ -202,8 +202,10 @@ def tune_space() -> dict:
     return {**table, "batch_size": BATCH}
 
 
-def batched(ds, seed: int, trials: int, *, pruner: str | None = None, execution: str = "auto") -> dict:
-    """:func:`hamjax.tune.run` in batches of :data:`BATCH_TRIALS` (TPE with the constant liar), its defaults otherwise."""
+def batched(
+    ds, seed: int, trials: int, *, pruner: str | None = None, execution: str = "auto", batch: int = BATCH_TRIALS
+) -> dict:
+    """:func:`hamjax.tune.run` in batches of ``batch`` (TPE with the constant liar), its defaults otherwise."""
     import optuna
 
     from hamjax import tune
@@ -217,7 +219,7 @@ def batched(ds, seed: int, trials: int, *, pruner: str | None = None, execution:
         ds,
         tune_space(),
         trials=trials,
-        batch=BATCH_TRIALS,
+        batch=batch,
         sampler="tpe",
         pruner=pruner,
         epochs=EPOCHS,
