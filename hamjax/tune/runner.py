@@ -317,9 +317,12 @@ def run(
     loop.best = _best_accuracy(study)  # a resumed study's convergence watch starts from its best so far
     bar = _Progress(progress, trials, studies.counted_trials(study))
     stopped, round_ = "budget", 0
+    recorded = studies.EXECUTION_ATTR in study.user_attrs
     try:
         while True:
-            remaining = trials - studies.counted_trials(study) - loop.live
+            counted = studies.counted_trials(study)  # other workers' trials too: the budget is the study's
+            bar.update(counted, loop.best)
+            remaining = trials - counted - loop.live
             if narrow_after is not None and not loop.narrowed:
                 narrowed = studies.narrow(study, space, after=narrow_after, quantile=narrow_quantile)
                 if narrowed is not None:
@@ -334,10 +337,10 @@ def run(
             loop.round(round_, pruning=pruning, min_delta=min_delta)
             if round_ == 0 and trainer.execution == "auto":
                 trainer.execution = trainer.chosen
-            if studies.EXECUTION_ATTR not in study.user_attrs:
+            if not recorded:
                 study.set_user_attr(studies.EXECUTION_ATTR, trainer.execution)
+                recorded = True
             round_ += 1
-            bar.update(studies.counted_trials(study), loop.best)
     except BaseException:
         loop.abandon()  # no trial stays RUNNING: FAIL (not counted) so that a resumed study retries it
         raise
