@@ -27,6 +27,7 @@ wait for the disk, so a power cut may lose the last trials, never the file.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import functools
 import os
@@ -39,6 +40,9 @@ from typing import Any
 # The retry callback and the recovery lock of each journal storage that open_storage made
 # (JournalStorage has no heartbeat, so it cannot carry them itself).
 _JOURNALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# The system attr in which a trial records the worker process that runs it (hamjax.tune.workers).
+WORKER_ATTR = "hamjax:worker"
 
 
 def redact(url: str) -> str:
@@ -155,6 +159,21 @@ def _journal_file():
     return JournalFile
 
 
+@functools.cache
+def _retry_callback_class():
+    import optuna
+
+    class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+        """Optuna's retry of a stale trial, without the dead worker's record: the retry is nobody's until asked."""
+
+        def __call__(self, study, trial) -> None:
+            trial = copy.copy(trial)
+            trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER_ATTR}
+            super().__call__(study, trial)
+
+    return RetryStaleTrial
+
+
 def _journal_path(url: str) -> str | None:
     if url.startswith("journal:///"):
         return url[len("journal:///") :]
@@ -232,7 +251,7 @@ def open_storage(
         raise ValueError(f"open_storage: url must be a storage URL string or None, got {url!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        retry = _retry_callback_class()(max_retry=max_retry)
     journal = _journal_path(url)
     if journal is not None:
         from optuna.storages.journal import JournalStorage

@@ -18,9 +18,7 @@ import socket
 import warnings
 from typing import Any
 
-from hamjax.tune.storage import recovery_lock, retry_callback
-
-WORKER_ATTR = "hamjax:worker"
+from hamjax.tune.storage import WORKER_ATTR, recovery_lock, retry_callback
 
 
 def heartbeat_interval(storage) -> int | None:

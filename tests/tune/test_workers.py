@@ -51,6 +51,7 @@ def test_trials_of_a_dead_worker_are_failed_and_retried_once(kind, tmp_path):
     states = [(t.state, t.params["x"]) for t in study.trials]
     assert states == [(TrialState.FAIL, 0.25), (TrialState.RUNNING, 0.5), (TrialState.WAITING, 0.25)]
     assert study.trials[2].system_attrs["failed_trial"] == 0
+    assert wk.WORKER_ATTR not in study.trials[2].system_attrs  # nobody's until a worker asks it
 
 
 def test_a_trial_whose_heartbeat_stops_is_failed_and_retried(tmp_path):
@@ -133,6 +134,7 @@ def run_workers(url: str, folder, *, workers: int = 4, trials: int = 256, timeou
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a worker did not start"
             time.sleep(0.05)
         open(go, "w").close()
+        started = time.monotonic()
         victim, killed_at = procs[0], None
         while killed_at is None:
             assert time.monotonic() < deadline and victim.poll() is None, "the victim finished before it was killed"
@@ -150,18 +152,24 @@ def run_workers(url: str, folder, *, workers: int = 4, trials: int = 256, timeou
         for proc in procs[1:]:
             _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
             assert proc.returncode == 0, err[-2000:]
+        seconds = time.monotonic() - started
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     report = wk.audit(st.create_or_load_study(st.open_storage(url), "shared", ["maximize"]))
-    report["killed_at"] = killed_at
+    report["killed_at"] = {"finished_trials": killed_at[0], "its_running_trials": killed_at[1]}
+    report["seconds"] = round(seconds, 1)
     return report
 
 
-def _check(report: dict, trials: int) -> None:
-    print(json.dumps(report))
+# bench/tune_workers.py runs these tests with fewer trials for its --quick variant
+TRIALS = int(os.environ.get("HAMJAX_TUNE_WORKERS_TRIALS", "256"))
+
+
+def _check(report: dict, trials: int, storage: str) -> None:
+    print("audit " + json.dumps({"storage": storage, "trials_asked_for": trials, **report}))
     assert report["problems"] == []
     assert report["running"] == 0 and report["waiting"] == 0
     assert report["complete"] + report["pruned"] >= trials
@@ -172,11 +180,11 @@ def _check(report: dict, trials: int) -> None:
 
 @pytest.mark.slow
 def test_four_workers_on_a_journal_file_one_killed(tmp_path):
-    report = run_workers(f"journal:///{tmp_path}/shared.log", tmp_path)
-    _check(report, 256)
+    report = run_workers(f"journal:///{tmp_path}/shared.log", tmp_path, trials=TRIALS)
+    _check(report, TRIALS, "journal")
 
 
 @pytest.mark.slow
 def test_four_workers_on_postgresql_one_killed(postgresql_url, tmp_path):
-    report = run_workers(postgresql_url, tmp_path)
-    _check(report, 256)
+    report = run_workers(postgresql_url, tmp_path, trials=TRIALS)
+    _check(report, TRIALS, "postgresql")
