@@ -33,6 +33,11 @@ def best_trial(study, objectives) -> Any:
 def recipe_of(space, values: dict, *, epochs: int, name: str = "tuned"):
     """The recipe that trains with ``values``: a recipe-based space's recipe with them filled in, else a train step.
 
+    Trials train AdamW at a constant rate (:class:`hamjax.search.population.Population`),
+    so a train step with weight decay is written with ``optimizer = "adamw"``;
+    the train step's other fields (warm-up, clipping, mixup) are the recipe's
+    own, which the trials did not model.
+
     Args:
       space: the :class:`hamjax.tune.Space` searched.
       values: every name's value (searched and fixed).
@@ -56,6 +61,9 @@ def recipe_of(space, values: dict, *, epochs: int, name: str = "tuned"):
             entry.pop("search", None)
         for key, (index, field) in space.targets.items():
             raw["steps"][index][field] = values[key]
+        for entry in raw["steps"]:  # the trials trained AdamW: decoupled decay, not adam's L2
+            if entry["kind"] == "train" and entry.get("optimizer") == "adam" and entry.get("weight_decay"):
+                entry["optimizer"] = "adamw"
         raw["description"] = f"{raw['description']} (searched fields set to the best trial of a tune run)".strip()
         return recipes.validate(raw)
     train = {"kind": "train", "epochs": int(epochs), "optimizer": "adamw"}

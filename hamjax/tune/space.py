@@ -228,6 +228,11 @@ class Space:
                         f"searchable: {sorted(f'{k}.{f}' for k, fs in RECIPE_FIELDS.items() for f in fs)}"
                     )
                 name = allowed[field]
+                if step.kind == "train" and step.params.get("optimizer") not in ("adam", "adamw"):
+                    raise ValueError(
+                        f"Space.from_recipe: {where}: the step trains with {step.params['optimizer']!r}; "
+                        "a population trains AdamW, so only an adam or adamw train step can be searched"
+                    )
                 if name in targets:
                     raise ValueError(
                         f"Space.from_recipe: {where} searches {name!r}, already searched by "

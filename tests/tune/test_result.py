@@ -71,3 +71,11 @@ def test_no_complete_trial_is_an_error(digits):
     result = tune.run(linear, init, digits, space, trials=2, batch=2, epochs=1, execution="vmap", progress=False)
     with pytest.raises(ValueError, match="has no COMPLETE trial yet"):
         _ = result.best_params
+
+
+def test_recipe_with_weight_decay_trains_adamw():
+    r = recipes.validate({"name": "r", "steps": [
+        {"kind": "train", "search": {"weight_decay": {"low": 0.0, "high": 0.1}}}]})  # fmt: skip
+    space = tune.Space.from_recipe(r)
+    assert recipe_of(space, space.values({"weight_decay": 0.01}), epochs=1).steps[0].params["optimizer"] == "adamw"
+    assert recipe_of(space, space.values({"weight_decay": 0.0}), epochs=1).steps[0].params["optimizer"] == "adam"

@@ -123,3 +123,10 @@ def test_narrowed_spans_the_points_within_the_old_range():
     assert same.dimensions["learning_rate"] == space.dimensions["learning_rate"]
     with pytest.raises(ValueError, match="needs two or more points"):
         space.narrowed(points[:1])
+
+
+def test_from_recipe_refuses_a_train_step_that_is_not_adam():
+    r = recipes.validate({"name": "r", "steps": [
+        {"kind": "train", "optimizer": "sgd", "search": {"learning_rate": {"low": 1e-3, "high": 1e-1}}}]})  # fmt: skip
+    with pytest.raises(ValueError, match="trains with 'sgd'; a population trains AdamW"):
+        Space.from_recipe(r)
