@@ -22,6 +22,9 @@ Each part is its own script, runnable alone (``python bench/tune_compare.py
 * ``storage``: the bookkeeping of a batch (ask + tell + storage) per trial
   at batch 64 after 1,000 trials, SQLite and the journal file, against
   Optuna's own loop;
+* ``workers``: 4 worker processes on one journal-file study and 4 on one
+  PostgreSQL study, one SIGKILLed midway; each study audited (every trial
+  COMPLETE, PRUNED or FAIL-then-retried, none lost or written twice);
 * ``gpu``: 4,096 trials of the digits MLP in batches of 1,024, end to end,
   on a GPU backend (on a CPU it measures nothing and says so).
 
@@ -35,7 +38,7 @@ import sys
 
 from timing import run_parts
 
-PARTS = ("compare", "hyperband", "storage", "gpu")
+PARTS = ("compare", "hyperband", "storage", "workers", "gpu")
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,8 @@ member's slot is refilled at once with a newly asked trial.
   :mod:`hamjax.tune.slots`: the population state whose members are trials.
 * :mod:`hamjax.tune.storage`: storages by URL (memory, SQLite, journal file,
   PostgreSQL); :mod:`hamjax.tune.bookkeeping`: batched ask and tell;
-  :mod:`hamjax.tune.workers`: many workers on one study, the trials of dead ones retried.
+  :mod:`hamjax.tune.workers`: many workers on one study, the trials of dead ones retried;
+  :mod:`hamjax.tune.transactions`: a batch written to a SQL storage in one transaction.
 * :mod:`hamjax.tune.result`: :class:`TuneResult`, the best trial as a recipe TOML.
 
 Optuna is imported when a study is made, not with this package.
@@ -26,7 +27,7 @@ Examples:
   ('learning_rate',)
 """
 
-from hamjax.tune import bookkeeping, result, runner, samplers, slots, space, storage, study, workers
+from hamjax.tune import bookkeeping, result, runner, samplers, slots, space, storage, study, transactions, workers
 from hamjax.tune.result import TuneResult
 from hamjax.tune.runner import run, tune
 from hamjax.tune.samplers import OBJECTIVES, PRUNERS, SAMPLERS
@@ -50,6 +51,7 @@ __all__ = [
     "space",
     "storage",
     "study",
+    "transactions",
     "tune",
     "workers",
 ]
