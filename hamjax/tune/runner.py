@@ -21,6 +21,7 @@ import numpy as np
 
 from hamjax import data, measure
 from hamjax._checks import check_choice, check_int, check_number
+from hamjax.data.checks import check_dataset
 from hamjax.search.population import Population, PopulationState
 from hamjax.search.trainer import EXECUTIONS
 from hamjax.tune import slots
@@ -293,6 +294,7 @@ def run(
     narrow_quantile = check_number(
         where, "narrow_quantile", narrow_quantile, minimum=0, maximum=1, exclusive_minimum=True
     )
+    check_dataset(where, "dataset", dataset)
     if not (callable(params) or jax.tree.leaves(params)):
         raise ValueError(f"{where}: params must be a params tree or init(key) -> params, got {params!r}")
     distilling = sorted({"temperature", "alpha"} & {*space.names, *space.fixed})
