@@ -227,3 +227,13 @@ def test_every_pruner_in_the_loop(digits, pruner):
     trials = result.study.trials
     assert len(trials) == 12 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert result.member_epochs == sum(max(t.intermediate_values) for t in trials)
+
+
+def test_an_nnx_reference_model(digits):
+    from tests.reference_models import random_model
+
+    apply_fn, _, params = random_model("mlp", sizes=(64, 16, 10))
+    space = {"learning_rate": {"low": 1e-2, "high": 1e-1, "log": True}, "weight_decay": {"low": 0.0, "high": 1e-2}}
+    result = tune.run(apply_fn, params, digits, space, trials=4, batch=4, epochs=3, execution="vmap", progress=False)
+    assert all(t.state == TrialState.COMPLETE for t in result.study.trials)
+    assert result.best_values["accuracy"] > 0.5
