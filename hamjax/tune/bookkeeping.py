@@ -173,24 +173,25 @@ def _ask(study, n: int, distributions) -> list:
     from optuna.trial import TrialState
 
     storage = study._storage
-    worker = worker_identity()
     fail_stale_trials(study)
-    in_memory = isinstance(storage, optuna.storages.InMemoryStorage)
-    trials = [] if in_memory else study.get_trials(deepcopy=False)
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    if isinstance(storage, optuna.storages.InMemoryStorage):  # one process: Optuna's own ask costs nothing here
+        return [study.ask(distributions) for _ in range(n)]
+    worker, token = worker_identity(), uuid.uuid4().hex
+    beating = heartbeat_interval(storage) is not None
+    trials = study.get_trials(deepcopy=False)
+    mirror = _MIRRORS.get(study)
+    if mirror is None:
+        mirror = _MIRRORS[study] = _Mirror(study)
+    mirror.sync(trials)
     asked = []
-    for _ in range(n if in_memory else min(n, waiting)):
-        trial = study.ask(distributions)  # takes a waiting trial (another worker may take it first)
-        if not in_memory:
-            storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
-        asked.append(trial)
+    for waiting in (t for t in trials if t.state == TrialState.WAITING):
+        if len(asked) == n:
+            break
+        taken = _take(study, mirror, waiting, distributions, {**worker, "ask": f"{token}-w{len(asked)}"}, beating)
+        if taken is not None:
+            asked.append(taken)
     if len(asked) < n:
-        mirror = _MIRRORS.get(study)
-        if mirror is None:
-            mirror = _MIRRORS[study] = _Mirror(study)
-        mirror.sync(study.get_trials(deepcopy=False) if asked else trials)
         samples = [mirror.storage.get_trial(mirror.study.ask(distributions)._trial_id) for _ in range(n - len(asked))]
-        token = uuid.uuid4().hex
         templates = [
             optuna.trial.create_trial(
                 state=TrialState.RUNNING,
@@ -201,7 +202,6 @@ def _ask(study, n: int, distributions) -> list:
             )
             for i, sampled in enumerate(samples)
         ]
-        beating = heartbeat_interval(storage) is not None
         for stored_id, sampled in zip(_create(study, templates, beating), samples, strict=True):
             mirror.ids[stored_id] = sampled._trial_id
             mirror.open.add(stored_id)
@@ -213,6 +213,39 @@ def _ask(study, n: int, distributions) -> list:
             beat = _BEATS[storage] = _Heartbeat(storage, interval)
         beat.add([t._trial_id for t in asked])
     return asked
+
+
+def _take(study, mirror, waiting, distributions, worker: dict, beating: bool):
+    """Take a WAITING trial (enqueued, or a dead worker's retried), its missing parameters sampled on the mirror.
+
+    Returns its ``optuna.Trial``, or ``None`` when another worker took it first.
+    Taking and recording the worker are two writes: a worker killed between
+    them leaves the trial RUNNING with no worker and no heartbeat, which
+    nothing can tell from a live one (:func:`hamjax.tune.workers.audit` names it).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    if beating:
+        storage.record_heartbeat(waiting._trial_id)
+    storage.set_trial_system_attr(waiting._trial_id, WORKER_ATTR, worker)
+    # the stored values are kept; the mirror's sampler (never the study's own: one sampler
+    # object serves one study) samples the rest, as study.ask would
+    mirror.study.enqueue_trial({**waiting.params, **waiting.system_attrs.get("fixed_params", {})})
+    sampled = mirror.storage.get_trial(mirror.study.ask(distributions)._trial_id)
+    for name, value in sampled.params.items():
+        if name not in waiting.params:
+            dist = sampled.distributions[name]
+            storage.set_trial_param(waiting._trial_id, name, dist.to_internal_repr(value), dist)
+    mirror.ids[waiting._trial_id] = sampled._trial_id
+    mirror.open.add(waiting._trial_id)
+    return optuna.Trial(study, waiting._trial_id)
 
 
 def _create(study, templates, heartbeat: bool = False) -> list[int]:

@@ -133,7 +133,8 @@ def audit(study) -> dict:
     A FAIL trial that was retried has exactly one later trial naming it last in
     its ``retry_history``, with the same parameters; a FAIL trial that was not
     (a NaN or diverged value) stands as it is. Problems: a RUNNING trial whose
-    worker is gone (lost), a trial retried more than once or with other
+    worker is gone (lost), a RUNNING retry that no worker recorded (its worker
+    died between taking it and recording itself), a trial retried more than once or with other
     parameters (duplicated or changed), two trials written by one ask (the same
     ``ask`` token in their worker record).
 
@@ -170,6 +171,8 @@ def audit(study) -> dict:
             problems.append(f"trials {tokens[token]} and {trial.number} were written by one ask ({token})")
         if trial.state == TrialState.RUNNING and _worker_is_gone(worker):
             problems.append(f"trial {trial.number} is RUNNING but its worker {worker} is gone")
+        elif trial.state == TrialState.RUNNING and worker is None and "retry_history" in trial.system_attrs:
+            problems.append(f"trial {trial.number} is a RUNNING retry that no worker recorded")
     for failed, again in retries.items():
         if len(again) > 1:
             problems.append(f"trial {failed} was retried {len(again)} times: {[t.number for t in again]}")

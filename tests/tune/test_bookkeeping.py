@@ -165,3 +165,22 @@ def test_batches_on_postgresql(postgresql_url):
             assert t.value == pytest.approx(_value(t.params))
         assert t.datetime_start <= t.datetime_complete
     assert wk.audit(study)["problems"] == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_waiting_trials_after_a_batch_keep_their_values_and_the_sampler_one_study(kind, tmp_path):
+    # one sampler object serves one study (multivariate TPE caches its search space per study):
+    # waiting trials are completed on the mirror, never through the stored study's sampler
+    sampler = optuna.samplers.TPESampler(seed=0, constant_liar=True, multivariate=True, n_startup_trials=2)
+    study = st.create_or_load_study(st.open_storage(_url(kind, tmp_path)), "s", ["minimize"], sampler=sampler)
+    first = bk.ask_batch(study, 4, SPACE)
+    bk.tell_batch(study, first, [_value(t.params) for t in first])
+    study.enqueue_trial({"lr": 0.002})  # a warm start naming one parameter
+    retried = {"lr": 0.03, "depth": 3, "act": "gelu"}
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=retried, distributions=SPACE))
+    batch = bk.ask_batch(study, 3, SPACE)
+    assert batch[0].params["lr"] == 0.002 and set(batch[0].params) == set(SPACE)
+    assert batch[1].params == retried
+    bk.tell_batch(study, batch, [_value(t.params) for t in batch])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 7
+    assert [t.params for t in study.trials[4:6]] == [batch[0].params, retried]
