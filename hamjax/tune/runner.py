@@ -56,9 +56,14 @@ class _Loop:
             return self.params(jax.random.fold_in(jax.random.key(self.seed), number))
         return self.params
 
-    def members_init(self, members: Sequence[dict]) -> PopulationState:
-        stacked = slots.stack([self.fresh_params(m["trial"].number) for m in members])
-        return self.trainer.init(stacked, self.space.hparams([m["values"] for m in members]))
+    def members_init(self, members: Sequence[dict], rows: int | None = None) -> PopulationState:
+        """Fresh states of ``members``, padded to ``rows`` with copies of the first (shapes that recur: no recompiles)."""
+        trees = [self.fresh_params(m["trial"].number) for m in members]
+        pad = (rows or len(members)) - len(members)
+        stacked = slots.stack(trees + trees[:1] * pad)
+        return self.trainer.init(
+            stacked, self.space.hparams([m["values"] for m in members] + [members[0]["values"]] * pad)
+        )
 
     def place(self, members: Sequence[dict]) -> None:
         """Put newly asked members into their buckets' free slots, growing a bucket (powers of two) when full."""
@@ -77,9 +82,13 @@ class _Loop:
                 bucket.state = pad if bucket.state is None else slots.concat(bucket.state, pad)
                 bucket.slots += [None] * (target - len(bucket.slots))
                 free = [i for i, m in enumerate(bucket.slots) if m is None]
-            index = np.asarray(free[: len(new)])
-            bucket.state = slots.scatter(bucket.state, index, self.members_init(new))
-            for i, m in zip(index, new, strict=True):
+            # Always a bucket's full size, the rows past the new members aimed out of range and dropped,
+            # so that refilling any number of slots runs the same compiled scatter.
+            capacity = len(bucket.slots)
+            index = np.full(capacity, capacity, np.int32)
+            index[: len(new)] = free[: len(new)]
+            bucket.state = slots.scatter(bucket.state, index, self.members_init(new, rows=capacity))
+            for i, m in zip(index, new, strict=False):
                 bucket.slots[int(i)] = m
 
     def _batch_size(self) -> int:

@@ -71,6 +71,26 @@ def repeat(a: PopulationState, copies: int) -> PopulationState:
     return _members(lambda x: jnp.repeat(x, copies, axis=0), a)
 
 
+def _scatter(a: PopulationState, index: jax.Array, b: PopulationState) -> PopulationState:
+    return _members(lambda x, y: x.at[index].set(y, mode="drop"), a, b)
+
+
+_scatter_jit = jax.jit(_scatter, donate_argnums=0)
+
+
 def scatter(a: PopulationState, index: np.ndarray, b: PopulationState) -> PopulationState:
-    """``a`` with the members at ``index`` replaced by those of ``b``, in order."""
-    return _members(lambda x, y: x.at[index].set(y), a, b)
+    """``a`` with the members at ``index`` replaced by those of ``b``, in order; an index out of range drops its row.
+
+    One compiled program per shape, so a fixed-length ``index`` (padded with
+    out-of-range entries) refills any number of slots without compiling
+    again. ``a`` is donated: use the returned state.
+
+    Examples:
+      >>> from hamjax.search.population import Population
+      >>> trainer = Population(lambda p, x: x @ p["w"])
+      >>> a = trainer.init({"w": jnp.zeros((3, 2, 2))})
+      >>> b = trainer.init({"w": jnp.ones((3, 2, 2))})
+      >>> scatter(a, np.asarray([2, 3, 3]), b).params["w"][:, 0, 0].tolist()
+      [0.0, 0.0, 1.0]
+    """
+    return _scatter_jit(a, jnp.asarray(index, jnp.int32), b)

@@ -17,10 +17,18 @@ def test_concat_repeat_scatter():
     grown = slots.concat(a, slots.repeat(b, 2))
     np.testing.assert_allclose(grown.hparams["learning_rate"], [0.1, 0.2, 0.5, 0.5])
     assert grown.params["w"].shape == (4, 3, 2) and grown.opt_state.hyperparams["learning_rate"].shape == (4,)
-    placed = slots.scatter(a, np.asarray([1]), b)
+    count = int(a.count)
+    placed = slots.scatter(a, np.asarray([1]), b)  # a is donated
     np.testing.assert_allclose(placed.hparams["learning_rate"], [0.1, 0.5])
     np.testing.assert_array_equal(placed.params["w"][:, 0, 0], [0.0, 1.0])
-    assert int(placed.count) == int(a.count)
+    assert int(placed.count) == count
+
+
+def test_scatter_drops_rows_aimed_out_of_range():
+    a, b = states()
+    both = slots.concat(b, b)
+    placed = slots.scatter(a, np.asarray([0, 2]), both)  # the second row is padding
+    np.testing.assert_allclose(placed.hparams["learning_rate"], [0.5, 0.2])
 
 
 def test_bucket_live_slots():
