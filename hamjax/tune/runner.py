@@ -219,7 +219,7 @@ def run(
     study_name: str | None = None,
     epochs: int = 3,
     seed: int = 0,
-    execution: str = "auto",
+    execution: str | None = None,
     teacher: tuple | None = None,
     enqueue: Sequence[Mapping] | Any = None,
     patience: int | None = None,
@@ -252,9 +252,10 @@ def run(
       epochs: epochs of a trial that is not pruned (the pruners' rungs); a
         trial's batch size is its ``batch_size`` (searched or fixed), else 128.
       seed: seeds the sampler, the trials' params and the batch order.
-      execution: how members run (:data:`hamjax.search.trainer.EXECUTIONS`);
-        ``"auto"`` reuses the study's recorded choice or times the
-        candidates once; the choice is recorded in the study.
+      execution: how members run (:data:`hamjax.search.trainer.EXECUTIONS`),
+        recorded in the study: ``None`` reuses the study's record, else
+        ``"vmap"`` (no timing, the same on every run); ``"auto"`` reuses the
+        record or times the candidates once on the real shapes (three compiles).
       teacher: ``(apply_fn, params)`` for distillation hyperparameters.
       enqueue: starting points: a list of ``name -> value`` dicts, or an
         earlier ``optuna.Study`` whose ``batch`` best trials are enqueued.
@@ -293,7 +294,8 @@ def run(
     batch = check_int(where, "batch", batch, minimum=1, maximum=trials)
     epochs = check_int(where, "epochs", epochs, minimum=1)
     seed = check_int(where, "seed", seed, minimum=0)
-    check_choice(where, "execution", execution, EXECUTIONS)
+    if execution is not None:
+        check_choice(where, "execution", execution, EXECUTIONS)
     objectives = check_objectives(where, objectives)
     if patience is not None:
         patience = check_int(where, "patience", patience, minimum=1)

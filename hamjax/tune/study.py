@@ -92,8 +92,10 @@ def _json_space(space) -> dict:
     }
 
 
-def recorded_execution(study, execution: str) -> str:
+def recorded_execution(study, execution: str | None) -> str:
     """The execution to use: the study's recorded one, or ``execution`` (``"auto"``: chosen by timing later).
+
+    ``None`` takes the recorded one, else ``"vmap"``.
 
     Raises:
       ValueError: ``execution`` is fixed and differs from the recorded one.
@@ -102,13 +104,13 @@ def recorded_execution(study, execution: str) -> str:
       >>> import optuna
       >>> study = optuna.create_study()
       >>> study.set_user_attr("hamjax.execution", "vmap")
-      >>> recorded_execution(study, "auto")
-      'vmap'
+      >>> recorded_execution(study, "auto"), recorded_execution(optuna.create_study(), None)
+      ('vmap', 'vmap')
     """
     recorded = study.user_attrs.get(EXECUTION_ATTR)
-    if recorded is None or execution == recorded:
-        return execution
-    if execution == "auto":
+    if recorded is None:
+        return "vmap" if execution is None else execution
+    if execution in (None, "auto", recorded):
         return recorded
     raise ValueError(
         f"tune: study {study.study_name!r} ran with execution {recorded!r}; pass execution={recorded!r} "

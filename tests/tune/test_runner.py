@@ -58,6 +58,11 @@ def test_same_seed_same_results(digits, plain):
     np.testing.assert_array_equal([t.value for t in again.study.trials], [t.value for t in plain.study.trials])
 
 
+def test_default_execution_is_vmap_and_recorded(digits):
+    result = tune_digits(digits, trials=2, batch=2, epochs=1, execution=None)
+    assert result.execution == "vmap" == result.study.user_attrs["hamjax.execution"]
+
+
 def test_alias_is_run():
     assert tune.tune is tune.run
 
@@ -123,7 +128,9 @@ def test_resume_counts_earlier_trials_and_reuses_execution(digits, tmp_path):
     assert len(first.study.trials) == 4
     second = tune_digits(digits, trials=6, batch=2, epochs=1, storage=url, study_name="s", execution="auto")
     assert second.trials_run == 2 and second.execution == "sequential"
-    assert len(optuna.load_study(study_name="s", storage=url).trials) == 6
+    third = tune_digits(digits, trials=7, batch=1, epochs=1, storage=url, study_name="s", execution=None)
+    assert third.trials_run == 1 and third.execution == "sequential"
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 7
     with pytest.raises(ValueError, match="ran with execution 'sequential'"):
         tune_digits(digits, trials=8, batch=2, epochs=1, storage=url, study_name="s", execution="vmap")
     with pytest.raises(ValueError, match="directions"):

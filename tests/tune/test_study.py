@@ -19,6 +19,9 @@ def test_records_and_resumes(tmp_path):
     again = open_(url)
     assert study.recorded_execution(again, "auto") == "chunked"
     assert study.recorded_execution(again, "chunked") == "chunked"
+    assert study.recorded_execution(again, None) == "chunked"
+    assert study.recorded_execution(optuna.create_study(), None) == "vmap"
+    assert study.recorded_execution(optuna.create_study(), "auto") == "auto"
     with pytest.raises(ValueError, match="ran with execution 'chunked'; pass execution='chunked'"):
         study.recorded_execution(again, "vmap")
     with pytest.raises(ValueError, match="directions"):
