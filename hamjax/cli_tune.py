@@ -67,7 +67,12 @@ def add_parser(sub, common: argparse.ArgumentParser, model_arg, data_arg) -> arg
     )
     tun.add_argument("--storage", default=None, help="an Optuna storage URL (default: sqlite:///OUT/tune.db)")
     tun.add_argument("--study", default="hamjax-tune", help="the study's name (default: hamjax-tune)")
-    tun.add_argument("--execution", default="auto", help="vmap, chunked, sequential or auto (default: auto)")
+    tun.add_argument(
+        "--execution",
+        choices=("vmap", "chunked", "sequential", "auto"),
+        default=None,
+        help="how a batch's members run; auto times them once (default: the study's record, else vmap)",
+    )
     tun.add_argument("--out", default="hamjax-tune", help="output directory (default: hamjax-tune)")
     tun.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     tun.add_argument("--quiet", action="store_true", help="no progress bar")
