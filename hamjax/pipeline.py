@@ -167,6 +167,29 @@ def _custom_model_steps(recipe: recipes.Recipe, name: str) -> None:
     )
 
 
+def _channel_group_steps(recipe: recipes.Recipe, apply_fn, params, x) -> None:
+    """Refuse, before any training, a student or structured prune of a model that has no prunable channel group."""
+    from hamjax.recipes.steps import pruning
+
+    steps = [
+        (i, s.kind)
+        for i, s in enumerate(recipe.steps)
+        if (s.kind == "distill" and s.params.get("student") != "config")
+        or (s.kind == "prune" and s.params.get("method") in pruning.STRUCTURED)
+    ]
+    if not steps:
+        return
+    groups = prune.channel_groups(apply_fn, params, x)
+    if any(g.prunable for g in groups):
+        return
+    reasons = "; ".join(dict.fromkeys(g.reason for g in groups))
+    i, kind = steps[0]
+    raise recipes.RecipeError(
+        f"optimize: recipe {recipe.name!r} steps[{i}] ({kind}) narrows the model through its channel groups, and "
+        f"this model has no prunable one ({reasons}); pick a recipe without it (such as int8-static or nm-2-4)"
+    )
+
+
 def _save_model(path: Path, apply_fn, params, config, meta: dict) -> Path:
     """A reference model as :func:`hamjax.models.saved.save` writes it; a custom one's variables only."""
     del apply_fn
@@ -300,7 +323,7 @@ def optimize(
       >>> [row.name for row in result.stages]  # doctest: +SKIP
       ['dense', 'int8']
       >>> try:
-      ...     hamjax.optimize(apply_fn, params, dataset, "default")
+      ...     hamjax.optimize(apply_fn, params, dataset, "default")  # a linear model: nothing to narrow
       ... except hamjax.recipes.RecipeError as err:
       ...     print(str(err).split(" (")[0])
       optimize: recipe 'default' steps[1]
@@ -318,6 +341,7 @@ def optimize(
     models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where="optimize: apply_fn")
     if config is None:
         _custom_model_steps(recipe, recipe.name)
+        _channel_group_steps(recipe, apply_fn, params, dataset.train.x[:2])
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     context = recipes.Context(

@@ -224,3 +224,16 @@ def test_the_default_recipe_runs_on_a_custom_model(digits, tmp_path):
     assert "inherit through its channel groups" in notes and "shrunk physically" in notes
     dense, pruned = (sum(int(np.size(a)) for a in jax.tree.leaves(p)) for p in (params, result.params))
     assert pruned < dense / 2
+
+
+def test_a_model_with_nothing_to_narrow_is_refused_before_training(arrays, monkeypatch):
+    _no_training(monkeypatch)
+    dataset = hamjax.data.from_arrays(*arrays["train"], test=arrays["test"])
+    x = np.asarray(arrays["train"][0])
+    params = {"w": jnp.zeros((int(np.prod(x.shape[1:])), 10)), "b": jnp.zeros(10)}
+
+    def linear(p, xx):
+        return xx.reshape(xx.shape[0], -1) @ p["w"] + p["b"][None]
+
+    with pytest.raises(RecipeError, match=r"steps\[1\] \(distill\) narrows the model through its channel groups"):
+        hamjax.optimize(linear, params, dataset, "default")
