@@ -10,6 +10,8 @@ from flax import nnx
 import hamjax
 from hamjax.prune import ChannelGroup, Member, apply_masks, channel_groups, group_masks
 
+from . import any_models
+
 
 def _brief(groups):
     """Groups with ``(path, axis, block)`` members, for members that cover their whole axis without offset."""
@@ -21,16 +23,7 @@ def _brief(groups):
     return tuple(out)
 
 
-def _randomize(tree, seed=0):
-    """Random leaves (variances positive) so that a slice a mask misses changes the output."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, a):
-        noise = rng.normal(size=a.shape)
-        value = 0.5 + np.abs(noise) if jax.tree_util.keystr(path).endswith("['var']") else 0.5 * noise
-        return jnp.asarray(value, a.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, tree)
+_randomize = any_models.randomize
 
 
 def _slice(params, group, kept):
