@@ -66,13 +66,12 @@ def _check_keep(groups, keep) -> list:
     return out
 
 
-def keep_from_masks(params, groups, masks) -> list:
+def keep_from_masks(groups, masks) -> list:
     """The kept channels of every prunable group read from a mask tree (from :func:`~hamjax.prune.group_masks`)."""
     leaves = {
         jax.tree_util.keystr(p): m
         for p, m in jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda v: v is None)[0]
     }
-    del params
     keep = []
     for i, g in enumerate(groups):
         found = None
@@ -317,7 +316,7 @@ def shrink_groups(apply_fn, params, x, groups, keep):
       ((3, 2), (2, 2), (5, 2))
     """
     if not isinstance(keep, (tuple, list)):
-        keep = keep_from_masks(params, groups, keep)
+        keep = keep_from_masks(groups, keep)
     keep = _check_keep(groups, keep)
     masks = leaf_masks(groups, keep)
     small = _slice_params(params, masks)

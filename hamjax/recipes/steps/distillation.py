@@ -17,10 +17,9 @@ on it) or go on with the teacher.
 
 from __future__ import annotations
 
-import jax
-
 from hamjax import augment, distill, models, prune, report, train
 from hamjax._base import functional, trainable
+from hamjax.footprint import param_count
 from hamjax.recipes.schema import Context, Field, RecipeError, StepKind
 
 STUDENTS = ("auto", "config", "inherit", "fresh")
@@ -165,8 +164,8 @@ def run(f: dict, context: Context) -> Context:
         progress=context.progress,
     )
     context.note_resumed(stage, result)
-    student = _count(apply_fn, result.params)
-    teacher = _count(context.apply_fn, context.params)
+    student = param_count(trainable(apply_fn, result.params))
+    teacher = param_count(trainable(context.apply_fn, context.params))
     how = "from its config" if student_config is not None else f"{mode} through its channel groups"
     notes = (
         f"student {student:,} params ({student / teacher:.0%} of the teacher, {how}), "
@@ -176,10 +175,6 @@ def run(f: dict, context: Context) -> Context:
     if f["continue_with"] == "student":
         context.apply_fn, context.params, context.config = apply_fn, result.params, student_config
     return context
-
-
-def _count(apply_fn, params) -> int:
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(trainable(apply_fn, params)))
 
 
 def _config_student(f: dict, context: Context):
