@@ -176,15 +176,7 @@ def test_linen_cnn_masked_equals_smaller_model(cnn, index, field):
     _check_masked_equals_removed(apply_fn, variables, x, group, smaller)
 
 
-class _NormMLP(nnx.Module):
-    def __init__(self, hidden=8, width=6, *, rngs):
-        self.a = nnx.Linear(5, hidden, rngs=rngs)
-        self.b = nnx.Linear(hidden, width, rngs=rngs)
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
-        self.out = nnx.Linear(width, 3, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(nnx.relu(self.norm(self.b(nnx.gelu(self.a(x))))))
+_NormMLP = any_models.NormMLP
 
 
 @pytest.fixture(scope="module")

@@ -225,55 +225,59 @@ def run(f: dict, context: Context) -> Context:
     return context
 
 
+def _masked_finetune(f: dict, context: Context, params, masks):
+    """``params`` masked, finetuned with the masks kept where the step asks for epochs."""
+    params = prune.apply_masks(params, masks)
+    if f["finetune_epochs"]:
+        train_masks = trainable(context.apply_fn, masks)
+        params = _finetune(f, context, params, lambda inner, total: prune.masked_optimizer(inner, train_masks))
+    return params
+
+
+def _structured_row(f: dict, context: Context, apply_fn, params, amount: str, shrunk: str | None) -> Context:
+    """Put the structured step's model in ``context`` and add its report row."""
+    if shrunk is not None:
+        row = report.Stage.from_model(f["stage"], apply_fn, params, notes=f"{amount}, {shrunk}")
+    else:
+        notes = f"{amount}, masked (not shrunk); params counts nonzeros"
+        row = report.Stage.from_model(f["stage"], apply_fn, params, param_count=_nonzeros(params), notes=notes)
+    context.params = params
+    context.stages.append(row)
+    return context
+
+
 def _run_groups(f: dict, context: Context) -> Context:
     """Any model: remove channels of its channel groups, finetune with the masks kept, shrink physically."""
-    apply_fn, params, stage = context.apply_fn, context.params, f["stage"]
+    apply_fn, params = context.apply_fn, context.params
     x = context.dataset.train.x[:2]
     groups = prune.channel_groups(apply_fn, params, x)
     grads = _grads(f, apply_fn, params, context) if f["importance"] == "taylor" else None
     how = {"method": f["importance"], "scope": f["scope"], "multiple": f["multiple"], "grads": grads}
     how["key"] = context.seed if f["importance"] == "random" else None
     keep = prune.group_channels(params, groups, f["sparsity"], **how)
-    masks = prune.group_masks(params, groups, f["sparsity"], **how)
-    params = prune.apply_masks(params, masks)
-    if f["finetune_epochs"]:
-        train_masks = trainable(apply_fn, masks)
-        params = _finetune(f, context, params, lambda inner, total: prune.masked_optimizer(inner, train_masks))
+    params = _masked_finetune(f, context, params, prune.group_masks(params, groups, f["sparsity"], **how))
     unit = f"{f['method']} " if f["method"] != "groups" else ""
     amount = f"{unit}channel groups {f['sparsity']:.0%} ({f['importance']}, {f['scope']})"
-    if f["shrink"]:
-        apply_fn, params = prune.shrink_groups(apply_fn, params, x, groups, keep)
-        context.apply_fn, context.config = apply_fn, None
-        row = report.Stage.from_model(stage, apply_fn, params, notes=f"{amount}, shrunk physically")
-    else:
-        notes = f"{amount}, masked (not shrunk); params counts nonzeros"
-        row = report.Stage.from_model(stage, apply_fn, params, param_count=_nonzeros(params), notes=notes)
-    context.params = params
-    context.stages.append(row)
-    return context
+    if not f["shrink"]:
+        return _structured_row(f, context, apply_fn, params, amount, None)
+    apply_fn, params = prune.shrink_groups(apply_fn, params, x, groups, keep)
+    context.apply_fn, context.config = apply_fn, None
+    return _structured_row(f, context, apply_fn, params, amount, "shrunk physically")
 
 
 def _run_structured(f: dict, context: Context) -> Context:
     if f["method"] == "groups" or context.config is None:
         return _run_groups(f, context)
-    apply_fn, params, config, stage = context.apply_fn, context.params, context.config, f["stage"]
-    masks = prune.structured_masks(config, params, f["sparsity"], granularity=f["method"])
-    params = prune.apply_masks(params, masks)
-    if f["finetune_epochs"]:
-        train_masks = trainable(apply_fn, masks)
-        params = _finetune(f, context, params, lambda inner, total: prune.masked_optimizer(inner, train_masks))
-    if f["shrink"]:
-        small_config, _ = prune.shrink(config, params, masks)
-        apply_fn, params = prune.shrunk_model(config, params, masks, seed=context.seed)
-        context.apply_fn, context.config = apply_fn, small_config
-        notes = f"{f['method']} {f['sparsity']:.0%} structured, shrunk to a smaller dense model"
-        row = report.Stage.from_model(stage, apply_fn, params, notes=notes)
-    else:
-        notes = f"{f['method']} {f['sparsity']:.0%} structured, masked (not shrunk); params counts nonzeros"
-        row = report.Stage.from_model(stage, apply_fn, params, param_count=_nonzeros(params), notes=notes)
-    context.params = params
-    context.stages.append(row)
-    return context
+    config = context.config
+    masks = prune.structured_masks(config, context.params, f["sparsity"], granularity=f["method"])
+    params = _masked_finetune(f, context, context.params, masks)
+    amount = f"{f['method']} {f['sparsity']:.0%} structured"
+    if not f["shrink"]:
+        return _structured_row(f, context, context.apply_fn, params, amount, None)
+    small_config, _ = prune.shrink(config, params, masks)
+    apply_fn, params = prune.shrunk_model(config, params, masks, seed=context.seed)
+    context.apply_fn, context.config = apply_fn, small_config
+    return _structured_row(f, context, apply_fn, params, amount, "shrunk to a smaller dense model")
 
 
 KIND = StepKind(
