@@ -38,7 +38,8 @@ LAYERS = (
     ("search", "export"),
     ("recipes",),
     ("pipeline", "tune"),
-    ("cli", "cli_search", "cli_tune"),
+    ("autotune",),
+    ("cli", "cli_search", "cli_tune", "cli_autotune"),
 )
 # Family modules that run a training loop sit above the engine they call; nothing below imports them.
 TRAINING_LOOPS = {"hamjax.prune.iterative", "hamjax.distill.training"}
