@@ -1,0 +1,420 @@
+"""The recipe space autotune searches: which steps a model's family may use, and each step's fields.
+
+A candidate is a :class:`hamjax.recipes.Recipe` that starts from the
+trained model (no ``train`` step) and ends with an ``export`` step of the
+precision the evaluation measures. :class:`RecipeSpace` writes the space as
+a sequence of decisions, walked in order: first, for each step kind the
+family allows (:data:`FAMILY_STEPS`, in the order the steps run), whether
+the recipe uses it (``"steps.prune"``: ``True``/``False``); then, for each
+step used, its fields (``"prune.method"``, ``"prune.sparsity"``...). A
+decision is either discrete (:attr:`Decision.choices`) or continuous
+(:attr:`Decision.low`, :attr:`Decision.high`, rounded to
+:attr:`Decision.resolution` so equal recipes have equal keys). Which
+decisions come next depends on the ones taken (a prune method's fields,
+``shrink`` for structured methods): :meth:`RecipeSpace.next_decision`.
+
+The family table (:data:`FAMILY_STEPS`) and why:
+
+* every family: ``prune`` (``magnitude``: unstructured, same dense size;
+  ``groups`` with ``shrink = true``: channel groups of any model, physically
+  smaller), ``lowrank`` (truncated SVD by ``energy``), ``quantize``
+  (``weight_only``/``dynamic``/``static`` int8) or else ``precision``
+  (bfloat16 compute), and ``distill`` when the caller allows it (it trains a
+  student: the most expensive step);
+* ``cnn``, ``hybrid``: ``fold`` (batch norms into the layers before them),
+  when the signature counts norms;
+* ``transformer``, ``vit``, ``hybrid``: ``fuse`` (one fused attention op);
+* ``vit``, ``hybrid`` reference models: ``merge`` (token merging needs the
+  blocks the reference ViT and HAMNet mark);
+* reference models: the prune step's granularities of the family
+  (:data:`REFERENCE_PRUNE`: ``neurons``, ``channels``, ``heads``).
+
+Per-layer skipping in ``quantize`` is not part of the space: the recipe
+step has no such field.
+
+Examples:
+  >>> import numpy as np
+  >>> from hamjax.autotune.space import RecipeSpace
+  >>> space = RecipeSpace("mlp", export="int8")
+  >>> recipe = space.sample(np.random.default_rng(0))
+  >>> [step.kind for step in recipe.steps][-2:]
+  ['quantize', 'export']
+  >>> space.key(recipe) == space.key(space.build(space.fields(recipe)))
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hamjax import recipes
+from hamjax._checks import check_choice
+
+__all__ = ["EXPORTS", "FAMILIES", "FAMILY_STEPS", "REFERENCE_PRUNE", "Decision", "RecipeSpace", "key"]
+
+FAMILIES = ("mlp", "cnn", "transformer", "vit", "hybrid")
+"""The model families a signature names."""
+
+EXPORTS = ("int8", "fp32", "auto")
+"""What the export step writes: int8 (every candidate quantizes), fp32 (none does) or auto (int8 exactly when it quantizes)."""
+
+STEP_ORDER = ("distill", "fold", "prune", "lowrank", "merge", "fuse", "quantize", "precision")
+"""The order steps run in: the student first, folding before pruning, merge and fuse after the weight changes
+(they re-read the jaxpr), and int8 or bfloat16 last before the export."""
+
+FAMILY_STEPS = {
+    "mlp": ("distill", "prune", "lowrank", "quantize", "precision"),
+    "cnn": ("distill", "fold", "prune", "lowrank", "quantize", "precision"),
+    "transformer": ("distill", "prune", "lowrank", "fuse", "quantize", "precision"),
+    "vit": ("distill", "prune", "lowrank", "merge", "fuse", "quantize", "precision"),
+    "hybrid": ("distill", "fold", "prune", "lowrank", "merge", "fuse", "quantize", "precision"),
+}
+"""The step kinds each family may use (conditions in the module docstring)."""
+
+REFERENCE_PRUNE = {
+    "mlp": ("neurons",),
+    "cnn": ("channels", "neurons"),
+    "transformer": (),
+    "vit": ("heads", "neurons"),
+    "hybrid": ("heads", "neurons"),
+}
+"""The structured prune granularities a reference model of each family adds to ``magnitude`` and ``groups``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One choice in the decision sequence.
+
+    Attributes:
+      name: ``"steps.<kind>"`` (use the step or not) or ``"<kind>.<field>"``.
+      choices: the values of a discrete decision, or ``None``.
+      low, high: the range of a continuous decision.
+      resolution: continuous values are rounded to a multiple of it.
+      default: the value a rule that says nothing about the decision takes.
+
+    Examples:
+      >>> from hamjax.autotune.space import Decision
+      >>> d = Decision("prune.sparsity", low=0.1, high=0.9, resolution=0.01, default=0.5)
+      >>> d.continuous, d.clip(0.934)
+      (True, 0.9)
+    """
+
+    name: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    resolution: float = 0.01
+    default: Any = None
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the decision takes values in a range rather than from choices."""
+        return self.choices is None
+
+    def clip(self, value: float) -> float:
+        """``value`` rounded to the resolution and clipped into ``[low, high]``."""
+        rounded = round(round(float(value) / self.resolution) * self.resolution, 6)
+        return float(min(max(rounded, self.low), self.high))
+
+    def accepts(self, value) -> bool:
+        """Whether ``value`` is one of this decision's values (a continuous value must sit on the grid)."""
+        if self.choices is not None:
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        return isinstance(value, float) and self.low <= value <= self.high and self.clip(value) == value
+
+    def uniform(self, rng: np.random.Generator):
+        """A value drawn uniformly from the choices or the range."""
+        if self.choices is not None:
+            return self.choices[int(rng.integers(len(self.choices)))]
+        return self.clip(rng.uniform(self.low, self.high))
+
+
+def key(recipe: recipes.Recipe) -> str:
+    """A canonical string of a recipe's steps (name and description aside): equal recipes, equal keys.
+
+    Examples:
+      >>> from hamjax import recipes
+      >>> from hamjax.autotune.space import key
+      >>> a = recipes.validate({"name": "a", "steps": [{"kind": "prune", "sparsity": 0.5}]})
+      >>> b = recipes.validate({"name": "b", "steps": [{"kind": "prune", "sparsity": 0.50, "method": "magnitude"}]})
+      >>> key(a) == key(b)
+      True
+    """
+    steps = [{"kind": s.kind, **{k: v for k, v in s.params.items() if v is not None}} for s in recipe.steps]
+    return json.dumps(steps, sort_keys=True, separators=(",", ":"))
+
+
+def _family(signature) -> str:
+    family = signature if isinstance(signature, str) else getattr(signature, "family", None)
+    return check_choice("RecipeSpace", "signature.family", family, FAMILIES)
+
+
+def _has_norms(signature) -> bool:
+    """Whether the signature counts norm sites; a family name alone (no signature) is taken to have them."""
+    return True if isinstance(signature, str) else getattr(signature, "norm", 0) > 0
+
+
+class RecipeSpace:
+    """The recipes autotune may propose for one model, as a sequence of decisions.
+
+    Args:
+      signature: the model's :class:`hamjax.autotune.signature.Signature`
+        (its ``family`` and norm count are read), or a family name.
+      reference: the model is a hamjax reference model (its config is
+        known): the family's structured granularities and ``merge`` join.
+      export: ``"int8"``, ``"fp32"`` or ``"auto"`` (:data:`EXPORTS`).
+      steps: the step kinds to offer, a subset of the family's
+        (:data:`FAMILY_STEPS`); ``None``: all of them but ``distill``.
+      distill: offer ``distill`` too (``steps=None`` only).
+      finetune: the finetune epochs offered to prune and lowrank.
+
+    Raises:
+      ValueError: an unknown family or export, or a step kind the family does not offer.
+
+    Examples:
+      >>> from hamjax.autotune.space import RecipeSpace
+      >>> RecipeSpace("cnn", export="int8").kinds
+      ('fold', 'prune', 'lowrank', 'quantize')
+      >>> RecipeSpace("vit", reference=True, export="fp32").kinds
+      ('prune', 'lowrank', 'merge', 'fuse', 'precision')
+    """
+
+    def __init__(
+        self,
+        signature,
+        *,
+        reference: bool = False,
+        export: str = "int8",
+        steps: Sequence[str] | None = None,
+        distill: bool = False,
+        finetune: Sequence[int] = (1, 3),
+    ):
+        self.signature = signature
+        self.family = _family(signature)
+        self.reference = bool(reference)
+        self.export = check_choice("RecipeSpace", "export", export, EXPORTS)
+        offered = [k for k in FAMILY_STEPS[self.family] if distill or k != "distill"]
+        if "fold" in offered and not _has_norms(signature):
+            offered.remove("fold")
+        if "merge" in offered and not self.reference:
+            offered.remove("merge")
+        if self.export == "int8":
+            offered = [k for k in offered if k != "precision"]
+        if self.export == "fp32":
+            offered = [k for k in offered if k != "quantize"]
+        if steps is not None:
+            for kind in steps:
+                check_choice("RecipeSpace", "steps", kind, FAMILY_STEPS[self.family])
+            offered = [k for k in offered if k in steps]
+        self.kinds = tuple(offered)
+        self.finetune = tuple(int(e) for e in finetune)
+        self.prune_methods = ("groups", "magnitude", *(REFERENCE_PRUNE[self.family] if self.reference else ()))
+        self._fields = self._field_decisions()
+
+    def _field_decisions(self) -> dict[str, tuple[Decision, ...]]:
+        d = Decision
+        epochs = d("", choices=self.finetune, default=self.finetune[0])
+        return {
+            "distill": (
+                d("distill.param_ratio", low=0.1, high=0.6, resolution=0.01, default=0.3),
+                d("distill.temperature", low=1.0, high=8.0, resolution=0.1, default=4.0),
+                d("distill.epochs", choices=(5, 10), default=5),
+            ),
+            "fold": (),
+            "prune": (
+                d("prune.method", choices=self.prune_methods, default="groups"),
+                d("prune.sparsity", low=0.1, high=0.9, resolution=0.01, default=0.5),
+                dataclasses.replace(epochs, name="prune.finetune_epochs"),
+            ),
+            "lowrank": (
+                d("lowrank.energy", low=0.5, high=0.99, resolution=0.005, default=0.9),
+                dataclasses.replace(epochs, name="lowrank.finetune_epochs"),
+            ),
+            "merge": (d("merge.r", choices=(1, 2, 4), default=2),),
+            "fuse": (),
+            "quantize": (d("quantize.method", choices=("static", "dynamic", "weight_only"), default="static"),),
+            "precision": (d("precision.finetune_epochs", choices=(0, 1), default=1),),
+        }
+
+    def __repr__(self) -> str:
+        return f"RecipeSpace(family={self.family!r}, reference={self.reference}, export={self.export!r}, kinds={self.kinds})"
+
+    def decisions(self) -> dict[str, Decision]:
+        """Every decision the space may ask, by name (what a sampler declares up front).
+
+        Examples:
+          >>> from hamjax.autotune.space import RecipeSpace
+          >>> sorted(RecipeSpace("mlp", steps=("prune", "quantize")).decisions())[:3]
+          ['prune.finetune_epochs', 'prune.method', 'prune.sparsity']
+        """
+        found = {f"steps.{k}": Decision(f"steps.{k}", choices=(True, False), default=False) for k in self.kinds}
+        for kind in self.kinds:
+            found.update({dec.name: dec for dec in self._fields[kind]})
+        return found
+
+    def next_decision(self, taken: Sequence[tuple[str, Any]]) -> Decision | None:
+        """The decision after the ``(name, value)`` pairs ``taken`` so far, or ``None`` when the recipe is complete.
+
+        The step decisions come first, one per offered kind. A forced step
+        (``quantize`` under ``export="int8"``; the last kind when nothing
+        else was chosen, so no candidate is the dense model) offers
+        ``True`` only; ``precision`` is not offered once ``quantize`` is used.
+
+        Args:
+          taken: the decisions taken, in order.
+
+        Returns:
+          A :class:`Decision`, or ``None``.
+        """
+        values = dict(taken)
+        for i, kind in enumerate(self.kinds):
+            name = f"steps.{kind}"
+            if name in values:
+                continue
+            used = [k for k in self.kinds[:i] if values.get(f"steps.{k}")]
+            if kind == "quantize" and self.export == "int8":
+                return Decision(name, choices=(True,), default=True)
+            if kind == "precision" and "quantize" in used:
+                return Decision(name, choices=(False,), default=False)
+            rest = self.kinds[i + 1 :]
+            last = not rest or (rest == ("precision",) and values.get("steps.quantize"))
+            if not used and last:
+                return Decision(name, choices=(True,), default=True)
+            default = kind in ("prune", "quantize") or (kind == "fold" and self.family in ("cnn", "hybrid"))
+            return Decision(name, choices=(True, False), default=default)
+        for kind in self.kinds:
+            if not values.get(f"steps.{kind}"):
+                continue
+            for decision in self._fields[kind]:
+                if decision.name not in values:
+                    return decision
+        return None
+
+    def complete(self, given: Mapping[str, Any], rng: np.random.Generator | None = None) -> tuple:
+        """The full decision sequence that takes the values in ``given`` where they are allowed.
+
+        A decision ``given`` does not name, or names with a value the
+        decision does not allow, takes a value drawn uniformly with ``rng``
+        or, without ``rng``, its default; continuous values are clipped onto
+        the grid.
+
+        Args:
+          given: ``{decision name: value}`` (a rule, a partial path).
+          rng: a ``numpy.random.Generator``, or ``None``.
+
+        Returns:
+          The ``(name, value)`` pairs in order; :meth:`build` makes the recipe.
+
+        Examples:
+          >>> from hamjax.autotune.space import RecipeSpace
+          >>> space = RecipeSpace("mlp", steps=("prune", "quantize"))
+          >>> space.complete({"steps.prune": True, "prune.sparsity": 0.734})[-2:]
+          (('prune.finetune_epochs', 1), ('quantize.method', 'static'))
+        """
+        taken: list[tuple[str, Any]] = []
+        while (decision := self.next_decision(taken)) is not None:
+            value = given.get(decision.name, None)
+            if decision.continuous and isinstance(value, int | float) and not isinstance(value, bool):
+                value = decision.clip(value)
+            elif value is None or not decision.accepts(value):
+                value = decision.uniform(rng) if rng is not None else decision.default
+                if not decision.accepts(value):
+                    value = decision.choices[0]
+            taken.append((decision.name, value))
+        return tuple(taken)
+
+    def build(
+        self, taken: Sequence[tuple[str, Any]], *, name: str = "autotune", description: str = ""
+    ) -> recipes.Recipe:
+        """The recipe of a complete decision sequence, validated by :func:`hamjax.recipes.validate`.
+
+        Args:
+          taken: ``(name, value)`` pairs from :meth:`complete`, :meth:`fields` or a search.
+          name, description: the recipe's.
+
+        Returns:
+          A :class:`hamjax.recipes.Recipe` ending with the export step.
+
+        Raises:
+          ValueError: a sequence that is not complete or takes a value a decision does not allow.
+        """
+        taken = tuple(taken)
+        for i, (dname, value) in enumerate(taken):
+            decision = self.next_decision(taken[:i])
+            if decision is None or decision.name != dname or not decision.accepts(value):
+                raise ValueError(f"RecipeSpace.build: decision {i} ({dname}={value!r}) is not allowed here")
+        if self.next_decision(taken) is not None:
+            raise ValueError(f"RecipeSpace.build: the decisions stop before {self.next_decision(taken).name}")
+        values = dict(taken)
+        steps = [self._step(kind, values) for kind in self.kinds if values.get(f"steps.{kind}")]
+        precision = "int8" if values.get("steps.quantize") else "fp32"
+        steps.append({"kind": "export", "precisions": precision, "tensorrt": False})
+        return recipes.validate({"name": name, "description": description, "steps": steps})
+
+    def _step(self, kind: str, values: Mapping[str, Any]) -> dict:
+        fields = {d.name.split(".", 1)[1]: values[d.name] for d in self._fields[kind]}
+        if kind == "prune" and fields["method"] != "magnitude":
+            fields["shrink"] = True
+        if kind == "quantize":
+            fields["bits"] = 8
+        return {"kind": kind, **fields}
+
+    def sample(self, rng: np.random.Generator) -> recipes.Recipe:
+        """A recipe drawn uniformly decision by decision.
+
+        Args:
+          rng: a ``numpy.random.Generator``.
+
+        Examples:
+          >>> import numpy as np
+          >>> from hamjax.autotune.space import RecipeSpace
+          >>> RecipeSpace("cnn").sample(np.random.default_rng(1)).steps[-1].params["precisions"]
+          'int8'
+        """
+        return self.build(self.complete({}, rng))
+
+    def fields(self, recipe: recipes.Recipe) -> tuple:
+        """The decision sequence of a recipe of this space (the inverse of :meth:`build`).
+
+        Args:
+          recipe: a :class:`hamjax.recipes.Recipe`.
+
+        Returns:
+          The ``(name, value)`` pairs in order.
+
+        Raises:
+          ValueError: a recipe this space cannot propose (another step,
+            another field value, a value off the grid).
+        """
+        kinds = [step.kind for step in recipe.steps]
+        params = {step.kind: dict(step.params) for step in recipe.steps}
+        given: dict[str, Any] = {f"steps.{k}": k in kinds for k in self.kinds}
+        for kind in self.kinds:
+            for decision in self._fields[kind]:
+                if kind in params:
+                    given[decision.name] = params[kind].get(decision.name.split(".", 1)[1])
+        taken = self.complete(given)
+        try:
+            same = key(self.build(taken)) == key(recipe)
+        except recipes.RecipeError:
+            same = False
+        if not same:
+            raise ValueError(f"RecipeSpace.fields: recipe {recipe.name!r} is not in this space ({self!r})")
+        return taken
+
+    def contains(self, recipe: recipes.Recipe) -> bool:
+        """Whether :meth:`fields` can decompose ``recipe``."""
+        try:
+            self.fields(recipe)
+        except ValueError:
+            return False
+        return True
+
+    def key(self, recipe: recipes.Recipe) -> str:
+        """:func:`key` of ``recipe`` (the module's function, for callers that hold a space)."""
+        return key(recipe)

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from hamjax import recipes
+from hamjax.autotune import space as space_mod
+from hamjax.autotune.signature import Signature
+from hamjax.autotune.space import FAMILIES, RecipeSpace
+
+
+def _signature(family, norm=0):
+    return Signature(family, (), 1000, (8, 8, 1), "image", 10, 3, dense=2, norm=norm)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_samples_validate_and_keys_are_canonical(family):
+    space = RecipeSpace(_signature(family, norm=2), reference=True, export="auto", distill=True)
+    rng = np.random.default_rng(0)
+    by_key = {}
+    for _ in range(200):
+        recipe = space.sample(rng)
+        again = recipes.validate(recipe.to_dict())
+        assert space.key(again) == space.key(recipe)
+        assert recipe.steps[-1].kind == "export"
+        assert "train" not in [s.kind for s in recipe.steps]
+        assert len(recipe.steps) >= 2  # never the dense model alone
+        quantized = any(s.kind == "quantize" for s in recipe.steps)
+        assert recipe.steps[-1].params["precisions"] == ("int8" if quantized else "fp32")
+        as_dict = recipe.to_dict()["steps"]
+        assert by_key.setdefault(space.key(recipe), as_dict) == as_dict  # one key, one recipe
+        assert space.key(space.build(space.fields(recipe))) == space.key(recipe)
+    assert len(by_key) > 150
+
+
+def test_family_table_and_conditions():
+    assert RecipeSpace(_signature("cnn", norm=0)).kinds == ("prune", "lowrank", "quantize")
+    assert RecipeSpace(_signature("cnn", norm=3)).kinds == ("fold", "prune", "lowrank", "quantize")
+    assert "merge" not in RecipeSpace("vit").kinds and "merge" in RecipeSpace("vit", reference=True).kinds
+    assert RecipeSpace("mlp", reference=True).prune_methods == ("groups", "magnitude", "neurons")
+    assert RecipeSpace("transformer", export="fp32").kinds == ("prune", "lowrank", "fuse", "precision")
+    assert RecipeSpace("mlp", steps=("prune", "quantize")).kinds == ("prune", "quantize")
+
+
+def test_export_int8_always_quantizes_and_fp32_never():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        kinds = [s.kind for s in RecipeSpace("mlp", export="int8").sample(rng).steps]
+        assert "quantize" in kinds and "precision" not in kinds
+        assert "quantize" not in [s.kind for s in RecipeSpace("mlp", export="fp32").sample(rng).steps]
+
+
+def test_structured_prune_shrinks_and_reference_needs_nothing_more():
+    space = RecipeSpace("mlp", steps=("prune", "quantize"))
+    recipe = space.build(space.complete({"steps.prune": True, "prune.method": "groups", "prune.sparsity": 0.6}))
+    prune = recipe.steps[0].params
+    assert (prune["method"], prune["shrink"], prune["sparsity"]) == ("groups", True, 0.6)
+    assert recipes.reference_steps(recipe) == []
+
+
+def test_decision_walk_and_continuous_grid():
+    space = RecipeSpace("mlp", steps=("prune", "quantize"))
+    taken = space.complete({"steps.prune": True, "prune.sparsity": 0.7349})
+    assert dict(taken)["prune.sparsity"] == 0.73
+    assert space.next_decision(taken) is None
+    assert space.next_decision(()).name == "steps.prune"
+    sparsity = space.decisions()["prune.sparsity"]
+    assert sparsity.continuous and (sparsity.low, sparsity.high) == (0.1, 0.9)
+    assert not sparsity.accepts(0.7349) and sparsity.accepts(0.73)
+
+
+def test_fields_refuses_recipes_outside_the_space():
+    space = RecipeSpace("mlp", steps=("prune", "quantize"))
+    outside = recipes.validate({"name": "x", "steps": [{"kind": "lowrank", "energy": 0.9}, {"kind": "export"}]})
+    with pytest.raises(ValueError, match="not in this space"):
+        space.fields(outside)
+    assert not space.contains(outside)
+    with pytest.raises(ValueError, match="is not allowed here"):
+        space.build((("steps.prune", True), ("prune.method", "nm")))
+
+
+def test_key_ignores_name_and_defaults():
+    a = recipes.validate({"name": "a", "steps": [{"kind": "quantize"}, {"kind": "export"}]})
+    b = recipes.validate({"name": "b", "steps": [{"kind": "quantize", "method": "static"}, {"kind": "export"}]})
+    assert space_mod.key(a) == space_mod.key(b)
