@@ -2,6 +2,7 @@ import os
 
 import jax
 import pytest
+from postgres_server import postgresql_server, postgresql_url  # noqa: F401 (fixtures every folder may use)
 
 # Strict numerics, as equinox's tests run (STYLE.md): no implicit rank or dtype promotion.
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -1,4 +1,7 @@
-"""A throwaway PostgreSQL server for the storage tests: Debian's postgresql-15, on a free localhost port.
+"""A throwaway PostgreSQL server for the tests that need one (tune storages, the autotune knowledge base).
+
+Debian's postgresql-15, on a free localhost port; ``tests/conftest.py`` imports the fixtures, so every test
+folder can ask for ``postgresql_server`` or ``postgresql_url``.
 
 The cluster lives in a temporary folder owned by the ``postgres`` user
 (``initdb`` refuses root, so a root session runs it through ``runuser``),
