@@ -285,8 +285,7 @@ class RecipeSpace:
             last = not rest or (rest == ("precision",) and values.get("steps.quantize"))
             if not used and last:
                 return Decision(name, choices=(True,), default=True)
-            default = kind in ("prune", "quantize") or (kind == "fold" and self.family in ("cnn", "hybrid"))
-            return Decision(name, choices=(True, False), default=default)
+            return Decision(name, choices=(True, False), default=False)
         for kind in self.kinds:
             if not values.get(f"steps.{kind}"):
                 continue
@@ -378,6 +377,37 @@ class RecipeSpace:
         """
         return self.build(self.complete({}, rng))
 
+    def project(self, recipe: recipes.Recipe) -> tuple:
+        """The decision sequence of the recipe of this space nearest to ``recipe``.
+
+        The steps of ``recipe`` this space offers are kept with their
+        fields where the decisions allow them (continuous values clipped
+        onto the grid, other values replaced by the decision's default);
+        steps the space does not offer are dropped. A knowledge-base recipe
+        from another model becomes a candidate of this one this way.
+
+        Args:
+          recipe: any :class:`hamjax.recipes.Recipe`.
+
+        Returns:
+          The ``(name, value)`` pairs in order.
+
+        Examples:
+          >>> from hamjax import recipes
+          >>> from hamjax.autotune.space import RecipeSpace
+          >>> other = recipes.validate({"name": "x", "steps": [{"kind": "fold"}, {"kind": "prune", "sparsity": 0.333}]})
+          >>> RecipeSpace("mlp", steps=("prune", "quantize")).project(other)[:3]
+          (('steps.prune', True), ('steps.quantize', True), ('prune.method', 'magnitude'))
+        """
+        kinds = [step.kind for step in recipe.steps]
+        params = {step.kind: dict(step.params) for step in recipe.steps}
+        given: dict[str, Any] = {f"steps.{k}": k in kinds for k in self.kinds}
+        for kind in self.kinds:
+            for decision in self._fields[kind]:
+                if kind in params:
+                    given[decision.name] = params[kind].get(decision.name.split(".", 1)[1])
+        return self.complete(given)
+
     def fields(self, recipe: recipes.Recipe) -> tuple:
         """The decision sequence of a recipe of this space (the inverse of :meth:`build`).
 
@@ -391,14 +421,7 @@ class RecipeSpace:
           ValueError: a recipe this space cannot propose (another step,
             another field value, a value off the grid).
         """
-        kinds = [step.kind for step in recipe.steps]
-        params = {step.kind: dict(step.params) for step in recipe.steps}
-        given: dict[str, Any] = {f"steps.{k}": k in kinds for k in self.kinds}
-        for kind in self.kinds:
-            for decision in self._fields[kind]:
-                if kind in params:
-                    given[decision.name] = params[kind].get(decision.name.split(".", 1)[1])
-        taken = self.complete(given)
+        taken = self.project(recipe)
         try:
             same = key(self.build(taken)) == key(recipe)
         except recipes.RecipeError:

@@ -1,0 +1,324 @@
+"""Rules of thumb per model family, as data: the recipes worth trying first, and priors for the tree search.
+
+:data:`RULES` maps a family to its rules, most promising first. A rule is a
+dict: ``decisions`` (values of :class:`hamjax.autotune.space.RecipeSpace`
+decisions; the rest take their defaults), ``weight`` (how strongly it is
+believed, in (0, 1]) and ``reason`` (said in the decision log). A rule
+names steps a space may not offer (``merge`` on a custom ViT, ``quantize``
+under an fp32 export): :func:`suggestions` projects it onto the space and
+drops what does not fit, so one table serves every space.
+
+Why these rules: dense layers shrink physically when whole channel groups go
+(``groups`` + ``shrink``), which is what makes a dense kernel faster; int8
+(static, calibrated) is 4x smaller storage and runs integer kernels in
+onnxruntime; folding batch norms first lets the quantizer see the folded
+kernels and removes a op per conv; attention activations change with every
+input, so transformers quantize ``dynamic``; fusing attention and merging
+tokens (ToMe) cut a transformer's time without touching its weights.
+
+:func:`suggestions` lists full recipes: the knowledge base's first (by its
+weights), then the family's rules, one recipe per key.
+:class:`Priors` turns the same weighted recipes into prior probabilities
+over each decision for PUCT, and centres for new continuous values.
+
+Examples:
+  >>> from hamjax.autotune import rules
+  >>> from hamjax.autotune.space import RecipeSpace
+  >>> first = rules.suggestions(RecipeSpace("mlp"))[0]
+  >>> [s.kind for s in first.recipe.steps], first.source
+  (['prune', 'quantize', 'export'], 'rules')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hamjax import recipes
+from hamjax.autotune import space as space_mod
+from hamjax.autotune.space import Decision, RecipeSpace
+
+__all__ = ["RULES", "Priors", "Suggestion", "priors_for", "suggestions"]
+
+_Q = {"steps.quantize": True, "steps.precision": True}  # int8 where the space quantizes, else bfloat16
+_STATIC, _DYNAMIC = {**_Q, "quantize.method": "static"}, {**_Q, "quantize.method": "dynamic"}
+
+
+def _prune(method: str, sparsity: float, epochs: int = 3) -> dict:
+    return {"steps.prune": True, "prune.method": method, "prune.sparsity": sparsity, "prune.finetune_epochs": epochs}
+
+
+def _rule(reason: str, weight: float, *parts: dict) -> dict:
+    decisions: dict[str, Any] = {}
+    for part in parts:
+        decisions.update(part)
+    return {"decisions": decisions, "weight": weight, "reason": reason}
+
+
+_OPTIONAL = ("steps.fold", "steps.fuse")  # a rule still applies without these when the space lacks them
+_FOLD = {"steps.fold": True}
+_FUSE = {"steps.fuse": True}
+_LOWRANK = {"steps.lowrank": True, "lowrank.energy": 0.9, "lowrank.finetune_epochs": 3}
+
+RULES: dict[str, tuple[dict, ...]] = {
+    "mlp": (
+        _rule(
+            "dense layers shrink physically by channel groups; static int8 stores 4x less",
+            1.0,
+            _prune("groups", 0.5),
+            _STATIC,
+        ),
+        _rule(
+            "reference MLP: remove half the hidden neurons and shrink; static int8",
+            0.9,
+            _prune("neurons", 0.5),
+            _STATIC,
+        ),
+        _rule("static int8 alone: 4x smaller, usually well under a point of accuracy", 0.7, _STATIC),
+        _rule("a deeper cut of channel groups when accuracy has room", 0.6, _prune("groups", 0.7), _STATIC),
+        _rule("a gentle cut of channel groups when accuracy is tight", 0.5, _prune("groups", 0.3), _STATIC),
+        _rule("low-rank kernels keep 90% of the spectrum's energy; static int8", 0.4, _LOWRANK, _STATIC),
+        _rule("dynamic int8 needs no calibration, after channel groups", 0.3, _prune("groups", 0.5), _DYNAMIC),
+    ),
+    "cnn": (
+        _rule(
+            "fold batch norms first, shrink channel groups, then static int8 on the folded kernels",
+            1.0,
+            _FOLD,
+            _prune("groups", 0.5),
+            _STATIC,
+        ),
+        _rule(
+            "reference CNN: remove half the channels and shrink, after folding; static int8",
+            0.9,
+            _FOLD,
+            _prune("channels", 0.5),
+            _STATIC,
+        ),
+        _rule("fold batch norms and static int8: 4x smaller, convolutions keep their shapes", 0.7, _FOLD, _STATIC),
+        _rule("a gentle cut of channel groups when accuracy is tight", 0.6, _FOLD, _prune("groups", 0.3), _STATIC),
+        _rule("a deeper cut of channel groups when accuracy has room", 0.5, _FOLD, _prune("groups", 0.7), _STATIC),
+        _rule("low-rank kernels after folding; static int8", 0.4, _FOLD, _LOWRANK, _STATIC),
+    ),
+    "transformer": (
+        _rule(
+            "fuse attention into one op; dynamic int8, since attention activations vary per input", 1.0, _FUSE, _DYNAMIC
+        ),
+        _rule(
+            "a gentle cut of channel groups (heads, MLP widths) with fused attention and dynamic int8",
+            0.8,
+            _prune("groups", 0.3),
+            _FUSE,
+            _DYNAMIC,
+        ),
+        _rule(
+            "half the channel groups with fused attention and dynamic int8", 0.6, _prune("groups", 0.5), _FUSE, _DYNAMIC
+        ),
+        _rule(
+            "weight-only int8 keeps activations in float where dynamic ranges hurt",
+            0.4,
+            _FUSE,
+            {**_Q, "quantize.method": "weight_only"},
+        ),
+        _rule("low-rank projections keep 90% of the energy; dynamic int8", 0.3, _LOWRANK, _FUSE, _DYNAMIC),
+    ),
+    "vit": (
+        _rule(
+            "ToMe token merging (reference ViT) and fused attention cut time without retraining; dynamic int8",
+            1.0,
+            {"steps.merge": True, "merge.r": 2},
+            _FUSE,
+            _DYNAMIC,
+        ),
+        _rule(
+            "reference ViT: prune a quarter of the heads and shrink; fused attention, dynamic int8",
+            0.9,
+            _prune("heads", 0.25),
+            _FUSE,
+            _DYNAMIC,
+        ),
+        _rule(
+            "a gentle cut of channel groups with fused attention and dynamic int8",
+            0.8,
+            _prune("groups", 0.3),
+            _FUSE,
+            _DYNAMIC,
+        ),
+        _rule("fused attention and dynamic int8 alone", 0.6, _FUSE, _DYNAMIC),
+        _rule(
+            "half the channel groups with fused attention and dynamic int8", 0.5, _prune("groups", 0.5), _FUSE, _DYNAMIC
+        ),
+    ),
+    "hybrid": (
+        _rule(
+            "fold the conv stem's batch norms, a gentle cut of channel groups, static int8",
+            1.0,
+            _FOLD,
+            _prune("groups", 0.3),
+            _FUSE,
+            _STATIC,
+        ),
+        _rule(
+            "fold, merge tokens (reference HAMNet) and fuse attention; dynamic int8",
+            0.8,
+            _FOLD,
+            {"steps.merge": True, "merge.r": 2},
+            _FUSE,
+            _DYNAMIC,
+        ),
+        _rule("fold and dynamic int8 with fused attention", 0.6, _FOLD, _FUSE, _DYNAMIC),
+        _rule("half the channel groups after folding; static int8", 0.5, _FOLD, _prune("groups", 0.5), _FUSE, _STATIC),
+    ),
+}
+"""The rules per family, most promising first (see the module docstring)."""
+
+
+class Suggestion(NamedTuple):
+    """A full recipe worth trying, with how much it is believed and why.
+
+    Attributes:
+      recipe: a recipe of the space.
+      weight: > 0; the knowledge base's weights as given, the rules' from :data:`RULES`.
+      reason: a sentence for the decision log.
+      source: ``"knowledge"`` or ``"rules"``.
+    """
+
+    recipe: recipes.Recipe
+    weight: float
+    reason: str
+    source: str
+
+
+def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> list[Suggestion]:
+    """The recipes to try first: the knowledge base's suggestions by weight, then the family's rules in order.
+
+    Each is projected onto ``space`` (:meth:`RecipeSpace.project`); a
+    recipe whose projection a suggestion before it already gave is left
+    out, and so is a knowledge-base entry that does not validate. A rule
+    whose decisions the space cannot take (a reference granularity on a
+    custom model, token merging without marked blocks) is left out; one
+    that only loses ``fold`` or ``fuse`` stays, and its reason says so.
+
+    Args:
+      space: the :class:`RecipeSpace`.
+      priors: ``(raw recipe dict, weight, reason)`` from
+        :meth:`hamjax.autotune.knowledge.KnowledgeBase.suggest`, or ``None``.
+
+    Returns:
+      A list of :class:`Suggestion`, without two of one key.
+
+    Examples:
+      >>> from hamjax.autotune import rules
+      >>> from hamjax.autotune.space import RecipeSpace
+      >>> export = {"kind": "export", "precisions": "int8", "tensorrt": False}
+      >>> raw = {"name": "kb", "steps": [{"kind": "quantize", "method": "dynamic"}, export]}
+      >>> found = rules.suggestions(RecipeSpace("mlp"), [(raw, 0.8, "3 similar models: feasible")])
+      >>> found[0].source, found[0].reason
+      ('knowledge', 'knowledge base: 3 similar models: feasible')
+    """
+    found: list[Suggestion] = []
+    seen: set[str] = set()
+
+    def add(taken, weight, reason, source):
+        recipe = space.build(taken, description=reason)
+        key = space_mod.key(recipe)
+        if key not in seen:
+            seen.add(key)
+            found.append(Suggestion(recipe, float(weight), reason, source))
+
+    for raw, weight, reason in sorted(priors or (), key=lambda p: -float(p[1])):
+        try:
+            recipe = recipes.validate(raw)
+        except recipes.RecipeError:
+            continue
+        taken = space.project(recipe)
+        fits = "" if space.contains(recipe) else " (projected onto this model's space)"
+        add(taken, weight, f"knowledge base: {reason}{fits}", "knowledge")
+    for rule in RULES[space.family]:
+        taken = space.complete(rule["decisions"])
+        values = dict(taken)
+        used = {k.split(".")[1] for k, v in values.items() if k.startswith("steps.") and v}
+        named = {
+            k: v
+            for k, v in rule["decisions"].items()
+            if k not in _Q and (k.startswith("steps.") or k.split(".")[0] in used)
+        }
+        missing = [k for k, v in named.items() if values.get(k) != v]
+        if any(k not in _OPTIONAL for k in missing):
+            continue  # the rule's point (a reference granularity, token merging) is not in this space
+        note = f" ({', '.join(k.split('.')[1] for k in missing)}: not in this space)" if missing else ""
+        if rule["decisions"].get("steps.quantize") and not values.get("steps.quantize"):
+            note += " (bfloat16 in place of int8: this space exports fp32)"
+        add(taken, rule["weight"], rule["reason"] + note, "rules")
+    return found
+
+
+class Priors:
+    """Prior probabilities over each decision, from weighted full decision sequences.
+
+    For a decision reached by the discrete decisions ``taken`` so far, the
+    sequences that agree with every discrete decision taken vote for their
+    value with their weight; every choice also gets ``smooth`` times the
+    mean vote, so nothing is ruled out. Continuous decisions get the
+    agreeing sequences' values as centres for new values.
+
+    Args:
+      paths: ``(decision sequence, weight)`` pairs.
+      smooth: the share of the mean vote every choice gets.
+
+    Examples:
+      >>> from hamjax.autotune.rules import Priors
+      >>> from hamjax.autotune.space import Decision
+      >>> p = Priors([((("steps.prune", True),), 3.0)])
+      >>> p.probabilities((), Decision("steps.prune", choices=(True, False))).round(3).tolist()
+      [0.9, 0.1]
+    """
+
+    def __init__(self, paths: Sequence[tuple[tuple, float]], smooth: float = 0.25):
+        self.paths = [(dict(taken), float(weight)) for taken, weight in paths if weight > 0]
+        self.smooth = float(smooth)
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def _agreeing(self, taken: Sequence[tuple[str, Any]]):
+        discrete = [(n, v) for n, v in taken if not isinstance(v, float)]
+        return [(p, w) for p, w in self.paths if all(p.get(n, v) == v for n, v in discrete)]
+
+    def probabilities(self, taken: Sequence[tuple[str, Any]], decision: Decision) -> np.ndarray:
+        """The prior over ``decision.choices`` after ``taken``; uniform without agreeing sequences."""
+        n = len(decision.choices)
+        votes = np.zeros(n)
+        for path, weight in self._agreeing(taken):
+            for i, choice in enumerate(decision.choices):
+                if (
+                    decision.name in path
+                    and path[decision.name] == choice
+                    and type(path[decision.name]) is type(choice)
+                ):
+                    votes[i] += weight
+        total = votes.sum()
+        if total == 0:
+            return np.full(n, 1.0 / n)
+        votes += self.smooth * total / n
+        return votes / votes.sum()
+
+    def centres(self, taken: Sequence[tuple[str, Any]], decision: Decision) -> list[tuple[float, float]]:
+        """``(value, weight)`` of the agreeing sequences for a continuous ``decision``."""
+        return [(p[decision.name], w) for p, w in self._agreeing(taken) if decision.name in p]
+
+
+def priors_for(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> Priors:
+    """:class:`Priors` from :func:`suggestions` (the knowledge base's and the rules' recipes, weighted).
+
+    Examples:
+      >>> from hamjax.autotune import rules
+      >>> from hamjax.autotune.space import RecipeSpace
+      >>> space = RecipeSpace("cnn")
+      >>> p = rules.priors_for(space)
+      >>> float(p.probabilities((), space.next_decision(()))[0]) > 0.5  # fold: True first
+      True
+    """
+    return Priors([(space.fields(s.recipe), s.weight) for s in suggestions(space, priors)])
