@@ -7,4 +7,14 @@ validation split and in onnxruntime, and a knowledge base keyed by the
 model's signature remembers what worked.
 """
 
-__all__ = []
+from hamjax.autotune.sensitivity import Sensitivity, layer_ablation, layer_sensitivity
+from hamjax.autotune.signature import Signature, model_signature, similarity
+
+__all__ = [
+    "Sensitivity",
+    "Signature",
+    "layer_ablation",
+    "layer_sensitivity",
+    "model_signature",
+    "similarity",
+]
