@@ -1,0 +1,218 @@
+"""Measuring a candidate recipe: run it on the trained model, export it, and measure what is deployed.
+
+A candidate is a recipe without a ``train`` step (the model autotune is given
+is trained). :class:`Evaluator` runs it with :func:`hamjax.recipes.run` in a
+folder of its own and measures the model its last ``export`` step wrote (an
+ONNX file in onnxruntime), or its last stage when it exports nothing:
+
+* accuracy on the validation split (the test split stays for the final
+  report, so choosing a recipe never looks at it);
+* latency at batch 1 (the median of timed calls after warm-up);
+* bytes of the stored model (the ONNX file: int8 weights are stored as
+  int8) and its parameter count.
+
+The baseline is the given model measured the same way (exported to ONNX
+fp32), so accuracy drops, speed-ups and size reductions are ratios of one
+kind of measurement. Two fidelities share everything but training: a
+``"cheap"`` evaluation caps every finetune of the recipe at
+``cheap_epochs`` epochs and times fewer calls; a ``"full"`` one runs the
+recipe as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hamjax import measure, recipes
+from hamjax._checks import check_choice, check_int
+from hamjax.autotune.objective import Measured
+
+FIDELITIES = ("cheap", "full")
+"""How thoroughly a candidate is measured: short finetunes, or the recipe as written."""
+
+EPOCH_FIELDS = ("finetune_epochs", "epochs")
+"""The step fields a cheap evaluation caps."""
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One measured candidate.
+
+    Attributes:
+      measured: its :class:`~hamjax.autotune.objective.Measured` numbers.
+      context: the recipe's final :class:`hamjax.recipes.Context` (the
+        optimized model, its stages, the exported files).
+      folder: where its files were written.
+      stage: the name of the measured (deployed) stage.
+      seconds: wall seconds of the run and the measurement.
+    """
+
+    measured: Measured
+    context: Any
+    folder: Path
+    stage: str
+    seconds: float
+
+
+def capped(recipe: recipes.Recipe, epochs: int) -> recipes.Recipe:
+    """``recipe`` with every finetune (``finetune_epochs``, ``epochs``) capped at ``epochs``.
+
+    Args:
+      recipe: a validated recipe.
+      epochs: the cap, >= 0.
+
+    Returns:
+      A validated recipe of the same steps.
+
+    Examples:
+      >>> from hamjax import recipes
+      >>> r = recipes.validate({"name": "r", "steps": [{"kind": "prune", "finetune_epochs": 5}]})
+      >>> capped(r, 1).steps[0].params["finetune_epochs"]
+      1
+    """
+    check_int("capped", "epochs", epochs, minimum=0)
+    raw = recipe.to_dict()
+    for step in raw["steps"]:
+        for name in EPOCH_FIELDS:
+            if name in step and step[name] is not None:
+                step[name] = min(int(step[name]), epochs)
+    return recipes.validate(raw)
+
+
+def deployed_stage(context) -> Any:
+    """The stage a recipe deploys: its last exported (``"onnx ..."``) stage, else its last stage.
+
+    Raises:
+      ValueError: a recipe that produced no stage.
+    """
+    if not context.stages:
+        raise ValueError("autotune: the recipe produced no model to measure (no stage)")
+    exported = [s for s in context.stages if s.name.startswith("onnx ")]
+    return (exported or context.stages)[-1]
+
+
+class Evaluator:
+    """Runs candidate recipes on one trained model and measures them like its baseline.
+
+    Args:
+      apply_fn, params: the trained model.
+      dataset: a :class:`hamjax.data.Dataset` with a validation split.
+      config: the reference config when the model is one (steps such as
+        ``prune`` with ``method="neurons"`` need it), else ``None``.
+      seed: the seed every recipe runs with.
+      folder: where candidates write their files (one folder each); ``None``
+        makes a temporary folder, removed by :meth:`close`.
+      cheap_epochs: the finetune cap of a cheap evaluation, >= 0.
+      latency_runs: timed calls of a full evaluation (a cheap one times a
+        third as many), >= 3.
+
+    Examples:
+      >>> import hamjax, jax.numpy as jnp, numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> x = rng.normal(size=(300, 4)).astype(np.float32)
+      >>> ds = hamjax.data.from_arrays(x, (x[:, 0] > 0).astype(np.int32))
+      >>> ev = Evaluator(lambda p, x: x @ p["w"], {"w": jnp.zeros((4, 2))}, ds)
+      >>> ev.cheap_epochs
+      1
+      >>> ev.close()
+    """
+
+    def __init__(
+        self,
+        apply_fn,
+        params,
+        dataset,
+        *,
+        config=None,
+        seed: int = 0,
+        folder: str | Path | None = None,
+        cheap_epochs: int = 1,
+        latency_runs: int = 30,
+    ):
+        self.cheap_epochs = check_int("Evaluator", "cheap_epochs", cheap_epochs, minimum=0)
+        self.latency_runs = check_int("Evaluator", "latency_runs", latency_runs, minimum=3)
+        self.seed = check_int("Evaluator", "seed", seed, minimum=0)
+        if getattr(dataset, "val", None) is None or len(dataset.val.y) == 0:
+            raise ValueError("Evaluator: dataset must have a validation split (candidates are chosen on it)")
+        self.apply_fn, self.params, self.dataset, self.config = apply_fn, params, dataset, config
+        self.owned = folder is None
+        self.folder = Path(tempfile.mkdtemp(prefix="hamjax-autotune-")) if folder is None else Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.baseline_outcome: Outcome | None = None
+
+    def _measure(self, context, fidelity: str) -> tuple[Measured, str]:
+        stage = deployed_stage(context)
+        runner = stage.make_runner()
+        x, y = self.dataset.val.x, self.dataset.val.y
+        accuracy = measure.accuracy(runner, x, y)
+        runs = self.latency_runs if fidelity == "full" else max(3, self.latency_runs // 3)
+        latency_ms = measure.latency(runner, x[:1], warmup=5, runs=runs).p50_ms if stage.timed else None
+        params = stage.param_count if stage.param_count is not None else measure.param_count(context.params)
+        size = stage.size_bytes if stage.size_bytes is not None else measure.param_bytes(context.params)
+        measured = Measured(accuracy=float(accuracy), latency_ms=latency_ms, size_bytes=int(size), params=int(params))
+        return measured, stage.name
+
+    def run(self, recipe: recipes.Recipe, fidelity: str = "full", *, name: str | None = None) -> Outcome:
+        """Run ``recipe`` on the model and measure what it deploys.
+
+        Args:
+          recipe: a validated candidate recipe.
+          fidelity: ``"cheap"`` (finetunes capped at ``cheap_epochs``) or ``"full"``.
+          name: the candidate's folder name; ``None`` numbers it.
+
+        Returns:
+          An :class:`Outcome`.
+
+        Raises:
+          ValueError, RecipeError: from the recipe's steps (a candidate that
+            cannot run on this model); the caller records it as failed.
+        """
+        check_choice("Evaluator.run", "fidelity", fidelity, FIDELITIES)
+        if not isinstance(recipe, recipes.Recipe):
+            raise TypeError(f"Evaluator.run: recipe must be a hamjax.recipes.Recipe, got {type(recipe).__name__}")
+        if any(step.kind == "train" for step in recipe.steps):
+            raise ValueError(
+                f"Evaluator.run: recipe {recipe.name!r} trains from scratch; candidates start from the trained model"
+            )
+        if fidelity == "cheap":
+            recipe = capped(recipe, self.cheap_epochs)
+        self.count += 1
+        folder = self.folder / (name or f"candidate-{self.count:03d}")
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        start = time.perf_counter()
+        context = recipes.Context(
+            self.apply_fn,
+            self.params,
+            self.dataset,
+            seed=self.seed,
+            workdir=str(folder),
+            progress=False,
+            config=self.config,
+        )
+        context = recipes.run(recipe, context)
+        measured, stage = self._measure(context, fidelity)
+        return Outcome(measured, context, folder, stage, time.perf_counter() - start)
+
+    def baseline(self) -> Outcome:
+        """The given model exported to ONNX fp32 and measured as a full evaluation (computed once)."""
+        if self.baseline_outcome is None:
+            raw = {"name": "baseline", "steps": [{"kind": "export", "precisions": "fp32", "tensorrt": False}]}
+            self.baseline_outcome = self.run(recipes.validate(raw), "full", name="baseline")
+        return self.baseline_outcome
+
+    def discard(self, outcome: Outcome) -> None:
+        """Remove a candidate's files (a candidate that is not kept)."""
+        shutil.rmtree(outcome.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the temporary folder this evaluator made (nothing when given a folder)."""
+        if self.owned:
+            shutil.rmtree(self.folder, ignore_errors=True)
