@@ -7,14 +7,20 @@ validation split and in onnxruntime, and a knowledge base keyed by the
 model's signature remembers what worked.
 """
 
+from hamjax.autotune.knowledge import ImportReport, KnowledgeBase, KnowledgeBaseError, Record, recipe_key
 from hamjax.autotune.sensitivity import Sensitivity, layer_ablation, layer_sensitivity
 from hamjax.autotune.signature import Signature, model_signature, similarity
 
 __all__ = [
+    "ImportReport",
+    "KnowledgeBase",
+    "KnowledgeBaseError",
+    "Record",
     "Sensitivity",
     "Signature",
     "layer_ablation",
     "layer_sensitivity",
     "model_signature",
+    "recipe_key",
     "similarity",
 ]
