@@ -19,6 +19,7 @@ from reference_models import plain_mlp
 
 import hamjax
 from hamjax import (
+    autotune,
     checkpoint,
     cli,
     compilation,
@@ -217,6 +218,13 @@ def _cli(*argv):
             return exit_info.code
 
     return call
+
+
+def _sensitivity(fn=None, *, cut_y=0, **kw):
+    """``layer_sensitivity`` (or ``fn``) of the plain MLP on 20 digits, ``cut_y`` labels short."""
+    apply_fn, params = plain_mlp()
+    x, y = _ds().val.x[:20], _ds().val.y[: 20 - cut_y]
+    return (fn or autotune.layer_sensitivity)(apply_fn, params, x, y, **kw)
 
 
 # (id, call, exception type, phrase of the message)
@@ -1612,6 +1620,33 @@ CASES = [
      "ask_batch: n must be an integer >= 1, got 0"),
     ("tell_batch-lengths", lambda: _told(values=[1.0]), ValueError,
      "tell_batch: values and states must have one entry per trial (2), got 1 values"),
+    # autotune: model signatures and layer sensitivity (issue 20)
+    (
+        "model_signature-no-weighted-op",
+        lambda: autotune.model_signature(lambda p, x: x * p["s"][None], {"s": jnp.ones(3)}, jnp.ones((2, 3))),
+        ValueError,
+        "model_signature: apply_fn has no dense or convolution op",
+    ),
+    (
+        "model_signature-no-batch-axis",
+        lambda: autotune.model_signature(plain_mlp()[0], plain_mlp()[1], jnp.float32(1.0)),
+        ValueError,
+        "model_signature: x must be a batch",
+    ),
+    ("Signature.from_dict-unknown-field", lambda: autotune.Signature.from_dict({"colour": 1}), ValueError, "unknown fields"),
+    ("similarity-not-a-signature", lambda: autotune.similarity({}, {}), ValueError, "similarity: a must be a Signature"),
+    ("layer_sensitivity-method", lambda: _sensitivity(method="distill"), ValueError, "method must be one of"),
+    ("layer_ablation-method", lambda: _sensitivity(autotune.layer_ablation, method="ptq"), ValueError, "layer_ablation: method"),
+    ("layer_sensitivity-no-levels", lambda: _sensitivity(levels=()), ValueError, "levels must be a non-empty sequence"),
+    ("layer_sensitivity-bits-1", lambda: _sensitivity(levels=(8, 1)), ValueError, "levels must be an integer in [2, 16], got 1"),
+    ("layer_sensitivity-bits-17", lambda: _sensitivity(levels=(17,)), ValueError, "levels must be an integer in [2, 16], got 17"),
+    (
+        "layer_sensitivity-sparsity-1",
+        lambda: _sensitivity(method="prune", levels=(0.5, 1.0)),
+        ValueError,
+        "levels must be a scalar in [0, 1), got 1.0",
+    ),
+    ("layer_sensitivity-x-y-lengths", lambda: _sensitivity(cut_y=1), ValueError, "y must be a vector with one label per row of x"),
 ]  # fmt: skip
 
 
