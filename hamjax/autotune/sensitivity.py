@@ -187,8 +187,16 @@ def layer_ablation(apply_fn, params, x, y, *, method: str = "quantize", levels=N
     leaf alone to integer codes, then :func:`hamjax.quant.dequantize_tree`;
     prune: :func:`hamjax.prune.magnitude_masks` of that leaf alone, then
     :func:`hamjax.prune.apply_masks`) and its accuracy is counted in numpy.
-    Same arguments, checks and result as :func:`layer_sensitivity`; slower
-    (one call per member), independent of its vmapped code.
+    Slower (one call per member), independent of the vmapped code.
+
+    Args:
+      apply_fn, params, x, y, method, levels, filter: as in :func:`layer_sensitivity`.
+
+    Returns:
+      A :class:`Sensitivity`, the same as :func:`layer_sensitivity` gives within float rounding.
+
+    Raises:
+      ValueError: as :func:`layer_sensitivity`.
 
     Examples:
       >>> import jax.numpy as jnp

@@ -21,6 +21,15 @@ layout ops, or neither. It counts and sizes five kinds of site:
 * **embedding**: a ``gather`` from a params leaf at indices that depend on
   the input; its size is the table's.
 
+The family follows from the sites and the input: attention on an image
+input ``(N, H, W, C)`` is ``"vit"`` (evidence: the patch embedding, a conv
+with stride equal to its kernel or a dense op on patches cut from the image
+by reshapes); attention on token (integer) or sequence input is
+``"transformer"``; convs beyond one patch embedding together with
+attention are ``"hybrid"``; convs without attention ``"cnn"``; dense sites
+only ``"mlp"``. Ops inside control flow (``scan``, ``while``, ``cond``)
+are not entered, as :mod:`hamjax.jaxpr` does not rewrite them either.
+
 ``depth`` is the number of dense, conv and embedding sites on the longest
 path from the input to the output (products of two activations do not
 count). ``params`` is the number of elements of every floating leaf of
@@ -79,9 +88,10 @@ class Signature:
       num_outputs: size of the output's last axis.
       depth: dense, conv and embedding sites on the longest input-to-output path.
       dense, conv, attention, norm, embedding: how many sites of each kind.
-      dense_params, conv_params, attention_params, norm_params,
-        embedding_params: the parameters of each kind (see the module doc;
-        attention's projections are also dense sites).
+      dense_params: weight elements of the dense sites (each leaf once);
+        likewise ``conv_params``, ``attention_params`` (the projections,
+        which are dense sites too), ``norm_params`` (scales and shifts) and
+        ``embedding_params`` (the tables); see the module doc.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -125,6 +135,12 @@ class Signature:
     @classmethod
     def from_dict(cls, d: dict) -> Signature:
         """The signature :meth:`to_dict` wrote (``"key"`` is ignored; unknown fields raise).
+
+        Args:
+          d: a dict from :meth:`to_dict`, possibly through JSON.
+
+        Returns:
+          The :class:`Signature`.
 
         Raises:
           ValueError: a field missing, unknown, or of the wrong kind.
