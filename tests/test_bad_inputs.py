@@ -1647,6 +1647,50 @@ CASES = [
         "levels must be a scalar in [0, 1), got 1.0",
     ),
     ("layer_sensitivity-x-y-lengths", lambda: _sensitivity(cut_y=1), ValueError, "y must be a vector with one label per row of x"),
+    # autotune: the knowledge base (issue 20)
+    ("knowledge-url-scheme", lambda: _kb("mysql://kb:s3cret@db/x"), ValueError,
+     "KnowledgeBase: url must start with sqlite:// or postgresql://, got 'mysql://kb:***@db/x'"),
+    ("knowledge-url-type", lambda: _kb(3), ValueError, "KnowledgeBase: url must be a database URL string or None, got 3"),
+    ("knowledge-corrupt", lambda: _kb(f"sqlite:///{_file('corrupt.db', b'not a database' * 100)}"), ValueError,
+     "corrupt.db: file is not a database"),
+    ("knowledge-missing-folder", lambda: _kb(f"sqlite:///{_tmp()}/missing/kb.db"), ValueError,
+     "KnowledgeBase: cannot open knowledge base sqlite:///"),
+    ("knowledge-unreachable-password-hidden", lambda: _unreachable_knowledge_base(), ValueError,
+     "KnowledgeBase: cannot open knowledge base postgresql://kb:***@127.0.0.1:"),
+    ("knowledge-newer-schema", lambda: _newer_knowledge_base(), ValueError,
+     "was written by schema version 2; this hamjax reads version 1 at most: upgrade hamjax"),
+    ("knowledge-read-only-write", lambda: _kb(_kb_url(), read_only=True).add(_kb_record()), ValueError,
+     "kb.db: it is open read-only"),
+    ("knowledge-read-only-nothing-there", lambda: _kb(f"sqlite:///{_file('empty.db', b'')}", read_only=True), ValueError,
+     "empty.db: it holds no knowledge base"),
+    ("knowledge-open-fallback", lambda: _kb_class().open(_kb_url(), fallback="ignore"), ValueError,
+     "KnowledgeBase.open: fallback must be one of ('raise', 'read_only'), got 'ignore'"),
+    ("knowledge-suggest-k", lambda: _kb(_kb_url()).suggest(_kb_signature(), k=0), ValueError,
+     "KnowledgeBase.suggest: k must be an integer >= 1, got 0"),
+    ("knowledge-suggest-half-life", lambda: _kb(_kb_url()).suggest(_kb_signature(), half_life_days=0), ValueError,
+     "KnowledgeBase.suggest: half_life_days must be a finite number > 0, got 0"),
+    ("knowledge-lookup-similarity", lambda: _kb(_kb_url()).lookup(_kb_signature(), min_similarity=1.5), ValueError,
+     "KnowledgeBase.lookup: min_similarity must be a finite number >= 0 and <= 1, got 1.5"),
+    ("knowledge-lookup-signature", lambda: _kb(_kb_url()).lookup(42), ValueError,
+     "KnowledgeBase: signature must be a Signature or its dict, got int"),
+    ("knowledge-record-nan", lambda: _kb_record(accuracy_drop=NAN), ValueError,
+     "Record: results.accuracy_drop must be a finite number, got nan"),
+    ("knowledge-record-feasible", lambda: _kb_record(feasible="yes"), ValueError,
+     "Record: results.feasible must be a bool, got 'yes'"),
+    ("knowledge-record-confidence", lambda: _kb_record(confidence=0), ValueError,
+     "Record: confidence must be a finite number > 0 and <= 1, got 0"),
+    ("knowledge-record-no-steps", lambda: _kb_record(recipe={"steps": []}), ValueError,
+     "recipe_key: recipe must be a dict with a non-empty list of steps"),
+    ("knowledge-add-not-record", lambda: _kb(_kb_url()).add({"family": "mlp"}), ValueError,
+     "KnowledgeBase.add: records[0] must be a Record, got dict"),
+    ("knowledge-report-unknown", lambda: _kb(_kb_url()).report("f" * 32, {"accuracy_drop": 0.0, "feasible": True}),
+     ValueError, "KnowledgeBase.report: no record has id or recipe key 'ffffffffffffffffffffffffffffffff'"),
+    ("knowledge-report-no-baseline", lambda: _kb(_kb_url()).report("f" * 32, _kb_measured()), ValueError,
+     "KnowledgeBase.report: baseline is needed when measured is not a results dict"),
+    ("knowledge-import-missing", lambda: _kb(_kb_url()).import_jsonl(_tmp() / "missing.jsonl"), ValueError,
+     "import_jsonl: cannot read"),
+    ("knowledge-export-missing-folder", lambda: _kb(_kb_url()).export_jsonl(_tmp() / "missing" / "kb.jsonl"), ValueError,
+     "export_jsonl: path must be in an existing folder"),
 ]  # fmt: skip
 
 
@@ -1741,6 +1785,61 @@ def _onnx(*, path=None, **kw):
 
     apply_fn, params = _mlp()
     return export.onnx(apply_fn, params, _ds().train.x[:2], path or (_tmp() / "m.onnx"), **kw)
+
+
+def _kb_class():
+    from hamjax.autotune.knowledge import KnowledgeBase
+
+    return KnowledgeBase
+
+
+def _kb(url, **kw):
+    return _kb_class()(url, **kw)
+
+
+def _kb_url():
+    """A knowledge base made in the temporary folder; its URL."""
+    url = f"sqlite:///{_tmp() / 'kb.db'}"
+    _kb(url).close()
+    return url
+
+
+def _kb_signature():
+    from hamjax.autotune.signature import Signature
+
+    return Signature("mlp", (), 1000, (64,), "vector", 10, 2, dense=2, dense_params=1000)
+
+
+def _kb_record(recipe=None, confidence=1.0, **results):
+    from hamjax.autotune.knowledge import Record
+
+    results = {"accuracy_drop": 0.2, "feasible": True, **results}
+    recipe = recipe or {"steps": [{"kind": "export"}]}
+    return Record(_kb_signature().to_dict(), "mlp", recipe, results, {}, 1.8e9, "lab", confidence)
+
+
+def _kb_measured():
+    from hamjax.autotune.objective import Measured
+
+    return Measured(accuracy=0.9, latency_ms=1.0, size_bytes=100, params=10)
+
+
+def _unreachable_knowledge_base():
+    """A PostgreSQL URL with a password, on a port nobody listens on: the message must not show the password."""
+    try:
+        _kb(f"postgresql://kb:s3cret@127.0.0.1:{_free_port()}/x")
+    except ValueError as error:
+        assert "s3cret" not in str(error), error
+        raise
+
+
+def _newer_knowledge_base():
+    import sqlite3
+
+    url = _kb_url()
+    with sqlite3.connect(_tmp() / "kb.db") as conn:
+        conn.execute("UPDATE hamjax_knowledge_schema SET version = 2")
+    return _kb(url)
 
 
 def test_catalogue_is_large_and_distinct():

@@ -63,19 +63,12 @@ def test_sqlite_file_runs_in_wal_mode(kb, tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_default_url_is_under_the_data_dir(tmp_path, monkeypatch):
+def test_no_url_means_the_default_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HAMJAX_DATA_DIR", str(tmp_path / "data"))
-    assert default_url() == f"sqlite:///{tmp_path / 'data' / 'knowledge.db'}"
-    KnowledgeBase().close()
+    kb = KnowledgeBase()
+    assert kb.url == default_url() and repr(kb) == f"KnowledgeBase({default_url()!r})"
+    kb.close()
     assert (tmp_path / "data" / "knowledge.db").is_file()
-
-
-def test_recipe_key_ignores_names_defaults_and_search():
-    spelled = {"name": "other", "description": "x", "steps": [
-        {"kind": "quantize", "method": "static", "bits": 8, "search": {"bits": {"choices": [4, 8]}}},
-        {"kind": "export", "precisions": "int8"}]}  # fmt: skip
-    assert recipe_key(QUANT) == recipe_key(spelled) != recipe_key(PRUNE)
-    assert recipe_key({"steps": [{"kind": "not-a-kind", "x": 1}]}) != recipe_key({"steps": [{"kind": "not-a-kind"}]})
 
 
 def test_lookup_orders_by_similarity(kb, sigs):
@@ -149,7 +142,6 @@ def test_report_lowers_the_trust_of_a_wrong_source_and_raises_a_right_one(kb, si
     [(_, why)] = kb.report(wrong_id, {"accuracy_drop": 1.5, "feasible": True})
     assert why == "accuracy drop predicted 0.20 points, measured 1.50"
     assert kb.trust("optimist") == pytest.approx(0.2)
-    # the lower trust shows in the advice: the careful source's recipe now outweighs the optimist's
     assert kb.trust("never-judged") == knowledge_merge.DEFAULT_TRUST
     with pytest.raises(KnowledgeBaseError, match="no record has id or recipe key 'nothing'"):
         kb.report("nothing", {"accuracy_drop": 0.0, "feasible": True})
