@@ -8,8 +8,8 @@ version at level ``k(m)``; the levels are array leaves, so one compiled
 program covers them all. :func:`layer_ablation` is the reference it is
 checked against: a Python loop that builds each modified model by the
 storage path (:func:`hamjax.quant.quantize_params` to integer codes and
-:func:`hamjax.quant.dequantize_tree` back, or masks applied with
-:func:`hamjax.prune.apply_masks`) and measures it on its own.
+:func:`hamjax.quant.dequantize_tree` back) or, for pruning, zeroes the
+smallest weights in numpy, and measures it on its own.
 
 The drops feed the autotuner's recipe space (which layers to skip when
 quantizing, how far to prune) and its explanation of each choice.
@@ -179,14 +179,25 @@ def layer_sensitivity(apply_fn, params, x, y, *, method: str = "quantize", level
     return Sensitivity(names, levels, drops, _ranking(names, drops), base)
 
 
+def _pruned(w, sparsity) -> np.ndarray:
+    """``w`` with its ``floor(sparsity * n)`` smallest magnitudes zeroed, lower index first among ties."""
+    a = np.asarray(w)
+    k = int(np.floor(np.float32(sparsity) * np.float32(a.size)))
+    flat = a.ravel().copy()
+    flat[np.argsort(np.abs(flat), kind="stable")[:k]] = 0
+    return flat.reshape(a.shape)
+
+
 def layer_ablation(apply_fn, params, x, y, *, method: str = "quantize", levels=None, filter=None) -> Sensitivity:
     """The drops of :func:`layer_sensitivity`, measured one modified model at a time (the reference).
 
     A Python loop over layers and levels: each model is built through the
     storage path (quantize: :func:`hamjax.quant.quantize_params` of that
     leaf alone to integer codes, then :func:`hamjax.quant.dequantize_tree`;
-    prune: :func:`hamjax.prune.magnitude_masks` of that leaf alone, then
-    :func:`hamjax.prune.apply_masks`) and its accuracy is counted in numpy.
+    prune: the ``floor(s n)`` smallest ``|w|`` of that leaf set to zero in
+    numpy, the count in float32 and ties broken by position as
+    :func:`hamjax.prune.magnitude_masks` documents) and its accuracy is
+    counted in numpy.
     Slower (one call per member), independent of the vmapped code.
 
     Args:
@@ -229,6 +240,8 @@ def layer_ablation(apply_fn, params, x, y, *, method: str = "quantize", levels=N
                 stored = quant.quantize_params(params, bits=int(level), filter=only, channel_axes=axes)
                 modified = quant.dequantize_tree(stored)
             else:
-                modified = prune.apply_masks(params, prune.magnitude_masks(params, float(level), filter=only))
+                modified = jax.tree_util.tree_map_with_path(
+                    lambda path, a, level=level, only=only: _pruned(a, level) if only(path, a) else a, params
+                )
             drops[j, k] = base - accuracy(modified)
     return Sensitivity(names, levels, drops, _ranking(names, drops), base)
