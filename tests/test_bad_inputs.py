@@ -35,6 +35,7 @@ from hamjax import (
     train,
     tune,
 )
+from hamjax.autotune import selection, strategies
 from hamjax.export.graph import ExportError
 from hamjax.models import saved
 from hamjax.search import proposals, trainer
@@ -1691,6 +1692,33 @@ CASES = [
      "import_jsonl: cannot read"),
     ("knowledge-export-missing-folder", lambda: _kb(_kb_url()).export_jsonl(_tmp() / "missing" / "kb.jsonl"), ValueError,
      "export_jsonl: path must be in an existing folder"),
+    # autotune: constraints, weights, the recipe space, strategies and selection (issue 20)
+    ("Constraints-negative-drop", lambda: autotune.Constraints(max_accuracy_drop=-0.5), ValueError,
+     "Constraints: max_accuracy_drop must be a finite number >= 0, got -0.5"),
+    ("Constraints-size-reduction-below-1", lambda: autotune.Constraints(min_size_reduction=0.25), ValueError,
+     "Constraints: min_size_reduction must be a finite number >= 1, got 0.25"),
+    ("Constraints-latency-nan", lambda: autotune.Constraints(max_latency_ms=NAN), ValueError,
+     "Constraints: max_latency_ms must be a finite number > 0, got nan"),
+    ("Weights-negative", lambda: autotune.Weights(speed=-1.0), ValueError,
+     "Weights: speed must be a finite number >= 0, got -1.0"),
+    ("Weights-all-zero", lambda: autotune.Weights(0, 0, 0), ValueError,
+     "Weights: speed, memory and accuracy must not all be zero, got (0, 0, 0)"),
+    ("RecipeSpace-family", lambda: autotune.RecipeSpace("rnn"), ValueError,
+     "RecipeSpace: signature.family must be one of ('mlp', 'cnn', 'transformer', 'vit', 'hybrid'), got 'rnn'"),
+    ("RecipeSpace-export", lambda: autotune.RecipeSpace("mlp", export="int4"), ValueError,
+     "RecipeSpace: export must be one of ('int8', 'fp32', 'auto'), got 'int4'"),
+    ("RecipeSpace-step-not-in-family", lambda: autotune.RecipeSpace("mlp", steps=("merge",)), ValueError,
+     "RecipeSpace: steps must be one of ('distill', 'prune', 'lowrank', 'quantize', 'precision'), got 'merge'"),
+    ("strategies.make-name", lambda: strategies.make("greedy", autotune.RecipeSpace("mlp"), None, None, None, seed=0),
+     ValueError, "strategies.make: name must be one of ('rules', 'mcts', 'hybrid', 'random', 'optuna'), got 'greedy'"),
+    ("strategies.make-seed", lambda: strategies.make("random", autotune.RecipeSpace("mlp"), None, None, None, seed=-1),
+     ValueError, "strategies.make('random'): seed must be an integer >= 0, got -1"),
+    ("MCTS-alpha", lambda: autotune.MCTS(autotune.RecipeSpace("mlp"), alpha=1.0), ValueError,
+     "MCTS: alpha must be a finite number > 0 and < 1, got 1.0"),
+    ("select-method", lambda: selection.select({"rules": []}, "elitist", np.random.default_rng(0)), ValueError,
+     "select: method must be one of ('tournament', 'roulette', 'rank'), got 'elitist'"),
+    ("select-no-strategies", lambda: selection.select({}, "rank", np.random.default_rng(0)), ValueError,
+     "select: histories_by_strategy must name at least one strategy, got none"),
 ]  # fmt: skip
 
 
