@@ -53,6 +53,8 @@ from hamjax.autotune.knowledge_schema import (
     default_url,
     engine_for,
     open_error,
+    record_of,
+    row_of,
 )
 from hamjax.tune.storage import redact
 
@@ -67,16 +69,6 @@ __all__ = [
 ]
 
 
-def _signature(value: Any):
-    from hamjax.autotune import signature
-
-    if isinstance(value, dict):
-        return signature.Signature.from_dict(value)
-    if not isinstance(value, signature.Signature):
-        raise ValueError(f"KnowledgeBase: signature must be a Signature or its dict, got {type(value).__name__}")
-    return value
-
-
 class KnowledgeBase:
     """Records of what recipes measured, looked up by signature similarity and merged into advice.
 
@@ -89,7 +81,7 @@ class KnowledgeBase:
     Attributes:
       url: the URL, its password replaced by ``***``.
       read_only: whether writes are refused.
-      warnings: what the base could not do when it was opened (see :meth:`open`).
+      warnings: what the base could not do when opened (see :meth:`open`), and stored records it skipped.
 
     Raises:
       KnowledgeBaseError: an unreachable or corrupt base, or one written by a
@@ -217,14 +209,25 @@ class KnowledgeBase:
             if not isinstance(record, Record):
                 raise ValueError(f"KnowledgeBase.add: records[{i}] must be a Record, got {type(record).__name__}")
         ids = [record.id or uuid.uuid4().hex for record in records]
-        rows = [_row(record, id_) for record, id_ in zip(records, ids, strict=True)]
+        rows = [row_of(r, i, knowledge_merge.signature_of(r.signature).key) for r, i in zip(records, ids, strict=True)]
         with self._writing("write to") as connection:
             added = self._schema.insert_new(connection, rows)
         return ids, added
 
-    def _rows(self, **filters) -> list[dict]:
+    def _rows(self, **filters) -> list[tuple[dict, Record]]:
+        """Stored rows with their records; a row that is not a whole record is left out and said in ``warnings``."""
         with self._reading() as connection:
-            return self._schema.select(connection, **filters)
+            rows = self._schema.select(connection, **filters)
+        whole = []
+        for row in rows:
+            try:
+                if "problem" in row:
+                    raise ValueError(row["problem"])
+                whole.append((row, record_of(row)))
+            except (ValueError, TypeError) as error:
+                note = f"record {row['id']} skipped: {' '.join(str(error).split())[:200]}"
+                self.warnings += () if note in self.warnings else (note,)
+        return whole
 
     def records(self, family: str | None = None, signature_key: str | None = None) -> list[Record]:
         """The stored records, oldest first, optionally of one family or one signature key.
@@ -234,7 +237,7 @@ class KnowledgeBase:
           >>> KnowledgeBase(f"sqlite:///{tempfile.mkdtemp()}/kb.db").records(family="cnn")
           []
         """
-        return [_record(row) for row in self._rows(family=family, signature_key=signature_key)]
+        return [record for _, record in self._rows(family=family, signature_key=signature_key)]
 
     def trust(self, source: str) -> float:
         """The trust in a source, in (0, 1] (:data:`~hamjax.autotune.knowledge_merge.DEFAULT_TRUST` if never judged)."""
@@ -243,13 +246,13 @@ class KnowledgeBase:
 
     def _similar(self, signature, min_similarity: float) -> list[tuple[float, list[dict]]]:
         """``(similarity, rows)`` per stored signature key at least ``min_similarity`` alike, most similar first."""
-        target = _signature(signature)
+        target = knowledge_merge.signature_of(signature)
         by_key: dict[str, list[dict]] = {}
-        for row in self._rows():
+        for row, _ in self._rows():
             by_key.setdefault(row["signature_key"], []).append(row)
         scored = []
         for rows in by_key.values():
-            score = _similarity(target, rows[0]["signature"])
+            score = knowledge_merge.alike(target, rows[0]["signature"])
             if score is not None and score >= min_similarity:
                 scored.append((score, rows))
         scored.sort(key=lambda pair: -pair[0])
@@ -273,7 +276,7 @@ class KnowledgeBase:
         min_similarity = check_number("KnowledgeBase.lookup", "min_similarity", min_similarity, minimum=0.0,
                                       maximum=1.0)  # fmt: skip
         return [
-            (_record(row), score)
+            (record_of(row), score)
             for score, rows in self._similar(signature, min_similarity)[:k]
             for row in sorted(rows, key=lambda r: -r["time"])
         ]
@@ -284,7 +287,7 @@ class KnowledgeBase:
         constraints: Any = None,
         k: int = 3,
         *,
-        min_similarity: float = 0.5,
+        min_similarity: float = knowledge_merge.MIN_SIMILARITY,
         half_life_days: float = 180.0,
         now: float | None = None,
     ) -> list[tuple[dict, float, str]]:
@@ -333,7 +336,9 @@ class KnowledgeBase:
         All verdicts and trust updates are one transaction.
 
         Args:
-          target: a record id, or a recipe key (:func:`recipe_key`): every record of that recipe is judged.
+          target: a record id, or a recipe key (:func:`recipe_key`): the records of that recipe are
+            judged (with ``signature``, those of models at least
+            :data:`~hamjax.autotune.knowledge_merge.MIN_SIMILARITY` alike).
           measured: the outcome: a results dict, or an ``objective.Measured`` with ``baseline``.
           baseline: the dense model's ``objective.Measured`` (when ``measured`` is one).
           signature: the measured model's signature: each verdict moves the
@@ -353,15 +358,24 @@ class KnowledgeBase:
             raise ValueError("KnowledgeBase.report: baseline is needed when measured is not a results dict")
         else:
             outcome = knowledge_merge.measured_results(measured, baseline, constraints)
-        target_signature = None if signature is None else _signature(signature)
+        target_signature = None if signature is None else knowledge_merge.signature_of(signature)
         with self._writing("write to") as connection:
-            judged = self._schema.select(connection, id=target) or self._schema.select(connection, recipe_key=target)
+            by_id = self._schema.select(connection, id=target)
+            judged = [
+                row for row in by_id or self._schema.select(connection, recipe_key=target) if "problem" not in row
+            ]
             if not judged:
                 raise KnowledgeBaseError(f"KnowledgeBase.report: no record has id or recipe key {target!r}")
             verdicts = []
             for row in judged:
+                alike = (
+                    1.0
+                    if target_signature is None
+                    else (knowledge_merge.alike(target_signature, row["signature"]) or 0.0)
+                )
+                if not by_id and alike < knowledge_merge.MIN_SIMILARITY:
+                    continue  # a record about an unlike model predicted nothing about this one
                 why = knowledge_merge.wrong_prediction(row["results"], outcome, constraints)
-                alike = 1.0 if target_signature is None else (_similarity(target_signature, row["signature"]) or 0.0)
                 self._schema.judge(connection, row["source"], why is not None, alike)
                 verdicts.append((row["id"], why))
         return verdicts
@@ -405,7 +419,7 @@ class KnowledgeBase:
         readable = []
         for number, record in numbered:
             try:
-                _signature(record.signature)
+                knowledge_merge.signature_of(record.signature)
             except (ValueError, TypeError, KeyError) as error:
                 skipped.append((number, f"signature: {' '.join(str(error).split())[:200]}"))
                 continue
@@ -413,33 +427,3 @@ class KnowledgeBase:
         _, added = self._store(readable) if readable else ([], 0)
         skipped.sort()
         return ImportReport(added=added, present=len(readable) - added, skipped=skipped)
-
-
-def _row(record: Record, id_: str) -> dict:
-    return {
-        "id": id_,
-        "signature_key": str(_signature(record.signature).key),
-        "family": record.family,
-        "source": record.source,
-        "time": record.time,
-        "recipe_key": record.recipe_key,
-        "confidence": record.confidence,
-        "signature": record.signature,
-        "recipe": record.recipe,
-        "results": record.results,
-        "environment": record.environment,
-    }
-
-
-def _record(row: dict) -> Record:
-    fields = ("signature", "family", "recipe", "results", "environment", "time", "source", "confidence", "id")
-    return Record(**{name: row[name] for name in fields})
-
-
-def _similarity(target, raw: dict) -> float | None:
-    from hamjax.autotune.signature import similarity
-
-    try:
-        return float(similarity(target, _signature(raw)))
-    except (ValueError, TypeError, KeyError):
-        return None  # a signature this hamjax cannot read is no evidence

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 DEFAULT_TRUST = 0.8
+MIN_SIMILARITY = 0.5  # records of less alike models neither advise nor are judged
 MIN_TRUST = 0.01
 AGREEMENT_POINTS = 1.0
 DISAGREEING = 0.25  # what a record that disagrees with the merged result counts
@@ -41,6 +42,31 @@ LIMITS = (  # (constraint attribute, result key, sign: +1 for an upper limit, -1
     ("min_size_reduction", "size_reduction", -1),
     ("min_speedup", "speedup", -1),
 )
+
+
+def signature_of(value: Any):
+    """A :class:`~hamjax.autotune.signature.Signature` from itself or its dict.
+
+    Raises:
+      ValueError: neither, or a dict that is not a signature.
+    """
+    from hamjax.autotune import signature
+
+    if isinstance(value, dict):
+        return signature.Signature.from_dict(value)
+    if not isinstance(value, signature.Signature):
+        raise ValueError(f"KnowledgeBase: signature must be a Signature or its dict, got {type(value).__name__}")
+    return value
+
+
+def alike(target, stored: Any) -> float | None:
+    """The similarity of ``target`` (a Signature) to a stored signature dict; ``None`` if that cannot be read."""
+    from hamjax.autotune.signature import similarity
+
+    try:
+        return float(similarity(target, signature_of(stored)))
+    except (ValueError, TypeError, KeyError):
+        return None  # a signature this hamjax cannot read is no evidence
 
 
 def limit(constraints: Any, name: str) -> float | None:

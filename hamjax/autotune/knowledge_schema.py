@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import time
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hamjax.autotune import knowledge_merge
+from hamjax.autotune.knowledge_record import FIELDS, Record
 from hamjax.tune.storage import redact
 
 SCHEMA_VERSION = 1
@@ -29,6 +31,7 @@ SCHEMA_VERSION = 1
 _WRITE = "hamjax_knowledge_write"  # the execution option that makes a SQLite transaction BEGIN IMMEDIATE
 _COLUMNS = ("id", "signature_key", "family", "source", "time", "recipe_key", "confidence",
             "signature", "recipe", "results", "environment")  # fmt: skip
+_JSON = ("signature", "recipe", "results", "environment")
 
 
 def default_url() -> str:
@@ -110,6 +113,10 @@ def engine_for(url: str, *, read_only: bool = False):
         connect_args = {"connect_timeout": 10}
         if read_only:
             connect_args["options"] = "-c default_transaction_read_only=on"
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ValueError("a PostgreSQL knowledge base needs psycopg 3: pip install 'hamjax[tune]'") from None
         return sqlalchemy.create_engine(
             "postgresql+psycopg://" + url.split("://", 1)[1], pool_pre_ping=True, connect_args=connect_args
         )
@@ -129,6 +136,17 @@ def engine_for(url: str, *, read_only: bool = False):
     event.listen(engine, "connect", _sqlite_connect(read_only))
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def row_of(record: Record, id_: str, signature_key: str) -> dict:
+    """The table row of a record: its fields, its id, and the signature and recipe keys it is found by."""
+    fields = {name: getattr(record, name) for name in FIELDS}
+    return {**fields, "id": id_, "signature_key": str(signature_key), "recipe_key": record.recipe_key}
+
+
+def record_of(row) -> Record:
+    """The record a table row holds (checked again: a row written by hand is refused like a bad line)."""
+    return Record(**{name: row[name] for name in (*FIELDS, "id")})
 
 
 @functools.cache
@@ -245,15 +263,29 @@ class Schema:
         return known
 
     def select(self, connection, **filters) -> list[dict]:
-        """The rows whose columns equal the given values (``None`` filters nothing), oldest first."""
-        from sqlalchemy import select
+        """The rows whose columns equal the given values (``None`` filters nothing), oldest first.
 
-        query = select(*(self.table.c[name] for name in _COLUMNS))
+        The JSON columns are parsed row by row, so one row damaged outside
+        hamjax does not hide the others: its ``"problem"`` says what is wrong.
+        """
+        from sqlalchemy import Text, select, type_coerce
+
+        query = select(*(type_coerce(self.table.c[n], Text) if n in _JSON else self.table.c[n] for n in _COLUMNS))
         for name, value in filters.items():
             if value is not None:
                 query = query.where(self.table.c[name] == value)
         query = query.order_by(self.table.c.time, self.table.c.id)
-        return [dict(row) for row in connection.execute(query).mappings()]
+        rows = []
+        for mapping in connection.execute(query).mappings():
+            row = {name: mapping[name] for name in _COLUMNS}
+            for name in _JSON:
+                if isinstance(row[name], str):  # SQLite keeps text; psycopg parses PostgreSQL's json itself
+                    try:
+                        row[name] = json.loads(row[name])
+                    except ValueError:
+                        row["problem"] = f"{name} is not valid JSON"
+            rows.append(row)
+        return rows
 
     def trusts(self, connection) -> dict[str, float]:
         """The trust in every source judged so far."""

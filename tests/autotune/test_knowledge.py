@@ -130,6 +130,7 @@ def test_suggest_ranks_feasible_first_and_weighs_similarity_confidence_and_age(s
 def test_report_lowers_the_trust_of_a_wrong_source_and_raises_a_right_one(kb, sigs):
     wrong_id = kb.add(_record(sigs["small"], drop=0.2, source="optimist"))
     kb.add(_record(sigs["small"], PRUNE, drop=3.0, feasible=False, source="careful"))
+    kb.add(_record(sigs["far"], PRUNE, drop=0.1, source="elsewhere"))  # about an unlike model: not judged below
     verdicts = kb.report(wrong_id, {"accuracy_drop": 4.0, "feasible": False})
     assert verdicts == [(wrong_id, "predicted feasible, measured infeasible (infeasible when measured)")]
     assert kb.trust("optimist") == pytest.approx(0.4)
@@ -138,6 +139,7 @@ def test_report_lowers_the_trust_of_a_wrong_source_and_raises_a_right_one(kb, si
     limits = objective.Constraints(max_accuracy_drop=1.0)
     [(_, why)] = kb.report(recipe_key(PRUNE), measured, base, signature=sigs["near"], constraints=limits)
     assert why is None
+    assert kb.trust("elsewhere") == knowledge_merge.DEFAULT_TRUST
     assert kb.trust("careful") == pytest.approx(0.8 + similarity(sigs["small"], sigs["near"]) * 0.2 / 20)
     [(_, why)] = kb.report(wrong_id, {"accuracy_drop": 1.5, "feasible": True})
     assert why == "accuracy drop predicted 0.20 points, measured 1.50"
@@ -312,3 +314,19 @@ def test_four_processes_write_one_sqlite_file(tmp_path, sigs):
 @pytest.mark.slow
 def test_four_processes_write_one_postgresql_database(postgresql_url, sigs):
     _check_written(postgresql_url, _write_in_processes(postgresql_url, sigs["small"], 25), 25)
+
+
+def test_a_damaged_row_is_skipped_and_said_never_raised(kb, sigs, tmp_path):
+    kept = kb.add(_record(sigs["small"]))
+    damaged = [kb.add(_record(sigs["small"], PRUNE, source=s)) for s in "ab"]
+    with sqlite3.connect(tmp_path / "kb.db") as conn:
+        conn.execute("UPDATE hamjax_knowledge_records SET results = ? WHERE id = ?", ("{not json", damaged[0]))
+        conn.execute(
+            "UPDATE hamjax_knowledge_records SET results = ? WHERE id = ?", ('{"accuracy_drop": NaN}', damaged[1])
+        )
+    assert [r.id for r in kb.records()] == [kept]
+    assert [recipe for recipe, _, _ in kb.suggest(sigs["small"], now=NOW)] == [QUANT]
+    assert sorted(kb.warnings) == sorted([
+        f"record {damaged[0]} skipped: results is not valid JSON",
+        f"record {damaged[1]} skipped: Record: results must have 'feasible', got keys ['accuracy_drop']",
+    ])  # fmt: skip
