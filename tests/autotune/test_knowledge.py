@@ -330,3 +330,17 @@ def test_a_damaged_row_is_skipped_and_said_never_raised(kb, sigs, tmp_path):
         f"record {damaged[0]} skipped: results is not valid JSON",
         f"record {damaged[1]} skipped: Record: results must have 'feasible', got keys ['accuracy_drop']",
     ])  # fmt: skip
+
+
+def test_corrupted_records_with_low_confidence_do_not_turn_the_advice(sigs):
+    """30% of the records are corrupted (wrong results, low confidence): the recipe that works still ranks first."""
+    kb = KnowledgeBase("sqlite://")
+    truth = [_record(sigs["small"], QUANT, drop=0.3 + 0.05 * i, source="abc"[i % 3]) for i in range(7)]
+    lies = [_record(sigs["small"], PRUNE, drop=0.0, reduction=50.0, source="x", confidence=0.2),
+            _record(sigs["small"], QUANT, drop=9.0, feasible=False, source="x", confidence=0.2),
+            _record(sigs["small"], PRUNE, drop=0.1, reduction=30.0, source="y", confidence=0.2)]  # fmt: skip
+    kb.add_many([*truth, *lies])
+    limits = objective.Constraints(max_accuracy_drop=1.0, min_size_reduction=4.0)
+    [(first, weight, reason), (second, other, _)] = kb.suggest(sigs["small"], limits, now=NOW)
+    assert first == QUANT and "8 records from 4 sources" in reason and "accuracy drop 0.4" in reason
+    assert second == PRUNE and other < weight / 4

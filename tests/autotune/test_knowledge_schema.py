@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import sqlite3
+import sys
 
 import pytest
 
@@ -9,12 +10,15 @@ from hamjax.autotune import knowledge_merge
 from hamjax.autotune.knowledge_schema import SCHEMA_VERSION, Schema, default_url, engine_for, open_error
 
 
-def test_urls_and_drivers(tmp_path):
+def test_urls_and_drivers(tmp_path, monkeypatch):
     assert engine_for("postgres://kb@db/x").url.drivername == "postgresql+psycopg"
     assert engine_for("postgresql+psycopg2://kb@db/x").url.drivername == "postgresql+psycopg"
     assert engine_for(f"sqlite:///{tmp_path}/kb.db", read_only=True).url.database == f"file:{tmp_path}/kb.db"
     with pytest.raises(ValueError, match=r"got 'redis://u:\*\*\*@h/0'"):
         engine_for("redis://u:s3cret@h/0")
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ValueError, match="a PostgreSQL knowledge base needs psycopg 3"):
+        engine_for("postgresql://kb@db/x")
     error = open_error("postgresql://kb:s3cret@h/x", "read", RuntimeError("password s3cret refused"))
     assert str(error) == "KnowledgeBase: cannot read postgresql://kb:***@h/x: password *** refused"
 
