@@ -198,7 +198,8 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> li
     recipe whose projection a suggestion before it already gave is left
     out, and so is a knowledge-base entry that does not validate. A rule
     whose decisions the space cannot take (a reference granularity on a
-    custom model, token merging without marked blocks) is left out; one
+    custom model, token merging without marked blocks, int8 alone under an
+    fp32 export: a step the rule does not name would be forced in) is left out; one
     that only loses ``fold`` or ``fuse`` stays, and its reason says so.
 
     Args:
@@ -246,11 +247,12 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> li
             if k not in _Q and (k.startswith("steps.") or k.split(".")[0] in used)
         }
         missing = [k for k, v in named.items() if values.get(k) != v]
-        if any(k not in _OPTIONAL for k in missing):
-            continue  # the rule's point (a reference granularity, token merging) is not in this space
+        if any(k not in _OPTIONAL for k in missing) or any(not rule["decisions"].get(f"steps.{k}") for k in used):
+            continue  # the rule's point is not in this space (a reference granularity, token merging, int8)
         note = f" ({', '.join(k.split('.')[1] for k in missing)}: not in this space)" if missing else ""
         if rule["decisions"].get("steps.quantize") and not values.get("steps.quantize"):
-            note += " (bfloat16 in place of int8: this space exports fp32)"
+            instead = "bfloat16 in place of int8" if values.get("steps.precision") else "without int8"
+            note += f" ({instead}: this space exports fp32)"
         add(taken, rule["weight"], rule["reason"] + note, "rules")
     return found
 

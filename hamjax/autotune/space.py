@@ -18,9 +18,11 @@ The family table (:data:`FAMILY_STEPS`) and why:
 * every family: ``prune`` (``magnitude``: unstructured, same dense size;
   ``groups`` with ``shrink = true``: channel groups of any model, physically
   smaller), ``lowrank`` (truncated SVD by ``energy``), ``quantize``
-  (``weight_only``/``dynamic``/``static`` int8) or else ``precision``
-  (bfloat16 compute), and ``distill`` when the caller allows it (it trains a
-  student: the most expensive step);
+  (``weight_only``/``dynamic``/``static`` int8); ``distill`` when the
+  caller allows it (it trains a student: the most expensive step); and,
+  when asked for and the export is not int8, ``precision`` (bfloat16
+  compute): its ONNX file holds bfloat16 ``Gemm`` nodes that onnxruntime's
+  CPU provider cannot load (checked), so it is off by default;
 * ``cnn``, ``hybrid``: ``fold`` (batch norms into the layers before them),
   when the signature counts norms;
 * ``transformer``, ``vit``, ``hybrid``: ``fuse`` (one fused attention op);
@@ -169,8 +171,9 @@ class RecipeSpace:
         known): the family's structured granularities and ``merge`` join.
       export: ``"int8"``, ``"fp32"`` or ``"auto"`` (:data:`EXPORTS`).
       steps: the step kinds to offer, a subset of the family's
-        (:data:`FAMILY_STEPS`); ``None``: all of them but ``distill``.
+        (:data:`FAMILY_STEPS`); ``None``: all of them but ``distill`` and ``precision``.
       distill: offer ``distill`` too (``steps=None`` only).
+      precision: offer ``precision`` too (``steps=None`` only).
       finetune: the finetune epochs offered to prune and lowrank.
 
     Raises:
@@ -181,7 +184,7 @@ class RecipeSpace:
       >>> RecipeSpace("cnn", export="int8").kinds
       ('fold', 'prune', 'lowrank', 'quantize')
       >>> RecipeSpace("vit", reference=True, export="fp32").kinds
-      ('prune', 'lowrank', 'merge', 'fuse', 'precision')
+      ('prune', 'lowrank', 'merge', 'fuse')
     """
 
     def __init__(
@@ -192,13 +195,15 @@ class RecipeSpace:
         export: str = "int8",
         steps: Sequence[str] | None = None,
         distill: bool = False,
+        precision: bool = False,
         finetune: Sequence[int] = (1, 3),
     ):
         self.signature = signature
         self.family = _family(signature)
         self.reference = bool(reference)
         self.export = check_choice("RecipeSpace", "export", export, EXPORTS)
-        offered = [k for k in FAMILY_STEPS[self.family] if distill or k != "distill"]
+        optional = {"distill": distill, "precision": precision}
+        offered = [k for k in FAMILY_STEPS[self.family] if steps is not None or optional.get(k, True)]
         if "fold" in offered and not _has_norms(signature):
             offered.remove("fold")
         if "merge" in offered and not self.reference:

@@ -13,7 +13,7 @@ def _signature(family, norm=0):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_samples_validate_and_keys_are_canonical(family):
-    space = RecipeSpace(_signature(family, norm=2), reference=True, export="auto", distill=True)
+    space = RecipeSpace(_signature(family, norm=2), reference=True, export="auto", distill=True, precision=True)
     rng = np.random.default_rng(0)
     by_key = {}
     for _ in range(200):
@@ -36,7 +36,9 @@ def test_family_table_and_conditions():
     assert RecipeSpace(_signature("cnn", norm=3)).kinds == ("fold", "prune", "lowrank", "quantize")
     assert "merge" not in RecipeSpace("vit").kinds and "merge" in RecipeSpace("vit", reference=True).kinds
     assert RecipeSpace("mlp", reference=True).prune_methods == ("groups", "magnitude", "neurons")
-    assert RecipeSpace("transformer", export="fp32").kinds == ("prune", "lowrank", "fuse", "precision")
+    assert RecipeSpace("transformer", export="fp32").kinds == ("prune", "lowrank", "fuse")
+    assert RecipeSpace("transformer", export="fp32", precision=True).kinds[-1] == "precision"
+    assert "precision" not in RecipeSpace("mlp", export="int8", precision=True).kinds
     assert RecipeSpace("mlp", steps=("prune", "quantize")).kinds == ("prune", "quantize")
 
 
