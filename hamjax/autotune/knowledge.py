@@ -69,6 +69,13 @@ __all__ = [
 ]
 
 
+def _database_errors() -> tuple[type[BaseException], ...]:
+    """What a database failure raises (SQLAlchemy is imported late, so ``import hamjax`` stays light)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return SQLAlchemyError, OSError, RuntimeError
+
+
 class KnowledgeBase:
     """Records of what recipes measured, looked up by signature similarity and merged into advice.
 
@@ -91,7 +98,10 @@ class KnowledgeBase:
     def __init__(self, url: str | None = None, *, read_only: bool = False):
         if url is not None and (not isinstance(url, str) or not url):
             raise ValueError(f"KnowledgeBase: url must be a database URL string or None, got {url!r}")
-        url = default_url() if url is None else url
+        try:
+            url = default_url() if url is None else url
+        except OSError as error:
+            raise KnowledgeBaseError(f"KnowledgeBase: cannot make the default folder: {error}") from None
         self._raw_url, self.url, self.read_only = url, redact(url), bool(read_only)
         self.warnings: tuple[str, ...] = ()
         try:
@@ -101,7 +111,7 @@ class KnowledgeBase:
         self._schema = Schema()
         try:
             found = self._schema.prepare(self._engine, create=not self.read_only)
-        except Exception as error:
+        except _database_errors() as error:
             self._engine.dispose()
             raise open_error(url, "open knowledge base", error) from None
         if found > SCHEMA_VERSION:
@@ -168,11 +178,7 @@ class KnowledgeBase:
         try:
             with self._schema.writer(self._engine) as connection:
                 yield connection
-        except KnowledgeBaseError:
-            raise
-        except Exception as error:
-            if isinstance(error, ValueError) and not hasattr(error, "orig"):
-                raise
+        except _database_errors() as error:
             raise open_error(self._raw_url, doing, error) from None
 
     @contextlib.contextmanager
@@ -180,9 +186,7 @@ class KnowledgeBase:
         try:
             with self._engine.connect() as connection:
                 yield connection
-        except Exception as error:
-            if isinstance(error, ValueError) and not hasattr(error, "orig"):
-                raise
+        except _database_errors() as error:
             raise open_error(self._raw_url, "read knowledge base", error) from None
 
     def add(self, record: Record) -> str:
