@@ -3,6 +3,8 @@
 The per-member step is mapped over the member axis, and ``steps`` optimizer
 steps run per call under ``lax.scan``, so dispatch is paid once per call, not
 once per step.
+:meth:`Population.train_epochs` runs several epochs per call, each scored on
+validation rows inside the same call.
 
 Per-member hyperparameters are ``(P,)`` arrays (:data:`HYPERPARAMETERS`),
 so a population can hold 32 learning rates, sparsities or bit widths in one
@@ -268,24 +270,85 @@ class Population:
         batch = self.chunk if execution == "chunked" else None
         return jax.lax.map(lambda m: fn(*m, *shared), members, batch_size=batch)
 
+    def _train_body(self, execution: str):
+        def run(state: PopulationState, xs, ys):
+            members = (state.params, state.opt_state, state.hparams)
+            teacher_logits = None
+            if self.teacher is not None:
+                teacher_apply, teacher_params = self.teacher
+                teacher_logits = jax.lax.map(lambda x: call_model(teacher_apply, teacher_params, x)[0], xs)
+                teacher_logits = jax.lax.stop_gradient(teacher_logits)
+            steps = state.count + jnp.arange(xs.shape[0], dtype=jnp.int32)
+            keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(0), t))(steps)
+            shared = (xs, ys, teacher_logits, keys)
+            params, opt_state, losses = self._over_members(self._member_train, execution, members, shared)
+            return PopulationState(params, opt_state, state.hparams, state.count + xs.shape[0]), losses
+
+        return run
+
     def _train_fn(self, execution: str):
         if execution not in self._compiled:
-
-            def run(state: PopulationState, xs, ys):
-                members = (state.params, state.opt_state, state.hparams)
-                teacher_logits = None
-                if self.teacher is not None:
-                    teacher_apply, teacher_params = self.teacher
-                    teacher_logits = jax.lax.map(lambda x: call_model(teacher_apply, teacher_params, x)[0], xs)
-                    teacher_logits = jax.lax.stop_gradient(teacher_logits)
-                steps = state.count + jnp.arange(xs.shape[0], dtype=jnp.int32)
-                keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(0), t))(steps)
-                shared = (xs, ys, teacher_logits, keys)
-                params, opt_state, losses = self._over_members(self._member_train, execution, members, shared)
-                return PopulationState(params, opt_state, state.hparams, state.count + xs.shape[0]), losses
-
-            self._compiled[execution] = jax.jit(run, donate_argnums=0)
+            self._compiled[execution] = jax.jit(self._train_body(execution), donate_argnums=0)
         return self._compiled[execution]
+
+    def _scores(self, state: PopulationState, x, y, rows: int) -> dict:
+        """Per-member val scores in chunks of ``rows`` (a scan over the full chunks, then the rest), traced."""
+        score = jax.vmap(self._member_eval, in_axes=(0, 0, None, None))
+        hparams = {k: v for k, v in state.hparams.items() if k == "bits"}
+        full = (len(y) // rows) * rows
+        totals = {"loss": 0.0, "accuracy": 0.0}  # sums of chunk means times their rows
+        if full:
+            chunks = (x[:full].reshape(-1, rows, *x.shape[1:]), y[:full].reshape(-1, rows, *y.shape[1:]))
+            _, each = jax.lax.scan(lambda c, xy: (c, score(state.params, hparams, *xy)), None, chunks)
+            totals = {k: jnp.sum(each[k], axis=0) * rows for k in totals}
+        if full < len(y):
+            rest = score(state.params, hparams, x[full:], y[full:])
+            totals = {k: v + rest[k] * (len(y) - full) for k, v in totals.items()}
+        return {k: v / len(y) for k, v in totals.items()}
+
+    def train_epochs(self, state: PopulationState, x, y, index, val_x, val_y, *, eval_rows: int = 2048):
+        """``index.shape[0]`` epochs for every member in one call, each scored on the validation rows after it.
+
+        Args:
+          state: from :meth:`init` or a previous call (donated: use the returned one).
+          x, y: the training rows, the same for every member; checked and
+            copied to the device once while the same array objects come back.
+          index: ``(epochs, steps, batch)`` integer rows of ``x`` per step.
+          val_x, val_y: the rows every member is scored on after each epoch (eval mode).
+          eval_rows: validation rows scored at once.
+
+        Returns:
+          ``(state, losses, scores)``: losses ``(P, epochs, steps)``, scores
+          ``{"loss": (P, epochs), "accuracy": (P, epochs)}``.
+        """
+        index = np.asarray(index)
+        if index.ndim != 3 or not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= len(y):
+            raise ValueError(
+                f"Population.train_epochs: index must be (epochs, steps, batch) rows of x, got {index.shape}"
+            )
+        cached = self._compiled.get("rows")  # the host arrays last checked, then their device copies
+        if cached is None or any(c is not a for c, a in zip(cached, (x, y, val_x, val_y), strict=False)):
+            self._check_data("Population.train_epochs", ("x", "y"), state.params, x, y)
+            self._check_data("Population.train_epochs", ("val_x", "val_y"), state.params, val_x, val_y)
+            cached = (x, y, val_x, val_y, *(jnp.asarray(a) for a in (x, y, val_x, val_y)))
+            self._compiled["rows"] = cached
+        execution = self.execution
+        if execution == "auto":
+            execution = self.chosen or self.choose(state, cached[4][index[0]], cached[5][index[0]])
+        key = ("epochs", execution, int(eval_rows))
+        if key not in self._compiled:
+            train = self._train_body(execution)
+
+            def run(state, index, x, y, val_x, val_y):
+                def epoch(state, idx):
+                    state, losses = train(state, x[idx], y[idx])
+                    return state, (losses, self._scores(state, val_x, val_y, eval_rows))
+
+                state, (losses, scores) = jax.lax.scan(epoch, state, index)
+                return state, jnp.swapaxes(losses, 0, 1), {k: v.T for k, v in scores.items()}
+
+            self._compiled[key] = jax.jit(run, donate_argnums=0)
+        return self._compiled[key](state, jnp.asarray(index, jnp.int32), *cached[4:])
 
     # public ---------------------------------------------------------------------------------
     def _check_data(self, where: str, names: tuple[str, str], params, x, y) -> None:

@@ -1,8 +1,12 @@
 """The batched ask/tell loop: :func:`run` trains the trials of a study as members of one population.
 
-Each round trains every live member one epoch (one compiled call per shape
-bucket) and scores it on the validation split. Each member then reports its
-validation accuracy at its own epoch; the study's pruner decides per member.
+Each round trains every live member some epochs in one compiled call per
+shape bucket (:meth:`hamjax.search.population.Population.train_epochs`),
+scoring it on the validation split after each epoch inside the same call: one
+epoch when a pruner decides after each, else the largest power of two that
+no live member overshoots (a study without pruning trains its trials' epochs
+in one call). Each member then reports its validation accuracy at each of
+its epochs; the study's pruner decides per member.
 A finished, pruned or diverged member is told at once and its slot is
 refilled with a newly asked trial (fresh params, new hyperparameters, epoch
 0), so the batch stays full until the budget is spent: asynchronous
@@ -31,7 +35,7 @@ from hamjax.tune.result import TuneResult
 from hamjax.tune.samplers import check_objectives, grid_size, make_pruner, make_sampler
 from hamjax.tune.space import Space
 
-EVAL_ROWS = 2048  # validation rows scored per call
+EVAL_ROWS = 2048  # validation rows scored at once
 
 
 class _Loop:
@@ -101,21 +105,23 @@ class _Loop:
         return [{"trial": t, "values": self.space.values(t.params), "epoch": 0} for t in trials]
 
     # one round -----------------------------------------------------------------------------------------
-    def epoch_batches(self, batch_size: int, round_: int):
-        train = self.dataset.train
-        batch_size = min(batch_size, len(train.y))
-        rows = list(data.batches(train, batch_size, seed=self.seed, epoch=round_))
-        return np.stack([x for x, _ in rows]), np.stack([y for _, y in rows])
+    def epoch_index(self, batch_size: int, round_: int, epochs: int) -> np.ndarray:
+        """``(epochs, steps, batch)`` training rows of rounds ``round_`` on (every member sees the same batches)."""
+        n = len(self.dataset.train.y)
+        batch_size = min(batch_size, n)
+        steps = data.steps_per_epoch(n, batch_size)
+        first = round_ * steps
+        index = [data.batch_indices(n, batch_size, first + t, seed=self.seed) for t in range(epochs * steps)]
+        return np.stack(index).reshape(epochs, steps, batch_size)
 
-    def evaluate(self, state: PopulationState) -> dict:
-        val = self.dataset.val
-        totals: dict[str, np.ndarray] = {}
-        for start in range(0, len(val.y), EVAL_ROWS):
-            x, y = val.x[start : start + EVAL_ROWS], val.y[start : start + EVAL_ROWS]
-            scores = self.trainer.evaluate(state, x, y)
-            for k, v in scores.items():
-                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * len(y)
-        return {k: v / len(val.y) for k, v in totals.items()}
+    def span(self, pruning: bool) -> int:
+        """Epochs the next call trains: 1 when a pruner decides after each; else every live member's last
+        epochs when they all have them left (one call a trial), or the largest power of two that no live
+        member overshoots (few compiled shapes)."""
+        if pruning:
+            return 1
+        left = min(self.epochs - b.slots[i]["epoch"] for b in self.buckets.values() for i in b.live)
+        return left if left == self.epochs else 1 << (left.bit_length() - 1)
 
     def latency(self, params) -> float:
         key = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(params))
@@ -151,42 +157,52 @@ class _Loop:
         else:
             self.since_best += 1
 
-    def round(self, round_: int, *, pruning: bool, min_delta: float) -> None:
-        """Train every bucket's members one epoch, then report, prune, finish and tell them."""
+    def round(self, round_: int, *, pruning: bool, min_delta: float) -> int:
+        """Train every bucket's members some epochs in one call each, then report, prune, finish and tell them.
+
+        Returns the number of epochs trained (:meth:`span`).
+        """
         from optuna.trial import TrialState
 
         told: list = []
+        span = self.span(pruning)
+        train, val = self.dataset.train, self.dataset.val
         for bucket in list(self.buckets.values()):
             live = bucket.live
             if not live:
                 continue
-            xs, ys = self.epoch_batches(bucket.batch_size, round_)
-            bucket.state, _ = self.trainer.train(bucket.state, xs, ys)
-            scores = self.evaluate(bucket.state)
+            index = self.epoch_index(bucket.batch_size, round_, span)
+            bucket.state, _, scores = self.trainer.train_epochs(
+                bucket.state, train.x, train.y, index, val.x, val.y, eval_rows=EVAL_ROWS
+            )
+            accuracies, losses = np.asarray(scores["accuracy"], np.float64), np.asarray(scores["loss"])  # (P, span)
             for i in live:
                 member = bucket.slots[i]
-                member["epoch"] += 1
-                self.member_epochs += 1
-                accuracy, loss = float(scores["accuracy"][i]), float(scores["loss"][i])
                 trial = member["trial"]
-                if not math.isfinite(loss):
-                    trial.set_user_attr(studies.DIVERGED_ATTR, True)
-                    told.append((trial, None, TrialState.FAIL))
-                    self.watch(-math.inf, min_delta)
-                    bucket.slots[i] = None
-                    continue
-                if len(self.objectives) == 1:  # Optuna keeps intermediate values of one objective only
-                    trial.report(accuracy, member["epoch"])
-                if member["epoch"] >= self.epochs:
-                    told.append((trial, self.objective_values(bucket.state, i, accuracy), TrialState.COMPLETE))
-                    self.watch(accuracy, min_delta)
+                for j in range(span):
+                    member["epoch"] += 1
+                    self.member_epochs += 1
+                    accuracy = float(accuracies[i, j])
+                    if not math.isfinite(losses[i, j]):
+                        trial.set_user_attr(studies.DIVERGED_ATTR, True)
+                        told.append((trial, None, TrialState.FAIL))
+                        self.watch(-math.inf, min_delta)
+                        break
+                    if len(self.objectives) == 1:  # Optuna keeps intermediate values of one objective only
+                        trial.report(accuracy, member["epoch"])
+                    if member["epoch"] >= self.epochs:
+                        told.append((trial, self.objective_values(bucket.state, i, accuracy), TrialState.COMPLETE))
+                        self.watch(accuracy, min_delta)
+                        break
+                    if pruning and trial.should_prune():
+                        told.append((trial, None, TrialState.PRUNED))
+                        self.watch(-math.inf, min_delta)
+                        break
                 else:
-                    if not (pruning and trial.should_prune()):
-                        continue
-                    told.append((trial, None, TrialState.PRUNED))
-                    self.watch(-math.inf, min_delta)
+                    continue
                 bucket.slots[i] = None
         self.tell(told)
+        return span
 
     def abandon(self) -> None:
         """Fail every live trial (an interrupted run), leaving its slot empty."""
@@ -347,13 +363,13 @@ def run(
                 loop.place(asked)
             if not loop.live:
                 break
-            loop.round(round_, pruning=pruning, min_delta=min_delta)
+            span = loop.round(round_, pruning=pruning, min_delta=min_delta)
             if round_ == 0 and trainer.execution == "auto":
                 trainer.execution = trainer.chosen
             if not recorded:
                 study.set_user_attr(studies.EXECUTION_ATTR, trainer.execution)
                 recorded = True
-            round_ += 1
+            round_ += span
     except BaseException:
         loop.abandon()  # no trial stays RUNNING: FAIL (not counted) so that a resumed study retries it
         raise

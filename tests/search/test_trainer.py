@@ -226,3 +226,22 @@ def test_a_loss_of_ones_own_takes_labels_that_are_not_classes():
     state = trainer.init({"w": jnp.zeros((2, 4, 3))})
     state, losses = trainer.train(state, np.ones((2, 8, 4), np.float32), np.full((2, 8), 7.5, np.float32))
     assert losses.shape == (2, 2) and np.all(np.isfinite(losses))
+
+
+def test_train_epochs_matches_train_then_evaluate_per_epoch():
+    params = pop.init(make, jax.random.key(2), 3)
+    hp = {"learning_rate": jnp.asarray([1e-3, 1e-2, 3e-2])}
+    trainer = pop.Population(mlp)
+    xs, ys = batches()
+    x, y = np.asarray(xs).reshape(-1, *xs.shape[2:]), np.asarray(ys).reshape(-1)
+    index = np.arange(len(y)).reshape(2, 2, -1)  # two epochs of two steps
+    state, losses, scores = trainer.train_epochs(trainer.init(params, hp), x, y, index, x[:5], y[:5], eval_rows=2)
+    assert losses.shape == (3, 2, 2) and scores["accuracy"].shape == (3, 2) and int(state.count) == 4
+    want = trainer.init(params, hp)
+    for epoch in range(2):
+        want, want_losses = trainer.train(want, x[index[epoch]], y[index[epoch]])
+        np.testing.assert_allclose(losses[:, epoch], want_losses, rtol=1e-5, atol=1e-6)
+        for name, value in trainer.evaluate(want, x[:5], y[:5]).items():
+            np.testing.assert_allclose(scores[name][:, epoch], value, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Population\.train_epochs: index must be"):
+        trainer.train_epochs(state, x, y, index + len(y), x[:5], y[:5])
