@@ -66,3 +66,9 @@ def test_priors_follow_the_rules():
     sparsity = space.next_decision((*taken, ("prune.method", "groups")))
     assert {v for v, _ in priors.centres((*taken, ("prune.method", "groups")), sparsity)} == {0.3, 0.5, 0.7}
     assert not rules.Priors([])
+
+
+def test_rules_survive_a_space_with_other_finetune_epochs():
+    found = rules.suggestions(RecipeSpace("mlp", finetune=(1,)))
+    assert len(found) == len(rules.suggestions(RecipeSpace("mlp")))
+    assert found[0].recipe.steps[0].params["finetune_epochs"] == 1
