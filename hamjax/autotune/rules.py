@@ -246,9 +246,12 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> li
             for k, v in rule["decisions"].items()
             if k not in _Q and (k.startswith("steps.") or k.split(".")[0] in used)
         }
-        # epochs are the space's budget and continuous values are clipped onto its range: neither is the rule's point
+        # epochs are the space's budget, merge's r is bounded by the tokens and continuous values are clipped
+        # onto the space's range: none of these is the rule's point
         missing = [
-            k for k, v in named.items() if values.get(k) != v and not k.endswith("epochs") and not isinstance(v, float)
+            k
+            for k, v in named.items()
+            if values.get(k) != v and not k.endswith(("epochs", ".r")) and not isinstance(v, float)
         ]
         if any(k not in _OPTIONAL for k in missing) or any(not rule["decisions"].get(f"steps.{k}") for k in used):
             continue  # the rule's point is not in this space (a reference granularity, token merging, int8)

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from hamjax import recipes
-from hamjax._checks import check_choice
+from hamjax._checks import check_choice, check_int
 
 __all__ = ["EXPORTS", "FAMILIES", "FAMILY_STEPS", "REFERENCE_PRUNE", "Decision", "RecipeSpace", "key"]
 
@@ -175,6 +175,10 @@ class RecipeSpace:
       distill: offer ``distill`` too (``steps=None`` only).
       precision: offer ``precision`` too (``steps=None`` only).
       finetune: the finetune epochs offered to prune and lowrank.
+      tokens: the tokens entering the first attention block, when known:
+        ``merge`` offers ``r`` up to ``tokens / (blocks + 1)`` (each block
+        can merge at most half of the tokens it gets; blocks are the
+        signature's attention sites); ``None``: ``r = 1`` only.
 
     Raises:
       ValueError: an unknown family or export, or a step kind the family does not offer.
@@ -197,6 +201,7 @@ class RecipeSpace:
         distill: bool = False,
         precision: bool = False,
         finetune: Sequence[int] = (1, 3),
+        tokens: int | None = None,
     ):
         self.signature = signature
         self.family = _family(signature)
@@ -218,6 +223,9 @@ class RecipeSpace:
             offered = [k for k in offered if k in steps]
         self.kinds = tuple(offered)
         self.finetune = tuple(int(e) for e in finetune)
+        blocks = max(getattr(signature, "attention", 1), 1)
+        most = 1 if tokens is None else check_int("RecipeSpace", "tokens", tokens, minimum=2) // (blocks + 1)
+        self.merge_choices = tuple(r for r in (1, 2, 4, 8, 16) if r <= max(most, 1))
         self.prune_methods = ("groups", "magnitude", *(REFERENCE_PRUNE[self.family] if self.reference else ()))
         self._fields = self._field_decisions()
 
@@ -240,7 +248,9 @@ class RecipeSpace:
                 d("lowrank.energy", low=0.5, high=0.99, resolution=0.005, default=0.9),
                 dataclasses.replace(epochs, name="lowrank.finetune_epochs"),
             ),
-            "merge": (d("merge.r", choices=(1, 2, 4), default=2),),
+            "merge": (
+                d("merge.r", choices=self.merge_choices, default=self.merge_choices[len(self.merge_choices) // 2]),
+            ),
             "fuse": (),
             "quantize": (d("quantize.method", choices=("static", "dynamic", "weight_only"), default="static"),),
             "precision": (d("precision.finetune_epochs", choices=(0, 1), default=1),),

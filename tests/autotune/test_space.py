@@ -83,3 +83,12 @@ def test_key_ignores_name_and_defaults():
     a = recipes.validate({"name": "a", "steps": [{"kind": "quantize"}, {"kind": "export"}]})
     b = recipes.validate({"name": "b", "steps": [{"kind": "quantize", "method": "static"}, {"kind": "export"}]})
     assert space_mod.key(a) == space_mod.key(b)
+
+
+def test_merge_r_is_bounded_by_the_tokens():
+    sig = Signature("vit", (), 1000, (8, 8, 1), "image", 10, 3, dense=8, attention=2)
+    assert RecipeSpace(sig, reference=True).merge_choices == (1,)
+    assert RecipeSpace(sig, reference=True, tokens=16).merge_choices == (1, 2, 4)
+    assert RecipeSpace(sig, reference=True, tokens=49).merge_choices == (1, 2, 4, 8, 16)
+    with pytest.raises(ValueError, match="RecipeSpace: tokens must be an integer >= 2, got 0"):
+        RecipeSpace(sig, tokens=0)
