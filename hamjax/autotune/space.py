@@ -65,10 +65,6 @@ FAMILIES = ("mlp", "cnn", "transformer", "vit", "hybrid")
 EXPORTS = ("int8", "fp32", "auto")
 """What the export step writes: int8 (every candidate quantizes), fp32 (none does) or auto (int8 exactly when it quantizes)."""
 
-STEP_ORDER = ("distill", "fold", "prune", "lowrank", "merge", "fuse", "quantize", "precision")
-"""The order steps run in: the student first, folding before pruning, merge and fuse after the weight changes
-(they re-read the jaxpr), and int8 or bfloat16 last before the export."""
-
 FAMILY_STEPS = {
     "mlp": ("distill", "prune", "lowrank", "quantize", "precision"),
     "cnn": ("distill", "fold", "prune", "lowrank", "quantize", "precision"),
@@ -76,7 +72,9 @@ FAMILY_STEPS = {
     "vit": ("distill", "prune", "lowrank", "merge", "fuse", "quantize", "precision"),
     "hybrid": ("distill", "fold", "prune", "lowrank", "merge", "fuse", "quantize", "precision"),
 }
-"""The step kinds each family may use (conditions in the module docstring)."""
+"""The step kinds each family may use (conditions in the module docstring), in the order they run: the student
+first, folding before pruning, merge and fuse after the weight changes (they re-read the jaxpr), int8 or bfloat16
+last before the export."""
 
 REFERENCE_PRUNE = {
     "mlp": ("neurons",),
@@ -258,19 +256,6 @@ class RecipeSpace:
 
     def __repr__(self) -> str:
         return f"RecipeSpace(family={self.family!r}, reference={self.reference}, export={self.export!r}, kinds={self.kinds})"
-
-    def decisions(self) -> dict[str, Decision]:
-        """Every decision the space may ask, by name (what a sampler declares up front).
-
-        Examples:
-          >>> from hamjax.autotune.space import RecipeSpace
-          >>> sorted(RecipeSpace("mlp", steps=("prune", "quantize")).decisions())[:3]
-          ['prune.finetune_epochs', 'prune.method', 'prune.sparsity']
-        """
-        found = {f"steps.{k}": Decision(f"steps.{k}", choices=(True, False), default=False) for k in self.kinds}
-        for kind in self.kinds:
-            found.update({dec.name: dec for dec in self._fields[kind]})
-        return found
 
     def next_decision(self, taken: Sequence[tuple[str, Any]]) -> Decision | None:
         """The decision after the ``(name, value)`` pairs ``taken`` so far, or ``None`` when the recipe is complete.

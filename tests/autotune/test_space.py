@@ -64,7 +64,7 @@ def test_decision_walk_and_continuous_grid():
     assert dict(taken)["prune.sparsity"] == 0.73
     assert space.next_decision(taken) is None
     assert space.next_decision(()).name == "steps.prune"
-    sparsity = space.decisions()["prune.sparsity"]
+    sparsity = space.next_decision((("steps.prune", True), ("steps.quantize", True), ("prune.method", "groups")))
     assert sparsity.continuous and (sparsity.low, sparsity.high) == (0.1, 0.9)
     assert not sparsity.accepts(0.7349) and sparsity.accepts(0.73)
 
