@@ -263,7 +263,9 @@ class RecipeSpace:
         The step decisions come first, one per offered kind. A forced step
         (``quantize`` under ``export="int8"``; the last kind when nothing
         else was chosen, so no candidate is the dense model) offers
-        ``True`` only; ``precision`` is not offered once ``quantize`` is used.
+        ``True`` only; ``precision`` is not offered once ``quantize`` is
+        used, nor ``merge`` after ``lowrank``, nor the ``groups`` prune
+        method with ``merge`` (token merging fails on the rewritten model; checked).
 
         Args:
           taken: the decisions taken, in order.
@@ -279,7 +281,7 @@ class RecipeSpace:
             used = [k for k in self.kinds[:i] if values.get(f"steps.{k}")]
             if kind == "quantize" and self.export == "int8":
                 return Decision(name, choices=(True,), default=True)
-            if kind == "precision" and "quantize" in used:
+            if (kind == "precision" and "quantize" in used) or (kind == "merge" and "lowrank" in used):
                 return Decision(name, choices=(False,), default=False)
             rest = self.kinds[i + 1 :]
             last = not rest or (rest == ("precision",) and values.get("steps.quantize"))
@@ -290,8 +292,12 @@ class RecipeSpace:
             if not values.get(f"steps.{kind}"):
                 continue
             for decision in self._fields[kind]:
-                if decision.name not in values:
-                    return decision
+                if decision.name in values:
+                    continue
+                if decision.name == "prune.method" and values.get("steps.merge"):
+                    # merging cannot follow a channel-group shrink (the token axis is cut with the channels)
+                    return dataclasses.replace(decision, choices=decision.choices[1:], default=decision.choices[1])
+                return decision
         return None
 
     def complete(self, given: Mapping[str, Any], rng: np.random.Generator | None = None) -> tuple:

@@ -92,3 +92,13 @@ def test_merge_r_is_bounded_by_the_tokens():
     assert RecipeSpace(sig, reference=True, tokens=49).merge_choices == (1, 2, 4, 8, 16)
     with pytest.raises(ValueError, match="RecipeSpace: tokens must be an integer >= 2, got 0"):
         RecipeSpace(sig, tokens=0)
+
+
+def test_merge_never_follows_lowrank_or_a_group_shrink():
+    space = RecipeSpace("vit", reference=True)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        steps = {s.kind: s.params for s in space.sample(rng).steps}
+        if "merge" in steps:
+            assert "lowrank" not in steps
+            assert steps.get("prune", {}).get("method") != "groups"
