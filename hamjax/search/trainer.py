@@ -148,6 +148,19 @@ def _check_hparams(hparams: Mapping, p: int) -> dict:
     return out
 
 
+_OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+
+
+@jax.jit
+def _fresh_state(params, hparams: dict) -> PopulationState:
+    """Fresh optimizer states and defaults, in new buffers (the train step donates its state): one program per shape."""
+    opt_state = jax.vmap(_OPTIMIZER.init)(params)
+    p = size(params)
+    defaults = {k: jnp.broadcast_to(v, (p,)) for k, v in opt_state.hyperparams.items() if k in HYPERPARAMETERS}
+    state = PopulationState(params, opt_state, {**defaults, **hparams}, jnp.zeros((), jnp.int32))
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+
+
 def _selected(params, keep) -> Any:
     """A tree of bools: the leaves pruning and quantization touch (``keep``, from :meth:`Population._weights`)."""
     return jax.tree_util.tree_map_with_path(keep, params)
@@ -193,7 +206,7 @@ class Population:
         self.chunk = check_int("Population", "chunk", self.chunk, minimum=1)
         if self.teacher is not None and (not isinstance(self.teacher, tuple | list) or len(self.teacher) != 2):
             raise ValueError("Population: teacher must be a (teacher_apply_fn, teacher_params) pair")
-        self._optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+        self._optimizer = _OPTIMIZER
         self._compiled: dict = {}
         self._filters: dict = {}
 
@@ -293,9 +306,8 @@ class Population:
 
     def _scores(self, state: PopulationState, x, y, rows: int) -> dict:
         """Per-member val scores in chunks of ``rows`` (a scan over the full chunks, then the rest), traced."""
-        score = jax.vmap(self._member_eval, in_axes=(0, 0, None, None))
+        score, full = jax.vmap(self._member_eval, in_axes=(0, 0, None, None)), (len(y) // rows) * rows
         hparams = {k: v for k, v in state.hparams.items() if k == "bits"}
-        full = (len(y) // rows) * rows
         totals = {"loss": 0.0, "accuracy": 0.0}  # sums of chunk means times their rows
         if full:
             chunks = (x[:full].reshape(-1, rows, *x.shape[1:]), y[:full].reshape(-1, rows, *y.shape[1:]))
@@ -314,22 +326,18 @@ class Population:
           x, y: the training rows, the same for every member; checked and
             copied to the device once while the same array objects come back.
           index: ``(epochs, steps, batch)`` integer rows of ``x`` per step.
-          val_x, val_y: the rows every member is scored on after each epoch (eval mode).
-          eval_rows: validation rows scored at once.
+          val_x, val_y: the rows every member is scored on after each epoch (eval mode), ``eval_rows`` at once.
 
         Returns:
-          ``(state, losses, scores)``: losses ``(P, epochs, steps)``, scores
-          ``{"loss": (P, epochs), "accuracy": (P, epochs)}``.
+          ``(state, losses, scores)``: ``(P, epochs, steps)`` losses, ``{"loss", "accuracy"}`` ``(P, epochs)``.
         """
-        index = np.asarray(index)
+        index, where = np.asarray(index), "Population.train_epochs"
         if index.ndim != 3 or not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= len(y):
-            raise ValueError(
-                f"Population.train_epochs: index must be (epochs, steps, batch) rows of x, got {index.shape}"
-            )
+            raise ValueError(f"{where}: index must be (epochs, steps, batch) rows of x, got {index.shape}")
         cached = self._compiled.get("rows")  # the host arrays last checked, then their device copies
         if cached is None or any(c is not a for c, a in zip(cached, (x, y, val_x, val_y), strict=False)):
-            self._check_data("Population.train_epochs", ("x", "y"), state.params, x, y)
-            self._check_data("Population.train_epochs", ("val_x", "val_y"), state.params, val_x, val_y)
+            self._check_data(where, ("x", "y"), state.params, x, y)
+            self._check_data(where, ("val_x", "val_y"), state.params, val_x, val_y)
             cached = (x, y, val_x, val_y, *(jnp.asarray(a) for a in (x, y, val_x, val_y)))
             self._compiled["rows"] = cached
         execution = self.execution
@@ -364,7 +372,7 @@ class Population:
         rows = x.reshape(-1, *x.shape[y.ndim :])
         key = ("logits", rows.shape[1:], str(rows.dtype))
         if key not in self._compiled:
-            member = jax.tree.map(lambda leaf: leaf[0], params)
+            member = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), params)
             self._compiled[key] = logit_count(self.apply_fn, member, rows)
         classes = self._compiled[key]
         check_labels(
@@ -378,14 +386,9 @@ class Population:
         distilling = sorted(set(hp) & set(DISTILL_DEFAULTS))
         if distilling and self.teacher is None:
             raise ValueError(f"Population: hyperparameters {distilling} need Population(teacher=(apply_fn, params))")
-        opt_state = jax.vmap(self._optimizer.init)(params)
-        defaults = {k: jnp.broadcast_to(v, (p,)) for k, v in opt_state.hyperparams.items() if k in HYPERPARAMETERS}
         if self.teacher is not None:
-            defaults.update({k: jnp.full((p,), v, jnp.float32) for k, v in DISTILL_DEFAULTS.items()})
-        state = PopulationState(params, opt_state, {**defaults, **hp}, jnp.zeros((), jnp.int32))
-        # Fresh buffers throughout: the train step donates its state, the caller keeps its params,
-        # and no two leaves may share a buffer.
-        return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+            hp = {**{k: jnp.full((p,), v, jnp.float32) for k, v in DISTILL_DEFAULTS.items()}, **hp}
+        return _fresh_state(params, hp)
 
     def train(self, state: PopulationState, xs, ys) -> tuple[PopulationState, jax.Array]:
         """``xs.shape[0]`` optimizer steps for every member in one call.

@@ -9,6 +9,7 @@ into free slots (:func:`scatter`); a full bucket grows by idle copies
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,11 @@ def stack(trees: Sequence) -> Any:
       >>> stack([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}])["w"].shape
       (2, 2)
     """
+    return _stack(list(trees))
+
+
+@jax.jit
+def _stack(trees: list) -> Any:  # one program per count and shapes, not an eager stack per leaf
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
@@ -61,11 +67,13 @@ def _members(fn, *states: PopulationState) -> PopulationState:
     return PopulationState(*fields, states[0].count)
 
 
+@jax.jit
 def concat(a: PopulationState, b: PopulationState) -> PopulationState:
     """The members of ``a`` then those of ``b``."""
     return _members(lambda x, y: jnp.concatenate([x, y]), a, b)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def repeat(a: PopulationState, copies: int) -> PopulationState:
     """Each member of ``a`` repeated ``copies`` times."""
     return _members(lambda x: jnp.repeat(x, copies, axis=0), a)
