@@ -28,8 +28,10 @@ included) on the same seeds and trial budget:
   the two arms compute the same trials up to float rounding;
 * ``hamjax``: :func:`hamjax.tune.run` in batches of ``BATCH_TRIALS``, TPE
   with the constant-liar strategy, its defaults otherwise (the execution
-  ``"vmap"``), no pruner; every member trains an epoch per round and is
-  scored on the validation split after each (the pruners' rungs);
+  ``"vmap"``), no pruner; a batch's members train their ``EPOCHS`` epochs
+  in one compiled call (:meth:`hamjax.search.population.Population.train_epochs`),
+  scored on the validation split after each epoch inside it, and report
+  every epoch's value (the pruners' rungs);
 * ``hamjax_auto`` and ``hamjax_recorded`` (figures, not targets): the same
   call with ``execution="auto"`` (the first round compiles and times vmap,
   chunked and sequential and keeps the fastest), then with the execution it
@@ -39,7 +41,10 @@ Every study pays its own compiles, as it would in a process of its own:
 ``careful`` builds its jitted step inside the study, and each ``hamjax``
 call passes a new model object (``functools.partial(apply_mlp)``), since
 :func:`hamjax.tune.run` keeps a model's compiled trainer for the process
-and a second study of the same ``apply_fn`` would compile nothing.
+and a second study of the same ``apply_fn`` would compile nothing. What
+does not depend on the model is compiled once per process in both arms
+(``careful``'s eager optimizer inits, ``hamjax``'s jitted member inits,
+stacks and slot scatters), so the first study of each arm pays it.
 
 Every trial starts from params drawn with ``key(seed)`` folded with the
 trial number. Seeds and trials: 5 seeds of 128 trials; ``--quick``: 2 seeds
