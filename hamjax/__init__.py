@@ -7,8 +7,9 @@ A model is a pair ``(apply_fn, params)``; see :func:`functional`.
 ``import hamjax`` gives the contract, :func:`fit`, :func:`optimize` and the
 family namespaces. The parts that pull in heavy backends load on first
 use: ``hamjax.export`` (onnx, onnxruntime, jax2onnx), ``hamjax.search`` and
-``hamjax.tune`` (optuna, when a study is asked for); ``from hamjax import
-export`` works too.
+``hamjax.tune`` (optuna, when a study is asked for) and ``hamjax.autotune``
+(the recipe chosen under constraints: :func:`hamjax.autotune.optimize_auto`);
+``from hamjax import export`` works too.
 """
 
 import importlib
@@ -48,7 +49,7 @@ from hamjax.train import TrainConfig, fit
 __version__ = "0.1.0"
 
 # Subpackages whose imports are heavy: loaded by attribute access, once.
-_LAZY = ("export", "search", "tune")
+_LAZY = ("autotune", "export", "search", "tune")
 
 
 def __getattr__(name: str):
@@ -72,6 +73,7 @@ __all__ = [
     "Transform",
     "__version__",
     "augment",
+    "autotune",
     "call_model",
     "chain",
     "checkpoint",

@@ -13,15 +13,17 @@ ONNX file in onnxruntime), or its last stage when it exports nothing:
 
 The baseline is the given model measured the same way (exported to ONNX
 fp32), so accuracy drops, speed-ups and size reductions are ratios of one
-kind of measurement. Two fidelities share everything but training: a
-``"cheap"`` evaluation caps every finetune of the recipe at
-``cheap_epochs`` epochs and times fewer calls; a ``"full"`` one runs the
-recipe as written.
+kind of measurement. A ``"full"`` evaluation runs the recipe as written. A
+``"cheap"`` one screens: it caps every finetune at ``cheap_epochs`` epochs
+and leaves the export out, so it measures the last stage in JAX (accuracy,
+the bytes of its storage, int8 as int8) and no latency (JAX's says nothing of
+onnxruntime's); only a promising candidate earns a full evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -47,7 +49,7 @@ class Outcome:
       measured: its :class:`~hamjax.autotune.objective.Measured` numbers.
       context: the recipe's final :class:`hamjax.recipes.Context` (the
         optimized model, its stages, the exported files).
-      folder: where its files were written.
+      folder: where its files were written (``None`` for a measurement reused from ``memo``).
       stage: the name of the measured (deployed) stage.
       seconds: wall seconds of the run and the measurement.
     """
@@ -84,6 +86,20 @@ def capped(recipe: recipes.Recipe, epochs: int) -> recipes.Recipe:
     return recipes.validate(raw)
 
 
+def without_export(recipe: recipes.Recipe) -> recipes.Recipe:
+    """``recipe`` without its ``export`` steps (what a cheap evaluation runs).
+
+    Examples:
+      >>> from hamjax import recipes
+      >>> r = recipes.validate({"name": "r", "steps": [{"kind": "quantize"}, {"kind": "export"}]})
+      >>> [s.kind for s in without_export(r).steps]
+      ['quantize']
+    """
+    raw = recipe.to_dict()
+    raw["steps"] = [step for step in raw["steps"] if step["kind"] != "export"]
+    return recipes.validate(raw)
+
+
 def deployed_stage(context) -> Any:
     """The stage a recipe deploys: its last exported (``"onnx ..."``) stage, else its last stage.
 
@@ -108,8 +124,11 @@ class Evaluator:
       folder: where candidates write their files (one folder each); ``None``
         makes a temporary folder, removed by :meth:`close`.
       cheap_epochs: the finetune cap of a cheap evaluation, >= 0.
-      latency_runs: timed calls of a full evaluation (a cheap one times a
-        third as many), >= 3.
+      latency_runs: timed calls of a full evaluation (a cheap one times none), >= 3.
+      memo: a dict of earlier measurements of this model on this data, by
+        recipe and fidelity, to reuse (runs comparing strategies on one model
+        share one); a reused outcome has no model (``context`` is ``None``):
+        :meth:`run` with ``reuse=False`` makes it again. ``None``: measure everything.
 
     Examples:
       >>> import hamjax, jax.numpy as jnp, numpy as np
@@ -133,6 +152,7 @@ class Evaluator:
         folder: str | Path | None = None,
         cheap_epochs: int = 1,
         latency_runs: int = 30,
+        memo: dict | None = None,
     ):
         self.cheap_epochs = check_int("Evaluator", "cheap_epochs", cheap_epochs, minimum=0)
         self.latency_runs = check_int("Evaluator", "latency_runs", latency_runs, minimum=3)
@@ -144,6 +164,7 @@ class Evaluator:
         self.folder = Path(tempfile.mkdtemp(prefix="hamjax-autotune-")) if folder is None else Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.count = 0
+        self.memo = memo
         self.baseline_outcome: Outcome | None = None
 
     def _measure(self, context, fidelity: str) -> tuple[Measured, str]:
@@ -151,20 +172,24 @@ class Evaluator:
         runner = stage.make_runner()
         x, y = self.dataset.val.x, self.dataset.val.y
         accuracy = measure.accuracy(runner, x, y)
-        runs = self.latency_runs if fidelity == "full" else max(3, self.latency_runs // 3)
-        latency_ms = measure.latency(runner, x[:1], warmup=5, runs=runs).p50_ms if stage.timed else None
+        timed = stage.timed and fidelity == "full"  # JAX latency says nothing of onnxruntime's
+        latency_ms = measure.latency(runner, x[:1], warmup=5, runs=self.latency_runs).p50_ms if timed else None
         params = stage.param_count if stage.param_count is not None else measure.param_count(context.params)
         size = stage.size_bytes if stage.size_bytes is not None else measure.param_bytes(context.params)
         measured = Measured(accuracy=float(accuracy), latency_ms=latency_ms, size_bytes=int(size), params=int(params))
         return measured, stage.name
 
-    def run(self, recipe: recipes.Recipe, fidelity: str = "full", *, name: str | None = None) -> Outcome:
+    def run(
+        self, recipe: recipes.Recipe, fidelity: str = "full", *, name: str | None = None, reuse: bool = True
+    ) -> Outcome:
         """Run ``recipe`` on the model and measure what it deploys.
 
         Args:
           recipe: a validated candidate recipe.
           fidelity: ``"cheap"`` (finetunes capped at ``cheap_epochs``) or ``"full"``.
           name: the candidate's folder name; ``None`` numbers it.
+          reuse: take the measurement from ``memo`` when it has this recipe
+            and fidelity (the outcome then has no ``context``).
 
         Returns:
           An :class:`Outcome`.
@@ -180,8 +205,12 @@ class Evaluator:
             raise ValueError(
                 f"Evaluator.run: recipe {recipe.name!r} trains from scratch; candidates start from the trained model"
             )
+        memo_key = (json.dumps(recipe.to_dict()["steps"], sort_keys=True), fidelity)
+        if reuse and self.memo is not None and memo_key in self.memo:
+            measured, stage = self.memo[memo_key]
+            return Outcome(Measured(*measured), None, None, stage, 0.0)
         if fidelity == "cheap":
-            recipe = capped(recipe, self.cheap_epochs)
+            recipe = without_export(capped(recipe, self.cheap_epochs))
         self.count += 1
         folder = self.folder / (name or f"candidate-{self.count:03d}")
         if folder.exists():
@@ -199,6 +228,8 @@ class Evaluator:
         )
         context = recipes.run(recipe, context)
         measured, stage = self._measure(context, fidelity)
+        if self.memo is not None:
+            self.memo[memo_key] = (tuple(measured), stage)
         return Outcome(measured, context, folder, stage, time.perf_counter() - start)
 
     def baseline(self) -> Outcome:
@@ -210,7 +241,8 @@ class Evaluator:
 
     def discard(self, outcome: Outcome) -> None:
         """Remove a candidate's files (a candidate that is not kept)."""
-        shutil.rmtree(outcome.folder, ignore_errors=True)
+        if outcome.folder is not None:
+            shutil.rmtree(outcome.folder, ignore_errors=True)
 
     def close(self) -> None:
         """Remove the temporary folder this evaluator made (nothing when given a folder)."""

@@ -81,10 +81,13 @@ def test_candidate_is_measured_like_the_baseline(trained, tmp_path):
             {"kind": "export", "precisions": "int8", "tensorrt": False},
         ],
     }
-    out = ev.run(recipes.validate(raw), "cheap")
+    screened = ev.run(recipes.validate(raw), "cheap")  # no export: the int8 model measured in JAX, no latency
+    assert screened.stage == "int8" and screened.measured.latency_ms is None
+    assert screened.measured.size_bytes < 0.7 * base.measured.size_bytes
+    out = ev.run(recipes.validate(raw), "full")
     assert out.stage == "onnx int8" and out.folder.parent == tmp_path
     assert out.measured.size_bytes < 0.7 * base.measured.size_bytes  # int8 weights are stored as int8
-    assert out.measured.latency_ms > 0 and base.measured.accuracy > 0.8
+    assert out.measured.latency_ms > 0 and base.measured.accuracy >= 0.75
     assert abs(out.measured.accuracy - base.measured.accuracy) < 0.05
     ev.discard(out)
     assert not out.folder.exists()

@@ -1,0 +1,193 @@
+"""The state of one autotune run: strategies taking turns, screenings, full evaluations, the history and the log.
+
+:class:`Loop` is what :func:`hamjax.autotune.optimize_auto` drives: each
+:meth:`Loop.step` asks a strategy (chosen by selection in ensemble mode)
+for a candidate, screens it cheaply while screenings last, gives a promising
+one a full evaluation, lets every strategy observe every evaluation, and
+keeps the files and model of the best feasible candidate only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from hamjax import recipes
+from hamjax.autotune import objective, selection, strategies
+
+FAILED_SCORE = -10.0
+"""The score a candidate that failed to run gets (about a 14-point accuracy drop at equal weights)."""
+
+PROMOTE_SLACK = 1.0
+"""Points of accuracy drop beyond the limit a cheap evaluation may show and still earn a full one (short finetunes recover less)."""
+
+
+def results_of(measured, baseline, constraints, *, score: float, violations: tuple) -> dict:
+    """A knowledge-base record's ``results``: drops, ratios, feasibility and score, JSON-safe."""
+    return {
+        "accuracy_drop": round((baseline.accuracy - measured.accuracy) * 100.0, 4),
+        "latency_ms": measured.latency_ms,
+        "size_bytes": int(measured.size_bytes),
+        "size_reduction": baseline.size_bytes / max(measured.size_bytes, 1),
+        "speedup": None
+        if not (measured.latency_ms and baseline.latency_ms)
+        else baseline.latency_ms / measured.latency_ms,
+        "feasible": not violations,
+        "score": score,
+        "constraints": {k: v for k, v in dataclasses.asdict(constraints).items() if v is not None},
+    }
+
+
+def summary(recipe) -> str:
+    """A recipe in one line: each step's kind and the fields it sets away from their defaults.
+
+    Examples:
+      >>> from hamjax import recipes
+      >>> summary(recipes.validate({"name": "r", "steps": [{"kind": "prune", "sparsity": 0.7}, {"kind": "quantize"}]}))
+      'prune(sparsity=0.7) > quantize()'
+    """
+    kinds = recipes.step_kinds()
+    parts = []
+    for step in recipe.steps:
+        fields = kinds[step.kind].fields
+        changed = [
+            f"{name}={value}"
+            for name, value in step.params.items()
+            if name != "stage" and (name not in fields or value != fields[name].default)
+        ]
+        parts.append(f"{step.kind}({', '.join(changed)})")
+    return " > ".join(parts)
+
+
+def describe(measured, baseline) -> str:
+    drop = (baseline.accuracy - measured.accuracy) * 100.0
+    parts = [f"accuracy {measured.accuracy:.4f} (drop {drop:+.2f} pt)"]
+    parts.append(f"size {measured.size_bytes} B ({baseline.size_bytes / max(measured.size_bytes, 1):.2f}x smaller)")
+    if measured.latency_ms and baseline.latency_ms:
+        parts.append(f"latency {measured.latency_ms:.3f} ms ({baseline.latency_ms / measured.latency_ms:.2f}x faster)")
+    return ", ".join(parts)
+
+
+def promising(measured, baseline, constraints) -> tuple[bool, str]:
+    """Whether a screening earns a full evaluation: accuracy within the limit plus PROMOTE_SLACK, size met."""
+    loose = dataclasses.replace(
+        constraints,
+        max_accuracy_drop=constraints.max_accuracy_drop + PROMOTE_SLACK,
+        max_latency_ms=None,  # a screening measures no latency: the full evaluation decides
+        min_speedup=None,
+    )
+    found = objective.violations(measured, baseline, loose)
+    return (not found), "; ".join(found)
+
+
+class Loop:
+    """The state of one :func:`optimize_auto` run (strategies, history, log, evaluator)."""
+
+    def __init__(
+        self, evaluator, strategies_by_name, constraints, weights, *, seed, selection_method, screen_limit, echo
+    ):
+        self.evaluator = evaluator
+        self.strategies = strategies_by_name
+        self.constraints, self.weights = constraints, weights
+        self.history = strategies.History()
+        self.log: list[str] = []
+        self.rng = np.random.default_rng(seed)
+        self.selection_method = selection_method
+        self.screen_limit = screen_limit
+        self.screenings = 0
+        self.size_ratios: list[float] = []
+        self.by_strategy: dict[str, list] = {name: [] for name in strategies_by_name}
+        self.best = None  # (evaluation, outcome) of the best feasible full evaluation
+        self.full = 0
+        self.echo = echo
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+        if self.echo is not None:
+            self.echo(line)
+
+    def size_factor(self) -> float:
+        """How much larger the deployed file was than the screened storage, the median so far (1 before any)."""
+        return float(np.median(self.size_ratios)) if self.size_ratios else 1.0
+
+    def pick(self):
+        names = list(self.strategies)
+        if len(names) == 1:
+            return names[0]
+        return selection.select(self.by_strategy, self.selection_method, self.rng)
+
+    def record(self, name: str, recipe, outcome, fidelity: str, error: str | None, seconds: float):
+        base = self.evaluator.baseline().measured
+        if error is None:
+            measured = outcome.measured
+            found = tuple(objective.violations(measured, base, self.constraints))
+            value = float(objective.score(measured, base, self.weights))
+        else:
+            measured = objective.Measured(accuracy=0.0, latency_ms=None, size_bytes=base.size_bytes, params=base.params)
+            found, value = (f"failed: {error}",), FAILED_SCORE
+        evaluation = strategies.Evaluation(recipe, measured, value, found, fidelity, seconds, name)
+        self.history.append(evaluation)
+        self.by_strategy[name].append(evaluation)
+        for strategy in self.strategies.values():
+            strategy.observe(evaluation)
+        return evaluation
+
+    def evaluate(self, name: str, recipe, fidelity: str):
+        start = time.perf_counter()
+        try:
+            outcome = self.evaluator.run(recipe, fidelity)
+            error = None
+        except (ValueError, RuntimeError, recipes.RecipeError) as err:
+            outcome, error = None, str(err).splitlines()[0][:300]
+        evaluation = self.record(name, recipe, outcome, fidelity, error, time.perf_counter() - start)
+        return evaluation, outcome
+
+    def keep(self, evaluation, outcome) -> None:
+        """Keep the files and model of the best feasible full evaluation; drop the rest."""
+        if outcome is None:  # failed
+            return
+        better = (
+            evaluation.fidelity == "full"
+            and not evaluation.violations
+            and (self.best is None or evaluation.score > self.best[0].score)
+        )
+        if better:
+            if self.best is not None:
+                self.evaluator.discard(self.best[1])
+            self.best = (evaluation, outcome)
+        else:
+            self.evaluator.discard(outcome)
+
+    def step(self, index: int) -> None:
+        name = self.pick()
+        strategy = self.strategies[name]
+        recipe = strategy.propose(self.history)
+        reason = getattr(strategy, "last_reason", "") or "no reason given"
+        base = self.evaluator.baseline().measured
+        head = f"[{index}] {name} proposes {summary(recipe)}: {reason}"
+        screened = None
+        if self.screenings < self.screen_limit:
+            self.screenings += 1
+            screened, outcome = self.evaluate(name, recipe, "cheap")
+            self.evaluator.discard(outcome) if outcome is not None else None
+            if screened.violations and screened.violations[0].startswith("failed"):
+                self.say(f"{head} -> rejected: {screened.violations[0]}")
+                return
+            estimate = screened.measured._replace(size_bytes=int(screened.measured.size_bytes * self.size_factor()))
+            promote, why = promising(estimate, base, self.constraints)
+            cheap_text = describe(screened.measured, base)
+            if not promote:
+                self.say(f"{head} -> cheap: {cheap_text}; rejected without a full evaluation: {why}")
+                return
+            head += f" -> cheap: {cheap_text}; promoted"
+        evaluation, outcome = self.evaluate(name, recipe, "full")
+        self.full += 1
+        if screened is not None and not any(v.startswith("failed") for v in evaluation.violations):
+            self.size_ratios.append(evaluation.measured.size_bytes / max(screened.measured.size_bytes, 1))
+        if evaluation.violations:
+            self.say(f"{head} -> full: {'; '.join(evaluation.violations)}")
+        else:
+            self.say(f"{head} -> full: {describe(evaluation.measured, base)}; feasible, score {evaluation.score:.3f}")
+        self.keep(evaluation, outcome)
