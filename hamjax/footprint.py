@@ -136,7 +136,24 @@ def compiled_memory(fn: Any, *args: Any, **kwargs: Any) -> CompiledMemory | None
       (64, 64)
     """
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    compiled = jitted.lower(*args, **kwargs).compile()
+    return memory_analysis(jitted.lower(*args, **kwargs).compile())
+
+
+def memory_analysis(compiled: Any) -> CompiledMemory | None:
+    """The memory XLA plans for an executable already compiled (``jax.jit(f).lower(...).compile()``).
+
+    Args:
+      compiled: a ``jax.stages.Compiled``.
+
+    Returns:
+      A :class:`CompiledMemory`, or ``None`` where the backend reports no memory analysis.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> m = memory_analysis(jax.jit(lambda a: a + 1).lower(jnp.ones(4)).compile())
+      >>> m is None or m.argument_bytes
+      16
+    """
     try:
         stats = compiled.memory_analysis()
     except (NotImplementedError, RuntimeError):  # a backend without the analysis

@@ -32,7 +32,7 @@ from hamjax import data as data_lib
 from hamjax import precision as precision_lib
 from hamjax._base import trainable
 from hamjax._losses import cross_entropy
-from hamjax.footprint import CompiledMemory, compiled_memory
+from hamjax.footprint import CompiledMemory, memory_analysis
 from hamjax.graph.remat import REMAT_POLICIES
 from hamjax.parallel import DataParallel
 from hamjax.train_config import (
@@ -109,6 +109,21 @@ class TrainResult(NamedTuple):
     resumed_from: int | None
     step_memory: CompiledMemory | None = None
     notes: tuple[str, ...] = ()
+
+
+def _compiled_first(compiled, jitted):
+    """Call ``compiled``; once an argument's type or layout differs from what it was compiled for, call ``jitted``."""
+    current = [compiled]
+
+    def step(*args):
+        if current[0] is compiled:
+            try:
+                return compiled(*args)
+            except (TypeError, ValueError):  # raised before anything runs or is donated
+                current[0] = jitted
+        return jitted(*args)
+
+    return step
 
 
 def fit(
@@ -274,9 +289,11 @@ def fit(
 
     start = int(state.count)
     step_memory = None
-    if start < total:  # the executable the loop is about to run, read once
+    if start < total:  # compiled once: the loop runs the executable whose memory plan is read here
         x, y, batch = batch_at(start)
-        step_memory = compiled_memory(train_step, state, x, y, frozen, batch)
+        compiled = train_step.lower(state, x, y, frozen, batch).compile()
+        step_memory = memory_analysis(compiled)
+        train_step = _compiled_first(compiled, train_step)
     bar = _Progress(progress and jax.process_index() == 0, total, start)
     losses = []
     try:
