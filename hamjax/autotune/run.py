@@ -20,7 +20,7 @@ from typing import Any
 
 from hamjax import measure
 from hamjax._checks import check_choice, check_int, check_positive
-from hamjax.autotune import objective, selection, signature, space, strategies
+from hamjax.autotune import objective, selection, sensitivity, signature, space, strategies
 from hamjax.autotune.evaluate import Evaluator
 from hamjax.autotune.loop import Loop, describe, results_of, summary
 
@@ -48,6 +48,9 @@ class AutoResult:
       signature: the model's :class:`~hamjax.autotune.signature.Signature`.
       paths: the chosen candidate's exported files by stage name.
       context: the chosen candidate's :class:`hamjax.recipes.Context` (all its stages), or ``None``.
+      sensitivity: ``{"quantize": Sensitivity, "prune": Sensitivity}``: each weight layer
+        quantized (8 and 4 bits) or pruned (50%) alone, scored in one vmapped call each
+        (:func:`~hamjax.autotune.sensitivity.layer_sensitivity`), summarised in the log.
       knowledge: what the knowledge base did: ``"suggested"`` recipes, records ``"added"``, suggestions
         ``"judged"`` by a full evaluation and records that ``"proved_wrong"``, ``"warnings"``.
     """
@@ -65,6 +68,7 @@ class AutoResult:
     signature: Any
     paths: dict
     context: Any
+    sensitivity: dict
     knowledge: dict
 
 
@@ -134,6 +138,38 @@ def _learn(base, sig, history, baseline, constraints, source: str, suggested: li
             verdicts = base.report(key, results, signature=sig, constraints=constraints)
             wrong += sum(why is not None for _, why in verdicts)
     return {"added": added, "judged": len(judged), "proved_wrong": wrong}
+
+
+SENSITIVITY_LEVELS = {"quantize": (8, 4), "prune": (0.5,)}
+"""The levels :func:`explain` scores every layer at."""
+
+
+def explain(apply_fn, params, data, say) -> dict:
+    """Score every weight layer's sensitivity on the validation split and say which matter most.
+
+    Returns:
+      ``{method: Sensitivity}`` for the methods that could be scored (a model
+      with no weight layer the filter finds is said, not raised).
+    """
+    out = {}
+    for method, levels in SENSITIVITY_LEVELS.items():
+        try:
+            found = sensitivity.layer_sensitivity(
+                apply_fn, params, data.val.x, data.val.y, method=method, levels=levels
+            )
+        except ValueError as err:
+            say(f"layer sensitivity ({method}) not scored: {err}")
+            continue
+        out[method] = found
+        mean = dict(zip(found.names, found.drops.mean(axis=1).tolist(), strict=True))
+        top = ", ".join(f"{name} {mean[name]:+.2f} pt" for name in found.ranking[:3])
+        what = "bits" if method == "quantize" else "sparsity"
+        say(
+            f"layer sensitivity ({method} one layer at a time at {what} {', '.join(map(str, levels))}; "
+            f"{len(found.names)} layers x {len(levels)} levels in one vmapped call): most sensitive {top}; "
+            f"least {found.ranking[-1]} {mean[found.ranking[-1]]:+.2f} pt"
+        )
+    return out
 
 
 def optimize_auto(
@@ -243,6 +279,7 @@ def optimize_auto(
         loop.say(f"knowledge base: {warning}")
     loop.say(f"model: family {sig.family} ({'; '.join(sig.evidence)}), {sig.params} params")
     loop.say(f"baseline: {describe(baseline, baseline)}")
+    sensitivities = explain(apply_fn, params, data, loop.say)
     for raw, weight, why in suggested:
         loop.say(f"knowledge base suggests {raw.get('name', 'a recipe')} (weight {weight:.2f}): {why}")
     started, index = time.perf_counter(), 0
@@ -281,5 +318,6 @@ def optimize_auto(
         signature=sig,
         paths=paths,
         context=context,
+        sensitivity=sensitivities,
         knowledge=notes,
     )
