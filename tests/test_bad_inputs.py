@@ -221,6 +221,12 @@ def _cli(*argv):
     return call
 
 
+def _auto(dataset=None, **kw):
+    """``optimize_auto`` of the plain MLP on digits; every row must fail before any candidate is measured."""
+    apply_fn, params = plain_mlp()
+    return autotune.optimize_auto(apply_fn, params, dataset or _ds(), **kw)
+
+
 def _sensitivity(fn=None, *, cut_y=0, **kw):
     """``layer_sensitivity`` (or ``fn``) of the plain MLP on 20 digits, ``cut_y`` labels short."""
     apply_fn, params = plain_mlp()
@@ -1719,6 +1725,25 @@ CASES = [
      "select: method must be one of ('tournament', 'roulette', 'rank'), got 'elitist'"),
     ("select-no-strategies", lambda: selection.select({}, "rank", np.random.default_rng(0)), ValueError,
      "select: histories_by_strategy must name at least one strategy, got none"),
+    # autotune: optimize_auto and the hamjax autotune command, refused before any measurement (issue 20)
+    ("optimize_auto-budget-0", lambda: _auto(budget=0), ValueError,
+     "optimize_auto: budget must be an integer >= 1, got 0"),
+    ("optimize_auto-seconds-0", lambda: _auto(seconds=0), ValueError, "optimize_auto: seconds must be"),
+    ("optimize_auto-strategy", lambda: _auto(strategy="greedy"), ValueError,
+     "optimize_auto: strategy must be one of ('rules', 'mcts', 'hybrid', 'random', 'optuna', 'ensemble'), got 'greedy'"),
+    ("optimize_auto-weights-negative", lambda: _auto(weights={"memory": -2.0}), ValueError,
+     "Weights: memory must be a finite number >= 0, got -2.0"),
+    ("optimize_auto-weights-all-zero", lambda: _auto(weights={"speed": 0, "memory": 0, "accuracy": 0}), ValueError,
+     "must not all be zero"),
+    ("optimize_auto-weights-type", lambda: _auto(weights=[1, 1, 1]), TypeError,
+     "optimize_auto: weights must be an objective.Weights or a dict, got list"),
+    ("optimize_auto-no-val-split", lambda: _auto(dataset=_ds()._replace(val=data.Split(_ds().val.x[:0], _ds().val.y[:0]))),
+     ValueError, "dataset must have a validation split"),
+    ("optimize_auto-knowledge-type", lambda: _auto(knowledge=3), TypeError, "optimize_auto: knowledge must be"),
+    ("cli-autotune-weights-negative", _cli("autotune", "--weights", "speed=-1", "--knowledge", "none"), None,
+     "Weights: speed must be a finite number >= 0, got -1.0"),
+    ("cli-autotune-max-drop", _cli("autotune", "--max-drop", "-1", "--knowledge", "none"), None,
+     "Constraints: max_accuracy_drop"),
 ]  # fmt: skip
 
 
