@@ -106,6 +106,14 @@ def _knowledge(knowledge):
     raise TypeError(f"optimize_auto: knowledge must be a KnowledgeBase, a URL, 'default' or None, got {knowledge!r}")
 
 
+def _tokens(config) -> int | None:
+    """The tokens a reference ViT's first block gets (patches; no class token), else ``None``."""
+    patch, shape = getattr(config, "patch_size", None), getattr(config, "input_shape", None)
+    if not patch or not shape:
+        return None
+    return (shape[0] // patch) * (shape[1] // patch)
+
+
 def _unmet(history, constraints) -> tuple[str, ...]:
     """The constraints (by field name) that every full evaluation violated; empty when one was feasible."""
     full = [e for e in history if e.fidelity == "full" and not any(v.startswith("failed") for v in e.violations)]
@@ -258,7 +266,7 @@ def optimize_auto(
     }
     suggested = [] if base is None else list(base.suggest(sig, constraints))
     notes["suggested"] = len(suggested)
-    candidates = space.RecipeSpace(sig, reference=config is not None)
+    candidates = space.RecipeSpace(sig, reference=config is not None, tokens=_tokens(config))
     names = ENSEMBLE if strategy == "ensemble" else (strategy,)
     made = {
         name: strategies.make(name, candidates, sig, constraints, weights, seed=seed, priors=suggested or None)
