@@ -32,7 +32,7 @@ from hamjax.tune import slots
 from hamjax.tune import study as studies
 from hamjax.tune.bookkeeping import ask_batch, tell_batch
 from hamjax.tune.result import TuneResult
-from hamjax.tune.samplers import check_objectives, grid_size, make_pruner, make_sampler
+from hamjax.tune.samplers import check_objectives, grid_size, judging_order, make_pruner, make_sampler
 from hamjax.tune.space import Space
 
 EVAL_ROWS = 2048  # validation rows scored at once
@@ -176,6 +176,9 @@ class _Loop:
                 bucket.state, train.x, train.y, index, val.x, val.y, eval_rows=EVAL_ROWS
             )
             accuracies, losses = np.asarray(scores["accuracy"], np.float64), np.asarray(scores["loss"])  # (P, span)
+            if pruning:  # a successive-halving pruner promotes each epoch's cohort as a synchronous rung would
+                epochs_now = [bucket.slots[i]["epoch"] for i in live]
+                live = judging_order(live, epochs_now, accuracies[live, 0].tolist(), self.study.pruner)
             for i in live:
                 member = bucket.slots[i]
                 trial = member["trial"]

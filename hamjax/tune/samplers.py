@@ -149,6 +149,50 @@ def make_pruner(name: str | None, *, epochs: int):
         return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
 
 
+def judging_order(members: Sequence[int], epochs: Sequence[int], values: Sequence[float], pruner) -> list[int]:
+    """The order in which a round's members ask a successive-halving pruner whether to stop, as one cohort per epoch.
+
+    Optuna's successive halving (and each Hyperband bracket) judges a trial
+    at a rung against the values recorded there so far, its own included, and
+    records its value as it judges; the first trials to reach a rung face few
+    others and go on. Members that reached the same epoch in one round are one
+    cohort: asked best first, then the rest from the best to the worst, then
+    the cohort's top ``1 / reduction_factor`` from the worst up, the rule
+    promotes that top share, as a synchronous rung would, instead of whichever
+    come first. Other pruners keep the members' order.
+
+    Args:
+      members: the members' slots.
+      epochs: each member's epoch (the cohorts).
+      values: each member's value there, larger being better.
+      pruner: the study's pruner; its ``reduction_factor`` (Optuna's successive
+        halving and Hyperband pruners) sizes a cohort's top share.
+
+    Returns:
+      ``members`` reordered.
+
+    Examples:
+      >>> import optuna
+      >>> pruner = optuna.pruners.SuccessiveHalvingPruner(reduction_factor=2)
+      >>> judging_order([0, 1, 2, 3], [1, 1, 1, 1], [0.1, 0.4, 0.3, 0.2], pruner)
+      [1, 3, 0, 2]
+      >>> judging_order([0, 1], [1, 1], [0.1, 0.4], optuna.pruners.MedianPruner())
+      [0, 1]
+    """
+    eta = getattr(pruner, "_reduction_factor", None)
+    if not eta:
+        return list(members)
+    cohorts: dict[int, list[tuple[float, int]]] = {}
+    for member, epoch, value in zip(members, epochs, values, strict=True):
+        cohorts.setdefault(epoch, []).append((value, member))
+    order = []
+    for epoch in sorted(cohorts):
+        ranked = [m for _, m in sorted(cohorts[epoch], key=lambda vm: -vm[0])]  # stable: ties keep slot order
+        top = max(len(ranked) // int(eta), 1)
+        order += ranked[:1] + ranked[top:] + ranked[1:top][::-1]
+    return order
+
+
 def _grid_sampler(grid: dict, seed: int):
     """Optuna's grid sampler, less its stop when the grid is spent.
 

@@ -86,3 +86,19 @@ def test_optuna_objects_pass_through():
     sampler, pruner = optuna.samplers.RandomSampler(seed=3), optuna.pruners.HyperbandPruner(reduction_factor=4)
     assert samplers.make_sampler(sampler, seed=0, space=SPACE, batch=8, objectives=("accuracy",)) is sampler
     assert samplers.make_pruner(pruner, epochs=9) is pruner
+
+
+def test_judging_order_promotes_a_cohorts_top_share_as_a_synchronous_rung():
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    values = [0.1, 0.9, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4, 0.6]
+    trials = [study.ask() for _ in values]
+    for trial, value in zip(trials, values, strict=True):
+        trial.report(value, 1)
+    order = samplers.judging_order(range(9), [0] * 9, values, pruner)
+    assert sorted(order) == list(range(9))
+    kept = {i for i in order if not trials[i].should_prune()}
+    assert kept == {1, 4, 6}  # the top third, whatever the slots' order
+    # cohorts by epoch; other pruners keep the order
+    assert samplers.judging_order([0, 1, 2], [2, 1, 1], [0.9, 0.1, 0.5], pruner) == [2, 1, 0]
+    assert samplers.judging_order([0, 1, 2], [0, 0, 0], [0.1, 0.9, 0.5], optuna.pruners.MedianPruner()) == [0, 1, 2]
