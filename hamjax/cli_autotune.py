@@ -167,6 +167,7 @@ def run(args) -> int:
       0 when a recipe met the constraints, 1 when none did (the outputs say which constraints no candidate met).
     """
     from hamjax import autotune, checkpoint, data, recipes, report
+    from hamjax._checks import check_int, check_positive
 
     out = Path(checkpoint.check_directory("", "--out", args.out))
     constraints = autotune.Constraints(
@@ -177,6 +178,9 @@ def run(args) -> int:
         min_speedup=args.min_speedup,
     )
     weights = autotune.Weights(**args.weights)
+    check_int("", "--budget", args.budget, minimum=1)  # before the model trains
+    if args.seconds is not None:
+        check_positive("", "--seconds", args.seconds)
     knowledge = None if args.knowledge == "none" else args.knowledge
     dataset = (
         data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)

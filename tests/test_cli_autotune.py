@@ -82,17 +82,17 @@ def test_arguments_the_parser_refuses_exit_2(capsys, argv, phrase):
     assert phrase in capsys.readouterr().err
 
 
-def test_a_budget_below_one_is_refused(tmp_path, capsys, monkeypatch):
-    import jax.numpy as jnp
-
-    monkeypatch.setattr(
-        cli_autotune,
-        "trained_model",
-        lambda *a: (lambda p, x: x.reshape(x.shape[0], -1) @ p, jnp.zeros((64, 10)), None),
-    )
-    assert _main("autotune", "--budget", "0", "--out", str(tmp_path / "b"), "--knowledge", "none", "--quiet") == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "hamjax autotune: error: optimize_auto: budget must be an integer >= 1, got 0"
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--budget", "0"), "hamjax autotune: error: --budget must be an integer >= 1, got 0"),
+        (("--seconds", "0"), "hamjax autotune: error: --seconds must be a finite number > 0, got 0.0"),
+    ],
+)
+def test_a_budget_below_one_is_refused_before_training(untrained, tmp_path, capsys, argv, message):
+    assert _main("autotune", *argv, "--out", str(tmp_path / "b"), "--knowledge", "none", "--quiet") == 2
+    assert capsys.readouterr().err.strip() == message
+    assert untrained == []
 
 
 @pytest.mark.slow

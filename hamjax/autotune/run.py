@@ -252,10 +252,10 @@ def optimize_auto(
     check_choice("optimize_auto", "selection_method", selection_method, selection.METHODS)
     constraints, weights = _constraints(constraints), _weights(weights)
     screenings = 3 * budget if screenings is None else check_int("optimize_auto", "screenings", screenings, minimum=0)
+    base = _knowledge(knowledge)
     evaluator = Evaluator(
         apply_fn, params, data, config=config, seed=seed, folder=folder, cheap_epochs=cheap_epochs, memo=memo
     )
-    base = _knowledge(knowledge)
     sig = signature.model_signature(apply_fn, params, data.train.x[:2])
     notes: dict = {
         "suggested": 0,
