@@ -16,7 +16,8 @@ Each part is its own script, runnable alone (``python bench/tune_compare.py
   sequential (one compiled step, hyperparameters injected as arrays) and
   :func:`hamjax.tune.run` in batches; end-to-end seconds and best
   validation accuracy, means over seeds;
-* ``hyperband``: :func:`hamjax.tune.run` with in-loop Hyperband (pruned
+* ``hyperband``: :func:`hamjax.tune.run` with in-loop Hyperband (reduction
+  factor 4; factor 3 as a figure; pruned
   slots refilled at once) against no pruning on the same task: member-epochs
   and best validation accuracy;
 * ``storage``: the bookkeeping of a batch (ask + tell + storage) per trial
