@@ -329,6 +329,15 @@ class OptunaStrategy(Strategy):
             return d.FloatDistribution(decision.low, decision.high, step=decision.resolution)
         return d.CategoricalDistribution(decision.choices)
 
+    @staticmethod
+    def _param(decision) -> str:
+        """The Optuna parameter of a decision: a categorical one is named with its choices, because a
+        decision's choices may depend on earlier ones (a merging recipe prunes by other methods) and
+        Optuna refuses one name with two value spaces."""
+        if decision.continuous:
+            return decision.name
+        return f"{decision.name}[{','.join(map(str, decision.choices))}]"
+
     def _walk(self, trial) -> tuple:
         taken: tuple = ()
         while (decision := self.space.next_decision(taken)) is not None:
@@ -338,7 +347,7 @@ class OptunaStrategy(Strategy):
             elif len(decision.choices) == 1:
                 value = decision.choices[0]  # forced: not a parameter, so its choices never change
             else:
-                value = trial.suggest_categorical(decision.name, decision.choices)
+                value = trial.suggest_categorical(self._param(decision), decision.choices)
             taken = (*taken, (decision.name, value))
         return taken
 
@@ -373,8 +382,9 @@ class OptunaStrategy(Strategy):
         except ValueError:
             return
         decisions = [self.space.next_decision(path[:i]) for i in range(len(path))]
-        params = {n: v for (n, v), d in zip(path, decisions, strict=True) if d.continuous or len(d.choices) > 1}
-        dists = {d.name: self._distribution(d) for d in decisions if d.name in params}
+        kept = [(v, d) for (_, v), d in zip(path, decisions, strict=True) if d.continuous or len(d.choices) > 1]
+        params = {self._param(d): v for v, d in kept}
+        dists = {self._param(d): self._distribution(d) for _, d in kept}
         trial = self._optuna.trial.create_trial(
             params=params, distributions=dists, value=value, user_attrs={"source": evaluation.source}
         )

@@ -144,3 +144,19 @@ def test_make_refuses():
         strategies.make("greedy", RecipeSpace("mlp"), None, CONSTRAINTS, WEIGHTS, seed=0)
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         strategies.make("random", RecipeSpace("mlp"), None, CONSTRAINTS, WEIGHTS, seed=-1)
+
+
+def test_optuna_follows_choices_that_depend_on_earlier_decisions():
+    # A reference ViT's space prunes by other methods when it merges tokens: one decision name, two choice sets,
+    # which Optuna refuses under one parameter name.
+    space = RecipeSpace("vit", reference=True, tokens=16)
+    made = {n: strategies.make(n, space, None, CONSTRAINTS, WEIGHTS, seed=0) for n in ("optuna", "random")}
+    history = strategies.History()
+    for i in range(60):
+        name = ("optuna", "random")[i % 2]
+        evaluation = evaluate(made[name].propose(history), name)
+        history.append(evaluation)
+        for strategy in made.values():
+            strategy.observe(evaluation)
+    assert len(history.keys()) == 60
+    assert any(s.kind == "merge" for e in history for s in e.recipe.steps)
