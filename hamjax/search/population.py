@@ -36,22 +36,20 @@ import numpy as np
 from hamjax._checks import check_int
 from hamjax.quant import MAX_BITS, MIN_BITS
 from hamjax.search import evolution
-from hamjax.search.trainer import (
-    DISTILL_DEFAULTS,
-    EXECUTIONS,
+from hamjax.search.member_hparams import (
     HYPERPARAMETERS,
     OPTIMIZER_HYPERPARAMETERS,
+    SCHEDULE_HYPERPARAMETERS,
     TRANSFORM_HYPERPARAMETERS,
-    Population,
-    PopulationState,
-    size,
 )
+from hamjax.search.trainer import DISTILL_DEFAULTS, EXECUTIONS, Population, PopulationState, size
 
 __all__ = [
     "DISTILL_DEFAULTS",
     "EXECUTIONS",
     "HYPERPARAMETERS",
     "OPTIMIZER_HYPERPARAMETERS",
+    "SCHEDULE_HYPERPARAMETERS",
     "TRANSFORM_HYPERPARAMETERS",
     "Population",
     "PopulationState",

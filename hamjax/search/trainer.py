@@ -6,7 +6,7 @@ once per step.
 :meth:`Population.train_epochs` runs several epochs per call, each scored on
 validation rows inside the same call.
 
-Per-member hyperparameters are ``(P,)`` arrays (:data:`HYPERPARAMETERS`),
+Per-member hyperparameters are ``(P,)`` arrays (:data:`hamjax.search.member_hparams.HYPERPARAMETERS`),
 so a population can hold 32 learning rates, sparsities or bit widths in one
 compiled step:
 
@@ -31,7 +31,13 @@ compiled step:
   folded from the step count), so members differ by magnitude alone;
 * ``label_smoothing``: in [0, 1), each member's targets smoothed by that
   much (``loss_fn`` then receives probability rows, which the default
-  cross-entropy takes).
+  cross-entropy takes);
+* ``warmup_steps``, ``decay_steps``: the member's learning rate scaled at
+  its own step ``t`` by a linear warm-up ``min(1, (t + 1) / warmup_steps)``
+  and a cosine decay to 0 ending at step ``decay_steps`` (0 turns either
+  off; :func:`hamjax.search.member_hparams.learning_rate_scale`);
+* ``mixup``: each member's batch mixed with ``lam ~ Beta(a, a)`` per example
+  (:func:`hamjax.augment.mixup`; 0 is off), targets as probability rows.
 
 Pruning and quantization touch the leaves the model uses as dense or
 convolution weights (:func:`hamjax.jaxpr.weight_filter`, decided by use in
@@ -67,29 +73,19 @@ from hamjax._base import call_model, optax_update
 from hamjax._checks import check_choice, check_finite, check_int, is_traced
 from hamjax._losses import cross_entropy
 from hamjax.data.checks import check_labels
-from hamjax.quant import MAX_BITS, MIN_BITS, fake_quant_weights
+from hamjax.quant import fake_quant_weights
+from hamjax.search.member_hparams import (
+    HYPERPARAMETERS,
+    OPTIMIZER_HYPERPARAMETERS,
+    SCHEDULE_HYPERPARAMETERS,
+    check_hparams,
+    learning_rate_scale,
+    mix,
+)
 from hamjax.train_steps import logit_count
 
 EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
-OPTIMIZER_HYPERPARAMETERS = ("learning_rate", "weight_decay")
-TRANSFORM_HYPERPARAMETERS = ("sparsity", "bits", "temperature", "alpha", "augment", "label_smoothing")
-HYPERPARAMETERS = OPTIMIZER_HYPERPARAMETERS + TRANSFORM_HYPERPARAMETERS
 DISTILL_DEFAULTS = {"temperature": 4.0, "alpha": 0.9}
-
-# name -> (check of a concrete value, what the error says it must be)
-_RANGES = {
-    "learning_rate": (lambda v: v >= 0, ">= 0"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "sparsity": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-    "bits": (
-        lambda v: (v >= MIN_BITS) & (v <= MAX_BITS) & (v == np.round(v)),
-        f"an integer in [{MIN_BITS}, {MAX_BITS}]",
-    ),
-    "temperature": (lambda v: v > 0, "> 0"),
-    "alpha": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "augment": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "label_smoothing": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-}
 
 
 def size(population) -> int:
@@ -126,26 +122,6 @@ class PopulationState(NamedTuple):
     opt_state: Any
     hparams: dict
     count: jax.Array
-
-
-def _check_hparams(hparams: Mapping, p: int) -> dict:
-    unknown = sorted(set(hparams) - set(HYPERPARAMETERS))
-    if unknown:
-        raise ValueError(f"Population: unknown hyperparameters {unknown}; expected among {HYPERPARAMETERS}")
-    out = {}
-    for name, value in hparams.items():
-        arr = jnp.asarray(value, jnp.float32)
-        if arr.ndim == 0:
-            arr = jnp.full((p,), arr)
-        if arr.shape != (p,):
-            raise ValueError(f"Population: hyperparameter {name} must have shape ({p},), got {arr.shape}")
-        if not isinstance(arr, jax.core.Tracer):
-            check, what = _RANGES[name]
-            v = np.asarray(arr)
-            if not bool(np.all(np.isfinite(v) & check(v))):
-                raise ValueError(f"Population: hyperparameter {name} must be finite and {what}, got {v}")
-        out[name] = arr
-    return out
 
 
 _OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
@@ -226,9 +202,16 @@ class Population:
         quantized, _ = transform.apply(params, transform.init(params))
         return quantized
 
+    @staticmethod
+    def _targets(y, classes: int, hparams):
+        """Integer labels as they are, or probability rows smoothed by the member's ``label_smoothing``."""
+        if "label_smoothing" not in hparams and "mixup" not in hparams:
+            return y
+        return optax.smooth_labels(jax.nn.one_hot(y, classes, dtype=jnp.float32), hparams.get("label_smoothing", 0.0))
+
     def _loss(self, logits, y, teacher_logits, hparams):
-        if "label_smoothing" in hparams:
-            y = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=jnp.float32), hparams["label_smoothing"])
+        if y.ndim < logits.ndim:  # labels, not rows mixed in the step
+            y = self._targets(y, logits.shape[-1], hparams)
         loss = self.loss_fn(logits, y)
         if teacher_logits is None:
             return loss
@@ -239,6 +222,9 @@ class Population:
     def _member_step(self, params, opt_state, hparams, x, y, teacher_logits, key):
         if "augment" in hparams:
             x = augment.randaugment(key, x, hparams["augment"])
+        if "mixup" in hparams:  # rows as wide as the logits, known from the model's abstract output
+            classes = jax.eval_shape(lambda p: call_model(self.apply_fn, p, x, train=True)[0], params).shape[-1]
+            x, y = mix(jax.random.fold_in(key, 1), x, self._targets(y, classes, hparams), hparams["mixup"])
         keep = self._weights(params, x) if {"bits", "sparsity"} & set(hparams) else None
 
         def loss(p):
@@ -250,6 +236,9 @@ class Population:
             new_params = jax.tree.map(lambda sel, p, n: p if sel else n, _selected(params, keep), params, new_params)
         hyper = dict(opt_state.hyperparams)
         hyper.update({k: hparams[k].astype(hyper[k].dtype) for k in OPTIMIZER_HYPERPARAMETERS if k in hparams})
+        if set(SCHEDULE_HYPERPARAMETERS) & set(hparams):  # the member's own step count: slots refill at any step
+            scale = learning_rate_scale(opt_state.count, hparams)
+            hyper["learning_rate"] = (hparams["learning_rate"] * scale).astype(hyper["learning_rate"].dtype)
         opt_state = opt_state._replace(hyperparams=hyper)
         updates, opt_state = optax_update(self._optimizer, grads, opt_state, params)
         params = optax.apply_updates(new_params, updates)
@@ -382,7 +371,7 @@ class Population:
     def init(self, params, hparams: Mapping | None = None) -> PopulationState:
         """The starting state: ``params`` (a population), fresh optimizer states, ``hparams`` per member."""
         p = size(params)
-        hp = _check_hparams(dict(hparams or {}), p)
+        hp = check_hparams("Population", dict(hparams or {}), p)
         distilling = sorted(set(hp) & set(DISTILL_DEFAULTS))
         if distilling and self.teacher is None:
             raise ValueError(f"Population: hyperparameters {distilling} need Population(teacher=(apply_fn, params))")

@@ -164,6 +164,74 @@ def test_per_member_augmentation_magnitude_and_label_smoothing(digits):
     assert abs(float(losses[2, 0]) - float(losses[0, 0])) > 1e-3
 
 
+def _alone_scheduled(params, schedule, xs, ys):
+    """One member trained alone with optax adamw on ``schedule`` (a function of the step count)."""
+    import optax
+
+    opt = optax.adamw(schedule, weight_decay=0.0)
+    state = opt.init(params)
+    for x, y in zip(xs, ys, strict=True):
+        grads = jax.grad(lambda p, x=x, y=y: hamjax.distill.cross_entropy(mlp(p, x), y))(params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's adamw promotes implicitly (decay ** int32 count)
+            updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("execution", ["vmap", "sequential"])
+def test_per_member_warmup_and_cosine_decay_match_optax_schedules_alone(execution):
+    params = pop.init(make, jax.random.key(5), 4)
+    lr, warm, decay = 1e-2, [0, 1, 3, 2], [0, 0, 0, 6]
+    trainer = pop.Population(mlp, execution=execution)
+    xs, ys = batches(steps=6)
+    hp = {"learning_rate": lr, "warmup_steps": jnp.asarray(warm), "decay_steps": jnp.asarray(decay)}
+    state = trainer.init(params, hp)
+    state, _ = trainer.train(state, xs[:2], ys[:2])  # two calls: the schedule follows each member's own count
+    state, _ = trainer.train(state, xs[2:], ys[2:])
+    for i, (w, d) in enumerate(zip(warm, decay, strict=True)):
+
+        def schedule(t, w=w, d=d):
+            t = jnp.asarray(t, jnp.float32)
+            scale = jnp.minimum(1.0, (t + 1) / w) if w else 1.0
+            if d:
+                scale = scale * 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip((t - w) / (d - w), 0.0, 1.0)))
+            return lr * scale
+
+        want = _alone_scheduled(pop.member(params, i), schedule, xs, ys)
+        for got, ref in zip(jax.tree.leaves(pop.member(state.params, i)), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_a_refilled_member_warms_up_from_its_own_first_step():
+    from hamjax.tune import slots
+
+    trainer = pop.Population(mlp)
+    xs, ys = batches()
+    params = pop.init(make, jax.random.key(6), 2)
+    state, _ = trainer.train(trainer.init(params, {"learning_rate": 1e-2, "warmup_steps": 4}), xs, ys)
+    fresh = trainer.init(params, {"learning_rate": 1e-2, "warmup_steps": 4})
+    state = slots.scatter(state, np.asarray([1, 2]), fresh)  # fresh member 0 into slot 1: its count starts at 0
+    state, _ = trainer.train(state, xs, ys)
+    alone_state, _ = trainer.train(trainer.init(params, {"learning_rate": 1e-2, "warmup_steps": 4}), xs, ys)
+    np.testing.assert_allclose(pop.member(state.params, 1)["w1"], pop.member(alone_state.params, 0)["w1"], rtol=1e-5)
+
+
+def test_per_member_mixup_reuses_the_augment_numerics_and_zero_is_off():
+    params = pop.init(make, jax.random.key(7), 3)
+    trainer = pop.Population(mlp)
+    xs, ys = batches(steps=1)
+    hp = {"learning_rate": 1e-2, "mixup": jnp.asarray([0.0, 0.4, 0.0]), "label_smoothing": jnp.asarray([0, 0, 0.1])}
+    _, losses = trainer.train(trainer.init(params, hp), xs, ys)
+    _, plain = trainer.train(trainer.init(params, {"learning_rate": 1e-2}), xs, ys)
+    np.testing.assert_allclose(losses[0], plain[0], rtol=1e-5)  # strength 0: the plain batch
+    # member 1: the batch and rows hamjax.augment.mixup makes with the step's key (fold_in(key(0), 0), then 1)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 1)
+    x, t = hamjax.augment.mixup(key, jnp.asarray(xs[0]), jax.nn.one_hot(ys[0], 3), jnp.float32(0.4))
+    want = hamjax.distill.cross_entropy(mlp(pop.member(params, 1), x), t)
+    np.testing.assert_allclose(losses[1, 0], want, rtol=1e-5)
+    assert abs(float(losses[1, 0]) - float(plain[1, 0])) > 1e-4
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -184,6 +252,9 @@ def test_per_member_augmentation_magnitude_and_label_smoothing(digits):
         (lambda: pop.Population(mlp, teacher=(mlp,)), "teacher must be a"),
         (lambda: teacher_trainer().init({"w": jnp.ones((3, 2))}, {"temperature": 0.0}), "temperature .* > 0"),
         (lambda: teacher_trainer().init({"w": jnp.ones((3, 2))}, {"alpha": 1.5}), r"alpha .* in \[0, 1\]"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"warmup_steps": 2.5}), "warmup_steps .* integer"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"decay_steps": -1}), "decay_steps .* integer"),
+        (lambda: pop.Population(mlp).init({"w": jnp.ones((3, 2))}, {"mixup": -0.2}), "mixup .* >= 0"),
     ],
 )
 def test_bad_input_is_named(call, match):
