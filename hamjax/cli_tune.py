@@ -54,7 +54,12 @@ def add_parser(sub, common: argparse.ArgumentParser, model_arg, data_arg) -> arg
     )
     tun.add_argument("--data", type=data_arg, default="digits", metavar="DATA", help="(default: digits)")
     tun.add_argument("--recipe", default=None, help="a recipe whose [steps.search] tables give the space")
-    tun.add_argument("--space", default=None, help="a .toml table of name = {low, high, log} or {choices}")
+    tun.add_argument(
+        "--space",
+        default=None,
+        help="a .toml table of name = {low, high, log} or {choices}, names among "
+        f"{', '.join(tune.SEARCHABLE)} (batch_size and schedule by bucket)",
+    )
     tun.add_argument("--trials", type=int, default=64, help="the study's trial budget (default: 64)")
     tun.add_argument("--batch", type=int, default=16, help="trials trained at once (default: 16)")
     tun.add_argument("--epochs", type=int, default=5, help="epochs of a trial that is not pruned (default: 5)")

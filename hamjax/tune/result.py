@@ -33,10 +33,12 @@ def best_trial(study, objectives) -> Any:
 def recipe_of(space, values: dict, *, epochs: int, name: str = "tuned"):
     """The recipe that trains with ``values``: a recipe-based space's recipe with them filled in, else a train step.
 
-    Trials train AdamW at a constant rate (:class:`hamjax.search.population.Population`),
-    so a train step with weight decay is written with ``optimizer = "adamw"``;
-    the train step's other fields (warm-up, clipping, mixup) are the recipe's
-    own, which the trials did not model.
+    Trials train AdamW (:class:`hamjax.search.population.Population`), so a
+    train step with weight decay is written with ``optimizer = "adamw"``;
+    ``warmup_steps`` and ``mixup`` go to the train step, whose warm-up is
+    followed by a cosine decay (a trial's ``schedule`` otherwise, said in the
+    description when they differ); the train step's other fields (clipping)
+    are the recipe's own, which the trials did not model.
 
     Args:
       space: the :class:`hamjax.tune.Space` searched.
@@ -67,7 +69,7 @@ def recipe_of(space, values: dict, *, epochs: int, name: str = "tuned"):
         raw["description"] = f"{raw['description']} (searched fields set to the best trial of a tune run)".strip()
         return recipes.validate(raw)
     train = {"kind": "train", "epochs": int(epochs), "optimizer": "adamw"}
-    for key in ("learning_rate", "weight_decay", "label_smoothing", "batch_size"):
+    for key in ("learning_rate", "weight_decay", "label_smoothing", "batch_size", "warmup_steps", "mixup"):
         if key in values:
             train[key] = values[key]
     if "augment" in values:
@@ -78,6 +80,10 @@ def recipe_of(space, values: dict, *, epochs: int, name: str = "tuned"):
     if "bits" in values:
         steps.append({"kind": "quantize", "method": "weight_only", "bits": int(values["bits"])})
     description = "The best trial of a tune run: " + ", ".join(f"{k} = {v}" for k, v in values.items())
+    if "schedule" in values and (values["schedule"] == "cosine") != bool(values.get("warmup_steps")):
+        description += (
+            "; the train step decays by cosine only after a warm-up, so its schedule differs from the trial's"
+        )
     return recipes.validate({"name": name, "description": description, "steps": steps})
 
 

@@ -65,9 +65,13 @@ class _Loop:
         trees = [self.fresh_params(m["trial"].number) for m in members]
         pad = (rows or len(members)) - len(members)
         stacked = slots.stack(trees + trees[:1] * pad)
-        return self.trainer.init(
-            stacked, self.space.hparams([m["values"] for m in members] + [members[0]["values"]] * pad)
-        )
+        values = [m["values"] for m in members] + [members[0]["values"]] * pad
+        return self.trainer.init(stacked, self.space.hparams(values, steps=self.total_steps))
+
+    def total_steps(self, values: Mapping) -> int:
+        """The optimizer steps of a trial that is not pruned: its epochs' steps at its batch size."""
+        n = len(self.dataset.train.y)
+        return data.steps_per_epoch(n, min(int(values.get("batch_size", self._batch_size())), n)) * self.epochs
 
     def place(self, members: Sequence[dict]) -> None:
         """Put newly asked members into their buckets' free slots, growing a bucket (powers of two) when full."""

@@ -4,11 +4,19 @@ A space maps names to ranges ``{low, high[, log, step]}`` or lists
 ``{choices = [...]}`` (the recipe format, :meth:`hamjax.recipes.Field.check_search`),
 and optionally to plain values that stay fixed. Two kinds of names:
 
-* traced (:data:`TRACED`, :data:`hamjax.search.trainer.HYPERPARAMETERS`):
-  per-member ``(P,)`` arrays of one :class:`hamjax.search.population.Population`,
-  so a whole batch of trials trains in one compiled call;
-* bucketed (:data:`BUCKETED`: ``batch_size``): they change shapes, so the
-  trials of one value (one bucket) train together and each bucket compiles once.
+* traced (:data:`TRACED`: :data:`hamjax.search.member_hparams.HYPERPARAMETERS`
+  but ``decay_steps``): per-member ``(P,)`` arrays of one
+  :class:`hamjax.search.population.Population`, so a whole batch of trials
+  trains in one compiled call. Among them ``warmup_steps`` (a linear ramp of
+  the learning rate from 0 over that many of the trial's own steps, scaled
+  ``min(1, (t + 1) / warmup_steps)``) and ``mixup`` (the Beta(a, a) strength
+  of :func:`hamjax.augment.mixup`, 0 off);
+* bucketed (:data:`BUCKETED`: ``batch_size``, ``schedule``): they change the
+  compiled program, so the trials of one value (one bucket) train together
+  and each bucket compiles once. ``schedule`` is ``"constant"`` or
+  ``"cosine"`` (:data:`CHOICES`): a cosine trial's learning rate decays to 0
+  over its epochs' steps after its warm-up (its members carry
+  ``decay_steps``; constant ones do not).
 
 Anything else is refused: it would need a compile per trial.
 """
@@ -17,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,10 +33,12 @@ import numpy as np
 from hamjax.quant import MAX_BITS, MIN_BITS
 from hamjax.search.trainer import HYPERPARAMETERS
 
-TRACED = HYPERPARAMETERS
-BUCKETED = ("batch_size",)
+TRACED = tuple(n for n in HYPERPARAMETERS if n != "decay_steps")  # a cosine schedule's: set from the trial's steps
+BUCKETED = ("batch_size", "schedule")
 SEARCHABLE = TRACED + BUCKETED
-INTEGER = ("bits", "batch_size")
+INTEGER = ("bits", "batch_size", "warmup_steps")
+CHOICES = {"schedule": ("constant", "cosine")}
+"""The names that take one of a few words, and those words."""
 
 # name -> (lowest, highest, whether the highest is allowed)
 LIMITS = {
@@ -40,13 +50,15 @@ LIMITS = {
     "alpha": (0.0, 1.0, True),
     "augment": (0.0, 1.0, True),
     "label_smoothing": (0.0, 1.0, False),
+    "mixup": (0.0, math.inf, False),
+    "warmup_steps": (0, math.inf, False),
     "batch_size": (1, math.inf, False),
 }
 
 # recipe step kind -> its fields a population call can vary, by the population's name for them
 RECIPE_FIELDS = {
     "train": {"learning_rate": "learning_rate", "weight_decay": "weight_decay", "label_smoothing": "label_smoothing",
-              "batch_size": "batch_size"},
+              "batch_size": "batch_size", "warmup_steps": "warmup_steps", "mixup": "mixup"},
     "prune": {"sparsity": "sparsity"},
     "quantize": {"bits": "bits"},
     "distill": {"temperature": "temperature", "alpha": "alpha"},
@@ -87,6 +99,8 @@ class Dimension:
 
 
 def _in_limits(name: str, value) -> bool:
+    if name in CHOICES:
+        return isinstance(value, str) and value in CHOICES[name]
     low, high, closed = LIMITS[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return False
@@ -96,6 +110,8 @@ def _in_limits(name: str, value) -> bool:
 
 
 def _limits_text(name: str) -> str:
+    if name in CHOICES:
+        return f"one of {CHOICES[name]}"
     low, high, closed = LIMITS[name]
     kind = "an integer" if name in INTEGER else "a number"
     if high == math.inf:
@@ -115,6 +131,8 @@ def _dimension(where: str, name: str, spec: Mapping) -> Dimension:
         if len(set(choices)) != len(choices):
             raise ValueError(f"{where}: {name} choices repeat a value: {list(choices)!r}")
         return Dimension(name, choices=tuple(int(c) if name in INTEGER else c for c in choices))
+    if name in CHOICES:
+        raise ValueError(f"{where}: {name} takes {{choices = [...]}} of {CHOICES[name]}, got {dict(spec)!r}")
     if not {"low", "high"} <= keys or keys - {"low", "high", "log", "step"}:
         raise ValueError(f"{where}: {name} needs low and high (optional log, step) or choices, got keys {sorted(keys)}")
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
@@ -180,7 +198,7 @@ class Space:
             if isinstance(value, Mapping):
                 dims[name] = _dimension(where, name, value)
             elif _in_limits(name, value):
-                fixed[name] = int(value) if name in INTEGER else float(value)
+                fixed[name] = value if name in CHOICES else int(value) if name in INTEGER else float(value)
             else:
                 raise ValueError(f"{where}: {name} must be a table or {_limits_text(name)}, got {value!r}")
         if not dims:
@@ -198,7 +216,9 @@ class Space:
           recipe: a :class:`hamjax.recipes.Recipe`, or a bundled name or path for :func:`hamjax.recipes.load`.
 
         Returns:
-          A :class:`Space` whose :attr:`targets` say which step field each name fills.
+          A :class:`Space` whose :attr:`targets` say which step field each name fills;
+          a train step that warms up (searched, or a fixed ``warmup_steps`` > 0)
+          also fixes ``schedule = "cosine"``, as the recipe's train step decays.
 
         Raises:
           ValueError: a searched field one population call cannot vary (a
@@ -243,8 +263,11 @@ class Space:
         for step in recipe.steps:
             for field, name in RECIPE_FIELDS.get(step.kind, {}).items():
                 value = step.params.get(field)
-                if name not in spec and name not in ("temperature", "alpha") and value is not None:
+                off = name in ("warmup_steps", "mixup") and value == 0  # the defaults: nothing to trace
+                if name not in spec and name not in ("temperature", "alpha") and value is not None and not off:
                     spec[name] = value
+        if "warmup_steps" in spec:  # a recipe's train step warms up, then decays by cosine
+            spec.setdefault("schedule", "cosine")
         if not targets:
             raise ValueError(f"Space.from_recipe: recipe {recipe.name!r} has no [steps.search] table")
         return cls(spec, targets=targets, recipe=recipe)
@@ -359,8 +382,15 @@ class Space:
         values = self.values(params)
         return tuple((n, values[n]) for n in BUCKETED if n in values)
 
-    def hparams(self, members: Sequence[Mapping]) -> dict:
-        """``name -> (P,)`` float32 arrays of the traced names (searched and fixed) of ``members``."""
+    def hparams(self, members: Sequence[Mapping], *, steps: Callable[[Mapping], int] | None = None) -> dict:
+        """``name -> (P,)`` float32 arrays of the traced names (searched and fixed) of ``members`` (one bucket).
+
+        With ``steps`` (a member's values -> its optimizer steps), cosine-schedule
+        members also get ``decay_steps``: their learning rate decays to 0 by then.
+        """
         rows = [self.values(m) for m in members]
         names = [n for n in TRACED if n in (rows[0] if rows else {})]
-        return {n: np.asarray([r[n] for r in rows], np.float32) for n in names}
+        out = {n: np.asarray([r[n] for r in rows], np.float32) for n in names}
+        if steps is not None and rows and rows[0].get("schedule") == "cosine":
+            out["decay_steps"] = np.asarray([steps(r) for r in rows], np.float32)
+        return out

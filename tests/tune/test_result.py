@@ -79,3 +79,14 @@ def test_recipe_with_weight_decay_trains_adamw():
     space = tune.Space.from_recipe(r)
     assert recipe_of(space, space.values({"weight_decay": 0.01}), epochs=1).steps[0].params["optimizer"] == "adamw"
     assert recipe_of(space, space.values({"weight_decay": 0.0}), epochs=1).steps[0].params["optimizer"] == "adam"
+
+
+def test_recipe_of_warmup_mixup_and_a_schedule_the_train_step_cannot_say():
+    space = tune.Space({"warmup_steps": {"low": 0, "high": 20}, "mixup": {"low": 0.0, "high": 0.4},
+                        "schedule": {"choices": ["constant", "cosine"]}})  # fmt: skip
+    r = recipe_of(space, {"warmup_steps": 5, "mixup": 0.2, "schedule": "cosine"}, epochs=1)
+    assert (r.steps[0].params["warmup_steps"], r.steps[0].params["mixup"]) == (5, 0.2)
+    assert "differs" not in r.description
+    assert (
+        "differs" in recipe_of(space, {"warmup_steps": 5, "mixup": 0.0, "schedule": "constant"}, epochs=1).description
+    )

@@ -244,3 +244,53 @@ def test_an_nnx_reference_model(digits):
     result = tune.run(apply_fn, params, digits, space, trials=4, batch=4, epochs=3, execution="vmap", progress=False)
     assert all(t.state == TrialState.COMPLETE for t in result.study.trials)
     assert result.best_values["accuracy"] > 0.5
+
+
+def _spy_hparams(monkeypatch) -> list:
+    """The hyperparameters of every Population.train_epochs call, recorded."""
+    from hamjax.search.population import Population
+
+    calls = []
+    train_epochs = Population.train_epochs
+
+    def spy(self, state, *args, **kw):
+        calls.append({k: np.asarray(v) for k, v in state.hparams.items()})
+        return train_epochs(self, state, *args, **kw)
+
+    monkeypatch.setattr(Population, "train_epochs", spy)
+    return calls
+
+
+def test_a_cosine_schedule_decays_over_the_trials_steps_after_a_traced_warmup(digits, monkeypatch):
+    from hamjax import data
+
+    calls = _spy_hparams(monkeypatch)
+    space = {"learning_rate": 1e-2, "warmup_steps": {"low": 0, "high": 30}, "schedule": "cosine", "batch_size": 64}
+    result = tune_digits(digits, space=space, sampler="random", trials=4, batch=4, epochs=2)
+    assert all(t.state == TrialState.COMPLETE for t in result.study.trials)
+    steps = data.steps_per_epoch(len(digits.train.y), 64) * 2
+    assert len(calls) == 1 and np.all(calls[0]["decay_steps"] == steps)  # one call: every trial's two epochs
+    np.testing.assert_array_equal(sorted(calls[0]["warmup_steps"]), sorted(t.params["warmup_steps"] for t in
+                                  result.study.trials))  # fmt: skip
+    assert result.best_values["accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_warmup_mixup_traced_and_schedules_bucketed(digits, monkeypatch):
+    from hamjax import data
+
+    calls = _spy_hparams(monkeypatch)
+    space = {"learning_rate": 1e-2, "warmup_steps": {"low": 0, "high": 30}, "mixup": {"low": 0.0, "high": 0.4},
+             "schedule": {"choices": ["constant", "cosine"]}, "batch_size": 128}  # fmt: skip
+    result = tune_digits(digits, space=space, sampler="random", trials=6, batch=3, epochs=1)
+    trials = result.study.trials
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    schedules = {t.params["schedule"] for t in trials}
+    assert schedules == {"constant", "cosine"}  # both buckets ran (seed 0)
+    steps = data.steps_per_epoch(len(digits.train.y), 128)
+    cosine = [c for c in calls if "decay_steps" in c]
+    assert cosine and all(np.all(c["decay_steps"] == steps) for c in cosine)
+    assert len(cosine) < len(calls)  # the constant bucket's calls carry no decay
+    assert all({"warmup_steps", "mixup"} <= set(c) for c in calls)
+    warmups = {t.params["warmup_steps"] for t in trials}
+    assert len(warmups) > 2 and any(w in c["warmup_steps"] for c in calls for w in warmups)

@@ -60,6 +60,13 @@ def test_distributions_and_grid():
         ({"learning_rate": {"low": 1e-3}}, "needs low and high"),
         ({"learning_rate": {"low": 1e-3, "high": 0.1, "step": -1}}, "step must be a number > 0"),
         ({"learning_rate": "fast"}, "must be a table or a number"),
+        ({"warmup_steps": {"low": 0, "high": 10.5}}, "warmup_steps.high must be an integer >= 0"),
+        ({"warmup_steps": {"low": -1, "high": 10}}, "warmup_steps.low must be an integer >= 0"),
+        ({"mixup": {"low": -0.1, "high": 0.4}}, "mixup.low must be a number >= 0"),
+        ({"schedule": {"choices": ["constant", "step"]}}, r"schedule choices must each be one of \('constant'"),
+        ({"schedule": {"low": 0, "high": 1}}, r"schedule takes \{choices = \[...\]\}"),
+        ({"learning_rate": {"low": 1e-3, "high": 0.1}, "schedule": "linear"}, "schedule must be a table or one of"),
+        ({"decay_steps": {"low": 10, "high": 100}}, r"\['decay_steps'\] cannot be searched"),
     ],
 )
 def test_refused(spec, message):
@@ -130,3 +137,34 @@ def test_from_recipe_refuses_a_train_step_that_is_not_adam():
         {"kind": "train", "optimizer": "sgd", "search": {"learning_rate": {"low": 1e-3, "high": 1e-1}}}]})  # fmt: skip
     with pytest.raises(ValueError, match="trains with 'sgd'; a population trains AdamW"):
         Space.from_recipe(r)
+
+
+def test_warmup_mixup_traced_and_schedule_bucketed():
+    space = Space({"warmup_steps": {"low": 0, "high": 20}, "mixup": {"low": 0.0, "high": 0.4},
+                   "schedule": {"choices": ["constant", "cosine"]}, "learning_rate": 1e-2})  # fmt: skip
+    assert space.traced == ("mixup", "warmup_steps") and space.bucketed == ("schedule",)
+    members = [{"warmup_steps": 5, "mixup": 0.2, "schedule": "cosine"}, {"warmup_steps": 0, "mixup": 0.0,
+               "schedule": "cosine"}]  # fmt: skip
+    hp = space.hparams(members)
+    assert sorted(hp) == ["learning_rate", "mixup", "warmup_steps"]  # decay_steps: the runner's, from the steps
+    np.testing.assert_array_equal(hp["warmup_steps"], [5.0, 0.0])
+    np.testing.assert_array_equal(space.hparams(members, steps=lambda v: 40)["decay_steps"], [40.0, 40.0])
+    constant = [{**m, "schedule": "constant"} for m in members]
+    assert "decay_steps" not in space.hparams(constant, steps=lambda v: 40)
+    assert space.bucket(members[0]) == (("schedule", "cosine"),)
+    dists = space.distributions()
+    assert isinstance(dists["warmup_steps"], optuna.distributions.IntDistribution)
+    assert dists["schedule"].choices == ("constant", "cosine")
+    assert Space({"schedule": {"choices": ["constant", "cosine"]}}).grid() == {"schedule": ["constant", "cosine"]}
+    assert Space(space.to_dict()) == space
+    assert Space({"mixup": {"low": 0.0, "high": 1.0}, "schedule": "cosine"}).fixed == {"schedule": "cosine"}
+
+
+def test_from_recipe_warmup_means_cosine_and_zero_defaults_stay_out():
+    r = recipes.validate({"name": "r", "steps": [{"kind": "train", "optimizer": "adamw", "search": {
+        "warmup_steps": {"low": 0, "high": 50}, "mixup": {"low": 0.0, "high": 0.4}}}]})  # fmt: skip
+    space = Space.from_recipe(r)
+    assert space.names == ("mixup", "warmup_steps") and space.fixed["schedule"] == "cosine"
+    plain = Space.from_recipe(recipes.validate({"name": "r", "steps": [{"kind": "train", "search": {
+        "learning_rate": {"low": 1e-4, "high": 1e-2}}}]}))  # fmt: skip
+    assert not {"warmup_steps", "mixup", "schedule"} & set(plain.fixed)
