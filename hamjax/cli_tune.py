@@ -58,7 +58,8 @@ def add_parser(sub, common: argparse.ArgumentParser, model_arg, data_arg) -> arg
         "--space",
         default=None,
         help="a .toml table of name = {low, high, log} or {choices}, names among "
-        f"{', '.join(tune.SEARCHABLE)} (batch_size and schedule by bucket)",
+        f"{', '.join(tune.SEARCHABLE)} (batch_size, schedule and width by bucket; width: a reference --model's "
+        "hidden size)",
     )
     tun.add_argument("--trials", type=int, default=64, help="the study's trial budget (default: 64)")
     tun.add_argument("--batch", type=int, default=16, help="trials trained at once (default: 16)")
@@ -132,7 +133,12 @@ def run(args) -> int:
     dataset = (
         data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)
     )
-    apply_fn, params = _model(args, dataset)
+    build = None
+    if "width" in {*space.names, *space.fixed}:  # one reference model per width
+        apply_fn = params = None
+        build = tune.models.reference(args.model, dataset, seed=args.seed)
+    else:
+        apply_fn, params = _model(args, dataset)
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'tune.db').resolve()}"
     result = tune.run(
@@ -151,6 +157,7 @@ def run(args) -> int:
         seed=args.seed,
         execution=args.execution,
         progress=not args.quiet,
+        model=build,
     )
     print_trials(result)
     recipe = result.write_recipe(out / "best.toml")

@@ -56,3 +56,18 @@ def test_an_unknown_sampler_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["tune", "--sampler", "anneal"])
     assert exc.value.code == 2 and "invalid choice: 'anneal'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_width_tunes_a_reference_model_of_that_width(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text("learning_rate = {low = 1e-3, high = 3e-2, log = true}\nwidth = 16\n")
+    assert _tune(tmp_path, "--space", str(space)) == 0
+    assert "width = 16" in recipes.load(str(tmp_path / "t" / "best.toml")).description
+
+
+def test_a_width_needs_a_reference_model(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text("learning_rate = {low = 1e-3, high = 3e-2, log = true}\nwidth = {choices = [8, 16]}\n")
+    assert _tune(tmp_path, "--space", str(space), "--model", "hamjax.models:build") == 2
+    assert "tune: a width needs a reference model" in capsys.readouterr().err

@@ -12,7 +12,8 @@ member's slot is refilled at once with a newly asked trial.
 * :mod:`hamjax.tune.study`: the study created or resumed, its records
   (objectives, space, execution) and warm starts.
 * :mod:`hamjax.tune.runner`: :func:`run` (alias :func:`tune`), the batched ask/tell loop;
-  :mod:`hamjax.tune.slots`: the population state whose members are trials.
+  :mod:`hamjax.tune.slots`: the population state whose members are trials;
+  :mod:`hamjax.tune.models`: the model and trainer of each structural bucket (``width``).
 * :mod:`hamjax.tune.storage`: storages by URL (memory, SQLite, journal file,
   PostgreSQL); :mod:`hamjax.tune.bookkeeping`: batched ask and tell;
   :mod:`hamjax.tune.workers`: many workers on one study, the trials of dead ones retried;
@@ -27,7 +28,19 @@ Examples:
   ('learning_rate',)
 """
 
-from hamjax.tune import bookkeeping, result, runner, samplers, slots, space, storage, study, transactions, workers
+from hamjax.tune import (
+    bookkeeping,
+    models,
+    result,
+    runner,
+    samplers,
+    slots,
+    space,
+    storage,
+    study,
+    transactions,
+    workers,
+)
 from hamjax.tune.result import TuneResult
 from hamjax.tune.runner import run, tune
 from hamjax.tune.samplers import OBJECTIVES, PRUNERS, SAMPLERS
@@ -43,6 +56,7 @@ __all__ = [
     "Space",
     "TuneResult",
     "bookkeeping",
+    "models",
     "result",
     "run",
     "runner",

@@ -26,11 +26,12 @@ import numpy as np
 from hamjax import data, measure
 from hamjax._checks import check_choice, check_int, check_number
 from hamjax.data.checks import check_dataset
-from hamjax.search.population import Population, PopulationState
+from hamjax.search.population import PopulationState
 from hamjax.search.trainer import EXECUTIONS
 from hamjax.tune import slots
 from hamjax.tune import study as studies
 from hamjax.tune.bookkeeping import ask_batch, tell_batch
+from hamjax.tune.models import STRUCTURAL, Model, Models
 from hamjax.tune.result import TuneResult
 from hamjax.tune.samplers import check_objectives, grid_size, judging_order, make_pruner, make_sampler
 from hamjax.tune.space import Space
@@ -41,9 +42,9 @@ EVAL_ROWS = 2048  # validation rows scored at once
 class _Loop:
     """One run's mutable bookkeeping: buckets, counters, the convergence watch."""
 
-    def __init__(self, apply_fn, params, dataset, space, study, trainer, *, batch, epochs, seed, objectives):
-        self.apply_fn, self.params, self.dataset, self.space = apply_fn, params, dataset, space
-        self.study, self.trainer, self.batch, self.epochs = study, trainer, batch, epochs
+    def __init__(self, models, dataset, space, study, *, batch, epochs, seed, objectives):
+        self.models, self.dataset, self.space = models, dataset, space
+        self.study, self.batch, self.epochs = study, batch, epochs
         self.seed, self.objectives = seed, objectives
         self.buckets: dict[tuple, slots.Bucket] = {}
         self.distributions = space.distributions()
@@ -55,18 +56,20 @@ class _Loop:
         self.since_best = 0
 
     # members -------------------------------------------------------------------------------------------
-    def fresh_params(self, number: int):
-        if callable(self.params):
-            return self.params(jax.random.fold_in(jax.random.key(self.seed), number))
-        return self.params
+    def model(self, values: Mapping) -> Model:
+        """The model of a trial's structural bucket (its ``width``)."""
+        return self.models.get(tuple((n, v) for n, v in self.space.bucket(values) if n in STRUCTURAL))
 
     def members_init(self, members: Sequence[dict], rows: int | None = None) -> PopulationState:
-        """Fresh states of ``members``, padded to ``rows`` with copies of the first (shapes that recur: no recompiles)."""
-        trees = [self.fresh_params(m["trial"].number) for m in members]
+        """Fresh states of ``members`` (one bucket), padded to ``rows`` with copies of the first (no recompiles)."""
+        model = self.model(members[0]["values"])
+        key = jax.random.key(self.seed)
+        trees = [model.params(jax.random.fold_in(key, m["trial"].number)) if callable(model.params) else model.params
+                 for m in members]  # fmt: skip
         pad = (rows or len(members)) - len(members)
         stacked = slots.stack(trees + trees[:1] * pad)
         values = [m["values"] for m in members] + [members[0]["values"]] * pad
-        return self.trainer.init(stacked, self.space.hparams(values, steps=self.total_steps))
+        return model.trainer.init(stacked, self.space.hparams(values, steps=self.total_steps))
 
     def total_steps(self, values: Mapping) -> int:
         """The optimizer steps of a trial that is not pruned: its epochs' steps at its batch size."""
@@ -127,14 +130,14 @@ class _Loop:
         left = min(self.epochs - b.slots[i]["epoch"] for b in self.buckets.values() for i in b.live)
         return left if left == self.epochs else 1 << (left.bit_length() - 1)
 
-    def latency(self, params) -> float:
-        key = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(params))
+    def latency(self, apply_fn, params) -> float:
+        key = (id(apply_fn), *((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(params)))
         if key not in self.latencies:
-            runner = measure.JaxRunner(self.apply_fn, params)
+            runner = measure.JaxRunner(apply_fn, params)
             self.latencies[key] = measure.latency(runner, self.dataset.val.x[:1], warmup=5, runs=30).p50_ms
         return self.latencies[key]
 
-    def objective_values(self, state: PopulationState, i: int, accuracy: float) -> list[float]:
+    def objective_values(self, model: Model, state: PopulationState, i: int, accuracy: float) -> list[float]:
         values = []
         member = None
         for name in self.objectives:
@@ -145,7 +148,7 @@ class _Loop:
             if name == "size":
                 values.append(float(sum(int(np.count_nonzero(np.asarray(a))) for a in jax.tree.leaves(member))))
             else:
-                values.append(self.latency(member))
+                values.append(self.latency(model.apply_fn, member))
         return values
 
     def tell(self, told: list) -> None:
@@ -176,7 +179,8 @@ class _Loop:
             if not live:
                 continue
             index = self.epoch_index(bucket.batch_size, round_, span)
-            bucket.state, _, scores = self.trainer.train_epochs(
+            model = self.model(bucket.slots[live[0]]["values"])
+            bucket.state, _, scores = model.trainer.train_epochs(
                 bucket.state, train.x, train.y, index, val.x, val.y, eval_rows=EVAL_ROWS
             )
             accuracies, losses = np.asarray(scores["accuracy"], np.float64), np.asarray(scores["loss"])  # (P, span)
@@ -198,7 +202,9 @@ class _Loop:
                     if len(self.objectives) == 1:  # Optuna keeps intermediate values of one objective only
                         trial.report(accuracy, member["epoch"])
                     if member["epoch"] >= self.epochs:
-                        told.append((trial, self.objective_values(bucket.state, i, accuracy), TrialState.COMPLETE))
+                        told.append(
+                            (trial, self.objective_values(model, bucket.state, i, accuracy), TrialState.COMPLETE)
+                        )
                         self.watch(accuracy, min_delta)
                         break
                     if pruning and trial.should_prune():
@@ -250,13 +256,15 @@ def run(
     narrow_after: int | None = None,
     narrow_quantile: float = 0.25,
     progress: bool = True,
+    model: Callable | None = None,
 ) -> TuneResult:
     """Tune hyperparameters with an Optuna study whose trials train in batches, as one population.
 
     Args:
-      apply_fn: the model's apply function (any kind of the contract).
+      apply_fn: the model's apply function (any kind of the contract); ``None`` with ``model``.
       params: every trial's starting params, or ``init(key) -> params`` for
-        fresh params per trial (the key folded from ``seed`` and the trial number).
+        fresh params per trial (the key folded from ``seed`` and the trial
+        number); ``None`` with ``model``.
       dataset: a :class:`hamjax.data.Dataset`; trials train on ``train`` and are scored on ``val``.
       space: a :class:`hamjax.tune.Space` or its table.
       trials: the study's trial budget: COMPLETE, PRUNED and diverged trials
@@ -292,6 +300,10 @@ def run(
         user attrs and kept when it resumes; ``None``: never narrow.
       narrow_quantile: the share of the best trials to narrow around, in (0, 1].
       progress: show a progress bar.
+      model: ``model(**structure) -> (apply_fn, params)``, the model of a
+        structural bucket (``model(width=64)`` when the space has ``width``),
+        built once per value, so trials of one width train together; needed
+        for a space with ``width``.
 
     Returns:
       A :class:`hamjax.tune.TuneResult`.
@@ -329,7 +341,12 @@ def run(
         where, "narrow_quantile", narrow_quantile, minimum=0, maximum=1, exclusive_minimum=True
     )
     check_dataset(where, "dataset", dataset)
-    if not (callable(params) or jax.tree.leaves(params)):
+    structural = sorted({*space.names, *space.fixed} & set(STRUCTURAL))
+    if model is not None and not callable(model):
+        raise ValueError(f"{where}: model must be model(**structure) -> (apply_fn, params), got {model!r}")
+    if structural and model is None:
+        raise ValueError(f"{where}: {structural} change the model: give model=lambda width: (apply_fn, params)")
+    if model is None and not (callable(params) or jax.tree.leaves(params)):
         raise ValueError(f"{where}: params must be a params tree or init(key) -> params, got {params!r}")
     distilling = sorted({"temperature", "alpha"} & {*space.names, *space.fixed})
     if distilling and teacher is None:
@@ -345,11 +362,9 @@ def run(
         objectives, storage=storage, study_name=study_name, sampler=optuna_sampler, pruner=optuna_pruner, space=space
     )
     execution = studies.recorded_execution(study, execution)
-    trainer = _trainer(apply_fn, execution, teacher)
+    models = Models(apply_fn, params, build=model, execution=execution, teacher=teacher)
     studies.warm_start(study, space, enqueue, count=batch)
-    loop = _Loop(
-        apply_fn, params, dataset, space, study, trainer, batch=batch, epochs=epochs, seed=seed, objectives=objectives
-    )
+    loop = _Loop(models, dataset, space, study, batch=batch, epochs=epochs, seed=seed, objectives=objectives)
     loop.best = _best_accuracy(study)  # a resumed study's convergence watch starts from its best so far
     bar = _Progress(progress, trials, studies.counted_trials(study))
     stopped, round_ = "budget", 0
@@ -371,10 +386,9 @@ def run(
             if not loop.live:
                 break
             span = loop.round(round_, pruning=pruning, min_delta=min_delta)
-            if round_ == 0 and trainer.execution == "auto":
-                trainer.execution = trainer.chosen
+            models.fix()
             if not recorded:
-                study.set_user_attr(studies.EXECUTION_ATTR, trainer.execution)
+                study.set_user_attr(studies.EXECUTION_ATTR, models.execution)
                 recorded = True
             round_ += span
     except BaseException:
@@ -387,33 +401,12 @@ def run(
         space=space,
         objectives=objectives,
         epochs=epochs,
-        execution=trainer.execution,
+        execution=models.execution,
         trials_run=loop.finished,
         member_epochs=loop.member_epochs,
         stopped=stopped,
         seconds=time.perf_counter() - started,
     )
-
-
-_TRAINERS: dict = {}  # (id(apply_fn), execution) -> (apply_fn, Population): compiled programs kept per model
-_TRAINERS_KEPT = 4
-
-
-def _trainer(apply_fn, execution: str, teacher) -> Population:
-    """The population trainer of ``apply_fn``: the one of an earlier run in this process when there is one.
-
-    A second study of the same model (another seed, a resumed study) then
-    compiles nothing again; with ``"auto"`` it keeps the execution chosen
-    first. A distilling trainer (its teacher's params) is never shared.
-    """
-    if teacher is not None:
-        return Population(apply_fn, execution=execution, teacher=teacher)
-    key = (id(apply_fn), execution)
-    if key not in _TRAINERS:
-        while len(_TRAINERS) >= _TRAINERS_KEPT:
-            _TRAINERS.pop(next(iter(_TRAINERS)))
-        _TRAINERS[key] = (apply_fn, Population(apply_fn, execution=execution))  # apply_fn held: its id stays its own
-    return _TRAINERS[key][1]
 
 
 def _best_accuracy(study) -> float:

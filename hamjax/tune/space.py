@@ -11,12 +11,18 @@ and optionally to plain values that stay fixed. Two kinds of names:
   the learning rate from 0 over that many of the trial's own steps, scaled
   ``min(1, (t + 1) / warmup_steps)``) and ``mixup`` (the Beta(a, a) strength
   of :func:`hamjax.augment.mixup`, 0 off);
-* bucketed (:data:`BUCKETED`: ``batch_size``, ``schedule``): they change the
-  compiled program, so the trials of one value (one bucket) train together
-  and each bucket compiles once. ``schedule`` is ``"constant"`` or
+* bucketed (:data:`BUCKETED`: ``batch_size``, ``schedule``, ``width``): they
+  change the compiled program, so the trials of one value (one bucket) train
+  together and each bucket compiles once. ``schedule`` is ``"constant"`` or
   ``"cosine"`` (:data:`CHOICES`): a cosine trial's learning rate decays to 0
   over its epochs' steps after its warm-up (its members carry
-  ``decay_steps``; constant ones do not).
+  ``decay_steps``; constant ones do not). ``width`` (an integer >= 1) is
+  structural: :func:`hamjax.tune.run` builds the model of each width once
+  with its ``model=`` builder (``model(width=w) -> (apply_fn, params)``:
+  the builder decides what the width sizes, e.g. the hidden layers), so the
+  trials of one width train together as one population. Widths are buckets
+  rather than NAS supernet masks: any model the builder makes can be
+  searched, and a trial trains exactly the model it scores.
 
 Anything else is refused: it would need a compile per trial.
 """
@@ -34,9 +40,9 @@ from hamjax.quant import MAX_BITS, MIN_BITS
 from hamjax.search.trainer import HYPERPARAMETERS
 
 TRACED = tuple(n for n in HYPERPARAMETERS if n != "decay_steps")  # a cosine schedule's: set from the trial's steps
-BUCKETED = ("batch_size", "schedule")
+BUCKETED = ("batch_size", "schedule", "width")
 SEARCHABLE = TRACED + BUCKETED
-INTEGER = ("bits", "batch_size", "warmup_steps")
+INTEGER = ("bits", "batch_size", "warmup_steps", "width")
 CHOICES = {"schedule": ("constant", "cosine")}
 """The names that take one of a few words, and those words."""
 
@@ -53,6 +59,7 @@ LIMITS = {
     "mixup": (0.0, math.inf, False),
     "warmup_steps": (0, math.inf, False),
     "batch_size": (1, math.inf, False),
+    "width": (1, math.inf, False),
 }
 
 # recipe step kind -> its fields a population call can vary, by the population's name for them

@@ -294,3 +294,52 @@ def test_warmup_mixup_traced_and_schedules_bucketed(digits, monkeypatch):
     assert all({"warmup_steps", "mixup"} <= set(c) for c in calls)
     warmups = {t.params["warmup_steps"] for t in trials}
     assert len(warmups) > 2 and any(w in c["warmup_steps"] for c in calls for w in warmups)
+
+
+def _width_spy(monkeypatch):
+    """(shapes of w1 per train_epochs call, widths built, the builder)."""
+    from hamjax.search.population import Population
+
+    shapes, built = [], []
+    train_epochs = Population.train_epochs
+
+    def spy(self, state, *args, **kw):
+        shapes.append(state.params["w1"].shape[1:])
+        return train_epochs(self, state, *args, **kw)
+
+    monkeypatch.setattr(Population, "train_epochs", spy)
+
+    def model(width):
+        built.append(width)
+
+        def make(key):
+            k1, k2 = jax.random.split(key)
+            return {"w1": jax.random.normal(k1, (64, width)) / 8.0, "b1": jnp.zeros(width),
+                    "w2": jax.random.normal(k2, (width, 10)) / 4.0, "b2": jnp.zeros(10)}  # fmt: skip
+
+        return mlp, make
+
+    return shapes, built, model
+
+
+def test_a_fixed_width_builds_its_model_once(digits, monkeypatch):
+    shapes, built, model = _width_spy(monkeypatch)
+    space = {"learning_rate": {"low": 1e-2, "high": 1e-1, "log": True}, "width": 12}
+    result = tune.run(None, None, digits, space, model=model, trials=4, batch=4, epochs=1, execution="vmap",
+                      progress=False)  # fmt: skip
+    assert built == [12] and shapes == [(64, 12)] and result.best_values["accuracy"] > 0.3
+    with pytest.raises(ValueError, match=r"tune: \['width'\] change the model: give model="):
+        tune.run(mlp, init, digits, space, trials=2, batch=2, progress=False)
+
+
+@pytest.mark.slow
+def test_widths_are_buckets_of_models_the_builder_makes(digits, monkeypatch):
+    shapes, built, model = _width_spy(monkeypatch)
+    space = {"learning_rate": {"low": 1e-2, "high": 1e-1, "log": True}, "width": {"choices": [8, 24]}}
+    result = tune.run(None, None, digits, space, model=model, trials=6, batch=3, epochs=1, sampler="random",
+                      execution="vmap", progress=False)  # fmt: skip
+    trials = result.study.trials
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(built) == [8, 24]  # each width built once
+    assert set(shapes) == {(64, 8), (64, 24)}
+    assert result.best_values["accuracy"] > 0.5

@@ -67,6 +67,8 @@ def test_distributions_and_grid():
         ({"schedule": {"low": 0, "high": 1}}, r"schedule takes \{choices = \[...\]\}"),
         ({"learning_rate": {"low": 1e-3, "high": 0.1}, "schedule": "linear"}, "schedule must be a table or one of"),
         ({"decay_steps": {"low": 10, "high": 100}}, r"\['decay_steps'\] cannot be searched"),
+        ({"width": {"choices": [0, 16]}}, "width choices must each be an integer >= 1"),
+        ({"width": {"low": 8, "high": 16.5}}, "width.high must be an integer >= 1"),
     ],
 )
 def test_refused(spec, message):
@@ -168,3 +170,10 @@ def test_from_recipe_warmup_means_cosine_and_zero_defaults_stay_out():
     plain = Space.from_recipe(recipes.validate({"name": "r", "steps": [{"kind": "train", "search": {
         "learning_rate": {"low": 1e-4, "high": 1e-2}}}]}))  # fmt: skip
     assert not {"warmup_steps", "mixup", "schedule"} & set(plain.fixed)
+
+
+def test_width_is_a_structural_bucket():
+    space = Space({"width": {"choices": [16, 32]}, "batch_size": 64, "learning_rate": {"low": 1e-3, "high": 1e-1}})
+    assert space.bucketed == ("width",) and space.traced == ("learning_rate",)
+    assert space.bucket({"width": 32, "learning_rate": 0.01}) == (("batch_size", 64), ("width", 32))
+    assert "width" not in space.hparams([{"width": 32, "learning_rate": 0.01}])
