@@ -58,8 +58,10 @@ def add_parser(sub, common: argparse.ArgumentParser, model_arg, data_arg) -> arg
         "--space",
         default=None,
         help="a .toml table of name = {low, high, log} or {choices}, names among "
-        f"{', '.join(tune.SEARCHABLE)} (batch_size, schedule and width by bucket; width: a reference --model's "
-        "hidden size)",
+        f"{', '.join(tune.SEARCHABLE)} (batch_size, schedule, width, depth and activation by bucket, trials of "
+        "one structure trained together; for a reference --model, width: its hidden size, depth: its hidden "
+        "layers (mlp, cnn dense) or blocks (vit, hamnet), activation: one of "
+        f"{', '.join(tune.space.CHOICES['activation'])} (mlp only))",
     )
     tun.add_argument("--trials", type=int, default=64, help="the study's trial budget (default: 64)")
     tun.add_argument("--batch", type=int, default=16, help="trials trained at once (default: 16)")
@@ -134,9 +136,10 @@ def run(args) -> int:
         data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)
     )
     build = None
-    if "width" in {*space.names, *space.fixed}:  # one reference model per width
+    structure = [n for n in tune.models.STRUCTURAL if n in {*space.names, *space.fixed}]
+    if structure:  # one reference model per structure
         apply_fn = params = None
-        build = tune.models.reference(args.model, dataset, seed=args.seed)
+        build = tune.models.reference(args.model, dataset, seed=args.seed, structure=structure)
     else:
         apply_fn, params = _model(args, dataset)
     out.mkdir(parents=True, exist_ok=True)

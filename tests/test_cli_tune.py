@@ -70,4 +70,23 @@ def test_a_width_needs_a_reference_model(tmp_path, capsys):
     space = tmp_path / "space.toml"
     space.write_text("learning_rate = {low = 1e-3, high = 3e-2, log = true}\nwidth = {choices = [8, 16]}\n")
     assert _tune(tmp_path, "--space", str(space), "--model", "hamjax.models:build") == 2
-    assert "tune: a width needs a reference model" in capsys.readouterr().err
+    assert "tune: a width, depth or activation needs a reference model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_depth_and_activation_space_tunes_reference_mlps(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text('learning_rate = 0.03\nwidth = 8\ndepth = {choices = [1, 2]}\nactivation = "tanh"\n')
+    assert _tune(tmp_path, "--space", str(space), "--sampler", "grid") == 0
+    out = capsys.readouterr().out
+    assert "(2 complete)" in out and "depth" in out
+    assert "activation = tanh" in recipes.load(str(tmp_path / "t" / "best.toml")).description
+    study = optuna.load_study(study_name="hamjax-tune", storage=f"sqlite:///{tmp_path / 't' / 'tune.db'}")
+    assert sorted(t.params["depth"] for t in study.trials) == [1, 2] and all(t.value > 0.1 for t in study.trials)
+
+
+def test_an_activation_needs_the_reference_mlp(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text('depth = {choices = [1, 2]}\nactivation = {choices = ["relu", "gelu"]}\n')
+    assert _tune(tmp_path, "--space", str(space), "--model", "cnn") == 2
+    assert "reference model 'cnn' has no activation to choose" in capsys.readouterr().err

@@ -13,7 +13,7 @@ member's slot is refilled at once with a newly asked trial.
   (objectives, space, execution) and warm starts.
 * :mod:`hamjax.tune.runner`: :func:`run` (alias :func:`tune`), the batched ask/tell loop;
   :mod:`hamjax.tune.slots`: the population state whose members are trials;
-  :mod:`hamjax.tune.models`: the model and trainer of each structural bucket (``width``).
+  :mod:`hamjax.tune.models`: the model and trainer of each structural bucket (``width``, ``depth``, ``activation``).
 * :mod:`hamjax.tune.storage`: storages by URL (memory, SQLite, journal file,
   PostgreSQL); :mod:`hamjax.tune.bookkeeping`: batched ask and tell;
   :mod:`hamjax.tune.workers`: many workers on one study, the trials of dead ones retried;

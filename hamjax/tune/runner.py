@@ -31,7 +31,7 @@ from hamjax.search.trainer import EXECUTIONS
 from hamjax.tune import slots
 from hamjax.tune import study as studies
 from hamjax.tune.bookkeeping import ask_batch, tell_batch
-from hamjax.tune.models import STRUCTURAL, Model, Models
+from hamjax.tune.models import STRUCTURAL, Model, Models, check_builder
 from hamjax.tune.result import TuneResult
 from hamjax.tune.samplers import check_objectives, grid_size, judging_order, make_pruner, make_sampler
 from hamjax.tune.space import Space
@@ -57,7 +57,7 @@ class _Loop:
 
     # members -------------------------------------------------------------------------------------------
     def model(self, values: Mapping) -> Model:
-        """The model of a trial's structural bucket (its ``width``)."""
+        """The model of a trial's structural bucket (its ``width``, ``depth``, ``activation``)."""
         return self.models.get(tuple((n, v) for n, v in self.space.bucket(values) if n in STRUCTURAL))
 
     def members_init(self, members: Sequence[dict], rows: int | None = None) -> PopulationState:
@@ -78,6 +78,14 @@ class _Loop:
 
     def place(self, members: Sequence[dict]) -> None:
         """Put newly asked members into their buckets' free slots, growing a bucket (powers of two) when full."""
+        from optuna.trial import TrialState
+
+        try:  # build every new structure first: a builder that fails leaves none of these trials RUNNING
+            for m in members:
+                self.model(m["values"])
+        except BaseException:
+            self.tell([(m["trial"], None, TrialState.FAIL) for m in members])
+            raise
         by_bucket: dict[tuple, list[dict]] = {}
         for m in members:
             by_bucket.setdefault(self.space.bucket(m["values"]), []).append(m)
@@ -300,10 +308,12 @@ def run(
         user attrs and kept when it resumes; ``None``: never narrow.
       narrow_quantile: the share of the best trials to narrow around, in (0, 1].
       progress: show a progress bar.
-      model: ``model(**structure) -> (apply_fn, params)``, the model of a
-        structural bucket (``model(width=64)`` when the space has ``width``),
-        built once per value, so trials of one width train together; needed
-        for a space with ``width``.
+      model: ``model(**structure) -> (apply_fn, params)``: the model of a
+        structural bucket, given the space's structural names (searched or
+        fixed) as keywords (``model(width=64, depth=2, activation="tanh")``;
+        :func:`hamjax.tune.models.reference`), built once per combination so
+        trials of one structure train together; needed for a space with
+        width, depth or activation, refused when it takes no keyword for one.
 
     Returns:
       A :class:`hamjax.tune.TuneResult`.
@@ -341,11 +351,7 @@ def run(
         where, "narrow_quantile", narrow_quantile, minimum=0, maximum=1, exclusive_minimum=True
     )
     check_dataset(where, "dataset", dataset)
-    structural = sorted({*space.names, *space.fixed} & set(STRUCTURAL))
-    if model is not None and not callable(model):
-        raise ValueError(f"{where}: model must be model(**structure) -> (apply_fn, params), got {model!r}")
-    if structural and model is None:
-        raise ValueError(f"{where}: {structural} change the model: give model=lambda width: (apply_fn, params)")
+    check_builder(where, model, [n for n in STRUCTURAL if n in {*space.names, *space.fixed}])
     if model is None and not (callable(params) or jax.tree.leaves(params)):
         raise ValueError(f"{where}: params must be a params tree or init(key) -> params, got {params!r}")
     distilling = sorted({"temperature", "alpha"} & {*space.names, *space.fixed})

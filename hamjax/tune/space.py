@@ -11,18 +11,23 @@ and optionally to plain values that stay fixed. Two kinds of names:
   the learning rate from 0 over that many of the trial's own steps, scaled
   ``min(1, (t + 1) / warmup_steps)``) and ``mixup`` (the Beta(a, a) strength
   of :func:`hamjax.augment.mixup`, 0 off);
-* bucketed (:data:`BUCKETED`: ``batch_size``, ``schedule``, ``width``): they
-  change the compiled program, so the trials of one value (one bucket) train
-  together and each bucket compiles once. ``schedule`` is ``"constant"`` or
-  ``"cosine"`` (:data:`CHOICES`): a cosine trial's learning rate decays to 0
-  over its epochs' steps after its warm-up (its members carry
-  ``decay_steps``; constant ones do not). ``width`` (an integer >= 1) is
-  structural: :func:`hamjax.tune.run` builds the model of each width once
-  with its ``model=`` builder (``model(width=w) -> (apply_fn, params)``:
-  the builder decides what the width sizes, e.g. the hidden layers), so the
-  trials of one width train together as one population. Widths are buckets
-  rather than NAS supernet masks: any model the builder makes can be
-  searched, and a trial trains exactly the model it scores.
+* bucketed (:data:`BUCKETED`: ``batch_size``, ``schedule``, ``width``,
+  ``depth``, ``activation``): they change the compiled program, so the
+  trials of one combination of values (one bucket) train together and each
+  bucket compiles once. ``schedule`` is ``"constant"`` or ``"cosine"``
+  (:data:`CHOICES`): a cosine trial's learning rate decays to 0 over its
+  epochs' steps after its warm-up (its members carry ``decay_steps``;
+  constant ones do not). ``width`` and ``depth`` (integers >= 1) and
+  ``activation`` (one of :data:`CHOICES`' ``relu``, ``gelu``, ``tanh``,
+  ``silu``) are structural (:data:`hamjax.tune.models.STRUCTURAL`):
+  :func:`hamjax.tune.run` builds the model of each structure once with its
+  ``model=`` builder, which gets the trial's structural values as keywords
+  (``model(width=w, depth=d, activation=a) -> (apply_fn, params)``: the
+  builder decides what they set, e.g. a reference model's hidden sizes,
+  number of hidden layers and activation, :func:`hamjax.tune.models.reference`),
+  so the trials of one structure train together as one population.
+  Structures are buckets rather than NAS supernet masks: any model the
+  builder makes can be searched, and a trial trains exactly the model it scores.
 
 Anything else is refused: it would need a compile per trial.
 """
@@ -36,14 +41,15 @@ from typing import Any
 
 import numpy as np
 
+from hamjax.models.mlp import ACTIVATIONS
 from hamjax.quant import MAX_BITS, MIN_BITS
 from hamjax.search.trainer import HYPERPARAMETERS
 
 TRACED = tuple(n for n in HYPERPARAMETERS if n != "decay_steps")  # a cosine schedule's: set from the trial's steps
-BUCKETED = ("batch_size", "schedule", "width")
+BUCKETED = ("batch_size", "schedule", "width", "depth", "activation")
 SEARCHABLE = TRACED + BUCKETED
-INTEGER = ("bits", "batch_size", "warmup_steps", "width")
-CHOICES = {"schedule": ("constant", "cosine")}
+INTEGER = ("bits", "batch_size", "warmup_steps", "width", "depth")
+CHOICES = {"schedule": ("constant", "cosine"), "activation": tuple(ACTIVATIONS)}
 """The names that take one of a few words, and those words."""
 
 # name -> (lowest, highest, whether the highest is allowed)
@@ -60,6 +66,7 @@ LIMITS = {
     "warmup_steps": (0, math.inf, False),
     "batch_size": (1, math.inf, False),
     "width": (1, math.inf, False),
+    "depth": (1, math.inf, False),
 }
 
 # recipe step kind -> its fields a population call can vary, by the population's name for them
@@ -90,7 +97,7 @@ class Dimension:
 
     @property
     def integer(self) -> bool:
-        """Whether the name takes integers (``bits``, ``batch_size``)."""
+        """Whether the name takes integers (``bits``, ``batch_size``, ``width``, ``depth``, ...)."""
         return self.name in INTEGER
 
     def to_dict(self) -> dict:

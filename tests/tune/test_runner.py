@@ -343,3 +343,76 @@ def test_widths_are_buckets_of_models_the_builder_makes(digits, monkeypatch):
     assert sorted(built) == [8, 24]  # each width built once
     assert set(shapes) == {(64, 8), (64, 24)}
     assert result.best_values["accuracy"] > 0.5
+
+
+def _structure_spy(monkeypatch):
+    """(per train_epochs call: (layers, member count), structures built, a builder of tiny MLPs)."""
+    from hamjax.search.population import Population
+
+    calls, built = [], []
+    train_epochs = Population.train_epochs
+
+    def spy(self, state, *args, **kw):
+        calls.append((len(state.params), jax.tree.leaves(state.params)[0].shape[0]))
+        return train_epochs(self, state, *args, **kw)
+
+    monkeypatch.setattr(Population, "train_epochs", spy)
+
+    def model(depth, activation):
+        built.append((depth, activation))
+        act = {"relu": jax.nn.relu, "tanh": jnp.tanh}[activation]
+
+        def apply(p, x):
+            h = x.reshape(x.shape[0], -1)
+            for i in range(depth):
+                h = act(h @ p[f"w{i}"])
+            return h @ p["out"]
+
+        def make(key):
+            keys = jax.random.split(key, depth + 1)
+            sizes = [64] + [8] * depth
+            layers = {
+                f"w{i}": jax.random.normal(keys[i], (sizes[i], 8)) / jnp.sqrt(float(sizes[i])) for i in range(depth)
+            }
+            return {**layers, "out": jax.random.normal(keys[-1], (8, 10)) / 4.0}
+
+        return apply, make
+
+    return calls, built, model
+
+
+@pytest.mark.slow
+def test_depth_by_activation_buckets_train_once_each_and_report_per_trial(digits, monkeypatch):
+    calls, built, model = _structure_spy(monkeypatch)
+    space = {"learning_rate": {"choices": [0.03, 0.1]}, "depth": {"choices": [1, 2]},
+             "activation": {"choices": ["relu", "tanh"]}}  # fmt: skip
+    result = tune.run(None, None, digits, space, model=model, trials=8, batch=8, epochs=1, sampler="grid",
+                      execution="vmap", progress=False)  # fmt: skip
+    trials = result.study.trials
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE and t.value > 0.1 for t in trials)
+    assert sorted(built) == [(1, "relu"), (1, "tanh"), (2, "relu"), (2, "tanh")]  # each structure built once
+    assert sorted(calls) == [(2, 2), (2, 2), (3, 2), (3, 2)]  # one call per bucket, its two trials together
+    assert {(t.params["depth"], t.params["activation"], t.params["learning_rate"]) for t in trials} == {
+        (d, a, lr) for d in (1, 2) for a in ("relu", "tanh") for lr in (0.03, 0.1)
+    }
+    assert len({t.value for t in trials}) > 1
+
+
+def test_a_builder_without_a_structural_keyword_is_refused_before_the_study(digits, monkeypatch):
+    _, built, model = _structure_spy(monkeypatch)
+    space = {"learning_rate": {"low": 1e-2, "high": 1e-1}, "depth": 2, "width": {"choices": [8, 16]}}
+    with pytest.raises(ValueError, match=r"tune: the space searches \['width'\], but model\(depth, activation\)"):
+        tune.run(None, None, digits, space, model=model, trials=2, batch=2, progress=False)
+    assert built == []
+
+
+def test_a_builder_that_fails_fails_its_asked_trials(digits):
+    def model(depth):
+        raise ValueError(f"no model of depth {depth}")
+
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(ValueError, match="no model of depth 3"):
+        tune.run(None, None, digits, {"depth": {"choices": [3]}}, model=model, trials=2, batch=2, storage=storage,
+                 study_name="s", execution="vmap", progress=False)  # fmt: skip
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # none left RUNNING

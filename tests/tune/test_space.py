@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import optuna
 import pytest
@@ -177,3 +179,32 @@ def test_width_is_a_structural_bucket():
     assert space.bucketed == ("width",) and space.traced == ("learning_rate",)
     assert space.bucket({"width": 32, "learning_rate": 0.01}) == (("batch_size", 64), ("width", 32))
     assert "width" not in space.hparams([{"width": 32, "learning_rate": 0.01}])
+
+
+def test_depth_and_activation_are_structural_buckets():
+    space = Space({"depth": {"low": 1, "high": 3}, "activation": {"choices": ["relu", "gelu"]}, "width": 16,
+                   "schedule": "cosine", "learning_rate": {"low": 1e-3, "high": 1e-1}})  # fmt: skip
+    assert space.bucketed == ("depth", "activation") and space.dimensions["depth"].integer
+    key = space.bucket({"depth": 2, "activation": "gelu", "learning_rate": 0.01})
+    assert key == (("schedule", "cosine"), ("width", 16), ("depth", 2), ("activation", "gelu"))
+    assert not {"depth", "activation"} & set(space.hparams([{"depth": 2, "activation": "gelu", "learning_rate": 0.01}]))
+    assert Space({"depth": {"low": 1, "high": 3}}).grid() == {"depth": [1, 2, 3]}
+    assert Space({"activation": "silu", "depth": {"choices": [1, 4]}}).fixed == {"activation": "silu"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"depth": {"choices": [0, 2]}}, "depth choices must each be an integer >= 1"),
+        ({"depth": {"low": 1, "high": 2.5}}, "depth.high must be an integer >= 1"),
+        ({"depth": 0, "learning_rate": {"low": 1e-3, "high": 1e-1}}, "depth must be a table or an integer >= 1"),
+        ({"activation": {"choices": ["relu", "softmax"]}}, "activation choices must each be one of ('relu', 'gelu',"),
+        (
+            {"activation": {"low": 0, "high": 1}},
+            "activation takes {choices = [...]} of ('relu', 'gelu', 'tanh', 'silu')",
+        ),
+    ],
+)
+def test_depth_and_activation_refused(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Space(spec)
