@@ -73,7 +73,6 @@ def _compile_cache(args) -> None:
 
 def _optimize(args) -> int:
     from hamjax import checkpoint, data, models, pipeline, recipes, report
-    from hamjax._base import functional
 
     pipeline.check_out(args.out, where="", arg="--out")
     if args.profile is not None:
@@ -83,17 +82,8 @@ def _optimize(args) -> int:
     dataset = (
         data.load(args.data, seed=args.seed) if args.data in data.DATASETS else data.load_npz(args.data, seed=args.seed)
     )
-    if args.model in models.MODELS:
-        module = models.build(
-            args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes
-        )
-        apply_fn, params = functional(module)
-        config = models.config_of(module)
-    else:
-        apply_fn, params, _ = models.import_model(args.model)
-        # Against the data's own inputs and classes, so the message names the option at fault.
-        models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where=f"--model {args.model}")
-        config = None
+    # An imported model is checked against the data's own inputs and classes, so the message names the option at fault.
+    apply_fn, params, config = models.for_data(args.model, dataset, seed=args.seed, where=f"--model {args.model}")
     result = pipeline.optimize(
         apply_fn,
         params,

@@ -79,22 +79,12 @@ def add_parser(sub, common: argparse.ArgumentParser, model_arg, data_arg) -> arg
 def trained_model(args, dataset, out: Path):
     """``(apply_fn, params, config)``: ``--trained`` loaded, or ``--model`` trained with the baseline recipe."""
     from hamjax import models, pipeline
-    from hamjax._base import functional
 
     if args.trained is not None:
         apply_fn, params, config, _ = models.saved.load(args.trained)
         models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where="--trained")
         return apply_fn, params, config
-    if args.model in models.MODELS:
-        module = models.build(
-            args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes
-        )
-        apply_fn, params = functional(module)
-        config = models.config_of(module)
-    else:
-        apply_fn, params, _ = models.import_model(args.model)
-        models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where=f"--model {args.model}")
-        config = None
+    apply_fn, params, config = models.for_data(args.model, dataset, seed=args.seed, where=f"--model {args.model}")
     result = pipeline.optimize(
         apply_fn, params, dataset, "baseline", seed=args.seed, config=config, progress=not args.quiet
     )

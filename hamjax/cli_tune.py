@@ -105,20 +105,6 @@ def _space(args):
     return tune.Space(table.get("space", table))
 
 
-def _model(args, dataset):
-    from hamjax import models
-    from hamjax._base import functional
-
-    if args.model in models.MODELS:
-        module = models.build(
-            args.model, seed=args.seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes
-        )
-        return functional(module)
-    apply_fn, params, _ = models.import_model(args.model)
-    models.check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where=f"--model {args.model}")
-    return apply_fn, params
-
-
 def run(args) -> int:
     """Run ``hamjax tune`` with its parsed options: the study, a table of the best trials, the recipe, the plots.
 
@@ -128,7 +114,7 @@ def run(args) -> int:
     Returns:
       The exit status, 0.
     """
-    from hamjax import checkpoint, data, tune
+    from hamjax import checkpoint, data, models, tune
 
     out = Path(checkpoint.check_directory("", "--out", args.out))
     space = _space(args)
@@ -141,7 +127,7 @@ def run(args) -> int:
         apply_fn = params = None
         build = tune.models.reference(args.model, dataset, seed=args.seed, structure=structure)
     else:
-        apply_fn, params = _model(args, dataset)
+        apply_fn, params, _ = models.for_data(args.model, dataset, seed=args.seed, where=f"--model {args.model}")
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'tune.db').resolve()}"
     result = tune.run(

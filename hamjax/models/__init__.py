@@ -34,6 +34,7 @@ __all__ = [
     "build",
     "check_model",
     "config_of",
+    "for_data",
     "from_config",
     "import_model",
     "make_student",
@@ -134,3 +135,38 @@ def config_of(module: nnx.Module):
     if not isinstance(module, tuple(cls for cls, _ in _CLASSES.values())):
         raise TypeError(f"config_of: expected one of MLP, CNN, ViT, HAMNet; got {type(module).__name__}")
     return module.config
+
+
+def for_data(spec: str, dataset, *, seed: int = 0, where: str | None = None):
+    """A model for ``dataset``: a reference model built for its inputs and classes, or an imported one, checked.
+
+    Args:
+      spec: a reference model's name (:data:`MODELS`) or ``"package.module:function"``
+        (:func:`import_model`).
+      dataset: the :class:`hamjax.data.Dataset` the model will see.
+      seed: the reference model's initialization seed.
+      where: how a failed check names the model (the CLI passes ``"--model NAME"``);
+        ``None``: ``"model NAME"``.
+
+    Returns:
+      ``(apply_fn, params, config)``; ``config`` is ``None`` for an imported model.
+
+    Raises:
+      ValueError: an imported model whose output does not give one logit per
+        class of ``dataset`` (:func:`check_model`), naming ``where``.
+
+    Examples:
+      >>> import hamjax
+      >>> apply_fn, params, config = for_data("mlp", hamjax.data.load("digits"))
+      >>> config.sizes[0], config.sizes[-1]
+      (64, 10)
+    """
+    from hamjax._base import functional
+
+    if spec in MODELS:
+        module = build(spec, seed=seed, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+        apply_fn, params = functional(module)
+        return apply_fn, params, config_of(module)
+    apply_fn, params, _ = import_model(spec)
+    check_model(apply_fn, params, dataset.train.x[:2], dataset.num_classes, where=where or f"model {spec}")
+    return apply_fn, params, None
