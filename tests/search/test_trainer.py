@@ -178,6 +178,7 @@ def _alone_scheduled(params, schedule, xs, ys):
     return params
 
 
+@pytest.mark.slow  # 8 s a case; test_a_refilled_member_warms_up_from_its_own_first_step keeps warm-up in the default run
 @pytest.mark.parametrize("execution", ["vmap", "sequential"])
 def test_per_member_warmup_and_cosine_decay_match_optax_schedules_alone(execution):
     params = pop.init(make, jax.random.key(5), 4)
@@ -216,6 +217,7 @@ def test_a_refilled_member_warms_up_from_its_own_first_step():
     np.testing.assert_allclose(pop.member(state.params, 1)["w1"], pop.member(alone_state.params, 0)["w1"], rtol=1e-5)
 
 
+@pytest.mark.slow  # 9 s
 def test_per_member_mixup_reuses_the_augment_numerics_and_zero_is_off():
     params = pop.init(make, jax.random.key(7), 3)
     trainer = pop.Population(mlp)
