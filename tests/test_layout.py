@@ -37,9 +37,9 @@ LAYERS = (
     ),
     ("search", "export"),
     ("recipes",),
-    ("pipeline", "tune"),
+    ("pipeline", "tune", "serve"),
     ("autotune",),
-    ("cli", "cli_search", "cli_tune", "cli_autotune"),
+    ("cli", "cli_search", "cli_tune", "cli_autotune", "cli_serve"),
 )
 # Family modules that run a training loop sit above the engine they call; nothing below imports them.
 TRAINING_LOOPS = {"hamjax.prune.iterative", "hamjax.distill.training"}
