@@ -8,15 +8,18 @@ ONNX file in onnxruntime), or its last stage when it exports nothing:
 * accuracy on the validation split (the test split stays for the final
   report, so choosing a recipe never looks at it);
 * latency at batch 1 (the median of timed calls after warm-up);
-* bytes of the stored model (the ONNX file: int8 weights are stored as
-  int8) and its parameter count.
+* bytes of the int storage (:func:`storage_bytes`: the deployed weights in
+  the precision the file stores them, int8 as int8 with its scales), the
+  ONNX file's bytes besides (graph and shape annotations included: tens of
+  kilobytes that no weight cut removes, most of a small model's file), and
+  the parameter count.
 
 The baseline is the given model measured the same way (exported to ONNX
 fp32), so accuracy drops, speed-ups and size reductions are ratios of one
 kind of measurement. A ``"full"`` evaluation runs the recipe as written. A
 ``"cheap"`` one screens: it caps every finetune at ``cheap_epochs`` epochs
 and leaves the export out, so it measures the last stage in JAX (accuracy,
-the bytes of its storage, int8 as int8) and no latency (JAX's says nothing of
+the same int storage) and no latency (JAX's says nothing of
 onnxruntime's); only a promising candidate earns a full evaluation.
 """
 
@@ -29,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 from hamjax import measure, recipes
 from hamjax._checks import check_choice, check_int
@@ -98,6 +104,36 @@ def without_export(recipe: recipes.Recipe) -> recipes.Recipe:
     raw = recipe.to_dict()
     raw["steps"] = [step for step in raw["steps"] if step["kind"] != "export"]
     return recipes.validate(raw)
+
+
+def storage_bytes(context, stage) -> int:
+    """Bytes of the int storage of what ``stage`` deploys: the weights in the precision its file holds them.
+
+    An int8 export of a quantized model stores the quantize stage's int
+    storage (int8 kernels, their scales, the float leaves it keeps); an fp32
+    or fp16 export stores every float leaf of the exported params at 4 or
+    2 bytes; a stage that exports nothing stores its own params (int8 as
+    int8). An int8 export that quantizes by itself (no ``quantize`` step)
+    is counted as the float params it started from: an upper bound.
+
+    Args:
+      context: a finished :class:`hamjax.recipes.Context`.
+      stage: its deployed stage (:func:`deployed_stage`).
+
+    Returns:
+      Bytes, > 0 for any model with params.
+    """
+    precision = stage.name.rsplit(" ", 1)[-1] if stage.name.startswith("onnx ") else None
+    if precision is None:
+        return int(stage.size_bytes if stage.size_bytes is not None else measure.param_bytes(context.params))
+    if precision == "int8" and "quantized" in context.extras:
+        return int(measure.param_bytes(context.extras["quantized"][1]))
+    width = {"fp16": 2}.get(precision, 4)
+    total = 0
+    for leaf in jax.tree.leaves(context.params):
+        floating = jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)
+        total += int(np.size(leaf)) * (width if floating else np.dtype(leaf.dtype).itemsize)
+    return total
 
 
 def deployed_stage(context) -> Any:
@@ -175,8 +211,14 @@ class Evaluator:
         timed = stage.timed and fidelity == "full"  # JAX latency says nothing of onnxruntime's
         latency_ms = measure.latency(runner, x[:1], warmup=5, runs=self.latency_runs).p50_ms if timed else None
         params = stage.param_count if stage.param_count is not None else measure.param_count(context.params)
-        size = stage.size_bytes if stage.size_bytes is not None else measure.param_bytes(context.params)
-        measured = Measured(accuracy=float(accuracy), latency_ms=latency_ms, size_bytes=int(size), params=int(params))
+        file_bytes = stage.size_bytes if stage.name.startswith("onnx ") else None
+        measured = Measured(
+            accuracy=float(accuracy),
+            latency_ms=latency_ms,
+            size_bytes=storage_bytes(context, stage),
+            params=int(params),
+            file_bytes=None if file_bytes is None else int(file_bytes),
+        )
         return measured, stage.name
 
     def run(

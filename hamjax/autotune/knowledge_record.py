@@ -9,7 +9,8 @@ confidence in (0, 1]. Records are checked when made, so a record read back
 from a file or a database is either whole or refused with the field at fault.
 
 The results dict holds ``accuracy_drop`` (points, required), ``feasible``
-(bool, required), and optionally ``latency_ms``, ``size_bytes``,
+(bool, required), and optionally ``latency_ms``, ``size_bytes`` (the int
+storage), ``file_bytes`` (the deployed file),
 ``size_reduction`` and ``speedup`` (ratios dense / candidate), ``score`` and
 ``constraints`` (the limits the run was held to). Other keys are kept as they
 are, so records from a newer hamjax still load.
@@ -32,6 +33,7 @@ RESULT_NUMBERS = {
     "accuracy_drop": (None, False),
     "latency_ms": (0.0, True),
     "size_bytes": (0.0, False),
+    "file_bytes": (0.0, False),
     "size_reduction": (0.0, True),
     "speedup": (0.0, True),
     "score": (None, False),

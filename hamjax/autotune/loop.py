@@ -31,6 +31,7 @@ def results_of(measured, baseline, constraints, *, score: float, violations: tup
         "latency_ms": measured.latency_ms,
         "size_bytes": int(measured.size_bytes),
         "size_reduction": baseline.size_bytes / max(measured.size_bytes, 1),
+        "file_bytes": measured.file_bytes,
         "speedup": None
         if not (measured.latency_ms and baseline.latency_ms)
         else baseline.latency_ms / measured.latency_ms,
@@ -97,7 +98,6 @@ class Loop:
         self.selection_method = selection_method
         self.screen_limit = screen_limit
         self.screenings = 0
-        self.size_ratios: list[float] = []
         self.by_strategy: dict[str, list] = {name: [] for name in strategies_by_name}
         self.best = None  # (evaluation, outcome) of the best feasible full evaluation
         self.full = 0
@@ -107,10 +107,6 @@ class Loop:
         self.log.append(line)
         if self.echo is not None:
             self.echo(line)
-
-    def size_factor(self) -> float:
-        """How much larger the deployed file was than the screened storage, the median so far (1 before any)."""
-        return float(np.median(self.size_ratios)) if self.size_ratios else 1.0
 
     def pick(self):
         names = list(self.strategies)
@@ -175,8 +171,7 @@ class Loop:
             if screened.violations and screened.violations[0].startswith("failed"):
                 self.say(f"{head} -> rejected: {screened.violations[0]}")
                 return
-            estimate = screened.measured._replace(size_bytes=int(screened.measured.size_bytes * self.size_factor()))
-            promote, why = promising(estimate, base, self.constraints)
+            promote, why = promising(screened.measured, base, self.constraints)
             cheap_text = describe(screened.measured, base)
             if not promote:
                 self.say(f"{head} -> cheap: {cheap_text}; rejected without a full evaluation: {why}")
@@ -184,8 +179,6 @@ class Loop:
             head += f" -> cheap: {cheap_text}; promoted"
         evaluation, outcome = self.evaluate(name, recipe, "full")
         self.full += 1
-        if screened is not None and not any(v.startswith("failed") for v in evaluation.violations):
-            self.size_ratios.append(evaluation.measured.size_bytes / max(screened.measured.size_bytes, 1))
         if evaluation.violations:
             self.say(f"{head} -> full: {'; '.join(evaluation.violations)}")
         else:

@@ -52,8 +52,11 @@ class Measured(NamedTuple):
     Attributes:
       accuracy: validation accuracy, a fraction in [0, 1].
       latency_ms: milliseconds per batch in onnxruntime, or ``None`` when not measured.
-      size_bytes: bytes of the stored model (the int storage for int8).
+      size_bytes: bytes of the stored weights (the int storage for int8);
+        what size constraints and the score's memory term read.
       params: parameter count.
+      file_bytes: bytes of the deployed file (an ONNX model: its graph
+        besides the weights), or ``None`` when nothing was exported.
 
     Examples:
       >>> from hamjax.autotune.objective import Measured
@@ -65,6 +68,7 @@ class Measured(NamedTuple):
     latency_ms: float | None
     size_bytes: int
     params: int
+    file_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

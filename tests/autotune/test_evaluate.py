@@ -2,6 +2,7 @@
 
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,6 +66,20 @@ def test_deployed_stage_prefers_the_last_export():
         evaluate.deployed_stage(types.SimpleNamespace(stages=[]))
 
 
+def test_storage_bytes_counts_the_weights_in_the_precision_the_file_holds():
+    params = {"w": jnp.zeros((4, 8), jnp.bfloat16), "n": jnp.zeros(3, jnp.int32)}
+    qparams = {"w": np.zeros((4, 8), np.int8), "s": np.zeros(8, np.float32)}
+    context = types.SimpleNamespace(params=params, extras={})
+    stage = lambda name, size=None: hamjax.report.Stage(name, None, size_bytes=size)  # noqa: E731
+    assert evaluate.storage_bytes(context, stage("onnx fp32", 999)) == 32 * 4 + 3 * 4  # the file's fp32
+    assert evaluate.storage_bytes(context, stage("onnx fp16", 999)) == 32 * 2 + 3 * 4
+    assert evaluate.storage_bytes(context, stage("onnx int8", 999)) == 32 * 4 + 3 * 4  # quantized by the export: a bound
+    context.extras["quantized"] = (None, qparams)
+    assert evaluate.storage_bytes(context, stage("onnx int8", 999)) == 32 + 8 * 4  # the quantize step's int storage
+    assert evaluate.storage_bytes(context, stage("int8", 77)) == 77  # not exported: the stage's own storage
+    assert evaluate.storage_bytes(context, stage("pruned")) == 32 * 2 + 3 * 4
+
+
 @pytest.mark.slow
 def test_candidate_is_measured_like_the_baseline(trained, tmp_path):
     apply_fn, params, dataset = trained
@@ -86,7 +101,11 @@ def test_candidate_is_measured_like_the_baseline(trained, tmp_path):
     assert screened.measured.size_bytes < 0.7 * base.measured.size_bytes
     out = ev.run(recipes.validate(raw), "full")
     assert out.stage == "onnx int8" and out.folder.parent == tmp_path
-    assert out.measured.size_bytes < 0.7 * base.measured.size_bytes  # int8 weights are stored as int8
+    assert out.measured.size_bytes == screened.measured.size_bytes  # the same int storage, screened or deployed
+    assert out.measured.size_bytes < 0.4 * base.measured.size_bytes  # int8 kernels (their fp32 scales and biases stay)
+    assert base.measured.size_bytes == 4 * sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+    assert out.measured.file_bytes == out.context.extras["onnx int8"].size_bytes > out.measured.size_bytes
+    assert screened.measured.file_bytes is None
     assert out.measured.latency_ms > 0 and base.measured.accuracy >= 0.75
     assert abs(out.measured.accuracy - base.measured.accuracy) < 0.05
     ev.discard(out)

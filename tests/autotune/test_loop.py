@@ -120,19 +120,6 @@ def test_promising_ignores_latency_and_speed_a_screening_cannot_measure():
     assert not ok and why.startswith("min_size_reduction")
 
 
-def test_the_size_factor_scales_later_screenings_by_how_much_larger_deployed_files_were():
-    table = {
-        "a": {"cheap": _measured(0.2, 1000), "full": _measured(0.2, 3000, 1.0)},  # deployed 3x the screened bytes
-        "b": {"cheap": _measured(0.2, 2000), "full": _measured(0.2, 2000, 1.0)},  # 2000 * 3 = 6000 > 4000 allowed
-    }
-    state, evaluator, _, lines = _loop(table, "ab")
-    assert state.size_factor() == 1.0
-    _steps(state, 2)
-    assert state.size_factor() == pytest.approx(3.0)
-    assert ("b", "full") not in evaluator.runs
-    assert "rejected without a full evaluation: min_size_reduction" in lines[1]
-
-
 def test_keep_holds_only_the_best_feasible_full_evaluation_and_discards_the_rest():
     table = {
         "a": {"full": _measured(0.5, 3000, 1.0)},
@@ -164,7 +151,6 @@ def test_a_candidate_that_fails_is_recorded_as_failed_and_the_run_goes_on():
     assert "full: failed: export broke" in lines[1]
     assert state.full == 2 and state.best[0].recipe.name == "c" and third.violations == ()
     assert strategy.observed[0].violations[0].startswith("failed")
-    assert state.size_ratios == []  # no ratio from a failed or unscreened full evaluation
 
 
 def test_an_exhausted_strategy_raises_to_the_caller():
