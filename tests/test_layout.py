@@ -257,7 +257,9 @@ def test_subpackages_reexport_explicitly():
     assert not missing, f"packages without an explicit __all__: {missing}"
 
 
-@pytest.mark.parametrize("heavy", ["onnxruntime", "jax2onnx", "optuna", "onnx", "tensorrt"])
+@pytest.mark.parametrize(
+    "heavy", ["onnxruntime", "jax2onnx", "optuna", "onnx", "tensorrt", "fastapi", "uvicorn", "prometheus_client"]
+)
 def test_import_hamjax_stays_light(heavy):
     code = f"import sys, hamjax; sys.exit(1 if {heavy!r} in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -4,4 +4,4 @@ FastAPI, uvicorn and prometheus-client come with the ``serve`` extra
 (``pip install "hamjax[serve]"``); ``import hamjax`` never imports them.
 """
 
-__all__: list[str] = []
+__all__ = []

@@ -73,7 +73,8 @@ def test_storage_bytes_counts_the_weights_in_the_precision_the_file_holds():
     stage = lambda name, size=None: hamjax.report.Stage(name, None, size_bytes=size)  # noqa: E731
     assert evaluate.storage_bytes(context, stage("onnx fp32", 999)) == 32 * 4 + 3 * 4  # the file's fp32
     assert evaluate.storage_bytes(context, stage("onnx fp16", 999)) == 32 * 2 + 3 * 4
-    assert evaluate.storage_bytes(context, stage("onnx int8", 999)) == 32 * 4 + 3 * 4  # quantized by the export: a bound
+    # quantized by the export itself: the float params, an upper bound
+    assert evaluate.storage_bytes(context, stage("onnx int8", 999)) == 32 * 4 + 3 * 4
     context.extras["quantized"] = (None, qparams)
     assert evaluate.storage_bytes(context, stage("onnx int8", 999)) == 32 + 8 * 4  # the quantize step's int storage
     assert evaluate.storage_bytes(context, stage("int8", 77)) == 77  # not exported: the stage's own storage
