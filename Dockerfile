@@ -6,7 +6,7 @@
 # Two ways to give it a model (the default command serves /models/model.onnx):
 #
 # 1. Mounted at run time (one image, any model): mount a folder holding model.onnx (and
-#    the .stats.json drift reference written beside it) read-only at /models:
+#    model.stats.json, the drift reference written beside it) read-only at /models:
 #      docker run --rm -p 8000:8000 -v "$PWD/exported:/models:ro" \
 #        -e HAMJAX_TOKEN="$(openssl rand -hex 32)" hamjax-serve:0.1.0
 #    This is what deploy/kubernetes/deployment.yaml does, with a PersistentVolumeClaim.

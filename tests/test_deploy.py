@@ -191,3 +191,21 @@ def test_dashboard_panels_cover_what_an_operator_watches():
         assert wanted in names
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     assert all(f"histogram_quantile({q}," in exprs for q in ("0.5", "0.95", "0.99"))
+
+
+def _server_series() -> set[str]:
+    """Every series name hamjax serve's /metrics exposes, from the metric families of its registry."""
+    pytest.importorskip("prometheus_client")
+    from hamjax.serve.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {
+        family.name + suffix for family in Metrics(max_batch=8).registry.collect() for suffix in suffixes[family.type]
+    }
+
+
+def test_every_metric_the_dashboard_reads_is_one_the_server_exposes():
+    series = _server_series()
+    assert "hamjax_requests_total" in series and "hamjax_batch_size_bucket" in series
+    missing = _dashboard_metrics() - series
+    assert not missing, f"the dashboard reads series the server does not expose: {sorted(missing)}"
