@@ -193,7 +193,7 @@ def _recipes(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hamjax`` command."""
-    from hamjax import cli_autotune, cli_search, cli_tune, data, models
+    from hamjax import cli_autotune, cli_search, cli_serve, cli_tune, data, models
 
     parser = _Parser(prog="hamjax", description="Make neural networks smaller and faster in JAX.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of anticipated errors too")
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_search.add_parser(sub, common)
     cli_tune.add_parser(sub, common, _model_arg, _data_arg)
     cli_autotune.add_parser(sub, common, _model_arg, _data_arg)
+    cli_serve.add_parser(sub, common)
 
     rec = sub.add_parser("recipes", parents=[common], help="list bundled recipes or check recipe files")
     rec.add_argument("--check", nargs="+", metavar="PATH", help="validate these recipe files")
