@@ -125,6 +125,7 @@ def _export(args) -> int:
 
     from hamjax import data, export, models
     from hamjax._base import functional
+    from hamjax.export.input_stats import InputStats, stats_path
     from hamjax.models import saved
     from hamjax.recipes.steps.quantization import calibration_batches
 
@@ -168,6 +169,8 @@ def _export(args) -> int:
     for site in result.sites:
         print(f"  site {site.site}: {site.kernel} ({'integer' if site.integer else 'float'})")
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) in {result.seconds:.1f} s")
+    stats = InputStats.from_data(dataset.train.x).save(stats_path(result.path))
+    print(f"wrote {stats} (training-split input statistics, for hamjax serve's drift monitor)")
     return 0
 
 

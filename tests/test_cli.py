@@ -94,6 +94,10 @@ def test_export_a_reference_model_by_name(tmp_path, capsys):
     from hamjax.export import runtime
 
     assert runtime.Session(path).static_batch == 64
+    from hamjax.export.input_stats import InputStats
+
+    assert InputStats.load(tmp_path / "cnn.stats.json").shape == (8, 8, 1)
+    assert "cnn.stats.json" in printed
 
 
 def test_export_refuses_what_is_not_a_model(tmp_path, capsys):

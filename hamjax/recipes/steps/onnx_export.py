@@ -4,7 +4,10 @@ The step writes ``model.fp32.onnx`` (and ``.fp16``, ``.int8`` as asked) to
 ``<workdir>/export`` through :func:`hamjax.export.onnx`, each checked
 against JAX before it counts, and adds one report row per file
 (``"onnx fp32"``, ``"onnx int8"``) measured by an onnxruntime
-:class:`~hamjax.export.runtime.Session`. The int8 file is the quantized
+:class:`~hamjax.export.runtime.Session`. Beside every ONNX file it writes
+the input statistics of the training split (``model.fp32.stats.json``,
+:class:`~hamjax.export.input_stats.InputStats`), which ``hamjax serve``
+monitors input drift against. The int8 file is the quantized
 model an earlier ``quantize`` step left in ``context.extras["quantized"]``,
 or, without one, a static int8 model calibrated here. Where TensorRT and a
 GPU exist, a ``"tensorrt fp16"`` row is added too. The current model is
@@ -89,6 +92,7 @@ def run(f: dict, context: Context) -> Context:
     """
     from hamjax import export
     from hamjax.export import runtime, tensorrt
+    from hamjax.export.input_stats import InputStats, stats_path
 
     out = Path(context.path("export", "the ONNX files") or tempfile.mkdtemp(prefix="hamjax-export-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +100,7 @@ def run(f: dict, context: Context) -> Context:
     example, check_data = dataset.val.x[:64], dataset.val.x[64:512]
     threads = f["threads"] or None
     count = measure.param_count(context.params)
+    stats = InputStats.from_data(dataset.train.x)
     for precision in _precisions(f["precisions"]):
         path = out / f"model.{precision}.onnx"
         if precision == "int8" and "quantized" in context.extras:
@@ -116,6 +121,7 @@ def run(f: dict, context: Context) -> Context:
             result = export.onnx(
                 context.apply_fn, context.params, example, path, precision=precision, check_data=check_data
             )
+        stats.save(stats_path(path))
         name = f"{f['stage']} {precision}"
         context.stages.append(
             report.Stage(
@@ -132,6 +138,7 @@ def run(f: dict, context: Context) -> Context:
         fp32 = out / "model.fp32.onnx"
         if not fp32.exists():
             export.onnx(context.apply_fn, context.params, example, fp32, check_data=check_data)
+            stats.save(stats_path(fp32))
         engine = tensorrt.build(fp32, "fp16")
         context.stages.append(
             report.Stage(

@@ -4,6 +4,7 @@ import pytest
 import hamjax
 from hamjax import models, report
 from hamjax.export import runtime
+from hamjax.export.input_stats import InputStats
 from hamjax.recipes import Context, RecipeError, run, validate
 
 SHAPE = (8, 8, 1)
@@ -40,6 +41,8 @@ def test_export_step_adds_checked_onnx_rows(digits, tmp_path):
         assert stage.param_count == hamjax.measure.param_count(dense.params)
         assert isinstance(stage.make_runner(), runtime.Session)
         assert "checked against JAX" in stage.notes
+        stats = InputStats.load(tmp_path / "export" / f"model.{precision}.stats.json")
+        assert stats.shape == SHAPE and stats.count == len(digits.train.x)
     assert "QGemm" in int8.notes  # calibrated here, since no quantize step ran
     assert "integer kernels at 3 of 3 quantized sites" in int8.notes
     assert int8.size_bytes < fp32.size_bytes / 3
