@@ -280,12 +280,15 @@ class _Routes:
     def after(self, rid: str, variant: str, x: np.ndarray, y: np.ndarray, latency_ms: float) -> None:
         """After the answer is sent (in a worker thread): feed the drift monitor, record the A/B request."""
         state = self.state
-        monitor = state.monitors.get(variant)
-        if monitor is not None:
-            monitor.observe(x)
-        predictions = _predictions(y)
-        if state.ab is not None and predictions is not None:
-            state.ab.record(rid, variant, latency_ms, predictions)
+        try:
+            monitor = state.monitors.get(variant)
+            if monitor is not None:
+                monitor.observe(x)
+            predictions = _predictions(y)
+            if state.ab is not None and predictions is not None:
+                state.ab.record(rid, variant, latency_ms, predictions)
+        except Exception:  # the client has its answer; a failed record is logged, never raised into the server
+            state.log.exception("recording the request failed", extra={"request_id": rid, "variant": variant})
 
     async def feedback(self, request: Request) -> Response:
         self.check_token(request)
@@ -335,14 +338,13 @@ class _Routes:
                 out[name] = {"reference": None, "detail": "no input statistics saved beside this model"}
                 continue
             out[name] = await run_in_threadpool(monitor.report)
-            self.set_drift(name, monitor, out[name])
+            self.set_drift(name, out[name])
         return JSONResponse(out)
 
-    def set_drift(self, name: str, monitor: Any, report: dict) -> None:
-        worst = report.get("worst", {})
-        if isinstance(worst, list):
-            worst = {str(w.get("feature")): w.get("psi", 0.0) for w in worst if isinstance(w, dict)}
-        self.state.metrics.set_drift(name, float(monitor.psi_max), worst)
+    def set_drift(self, name: str, report: dict) -> None:
+        """The drift gauges of variant ``name`` from its monitor's report."""
+        worst = {w["feature"]: w["psi"] for w in report["worst"]}
+        self.state.metrics.set_drift(name, report["psi_max"], worst)
 
     async def metrics(self, request: Request) -> Response:
         self.check_token(request)
@@ -350,7 +352,7 @@ class _Routes:
         for name, batcher in state.batchers.items():
             state.metrics.queue_depth.labels(variant=name).set(batcher.depth)
         for name, monitor in state.monitors.items():
-            self.set_drift(name, monitor, await run_in_threadpool(monitor.report))
+            self.set_drift(name, await run_in_threadpool(monitor.report))
         if state.ab is not None:
             self.set_p_value(await run_in_threadpool(state.ab.report))
         body, content_type = state.metrics.render()

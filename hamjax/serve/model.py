@@ -56,7 +56,7 @@ def buckets(max_batch: int) -> tuple[int, ...]:
 
 
 def file_version(path: str | os.PathLike) -> str:
-    """The first 16 hex digits of the sha256 of a file, or of a folder's files (names and bytes, sorted).
+    """The first 16 hex digits of the sha256 of a file's bytes, or of a folder's files (relative names and bytes).
 
     Examples:
       >>> import tempfile
@@ -68,7 +68,8 @@ def file_version(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        if path.is_dir():
+            digest.update(f"{file.relative_to(path).as_posix()}\0".encode())
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
@@ -181,14 +182,17 @@ class ServedModel:
         self._static = None
 
     def _load_reference(self):
-        import importlib.util
-
-        if importlib.util.find_spec("hamjax.serve.reference") is None:
-            return None
         from hamjax.serve import reference
 
         path = reference.stats_path(self.path)
-        return reference.InputStats.load(path) if Path(path).is_file() else None
+        if not Path(path).is_file():
+            return None
+        stats = reference.InputStats.load(path)
+        try:  # statistics of other inputs than this model's would make every drift figure meaningless
+            stats.flatten(np.zeros((1, *(1 if d is None else d for d in self.input_shape)), np.float32))
+        except ValueError as err:
+            raise ValueError(f"model {self.name!r}: {path} does not describe this model's inputs: {err}") from None
+        return stats
 
     def __repr__(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.input_shape)
@@ -229,7 +233,8 @@ class ServedModel:
             raise BadInput(
                 413, f"inputs: {x.shape[0]} rows, more than max_batch={self.max_batch}; split them", reason="batch"
             )
-        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
+            x = np.ascontiguousarray(x, dtype=self.input_dtype)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise BadInput(422, "inputs: NaN or infinite values", reason="nonfinite")
         return x
