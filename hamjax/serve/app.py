@@ -162,7 +162,9 @@ def parse_inputs(body: bytes, content_type: str) -> tuple[np.ndarray, dict]:
     except (ValueError, UnicodeDecodeError) as err:
         raise Refusal(422, f"body is not JSON: {err}", reason="json") from None
     if not isinstance(fields, dict) or "inputs" not in fields:
-        raise Refusal(422, 'body must be a JSON object with "inputs": a nested list (batch, *input_shape)', "json")
+        raise Refusal(
+            422, 'body must be a JSON object with "inputs": a nested list (batch, *input_shape)', reason="json"
+        )
     try:
         x = np.asarray(fields["inputs"])
     except (ValueError, TypeError, OverflowError) as err:
@@ -235,6 +237,10 @@ class _Routes:
             if err.reason is not None:
                 state.metrics.invalid.labels(reason=err.reason).inc()
             response = JSONResponse({"detail": err.detail}, err.status, headers={**err.headers, "X-Request-Id": rid})
+        except Exception as err:  # a bug, not the client's fault: answered and logged, the server keeps running
+            state.log.exception("predict failed", extra={"request_id": rid, "variant": variant})
+            detail = f"internal error: {type(err).__name__}"
+            response = JSONResponse({"detail": detail}, 500, headers={"X-Request-Id": rid})
         finally:
             state.metrics.inflight.dec()
         seconds = time.perf_counter() - started
