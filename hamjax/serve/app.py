@@ -318,6 +318,9 @@ class _Routes:
             raise Refusal(404, f"unknown or expired request id {fields['request_id']!r}") from None
         except ValueError as err:
             raise Refusal(422, str(err)) from None
+        self.state.log.info(
+            "feedback", extra={"request_id": result["request_id"], "variant": result["variant"], "status": 200}
+        )
         return JSONResponse(result)
 
     async def ab_report(self, request: Request) -> Response:
@@ -329,11 +332,8 @@ class _Routes:
         return JSONResponse(report)
 
     def set_p_value(self, report: dict) -> None:
-        p = report.get(
-            "p_value", report.get("test", {}).get("p_value") if isinstance(report.get("test"), dict) else None
-        )
-        if isinstance(p, int | float):
-            self.state.metrics.ab_p_value.set(p)
+        """The A/B gauge from the test's report: its smallest adjusted always-valid p-value."""
+        self.state.metrics.ab_p_value.set(report["p_value"])
 
     async def monitor(self, request: Request) -> Response:
         self.check_token(request)
@@ -418,6 +418,8 @@ def create_app(config: ServeConfig, *, models: dict[str, Any] | None = None) -> 
         state.begin_drain()
         await warming
         await asyncio.gather(*(b.drain() for b in state.batchers.values()))
+        if state.ab is not None:
+            state.ab.close()
         state.log.info("drained")
 
     app = FastAPI(title="hamjax serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -425,7 +427,7 @@ def create_app(config: ServeConfig, *, models: dict[str, Any] | None = None) -> 
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, err: Refusal) -> Response:
-        del request
+        state.log.info("refused", extra={"path": request.url.path, "status": err.status, "detail": err.detail})
         return JSONResponse({"detail": err.detail}, err.status, headers=err.headers)
 
     app.add_api_route("/v1/predict", routes.predict, methods=["POST"])

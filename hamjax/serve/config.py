@@ -94,7 +94,7 @@ class ServeConfig:
     Attributes:
       models: variant name -> path of an ``.onnx`` file or a directory written by
         ``hamjax optimize`` / :func:`hamjax.models.saved.save`; a single model is named ``"default"``.
-      split: variant -> traffic weight (> 0) for an A/B test; None splits evenly.
+      split: variant -> traffic weight (>= 0, one at least > 0) for an A/B test; None splits evenly.
       host, port: where uvicorn binds.
       max_batch: most rows in one runtime call (a request with more is refused).
       max_wait_ms: how long a batch waits for more rows after its first request.
@@ -156,10 +156,9 @@ class ServeConfig:
                 raise ValueError(
                     f"{where}: split must give a weight to each variant ({', '.join(self.models)}), got {self.split!r}"
                 )
-            split = {
-                k: check_number(where, f"split[{k!r}]", v, minimum=0, exclusive_minimum=True)
-                for k, v in self.split.items()
-            }
+            split = {k: check_number(where, f"split[{k!r}]", v, minimum=0) for k, v in self.split.items()}
+            if not sum(split.values()) > 0:
+                raise ValueError(f"{where}: split needs a weight > 0 for at least one variant, got {self.split!r}")
             object.__setattr__(self, "split", split)
         if not isinstance(self.host, str) or not self.host:
             raise ValueError(f"{where}: host must be a host name or address, got {self.host!r}")

@@ -260,8 +260,10 @@ class ServedModel:
         return np.asarray(runner.to_numpy(runner.block(runner(x))))[:rows]
 
     def warm(self) -> tuple[int, ...]:
-        """Run every bucket size once (JAX compiles, onnxruntime plans); returns the sizes run."""
+        """Run every bucket size twice: the first call compiles (JAX) or plans and allocates (onnxruntime),
+        the second runs as every later call will. Returns the sizes run."""
         shape = tuple(1 if d is None else d for d in self.input_shape)
         for size in self.buckets:
-            self.predict(np.zeros((size, *shape), self.input_dtype))
+            for _ in range(2):
+                self.predict(np.zeros((size, *shape), self.input_dtype))
         return self.buckets
