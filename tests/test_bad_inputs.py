@@ -1775,6 +1775,25 @@ CASES = [
      "Weights: speed must be a finite number >= 0, got -1.0"),
     ("cli-autotune-max-drop", _cli("autotune", "--max-drop", "-1", "--knowledge", "none"), None,
      "Constraints: max_accuracy_drop"),
+    # serving: input statistics, drift, the sequential test, the A/B record
+    ("serve-input-stats-bins", lambda: _input_stats().from_data(np.zeros((10, 3)), bins=1), ValueError,
+     "InputStats.from_data: bins must be an integer in [2, 64], got 1"),
+    ("serve-input-stats-nan", lambda: _input_stats().from_data(np.array([[0.0], [np.nan]])), ValueError,
+     "x holds NaN or inf"),
+    ("serve-input-stats-newer", lambda: _input_stats().load(_newer_stats()), ValueError, "newer format version"),
+    ("serve-drift-window-0", lambda: _drift(window=0), ValueError, "DriftMonitor: window must be an integer >= 1"),
+    ("serve-drift-wrong-shape", lambda: _drift().observe(np.zeros((2, 4))), ValueError,
+     "InputStats: x must have shape (n, *(3,))"),
+    ("serve-sample-size-delta-0", lambda: _sequential().sample_size(0.0, 0.9), ValueError,
+     "sample_size: delta must be nonzero"),
+    ("serve-ab-no-weight", lambda: _ab({"a": 0.0, "b": 0.0}), ValueError, "at least one variant weight must be > 0"),
+    ("serve-ab-not-sqlite", lambda: _ab(path=_file("junk.sqlite", b"not sqlite" * 200)), ValueError,
+     "is not a usable A/B record"),
+    ("serve-ab-unknown-request", lambda: _ab().feedback("nope", [1]), KeyError, "unknown request id 'nope'"),
+    ("serve-ab-label-count", lambda: _ab_recorded().feedback("r1", [1, 2]), ValueError,
+     "labels must hold 1 classes (one per row), got 2"),
+    ("serve-ab-label-type", lambda: _ab_recorded().feedback("r1", ["1"]), ValueError,
+     "labels must be a list of integer classes"),
 ]  # fmt: skip
 
 
@@ -1924,6 +1943,43 @@ def _newer_knowledge_base():
     with sqlite3.connect(_tmp() / "kb.db") as conn:
         conn.execute("UPDATE hamjax_knowledge_schema SET version = 2")
     return _kb(url)
+
+
+def _input_stats():
+    from hamjax.serve.reference import InputStats
+
+    return InputStats
+
+
+def _newer_stats():
+    d = _input_stats().from_data(np.zeros((4, 2))).to_json()
+    path = _tmp() / "m.stats.json"
+    path.write_text(json.dumps({**d, "version": d["version"] + 1}))
+    return path
+
+
+def _drift(**kw):
+    from hamjax.serve.drift import DriftMonitor
+
+    return DriftMonitor(_input_stats().from_data(np.arange(30.0).reshape(10, 3)), **kw)
+
+
+def _sequential():
+    from hamjax.serve import sequential
+
+    return sequential
+
+
+def _ab(variants=None, path=None):
+    from hamjax.serve.abtest import ABTest
+
+    return ABTest(variants or {"a": 1.0, "b": 1.0}, path=path or _tmp() / "ab.sqlite")
+
+
+def _ab_recorded():
+    ab = _ab()
+    ab.record("r1", "a", 1.0, [1])
+    return ab
 
 
 def test_catalogue_is_large_and_distinct():
