@@ -160,7 +160,7 @@ class InputStats:
         x = np.asarray(x)
         if tuple(x.shape[1:]) != tuple(self.shape):
             raise ValueError(f"InputStats: x must have shape (n, *{tuple(self.shape)}), got {x.shape}")
-        return x.reshape(len(x), -1)[:, :: self.stride].astype(np.float64, copy=False)
+        return x.reshape(len(x), math.prod(self.shape))[:, :: self.stride].astype(np.float64, copy=False)
 
     def bin(self, x) -> np.ndarray:
         """Bin indices ``(n, F)`` uint8 of inputs ``x`` ``(n, *shape)`` (vectorised over rows and features)."""

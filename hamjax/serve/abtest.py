@@ -142,10 +142,10 @@ class ABTest:
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-        except sqlite3.Error as error:
+        except (OSError, sqlite3.Error) as error:
             raise ValueError(f"ABTest: cannot open {self.path} as SQLite: {error}") from None
         try:
             db.execute("PRAGMA busy_timeout = 10000")

@@ -145,6 +145,8 @@ def test_a_corrupt_or_unrelated_file_is_refused_at_open(tmp_path):
         ABTest({"a": 1.0}, path=newer)
     with pytest.raises(ValueError, match="cannot open|not a usable"):
         ABTest({"a": 1.0}, path=tmp_path)
+    with pytest.raises(ValueError, match="cannot open"):
+        ABTest({"a": 1.0}, path=junk / "under-a-file.sqlite")
 
 
 @pytest.mark.parametrize(

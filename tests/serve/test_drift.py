@@ -98,6 +98,9 @@ def test_empty_monitor_and_helpers():
     report = DriftMonitor(small).report()
     assert report["rows"] == 0 and report["psi_max"] == 0.0 and not report["alert"]
     assert binned_ks(np.zeros((1, 3)), np.array([[0.2, 0.3, 0.5]])).tolist() == [0.0]
+    monitor = DriftMonitor(small)
+    monitor.observe(np.zeros((0, 2)))
+    assert monitor.rows == 0
 
 
 @pytest.mark.parametrize(
