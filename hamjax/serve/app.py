@@ -230,7 +230,8 @@ class _Routes:
             if y.dtype.kind == "f" and not np.isfinite(y).all():
                 raise Refusal(500, "the model produced NaN or infinite outputs")
             latency_ms = (time.perf_counter() - started) * 1000
-            background.add_task(self.after, rid, variant, x, y, latency_ms)
+            if variant in state.monitors or state.ab is not None:
+                background.add_task(self.after, rid, variant, x, y, latency_ms)
             payload = {"outputs": y.tolist(), "request_id": rid, "variant": variant, "model_version": model.version}
             response = JSONResponse(payload, headers={"X-Request-Id": rid})
         except Refusal as err:

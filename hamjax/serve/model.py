@@ -99,7 +99,7 @@ class ServedModel:
       name: the variant's name, for messages.
 
     Attributes:
-      input_shape: one example's shape (None for a symbolic dimension).
+      input_shape: one example's shape (fixed: only the batch dimension may be symbolic).
       input_dtype: the numpy dtype the model computes in.
       version: 16 hex digits of the sha256 of the model's file(s).
       reference: the saved input statistics (``hamjax.serve.reference.InputStats``
@@ -109,7 +109,7 @@ class ServedModel:
     Raises:
       ValueError: a missing path, a file that is not ONNX or that onnxruntime
         refuses (with its reason), a directory that is not a saved model, or a
-        model with a fixed batch smaller than ``max_batch``.
+        model with a fixed batch smaller than ``max_batch`` or a symbolic dimension besides the batch.
 
     Examples:
       >>> import tempfile, onnx
@@ -159,6 +159,11 @@ class ServedModel:
         self.input_shape = tuple(session.input_shape[1:])
         self.input_dtype = session.input_dtype
         self._static = session.static_batch
+        if any(d is None for d in self.input_shape):
+            raise ValueError(
+                f"{where}: {self.path} takes inputs of shape (batch, {', '.join(map(str, self.input_shape))}); "
+                "hamjax serve batches rows of one fixed shape, so only the batch dimension may be symbolic"
+            )
         if self._static is not None and self._static < self.max_batch:
             raise ValueError(
                 f"{where}: {self.path} has a fixed batch of {self._static} rows, below max_batch={self.max_batch}; "
@@ -189,7 +194,7 @@ class ServedModel:
             return None
         stats = reference.InputStats.load(path)
         try:  # statistics of other inputs than this model's would make every drift figure meaningless
-            stats.flatten(np.zeros((1, *(1 if d is None else d for d in self.input_shape)), np.float32))
+            stats.flatten(np.zeros((1, *self.input_shape), np.float32))
         except ValueError as err:
             raise ValueError(f"model {self.name!r}: {path} does not describe this model's inputs: {err}") from None
         return stats
@@ -214,10 +219,8 @@ class ServedModel:
         x = np.asarray(x)
         if x.ndim >= 1 and x.shape[0] == 0:
             raise BadInput(422, "inputs: empty batch; send at least one row", reason="empty")
-        want = f"(rows, {', '.join('any' if d is None else str(d) for d in self.input_shape)})".replace(", )", ")")
-        if x.ndim != len(self.input_shape) + 1 or any(
-            d is not None and d != got for d, got in zip(self.input_shape, x.shape[1:], strict=False)
-        ):
+        want = "(" + ", ".join(["rows", *map(str, self.input_shape)]) + ")"
+        if x.shape[1:] != self.input_shape:
             raise BadInput(422, f"inputs: expected shape {want}, got {x.shape}", reason="shape")
         if x.dtype.kind not in "fiu":
             raise BadInput(422, f"inputs: expected numbers ({self.input_dtype}), got {x.dtype}", reason="dtype")
@@ -262,8 +265,7 @@ class ServedModel:
     def warm(self) -> tuple[int, ...]:
         """Run every bucket size twice: the first call compiles (JAX) or plans and allocates (onnxruntime),
         the second runs as every later call will. Returns the sizes run."""
-        shape = tuple(1 if d is None else d for d in self.input_shape)
         for size in self.buckets:
             for _ in range(2):
-                self.predict(np.zeros((size, *shape), self.input_dtype))
+                self.predict(np.zeros((size, *self.input_shape), self.input_dtype))
         return self.buckets

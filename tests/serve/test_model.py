@@ -137,3 +137,30 @@ def test_statistics_beside_the_model_become_its_reference(tmp_path, onnx_writer)
     InputStats.from_data(np.random.default_rng(0).normal(size=(200, 7))).save(stats_path(path))
     with pytest.raises(ValueError, match="does not describe this model's inputs"):
         ServedModel(path)
+
+
+def test_a_symbolic_dimension_besides_the_batch_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "seq.onnx"))
+    with pytest.raises(ValueError, match=r"shape \(batch, None\); .* only the batch dimension may be symbolic"):
+        ServedModel(tmp_path / "seq.onnx")
+
+
+def test_an_integer_model_takes_integers_in_range(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT8, ["B", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.INT8, ["B", 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "int.onnx"))
+    model = ServedModel(tmp_path / "int.onnx", max_batch=2)
+    assert model.validate(np.array([[1, -2]])).dtype == np.int8
+    for bad, match in [(np.array([[1.5, 2.0]]), "takes integers"), (np.array([[1, 300]]), "outside int8's range")]:
+        with pytest.raises(BadInput, match=match):
+            model.validate(bad)
