@@ -9,6 +9,16 @@ Routes: ``POST /v1/predict`` (JSON ``{"inputs": ..., "client": ...,
 "variant": ...}`` or an ``application/x-npy`` body), ``POST /v1/feedback``,
 ``GET /v1/ab``, ``GET /v1/monitor``, ``GET /healthz``, ``GET /readyz``,
 ``GET /metrics``. Every refusal is a 4xx or 503 with ``{"detail": message}``.
+
+With two or more variants the A/B test (:class:`hamjax.serve.abtest.ABTest`)
+assigns each request a variant by its client key (``X-Client-Key`` or the
+JSON ``client``; at random without one) and records every served request
+with its predicted classes (argmax over the output's trailing axes), so
+``POST /v1/feedback`` can score it. A request that names its variant
+(``X-Variant`` or JSON ``variant``) is served by that variant and recorded
+too: name variants only where the choice does not depend on the input, or
+the comparison is biased. The record's SQLite file is named by the variants
+and their model versions, so new model files start a new test.
 """
 
 from __future__ import annotations
@@ -16,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import re
@@ -30,22 +39,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hamjax.serve import auth
+from hamjax.serve.abtest import ABTest
 from hamjax.serve.batcher import Batcher, Draining, QueueFull
+from hamjax.serve.body import Refusal, parse_inputs, read_body
 from hamjax.serve.cache import ResponseCache, cache_key
 from hamjax.serve.config import ServeConfig
+from hamjax.serve.drift import DriftMonitor
 from hamjax.serve.metrics import LOGGER, Metrics
 from hamjax.serve.model import BadInput, ServedModel
 
-NPY_TYPES = ("application/x-npy", "application/octet-stream")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class Refusal(Exception):
-    """A request answered with ``status`` and ``{"detail": detail}``; ``reason`` labels invalid-input metrics."""
-
-    def __init__(self, status: int, detail: str, *, headers: dict | None = None, reason: str | None = None):
-        super().__init__(detail)
-        self.status, self.detail, self.headers, self.reason = status, detail, headers or {}, reason
 
 
 def load_models(config: ServeConfig) -> dict[str, ServedModel]:
@@ -104,17 +107,11 @@ def _batch_observer(metrics: Metrics, variant: str):
 def _monitors(models: dict[str, Any]) -> dict[str, Any]:
     """A drift monitor per variant whose model has saved input statistics."""
     with_reference = {name: m for name, m in models.items() if getattr(m, "reference", None) is not None}
-    if not with_reference:
-        return {}
-    from hamjax.serve.drift import DriftMonitor
-
     return {name: DriftMonitor(m.reference) for name, m in with_reference.items()}
 
 
 def _abtest(config: ServeConfig, models: dict[str, Any]):
     """The A/B test of the variants; its SQLite file is named by the variants and versions it compares."""
-    from hamjax.serve.abtest import ABTest
-
     split = config.split or {name: 1.0 for name in models}
     tag = hashlib.sha256(
         json.dumps(sorted((n, getattr(m, "version", "")) for n, m in models.items())).encode()
@@ -127,51 +124,6 @@ def _abtest(config: ServeConfig, models: dict[str, Any]):
 def _request_id(request: Request) -> str:
     given = request.headers.get("x-request-id")
     return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as its declared or streamed size passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Refusal(400, f"Content-Length must be a number of bytes, got {declared!r}")
-        if int(declared) > limit:
-            raise Refusal(413, f"body of {declared} bytes is over the limit of {limit} bytes", reason="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refusal(413, f"body is over the limit of {limit} bytes", reason="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_inputs(body: bytes, content_type: str) -> tuple[np.ndarray, dict]:
-    """The inputs array and the JSON fields of a prediction body (``.npy`` bytes carry no fields).
-
-    Raises:
-      Refusal: 422 for a body that is not JSON / ``.npy``, no ``inputs``, ragged or non-numeric values.
-    """
-    if content_type.split(";")[0].strip().lower() in NPY_TYPES:
-        try:
-            return np.load(io.BytesIO(body), allow_pickle=False), {}
-        except Exception as err:  # numpy raises ValueError, EOFError, OSError or UnicodeError for bad bytes
-            raise Refusal(422, f"body is not a .npy array: {err}", reason="npy") from None
-    try:
-        fields = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise Refusal(422, f"body is not JSON: {err}", reason="json") from None
-    if not isinstance(fields, dict) or "inputs" not in fields:
-        raise Refusal(
-            422, 'body must be a JSON object with "inputs": a nested list (batch, *input_shape)', reason="json"
-        )
-    try:
-        x = np.asarray(fields["inputs"])
-    except (ValueError, TypeError, OverflowError) as err:
-        raise Refusal(422, f"inputs: not a rectangular array of numbers ({err})", reason="shape") from None
-    if x.dtype.kind not in "fiu":
-        raise Refusal(422, f"inputs: expected numbers, got {x.dtype} values", reason="dtype")
-    return x, fields
 
 
 def _client_field(fields: dict, name: str) -> str | None:
