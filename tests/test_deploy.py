@@ -92,7 +92,9 @@ def test_the_pod_runs_as_non_root_and_drains_before_it_stops():
     container = _container()
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     sleep = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert sleep[0] == "sleep" and spec["terminationGracePeriodSeconds"] > int(sleep[1])
+    args = container["args"]
+    drain = float(args[args.index("--graceful-s") + 1])
+    assert sleep[0] == "sleep" and spec["terminationGracePeriodSeconds"] > int(sleep[1]) + drain
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["models"]["mountPath"] == "/models" and mounts["models"]["readOnly"] is True
     claims = {v["name"]: v for v in spec["volumes"]}
@@ -209,3 +211,13 @@ def test_every_metric_the_dashboard_reads_is_one_the_server_exposes():
     assert "hamjax_requests_total" in series and "hamjax_batch_size_bucket" in series
     missing = _dashboard_metrics() - series
     assert not missing, f"the dashboard reads series the server does not expose: {sorted(missing)}"
+
+
+def test_the_manifest_and_the_image_pass_arguments_hamjax_serve_takes():
+    from hamjax.cli import build_parser
+
+    parser = build_parser()
+    cmd = next(json.loads(rest) for keyword, rest in _instructions() if keyword == "CMD")
+    for args in (_container()["args"], cmd):
+        parsed = parser.parse_args(["serve", *args])
+        assert parsed.model.startswith("/models/") and parsed.token_env == "HAMJAX_TOKEN" and parsed.port == 8000
