@@ -25,7 +25,10 @@ Each part is its own script, runnable alone (``python bench/serve_soak.py
   requests: 0% errors, no batch over --max-batch (from /metrics);
 * ``startup``: the first request after /readyz within 2x the median;
 * ``shutdown``: SIGTERM under load: every request the server accepted answered;
-* ``soak``: RSS growth < 10% over a 2-minute soak.
+* ``soak``: RSS growth < 10% over a 2-minute soak;
+* ``ab``: 1,000 simulated A/A tests checked continuously give <= 5% false
+  positives; a 2-point accuracy difference detected with >= 80% power at
+  the documented sample size (bench/serve_ab.py, no server).
 
 Parts run one after another in one process; ``errors``, ``shutdown`` and
 ``soak`` take their rates from ``throughput`` when it ran first.
@@ -37,7 +40,7 @@ import sys
 
 from timing import run_parts
 
-PARTS = ("throughput", "errors", "startup", "shutdown", "soak")
+PARTS = ("throughput", "errors", "startup", "shutdown", "soak", "ab")
 
 if __name__ == "__main__":
     sys.exit(run_parts("serve", PARTS, __doc__.splitlines()[0]))

@@ -166,36 +166,56 @@ def load(server: Server, rate: float, count: int, *, timeout: float = 2.0, seed:
     return finish_load(process, count / rate + 2 * timeout + 60)
 
 
-def sustainable(server: Server, *, start: float, step_s: float, refine: int, max_steps: int = 14) -> tuple[float, list]:
-    """The highest offered rate (requests/s) with 0 errors and p99 <= 50 ms, by stepping the rate.
+class RateSearch:
+    """The highest offered rate (requests/s) one server sustains with 0 errors and p99 <= 50 ms.
 
     The rate grows by 1.5x from ``start`` until a step fails (halves while
-    none has passed), then ``refine`` bisections between the highest passing
-    and the lowest failing rate. Each step
-    offers ``max(200, rate * step_s)`` requests; before each, the server's
-    backlog from the last step clears. Returns ``(rate or 0.0, steps)``.
+    none has passed, down to ``floor``), then ``refine`` bisections between
+    the highest passing and the lowest failing rate; ``best`` is 0.0 when
+    even ``floor`` fails.
     """
-    steps, best, failed, bisections = [], 0.0, None, 0
-    rate = start
-    while len(steps) < max_steps:
-        server.settle()
-        summary = load(server, rate, int(max(200, rate * step_s)))
+
+    def __init__(self, start: float, refine: int, floor: float = 10.0, max_steps: int = 12):
+        self.rate, self.refine, self.floor, self.max_steps = start, refine, floor, max_steps
+        self.best, self.failed, self.bisections, self.steps, self.done = 0.0, None, 0, [], False
+
+    def record(self, summary: dict) -> None:
+        """Take one step's load summary and choose the next rate (or finish)."""
         ok = summary["errors"] == 0 and summary["latency"]["p99_ms"] <= P99_GOAL_MS
-        steps.append({"rate": round(rate, 1), "ok": ok, **{k: summary[k] for k in ("outcomes", "latency", "send_lag")}})
+        fields = ("outcomes", "latency", "send_lag", "achieved_rps")
+        self.steps.append({"rate": round(self.rate, 1), "ok": ok, **{k: summary[k] for k in fields}})
         if ok:
-            best = max(best, rate)
+            self.best = max(self.best, self.rate)
         else:
-            failed = rate if failed is None else min(failed, rate)
-        if failed is None:
-            rate *= 1.5
-        elif best == 0.0:
-            rate = failed / 2
-        elif bisections < refine:
-            bisections += 1
-            rate = (best + failed) / 2
+            self.failed = self.rate if self.failed is None else min(self.failed, self.rate)
+        if self.failed is None:
+            self.rate *= 1.5
+        elif self.best == 0.0 and self.failed / 2 >= self.floor:
+            self.rate = self.failed / 2
+        elif self.best > 0.0 and self.bisections < self.refine:
+            self.bisections += 1
+            self.rate = (self.best + self.failed) / 2
         else:
-            break
-    return best, steps
+            self.done = True
+        self.done = self.done or len(self.steps) >= self.max_steps
+
+
+def sustainable(servers: dict, *, start: float, step_s: float, refine: int, least: int = 300) -> dict:
+    """:class:`RateSearch` for each of ``servers`` (name -> :class:`Server`), their steps interleaved.
+
+    The servers take turns, one step each, so a change in the shared
+    machine's load falls on all of them alike. Each step offers
+    ``max(least, rate * step_s)`` requests (a p99 needs a few hundred
+    answers to mean anything); before each, the server's backlog from its
+    last step clears. Returns ``{name: RateSearch}``.
+    """
+    searches = {name: RateSearch(start, refine) for name in servers}
+    while not all(search.done for search in searches.values()):
+        for name, search in searches.items():
+            if not search.done:
+                servers[name].settle()
+                search.record(load(servers[name], search.rate, int(max(least, search.rate * step_s))))
+    return searches
 
 
 def metrics_text(server: Server) -> str:

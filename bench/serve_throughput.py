@@ -4,15 +4,16 @@ For each model (the default MLP and CNN of bench/serve_models.py), the
 naive endpoint (bench/serve_naive.py) and ``hamjax serve`` (``--max-batch
 32 --max-wait-ms 2``) each run in a subprocess while bench/serve_load.py
 offers Poisson arrivals of single-image JSON requests at a stepped rate
-(bench/serve_harness.sustainable: x1.5 until a step fails, then
-bisection). A step passes with no errors (a request unanswered after 2 s is
-one) and a p99 latency, counted from each request's scheduled send time,
-of at most 50 ms. The naive server steps up from 50 requests/s, ``hamjax
-serve`` from the naive server's result.
+(bench/serve_harness.sustainable: from 50 requests/s, x1.5 until a step
+fails, halving while none passed, then bisection). A step passes with no
+errors (a request unanswered after 2 s is one) and a p99 latency, counted
+from each request's scheduled send time, of at most 50 ms. Both servers
+run at once and take turns step by step, so the shared machine's changing
+load falls on both alike.
 
-Steps: ``--quick`` 2 s each, one bisection; full 5 s, two bisections, and
-the two servers measured twice in the order naive, hamjax, hamjax, naive
-(the median of the two is the figure; the machine is shared).
+Steps: ``--quick`` 3 s each (at least 300 requests), one bisection, one
+round; full 8 s (at least 1,000 requests), two bisections, two rounds with
+fresh processes (the median of the rounds is the figure).
 
 Target (issue 21), one per model: ``hamjax serve``'s sustainable rate >= 3x
 the naive endpoint's.
@@ -29,25 +30,34 @@ import serve_models
 GOAL = 3.0
 
 
-def _measure(kind: str, model: str, start: float, quick: bool) -> dict:
-    server = h.Server.naive(model) if kind == "naive" else h.Server.hamjax(model)
-    with server:
-        ready_s = server.wait_ready()
-        best, steps = h.sustainable(server, start=start, step_s=2.0 if quick else 5.0, refine=1 if quick else 2)
-    return {"server": kind, "sustainable_rps": round(best, 1), "ready_s": round(ready_s, 2), "steps": steps}
-
-
 @functools.cache
 def rates(name: str, quick: bool) -> tuple[dict, ...]:
-    """The rows of model ``name``: one per server and round (cached: part ``errors`` needs the naive rate)."""
+    """One row per server and round for model ``name`` (cached: parts ``errors``, ``shutdown`` and ``soak`` use it)."""
     model = serve_models.exported(name)["path"]
     rows = []
-    order = ("naive", "hamjax") if quick else ("naive", "hamjax", "hamjax", "naive")
-    for i, kind in enumerate(order):
-        naive = [r["sustainable_rps"] for r in rows if r["server"] == "naive"]
-        start = max(50.0, naive[0]) if kind == "hamjax" and naive else 50.0
-        rows.append({"model": name, "round": i // 2, **_measure(kind, model, start, quick)})
-        rows[-1]["load_average"] = os.getloadavg()[0]
+    for i in range(1 if quick else 2):
+        with h.Server.naive(model) as naive, h.Server.hamjax(model) as ours:
+            ready = {"naive": naive.wait_ready(), "hamjax": ours.wait_ready()}
+            load_before = os.getloadavg()[0]
+            searches = h.sustainable(
+                {"naive": naive, "hamjax": ours},
+                start=50.0,
+                step_s=3.0 if quick else 8.0,
+                refine=1 if quick else 2,
+                least=300 if quick else 1000,
+            )
+        for kind, search in searches.items():
+            rows.append(
+                {
+                    "model": name,
+                    "round": i,
+                    "server": kind,
+                    "sustainable_rps": round(search.best, 1),
+                    "ready_s": round(ready[kind], 2),
+                    "load_average": [load_before, os.getloadavg()[0]],
+                    "steps": search.steps,
+                }
+            )
     return tuple(rows)
 
 
