@@ -221,3 +221,49 @@ def test_the_manifest_and_the_image_pass_arguments_hamjax_serve_takes():
     for args in (_container()["args"], cmd):
         parsed = parser.parse_args(["serve", *args])
         assert parsed.model.startswith("/models/") and parsed.token_env == "HAMJAX_TOKEN" and parsed.port == 8000
+
+
+@pytest.mark.slow
+def test_the_files_the_dockerfile_copies_build_the_wheel(tmp_path):
+    """What ``pip install ".[serve]"`` builds in the image, from the COPY'd files alone (no registry, no docker)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    pytest.importorskip("hatchling")
+    context = tmp_path / "src"
+    context.mkdir()
+    for keyword, rest in _instructions():
+        if keyword == "COPY" and "$" not in rest:
+            *sources, target = rest.split()
+            for source in sources:
+                path = ROOT / source
+                destination = context / (path.name if target.endswith("/") or len(sources) > 1 else target)
+                if path.is_dir():
+                    shutil.copytree(path, destination, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(path, destination)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("hamjax-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "hamjax/serve/app.py" in names and "hamjax/cli_serve.py" in names
+    assert any(n.startswith("hamjax/transforms/") for n in names)
