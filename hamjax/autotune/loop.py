@@ -23,6 +23,11 @@ FAILED_SCORE = -10.0
 PROMOTE_SLACK = 1.0
 """Points of accuracy drop beyond the limit a cheap evaluation may show and still earn a full one (short finetunes recover less)."""
 
+RANK_ETA = 3
+"""Successive-halving promotion: once ``RANK_ETA`` screenings met the size limits, one whose accuracy is in the top
+``1 / RANK_ETA`` of them earns a full evaluation even when its short finetune left it far from the accuracy limit
+(a pruned attention model screened after one epoch is tens of points down, and within a point after sixty)."""
+
 
 def results_of(measured, baseline, constraints, *, score: float, violations: tuple) -> dict:
     """A knowledge-base record's ``results``: drops, ratios, feasibility and score, JSON-safe."""
@@ -71,16 +76,31 @@ def describe(measured, baseline) -> str:
     return ", ".join(parts)
 
 
-def promising(measured, baseline, constraints) -> tuple[bool, str]:
-    """Whether a screening earns a full evaluation: accuracy within the limit plus PROMOTE_SLACK, size met."""
+def promising(measured, baseline, constraints, recovery: float = 0.0) -> tuple[bool, str]:
+    """Whether a screening earns a full evaluation: size met, and accuracy within the limit plus PROMOTE_SLACK.
+
+    Args:
+      measured, baseline: the screening's and the dense model's :class:`~hamjax.autotune.objective.Measured`.
+      constraints: the run's :class:`~hamjax.autotune.objective.Constraints`.
+      recovery: points of accuracy a full evaluation is expected to win back over its screening
+        (:meth:`Loop.recovery`), >= 0.
+
+    Returns:
+      ``(promote, why not)``.
+    """
     loose = dataclasses.replace(
         constraints,
-        max_accuracy_drop=constraints.max_accuracy_drop + PROMOTE_SLACK,
+        max_accuracy_drop=constraints.max_accuracy_drop + PROMOTE_SLACK + max(float(recovery), 0.0),
         max_latency_ms=None,  # a screening measures no latency: the full evaluation decides
         min_speedup=None,
     )
     found = objective.violations(measured, baseline, loose)
     return (not found), "; ".join(found)
+
+
+def sized(measured, baseline, constraints) -> bool:
+    """Whether a screening meets every limit a screening can measure except accuracy (the size limits)."""
+    return promising(measured, baseline, dataclasses.replace(constraints, max_accuracy_drop=100.0))[0]
 
 
 class Loop:
@@ -98,6 +118,8 @@ class Loop:
         self.selection_method = selection_method
         self.screen_limit = screen_limit
         self.screenings = 0
+        self.screened: list[float] = []  # accuracies of the screenings that met the size limits
+        self.pairs: list[tuple[float, float]] = []  # (screened, full) accuracies of the same recipe
         self.by_strategy: dict[str, list] = {name: [] for name in strategies_by_name}
         self.best = None  # (evaluation, outcome) of the best feasible full evaluation
         self.full = 0
@@ -107,6 +129,19 @@ class Loop:
         self.log.append(line)
         if self.echo is not None:
             self.echo(line)
+
+    def recovery(self) -> float:
+        """Points a full evaluation won back over its screening: the median over the pairs so far, >= 0 (0 before any)."""
+        if not self.pairs:
+            return 0.0
+        return max(float(np.median([100.0 * (full - cheap) for cheap, full in self.pairs])), 0.0)
+
+    def ranked(self, accuracy: float) -> bool:
+        """Whether ``accuracy`` (already in :attr:`screened`) is in the top ``1 / RANK_ETA`` of the screenings."""
+        n = len(self.screened)
+        if n < RANK_ETA:
+            return False
+        return accuracy >= sorted(self.screened, reverse=True)[n // RANK_ETA - 1]
 
     def pick(self):
         names = list(self.strategies)
@@ -171,14 +206,22 @@ class Loop:
             if screened.violations and screened.violations[0].startswith("failed"):
                 self.say(f"{head} -> rejected: {screened.violations[0]}")
                 return
-            promote, why = promising(screened.measured, base, self.constraints)
+            recovery = self.recovery()
+            promote, why = promising(screened.measured, base, self.constraints, recovery)
             cheap_text = describe(screened.measured, base)
+            how = "promoted" if recovery == 0 else f"promoted (full evaluations won back {recovery:.1f} pt so far)"
+            if sized(screened.measured, base, self.constraints):
+                self.screened.append(screened.measured.accuracy)
+                if not promote and self.ranked(screened.measured.accuracy):
+                    promote, how = True, f"promoted by rank (top 1/{RANK_ETA} of {len(self.screened)} screenings)"
             if not promote:
                 self.say(f"{head} -> cheap: {cheap_text}; rejected without a full evaluation: {why}")
                 return
-            head += f" -> cheap: {cheap_text}; promoted"
+            head += f" -> cheap: {cheap_text}; {how}"
         evaluation, outcome = self.evaluate(name, recipe, "full")
         self.full += 1
+        if screened is not None and outcome is not None:
+            self.pairs.append((screened.measured.accuracy, evaluation.measured.accuracy))
         if evaluation.violations:
             self.say(f"{head} -> full: {'; '.join(evaluation.violations)}")
         else:

@@ -10,7 +10,9 @@ drops what does not fit, so one table serves every space.
 
 Why these rules: dense layers shrink physically when whole channel groups go
 (``groups`` + ``shrink``), which is what makes a dense kernel faster; int8
-(static, calibrated) is 4x smaller storage and runs integer kernels in
+(static, calibrated) stores kernels in a quarter of the bytes (scales,
+biases and norms stay float: a small model's storage shrinks about 3x, so
+a 4x size target needs a cut as well) and runs integer kernels in
 onnxruntime; folding batch norms first lets the quantizer see the folded
 kernels and removes a op per conv; attention activations change with every
 input, so transformers quantize ``dynamic``; fusing attention and merging
@@ -40,14 +42,21 @@ from hamjax import recipes
 from hamjax.autotune import space as space_mod
 from hamjax.autotune.space import Decision, RecipeSpace
 
-__all__ = ["RULES", "Priors", "Suggestion", "priors_for", "suggestions"]
+__all__ = ["RULES", "Priors", "Suggestion", "priors_for", "shrinks", "suggestions"]
 
 _Q = {"steps.quantize": True, "steps.precision": True}  # int8 where the space quantizes, else bfloat16
 _STATIC, _DYNAMIC = {**_Q, "quantize.method": "static"}, {**_Q, "quantize.method": "dynamic"}
 
 
-def _prune(method: str, sparsity: float, epochs: int = 3) -> dict:
-    return {"steps.prune": True, "prune.method": method, "prune.sparsity": sparsity, "prune.finetune_epochs": epochs}
+def _prune(method: str, sparsity: float, epochs: int = 3, learning_rate: float | None = None) -> dict:
+    out = {"steps.prune": True, "prune.method": method, "prune.sparsity": sparsity, "prune.finetune_epochs": epochs}
+    return out if learning_rate is None else {**out, "prune.learning_rate": learning_rate}
+
+
+# Small attention models lose tens of points when a quarter of their channel groups go and need tens of epochs at a
+# faster rate to win them back (bench/autotune.py's ViT and plain-jnp transformer: 60 epochs at 2e-3 end within a
+# point of dense; 3 epochs end 10 points below it).
+_LONG = {"epochs": 60, "learning_rate": 2e-3}
 
 
 def _rule(reason: str, weight: float, *parts: dict) -> dict:
@@ -65,7 +74,7 @@ _LOWRANK = {"steps.lowrank": True, "lowrank.energy": 0.9, "lowrank.finetune_epoc
 RULES: dict[str, tuple[dict, ...]] = {
     "mlp": (
         _rule(
-            "dense layers shrink physically by channel groups; static int8 stores 4x less",
+            "dense layers shrink physically by channel groups; static int8 stores kernels in a quarter of the bytes",
             1.0,
             _prune("groups", 0.5),
             _STATIC,
@@ -76,7 +85,7 @@ RULES: dict[str, tuple[dict, ...]] = {
             _prune("neurons", 0.5),
             _STATIC,
         ),
-        _rule("static int8 alone: 4x smaller, usually well under a point of accuracy", 0.7, _STATIC),
+        _rule("static int8 alone: int8 kernels, usually well under a point of accuracy", 0.7, _STATIC),
         _rule("a deeper cut of channel groups when accuracy has room", 0.6, _prune("groups", 0.7), _STATIC),
         _rule("a gentle cut of channel groups when accuracy is tight", 0.5, _prune("groups", 0.3), _STATIC),
         _rule("low-rank kernels keep 90% of the spectrum's energy; static int8", 0.4, _LOWRANK, _STATIC),
@@ -97,24 +106,34 @@ RULES: dict[str, tuple[dict, ...]] = {
             _prune("channels", 0.5),
             _STATIC,
         ),
-        _rule("fold batch norms and static int8: 4x smaller, convolutions keep their shapes", 0.7, _FOLD, _STATIC),
+        _rule("fold batch norms and static int8: int8 kernels, convolutions keep their shapes", 0.7, _FOLD, _STATIC),
         _rule("a gentle cut of channel groups when accuracy is tight", 0.6, _FOLD, _prune("groups", 0.3), _STATIC),
         _rule("a deeper cut of channel groups when accuracy has room", 0.5, _FOLD, _prune("groups", 0.7), _STATIC),
         _rule("low-rank kernels after folding; static int8", 0.4, _FOLD, _LOWRANK, _STATIC),
     ),
     "transformer": (
         _rule(
-            "fuse attention into one op; dynamic int8, since attention activations vary per input", 1.0, _FUSE, _DYNAMIC
+            "a quarter of the channel groups (heads, MLP widths), shrunk and finetuned long (small attention models "
+            "recover slowly); fused attention, dynamic int8 (attention activations vary per input)",
+            1.0,
+            _prune("groups", 0.25, **_LONG),
+            _FUSE,
+            _DYNAMIC,
         ),
+        _rule("fuse attention into one op; dynamic int8 alone", 0.9, _FUSE, _DYNAMIC),
         _rule(
-            "a gentle cut of channel groups (heads, MLP widths) with fused attention and dynamic int8",
+            "a third of the channel groups, finetuned long; fused attention and dynamic int8",
             0.8,
-            _prune("groups", 0.3),
+            _prune("groups", 0.35, **_LONG),
             _FUSE,
             _DYNAMIC,
         ),
         _rule(
-            "half the channel groups with fused attention and dynamic int8", 0.6, _prune("groups", 0.5), _FUSE, _DYNAMIC
+            "half the channel groups, finetuned long; fused attention and dynamic int8",
+            0.6,
+            _prune("groups", 0.5, **_LONG),
+            _FUSE,
+            _DYNAMIC,
         ),
         _rule(
             "weight-only int8 keeps activations in float where dynamic ranges hurt",
@@ -133,22 +152,27 @@ RULES: dict[str, tuple[dict, ...]] = {
             _DYNAMIC,
         ),
         _rule(
-            "reference ViT: prune a quarter of the heads and shrink; fused attention, dynamic int8",
-            0.9,
-            _prune("heads", 0.25),
+            "a quarter of the channel groups, shrunk and finetuned long (small attention models recover slowly); "
+            "fused attention, dynamic int8",
+            0.95,
+            _prune("groups", 0.25, **_LONG),
             _FUSE,
             _DYNAMIC,
         ),
         _rule(
-            "a gentle cut of channel groups with fused attention and dynamic int8",
-            0.8,
-            _prune("groups", 0.3),
+            "reference ViT: prune a quarter of the heads and shrink, finetuned long; fused attention, dynamic int8",
+            0.9,
+            _prune("heads", 0.25, **_LONG),
             _FUSE,
             _DYNAMIC,
         ),
         _rule("fused attention and dynamic int8 alone", 0.6, _FUSE, _DYNAMIC),
         _rule(
-            "half the channel groups with fused attention and dynamic int8", 0.5, _prune("groups", 0.5), _FUSE, _DYNAMIC
+            "a third of the channel groups, finetuned long; fused attention and dynamic int8",
+            0.5,
+            _prune("groups", 0.35, **_LONG),
+            _FUSE,
+            _DYNAMIC,
         ),
     ),
     "hybrid": (
@@ -191,8 +215,19 @@ class Suggestion(NamedTuple):
     source: str
 
 
-def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> list[Suggestion]:
+def shrinks(decisions: dict) -> bool:
+    """Whether a rule's decisions cut parameters (a structured prune, low-rank kernels or a distilled student)."""
+    structured = decisions.get("steps.prune") and decisions.get("prune.method", "groups") != "magnitude"
+    return bool(structured or decisions.get("steps.lowrank") or decisions.get("steps.distill"))
+
+
+def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None, constraints: Any = None) -> list[Suggestion]:
     """The recipes to try first: the knowledge base's suggestions by weight, then the family's rules in order.
+
+    Under a size limit (``constraints`` with ``max_size_bytes`` or
+    ``min_size_reduction``) the rules that cut parameters (:func:`shrinks`)
+    come before those that do not (int8 alone keeps float scales, biases and
+    norms: rarely 4x on its own), each group in the table's order.
 
     Each is projected onto ``space`` (:meth:`RecipeSpace.project`); a
     recipe whose projection a suggestion before it already gave is left
@@ -206,6 +241,7 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> li
       space: the :class:`RecipeSpace`.
       priors: ``(raw recipe dict, weight, reason)`` from
         :meth:`hamjax.autotune.knowledge.KnowledgeBase.suggest`, or ``None``.
+      constraints: the run's :class:`hamjax.autotune.objective.Constraints`, or ``None``.
 
     Returns:
       A list of :class:`Suggestion`, without two of one key.
@@ -237,7 +273,10 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> li
         taken = space.project(recipe)
         fits = "" if space.contains(recipe) else " (projected onto this model's space)"
         add(taken, weight, f"knowledge base: {reason}{fits}", "knowledge")
-    for rule in RULES[space.family]:
+    table = RULES[space.family]
+    if constraints is not None and (constraints.max_size_bytes or constraints.min_size_reduction):
+        table = sorted(table, key=lambda rule: not shrinks(rule["decisions"]))
+    for rule in table:
         taken = space.complete(rule["decisions"])
         values = dict(taken)
         used = {k.split(".")[1] for k, v in values.items() if k.startswith("steps.") and v}

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from hamjax import recipes
-from hamjax._checks import check_choice, check_int
+from hamjax._checks import check_choice, check_int, check_number
 
 __all__ = ["EXPORTS", "FAMILIES", "FAMILY_STEPS", "REFERENCE_PRUNE", "Decision", "RecipeSpace", "key"]
 
@@ -84,6 +84,12 @@ REFERENCE_PRUNE = {
     "hybrid": ("heads", "neurons"),
 }
 """The structured prune granularities a reference model of each family adds to ``magnitude`` and ``groups``."""
+
+FINETUNE_EPOCHS = (1, 3, 10, 30, 60)
+"""The finetune epochs offered by default: an MLP or CNN recovers in a few; a small attention model needs tens."""
+
+LEARNING_RATES = (5e-4, 2e-3)
+"""The prune finetune learning rates offered by default: the step's default, and a faster one for long finetunes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +178,10 @@ class RecipeSpace:
         (:data:`FAMILY_STEPS`); ``None``: all of them but ``distill`` and ``precision``.
       distill: offer ``distill`` too (``steps=None`` only).
       precision: offer ``precision`` too (``steps=None`` only).
-      finetune: the finetune epochs offered to prune and lowrank.
+      finetune: the finetune epochs offered to prune and lowrank (small
+        attention models recover from a cut of their channel groups only
+        after tens of epochs, hence the long choices).
+      learning_rates: the finetune learning rates offered to prune.
       tokens: the tokens entering the first attention block, when known:
         ``merge`` offers ``r`` up to ``tokens / (blocks + 1)`` (each block
         can merge at most half of the tokens it gets; blocks are the
@@ -198,7 +207,8 @@ class RecipeSpace:
         steps: Sequence[str] | None = None,
         distill: bool = False,
         precision: bool = False,
-        finetune: Sequence[int] = (1, 3),
+        finetune: Sequence[int] = FINETUNE_EPOCHS,
+        learning_rates: Sequence[float] = LEARNING_RATES,
         tokens: int | None = None,
     ):
         self.signature = signature
@@ -220,7 +230,13 @@ class RecipeSpace:
                 check_choice("RecipeSpace", "steps", kind, FAMILY_STEPS[self.family])
             offered = [k for k in offered if k in steps]
         self.kinds = tuple(offered)
-        self.finetune = tuple(int(e) for e in finetune)
+        self.finetune = tuple(check_int("RecipeSpace", "finetune", e, minimum=0) for e in finetune)
+        self.learning_rates = tuple(
+            check_number("RecipeSpace", "learning_rates", r, minimum=0.0, exclusive_minimum=True)
+            for r in learning_rates
+        )
+        if not self.finetune or not self.learning_rates:
+            raise ValueError("RecipeSpace: finetune and learning_rates must each offer at least one choice")
         blocks = max(getattr(signature, "attention", 1), 1)
         most = 1 if tokens is None else check_int("RecipeSpace", "tokens", tokens, minimum=2) // (blocks + 1)
         self.merge_choices = tuple(r for r in (1, 2, 4, 8, 16) if r <= max(most, 1))
@@ -241,6 +257,7 @@ class RecipeSpace:
                 d("prune.method", choices=self.prune_methods, default="groups"),
                 d("prune.sparsity", low=0.1, high=0.9, resolution=0.01, default=0.5),
                 dataclasses.replace(epochs, name="prune.finetune_epochs"),
+                d("prune.learning_rate", choices=self.learning_rates, default=self.learning_rates[0]),
             ),
             "lowrank": (
                 d("lowrank.energy", low=0.5, high=0.99, resolution=0.005, default=0.9),
@@ -319,7 +336,7 @@ class RecipeSpace:
           >>> from hamjax.autotune.space import RecipeSpace
           >>> space = RecipeSpace("mlp", steps=("prune", "quantize"))
           >>> space.complete({"steps.prune": True, "prune.sparsity": 0.734})[-2:]
-          (('prune.finetune_epochs', 1), ('quantize.method', 'static'))
+          (('prune.learning_rate', 0.0005), ('quantize.method', 'static'))
         """
         taken: list[tuple[str, Any]] = []
         while (decision := self.next_decision(taken)) is not None:

@@ -208,7 +208,7 @@ class RulesStrategy(Strategy):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.suggestions = rules.suggestions(self.space, self.priors)
+        self.suggestions = rules.suggestions(self.space, self.priors, self.constraints)
 
     def _next_rule(self, taken: set[str]):
         for s in self.suggestions:

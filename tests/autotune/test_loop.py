@@ -1,4 +1,4 @@
-"""autotune.loop: screenings, promotion, the size factor, keeping the best's files, failed candidates.
+"""autotune.loop: screenings, promotion (slack, learned recovery, rank), keeping the best's files, failed candidates.
 
 The evaluator and the strategy are fakes (no training): each recipe's
 numbers come from a table, so every decision of :class:`Loop` is checked on
@@ -118,6 +118,39 @@ def test_promising_ignores_latency_and_speed_a_screening_cannot_measure():
     assert ok and why == ""
     ok, why = loop.promising(_measured(0.5, 5000), BASE, tight)
     assert not ok and why.startswith("min_size_reduction")
+
+
+def test_full_evaluations_teach_how_much_a_screening_understates_accuracy():
+    table = {
+        "b": {"cheap": _measured(21.0, 3000), "full": _measured(0.8, 3000, 1.0)},  # 21 - 19.5 <= 1 + slack
+        "c": {"cheap": _measured(23.0, 3000), "full": _measured(2.0, 3000, 1.0)},  # 23 - 19.5 > 1 + slack
+    }
+    state, evaluator, _, lines = _loop(table, "bc")
+    assert state.recovery() == 0.0
+    state.pairs.append((0.70, 0.895))  # a screening 20 points down ended 0.5 down after its full finetune
+    assert state.recovery() == pytest.approx(19.5)
+    _steps(state, 2)
+    assert ("b", "full") in evaluator.runs and "won back 19.5 pt" in lines[0]
+    assert ("c", "full") not in evaluator.runs and "rejected without a full evaluation" in lines[1]
+    assert state.pairs[-1] == pytest.approx((0.69, 0.892))  # b's pair joins: (19.5 + 20.2) / 2 won back now
+    assert state.recovery() == pytest.approx(19.85)
+
+
+def test_a_screening_in_the_top_third_of_those_meeting_the_size_limits_is_promoted_by_rank():
+    assert loop.RANK_ETA == 3
+    table = {
+        "a": {"cheap": _measured(30.0, 3000)},
+        "b": {"cheap": _measured(25.0, 3000)},
+        "e": {"cheap": _measured(0.1, 5000)},  # accurate but too large: neither counted nor promoted
+        "c": {"cheap": _measured(40.0, 3000)},  # third of three sized screenings, not the best
+        "d": {"cheap": _measured(20.0, 3000), "full": _measured(0.9, 3000, 1.0)},  # best of four: top 4 // 3
+    }
+    state, evaluator, _, lines = _loop(table, "abecd")
+    _steps(state, 5)
+    assert [r for r in evaluator.runs if r[1] == "full"] == [("d", "full")]
+    assert state.screened == pytest.approx([0.6, 0.65, 0.5, 0.7])
+    assert "promoted by rank (top 1/3 of 4 screenings)" in lines[4] and "feasible" in lines[4]
+    assert "min_size_reduction" in lines[2]
 
 
 def test_keep_holds_only_the_best_feasible_full_evaluation_and_discards_the_rest():

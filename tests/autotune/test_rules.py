@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from hamjax.autotune import rules
+from hamjax.autotune.objective import Constraints
 from hamjax.autotune.space import FAMILIES, RecipeSpace
 
 EXPORT = {"kind": "export", "precisions": "int8", "tensorrt": False}
@@ -72,3 +73,17 @@ def test_rules_survive_a_space_with_other_finetune_epochs():
     found = rules.suggestions(RecipeSpace("mlp", finetune=(1,)))
     assert len(found) == len(rules.suggestions(RecipeSpace("mlp")))
     assert found[0].recipe.steps[0].params["finetune_epochs"] == 1
+
+
+def test_a_size_limit_puts_the_rules_that_cut_parameters_first():
+    space = RecipeSpace("transformer")
+    plain = rules.suggestions(space)
+    sized = rules.suggestions(space, constraints=Constraints(min_size_reduction=4.0))
+    timed = rules.suggestions(space, constraints=Constraints(max_latency_ms=1.0))
+    assert [s.reason for s in timed] == [s.reason for s in plain]
+    assert sorted(s.reason for s in sized) == sorted(s.reason for s in plain)
+    cut = [rules.shrinks(dict(space.fields(s.recipe))) for s in sized]
+    assert cut == sorted(cut, reverse=True) and cut[0] and not cut[-1]
+    first = sized[0].recipe.steps[0].params  # a quarter of the groups, finetuned long at the faster rate
+    assert (first["sparsity"], first["finetune_epochs"], first["learning_rate"]) == (0.25, 60, 2e-3)
+    assert not rules.shrinks({"steps.prune": True, "prune.method": "magnitude"})
