@@ -140,6 +140,7 @@ def test_evolution_children_come_from_the_last_population(digits):
         assert json.dumps(nas.decode(sn, {n: children[n][i] for n in space.names}), sort_keys=True) in alive
 
 
+@pytest.mark.slow  # about 30 s; test_pareto_selection_resumes_to_the_same_result covers resuming by default
 def test_an_interrupted_search_resumes_to_the_same_result(digits, tmp_path):
     sn, config = supernet_of(digits), search_config(method="evolution", generations=3)
     whole = engine.run(sn, digits, config, workdir=str(tmp_path / "a"), progress=False)

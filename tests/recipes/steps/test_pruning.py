@@ -31,7 +31,17 @@ def _kernel_sparsity(params):
     return [float(np.mean(k == 0)) for k in kernels]
 
 
-@pytest.mark.parametrize("method", ["magnitude", "global_magnitude", "random", "saliency", "block"])
+@pytest.mark.parametrize(
+    "method",
+    # saliency and block take 10-15 s each (saliency's gradient pass, block's finetune): the slow run keeps them
+    [
+        "magnitude",
+        "global_magnitude",
+        "random",
+        pytest.param("saliency", marks=pytest.mark.slow),
+        pytest.param("block", marks=pytest.mark.slow),
+    ],
+)
 def test_unstructured_one_shot_prunes_and_keeps_sparsity_through_finetuning(digits, method):
     ctx = recipes.run(
         _recipe({"kind": "prune", "method": method, "sparsity": 0.75, "finetune_epochs": 3, "block": 2}),
