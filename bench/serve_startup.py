@@ -3,9 +3,11 @@
 For each model and server, a fresh process is started; one HTTP client
 (one kept-alive connection) polls ``/readyz`` every 20 ms and, at the first
 200, sends its first prediction request at once, then 200 more, one after
-another. The figure is the first request's latency over the median of the
-200 (``--quick``: one start per model; full: three, the worst ratio
-counts). The naive endpoint's row is context (it warms nothing).
+another. A start's figure is the first request's latency over the median
+of the 200; the target's, the median over starts (``--quick``: 3 starts
+per model, full: 5; one latency per start is at the mercy of the shared
+machine, so one start decides nothing). The next five latencies are kept
+too. The naive endpoint's rows are context (it warms nothing).
 
 Target (issue 21), per model: ``hamjax serve``'s first request within 2x
 the median.
@@ -38,6 +40,7 @@ def first_and_rest(server: h.Server, body: bytes, n: int = 200) -> dict:
     return {
         "ready_s": round(ready_s, 2),
         "first_ms": round(times[0], 3),
+        "next_ms": [round(t, 2) for t in times[1:6]],
         "median_ms": round(median, 3),
         "ratio": round(times[0] / median, 3),
     }
@@ -49,21 +52,21 @@ def run(quick: bool):
     for name in serve_models.MODELS:
         model = serve_models.exported(name)["path"]
         ratios = []
-        for start in range(1 if quick else 3):
+        for start in range(3 if quick else 5):
             for kind in ("naive", "hamjax"):
                 with h.Server.naive(model) if kind == "naive" else h.Server.hamjax(model) as server:
                     row = first_and_rest(server, body)
                 results.append({"model": name, "server": kind, "start": start, **row})
                 if kind == "hamjax":
                     ratios.append(row["ratio"])
-        worst = max(ratios)
+        middle = h.median(ratios)
         targets.append(
             {
-                "name": f"{name}: hamjax serve first request after /readyz over the median of 200"
-                + (" (one start, --quick)" if quick else f" (worst of {len(ratios)} starts)"),
-                "measured": worst,
+                "name": f"{name}: hamjax serve first request after /readyz over the median of the next 200 "
+                f"(median over {len(ratios)} starts; each start in the results)",
+                "measured": round(middle, 3),
                 "goal": f"<= {GOAL}",
-                "met": worst <= GOAL,
+                "met": middle <= GOAL,
             }
         )
     return results, targets

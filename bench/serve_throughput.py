@@ -11,6 +11,11 @@ from each request's scheduled send time, of at most 50 ms. Both servers
 run at once and take turns step by step, so the shared machine's changing
 load falls on both alike.
 
+After the search, each server also takes 400 requests/s for 3 s (full:
+8 s), far past saturation, with a 5 s deadline: the rate of 200 answers
+there (``overload``) is what each server completes when swamped, whatever
+the latency (a figure, not a target).
+
 Steps: ``--quick`` 3 s each (at least 300 requests), one bisection, one
 round; full 8 s (at least 1,000 requests), two bisections, two rounds with
 fresh processes (the median of the rounds is the figure).
@@ -28,6 +33,7 @@ import serve_harness as h
 import serve_models
 
 GOAL = 3.0
+OVERLOAD_RPS = 400.0
 
 
 @functools.cache
@@ -46,6 +52,10 @@ def rates(name: str, quick: bool) -> tuple[dict, ...]:
                 refine=1 if quick else 2,
                 least=300 if quick else 1000,
             )
+            overload = {}
+            for kind, server in (("naive", naive), ("hamjax", ours)):
+                server.settle()
+                overload[kind] = h.load(server, OVERLOAD_RPS, int(OVERLOAD_RPS * (3 if quick else 8)), timeout=5.0)
         for kind, search in searches.items():
             rows.append(
                 {
@@ -56,6 +66,7 @@ def rates(name: str, quick: bool) -> tuple[dict, ...]:
                     "ready_s": round(ready[kind], 2),
                     "load_average": [load_before, os.getloadavg()[0]],
                     "steps": search.steps,
+                    "overload": {k: overload[kind][k] for k in ("offered_rps", "outcomes", "latency", "achieved_rps")},
                 }
             )
     return tuple(rows)
@@ -72,7 +83,13 @@ def run(quick: bool):
         results.extend(rates(name, quick))
         naive, ours = figure(name, quick, "naive"), figure(name, quick, "hamjax")
         ratio = ours / naive if naive > 0 else float("inf") if ours > 0 else 0.0
-        results.append({"model": name, "naive_rps": naive, "hamjax_rps": ours, "ratio": round(ratio, 2)})
+        capacity = {
+            f"{kind}_overload_answered_rps": h.median(
+                [r["overload"]["achieved_rps"] for r in rates(name, quick) if r["server"] == kind]
+            )
+            for kind in ("naive", "hamjax")
+        }
+        results.append({"model": name, "naive_rps": naive, "hamjax_rps": ours, "ratio": round(ratio, 2), **capacity})
         targets.append(
             {
                 "name": f"{name}: hamjax serve / naive endpoint requests per second at p99 <= 50 ms",
