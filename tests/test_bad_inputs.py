@@ -1748,6 +1748,8 @@ CASES = [
      "RecipeSpace: finetune must be an integer >= 0, got -1"),
     ("RecipeSpace-learning-rate", lambda: autotune.RecipeSpace("mlp", learning_rates=(0.0,)), ValueError,
      "RecipeSpace: learning_rates must be a finite number > 0, got 0.0"),
+    ("RecipeSpace-sensitive", lambda: autotune.RecipeSpace("mlp", sensitive=("['a'],['b']",)), ValueError,
+     "RecipeSpace: sensitive must be a sequence of site names without commas"),
     ("RecipeSpace-no-epochs", lambda: autotune.RecipeSpace("mlp", finetune=()), ValueError,
      "RecipeSpace: finetune and learning_rates must each offer at least one choice"),
     ("RecipeSpace-step-not-in-family", lambda: autotune.RecipeSpace("mlp", steps=("merge",)), ValueError,

@@ -18,7 +18,7 @@ import dataclasses
 import time
 from typing import Any
 
-from hamjax import measure
+from hamjax import jaxpr, measure
 from hamjax._checks import check_choice, check_int, check_positive
 from hamjax.autotune import objective, selection, sensitivity, signature, space, strategies
 from hamjax.autotune.evaluate import Evaluator
@@ -180,6 +180,21 @@ def explain(apply_fn, params, data, say) -> dict:
     return out
 
 
+SKIP_MIN_DROP = 0.2
+"""Points of accuracy a layer must lose to int8 alone (mean over :data:`SENSITIVITY_LEVELS`) before the search may
+keep it in float."""
+
+
+def sensitive_sites(apply_fn, params, data, found) -> tuple[str, ...]:
+    """The (at most two) weight sites int8 hurts most, by ``found`` (a quantize :class:`Sensitivity`), that lose
+    at least :data:`SKIP_MIN_DROP` points and that the quantizer names (``hamjax.jaxpr.find_sites``)."""
+    if found is None:
+        return ()
+    sites = {site.name for site in jaxpr.find_sites(apply_fn, params, data.val.x[:2])}
+    mean = dict(zip(found.names, found.drops.mean(axis=1).tolist(), strict=True))
+    return tuple(n for n in found.ranking if n in sites and "," not in n and mean[n] >= SKIP_MIN_DROP)[:2]
+
+
 def optimize_auto(
     apply_fn,
     params,
@@ -266,7 +281,10 @@ def optimize_auto(
     }
     suggested = [] if base is None else list(base.suggest(sig, constraints))
     notes["suggested"] = len(suggested)
-    candidates = space.RecipeSpace(sig, reference=config is not None, tokens=_tokens(config))
+    early: list[str] = []  # said once the loop exists, in this order
+    sensitivities = explain(apply_fn, params, data, early.append)
+    sensitive = sensitive_sites(apply_fn, params, data, sensitivities.get("quantize"))
+    candidates = space.RecipeSpace(sig, reference=config is not None, tokens=_tokens(config), sensitive=sensitive)
     names = ENSEMBLE if strategy == "ensemble" else (strategy,)
     made = {
         name: strategies.make(name, candidates, sig, constraints, weights, seed=seed, priors=suggested or None)
@@ -287,7 +305,10 @@ def optimize_auto(
         loop.say(f"knowledge base: {warning}")
     loop.say(f"model: family {sig.family} ({'; '.join(sig.evidence)}), {sig.params} params")
     loop.say(f"baseline: {describe(baseline, baseline)}")
-    sensitivities = explain(apply_fn, params, data, loop.say)
+    for line in early:
+        loop.say(line)
+    if sensitive:
+        loop.say(f"the search may keep in float the layers int8 hurts most: {', '.join(sensitive)}")
     for raw, weight, why in suggested:
         loop.say(f"knowledge base suggests {raw.get('name', 'a recipe')} (weight {weight:.2f}): {why}")
     started, index = time.perf_counter(), 0

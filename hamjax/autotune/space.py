@@ -119,6 +119,10 @@ class RecipeSpace:
         attention models recover from a cut of their channel groups only
         after tens of epochs, hence the long choices).
       learning_rates: the finetune learning rates offered to prune.
+      sensitive: weight sites (``hamjax.jaxpr.find_sites`` names), most
+        sensitive to int8 first (:func:`hamjax.autotune.layer_sensitivity`):
+        ``quantize`` then offers ``skip`` of none, the first, or the first two
+        (kept in float); empty: no ``skip`` decision.
       tokens: the tokens entering the first attention block, when known:
         ``merge`` offers ``r`` up to ``tokens / (blocks + 1)`` (each block
         can merge at most half of the tokens it gets; blocks are the
@@ -146,6 +150,7 @@ class RecipeSpace:
         precision: bool = False,
         finetune: Sequence[int] = FINETUNE_EPOCHS,
         learning_rates: Sequence[float] = LEARNING_RATES,
+        sensitive: Sequence[str] = (),
         tokens: int | None = None,
     ):
         self.signature = signature
@@ -172,6 +177,11 @@ class RecipeSpace:
             check_number("RecipeSpace", "learning_rates", r, minimum=0.0, exclusive_minimum=True)
             for r in learning_rates
         )
+        if isinstance(sensitive, str) or not all(isinstance(n, str) and n and "," not in n for n in sensitive):
+            raise ValueError(
+                f"RecipeSpace: sensitive must be a sequence of site names without commas, got {sensitive!r}"
+            )
+        self.sensitive = tuple(sensitive)
         if not self.finetune or not self.learning_rates:
             raise ValueError("RecipeSpace: finetune and learning_rates must each offer at least one choice")
         blocks = max(getattr(signature, "attention", 1), 1)
@@ -204,9 +214,18 @@ class RecipeSpace:
                 d("merge.r", choices=self.merge_choices, default=self.merge_choices[len(self.merge_choices) // 2]),
             ),
             "fuse": (),
-            "quantize": (d("quantize.method", choices=("static", "dynamic", "weight_only"), default="static"),),
+            "quantize": (
+                d("quantize.method", choices=("static", "dynamic", "weight_only"), default="static"),
+                *self._skip_decisions(),
+            ),
             "precision": (d("precision.finetune_epochs", choices=(0, 1), default=1),),
         }
+
+    def _skip_decisions(self) -> tuple[Decision, ...]:
+        if not self.sensitive:
+            return ()
+        choices = ("", *(",".join(self.sensitive[: k + 1]) for k in range(min(len(self.sensitive), 2))))
+        return (Decision("quantize.skip", choices=choices, default=""),)
 
     def __repr__(self) -> str:
         return f"RecipeSpace(family={self.family!r}, reference={self.reference}, export={self.export!r}, kinds={self.kinds})"

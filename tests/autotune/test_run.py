@@ -217,3 +217,13 @@ def test_a_real_run_on_a_tiny_trained_model(trained, tmp_path):
     assert len(base.records()) == result.knowledge["added"] == len(full)
     again = _auto(trained, constraints=limits, budget=1, screenings=0, knowledge=base)
     assert again.knowledge["suggested"] > 0 and again.knowledge["judged"] == 1
+
+
+def test_the_layers_int8_hurts_most_may_be_kept_in_float():
+    names = ("['w1']", "['w2']")
+    found = types.SimpleNamespace(names=names, drops=np.array([[0.1, 0.2], [0.5, 3.0]]), ranking=names[::-1])
+    params, ds = _tiny()
+    assert run.sensitive_sites(_apply, params, ds, found) == ("['w2']",)  # w1 loses 0.15 pt: below SKIP_MIN_DROP
+    found.drops = np.array([[0.3, 0.4], [0.5, 3.0]])
+    assert run.sensitive_sites(_apply, params, ds, found) == ("['w2']", "['w1']")
+    assert run.sensitive_sites(_apply, params, ds, None) == ()

@@ -102,3 +102,23 @@ def test_merge_never_follows_lowrank_or_a_group_shrink():
         if "merge" in steps:
             assert "lowrank" not in steps
             assert steps.get("prune", {}).get("method") != "groups"
+
+
+def test_sensitive_sites_may_be_kept_in_float():
+    space = RecipeSpace("mlp", steps=("quantize",), sensitive=("['w2']", "['w1']"))
+    names = [d.name for d in _walk(space)]
+    assert "quantize.skip" in names
+    recipe = space.build(space.complete({"quantize.skip": "['w2'],['w1']"}))
+    assert recipe.steps[0].params["skip"] == "['w2'],['w1']" and space.contains(recipe)
+    assert space.build(space.complete({})).steps[0].params["skip"] == ""  # the default keeps every site int8
+    assert "quantize.skip" not in [d.name for d in _walk(RecipeSpace("mlp", steps=("quantize",)))]
+    with pytest.raises(ValueError, match="sensitive must be a sequence of site names"):
+        RecipeSpace("mlp", sensitive="['w1']")
+
+
+def _walk(space):
+    taken, out = [], []
+    while (decision := space.next_decision(taken)) is not None:
+        out.append(decision)
+        taken.append((decision.name, decision.default))
+    return out

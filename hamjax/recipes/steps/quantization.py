@@ -37,6 +37,12 @@ FIELDS = {
     "batch_size": Field(int, 128, low=1, doc="examples per calibration and QAT batch"),
     "finetune_epochs": Field(int, 0, low=0, doc="QAT epochs with fake-quantized weights and activations"),
     "learning_rate": Field(float, 1e-4, above=0.0, doc="QAT learning rate"),
+    "skip": Field(
+        str,
+        "",
+        doc="weight sites kept in float: comma-separated key paths as hamjax.jaxpr.find_sites names them "
+        "(the names hamjax.autotune.layer_sensitivity ranks)",
+    ),
     "stage": Field(str, "int8", doc="name of the row this step adds to the report"),
 }
 
@@ -60,6 +66,16 @@ def check(f: dict) -> str | None:
     if f["method"] != "qat" and f["finetune_epochs"]:
         return f"finetune_epochs = {f['finetune_epochs']} only applies to method = 'qat' (got method = {f['method']!r})"
     return None
+
+
+def skipped(f: dict) -> tuple[str, ...]:
+    """The site names of the ``skip`` field, in order, without blanks or repeats.
+
+    Examples:
+      >>> skipped({"skip": "['w1'], ['w2'],,['w1']"})
+      ("['w1']", "['w2']")
+    """
+    return tuple(dict.fromkeys(name.strip() for name in f.get("skip", "").split(",") if name.strip()))
 
 
 def calibration_batches(dataset, count: int, batch_size: int, seed: int) -> list[np.ndarray]:
@@ -134,7 +150,7 @@ def run(f: dict, context: Context) -> Context:
     """
     apply_fn, method = context.apply_fn, f["method"]
     batches = calibration_batches(context.dataset, f["calibration_batches"], f["batch_size"], context.seed)
-    common = dict(per_channel=f["per_channel"], symmetric=f["symmetric"])
+    common = dict(per_channel=f["per_channel"], symmetric=f["symmetric"], skip=skipped(f))
     if method == "qat":
         context.params = _qat(f, context, batches, common)
     params = context.params
@@ -152,6 +168,8 @@ def run(f: dict, context: Context) -> Context:
     )
     context.extras["quantized"] = (qapply, qparams)
     what = f"int{f['bits']} {method}, {'per-channel' if f['per_channel'] else 'per-tensor'}"
+    if common["skip"]:
+        what += f", {len(common['skip'])} site(s) kept in float ({', '.join(common['skip'])})"
     if method in ("static", "qat"):
         what += f", activations int{f['act_bits']} calibrated by {f['calibration_method']}"
     context.stages.append(

@@ -61,6 +61,22 @@ def test_qat_finetunes_then_converts(trained, digits):
     assert hamjax.train.evaluate(qapply, qparams, digits.test)["accuracy"] > 0.85
 
 
+def test_skip_keeps_the_named_sites_in_float_and_says_so(trained, digits):
+    apply_fn, params, _ = trained
+    names = [site.name for site in hamjax.jaxpr.find_sites(apply_fn, params, digits.val.x[:2])]
+    whole = _quantize(trained, digits, method="dynamic")
+    ctx = _quantize(trained, digits, method="dynamic", skip=f"{names[0]}, {names[-1]}")
+    qapply, qparams = ctx.extras["quantized"]
+    assert qapply.skip == frozenset({names[0], names[-1]})
+    assert [row["name"] for row in qapply.site_table(qparams)] == names[1:-1]
+    kernels = [x for x in jax.tree.leaves(qparams, is_leaf=quant.is_qtensor) if quant.is_qtensor(x)]
+    assert len(kernels) == 1  # the first and last kernels stay float
+    assert ctx.stages[-1].size_bytes > whole.stages[-1].size_bytes
+    assert "2 site(s) kept in float" in ctx.stages[-1].notes and names[0] in ctx.stages[-1].notes
+    with pytest.raises(ValueError, match="skip names unknown sites"):
+        _quantize(trained, digits, method="dynamic", skip="['nope']")
+
+
 def test_int4_weight_only_stores_codes_in_range(trained, digits):
     ctx = _quantize(trained, digits, method="weight_only", bits=4, stage="int4")
     qt = ctx.extras["quantized"][1]["weights"]["params"]["layers"][0]["kernel"]
