@@ -80,6 +80,7 @@ def figure(name: str, quick: bool, kind: str) -> float:
 def run(quick: bool):
     results, targets = [], []
     for name in serve_models.MODELS:
+        results.append({"model": name, "exported": serve_models.exported(name)})
         results.extend(rates(name, quick))
         naive, ours = figure(name, quick, "naive"), figure(name, quick, "hamjax")
         ratio = ours / naive if naive > 0 else float("inf") if ours > 0 else 0.0
