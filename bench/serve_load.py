@@ -13,8 +13,9 @@ too; the send lag (actual minus scheduled send) is reported beside it.
 ``S`` seconds after the first scheduled send (bench part ``shutdown``).
 
 The last line printed is one JSON object: the offered rate, counts of HTTP
-statuses and of failures by kind (``refused``: no connection; ``dropped``:
-the connection closed before an answer; ``timeout``), latency percentiles
+statuses and of failures by kind (``refused``: no connection; ``dropped:
+<httpx exception>``: the connection closed before an answer; ``timeout``:
+no answer within ``--timeout`` seconds of the send), latency percentiles
 of the 200 answers, the send-lag percentiles and the achieved rate. With
 ``--outcomes`` it also lists every request's ``[scheduled s, latency s,
 status or failure kind]``.
