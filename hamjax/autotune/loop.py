@@ -24,9 +24,10 @@ PROMOTE_SLACK = 1.0
 """Points of accuracy drop beyond the limit a cheap evaluation may show and still earn a full one (short finetunes recover less)."""
 
 RANK_ETA = 3
-"""Successive-halving promotion: once ``RANK_ETA`` screenings met the size limits, one whose accuracy is in the top
-``1 / RANK_ETA`` of them earns a full evaluation even when its short finetune left it far from the accuracy limit
-(a pruned attention model screened after one epoch is tens of points down, and within a point after sixty)."""
+"""Successive-halving promotion (as ASHA's rungs): of the screenings that met the size limits, one whose accuracy is
+in the top ``1 / RANK_ETA`` of them earns a full evaluation even when its short finetune left it far from the
+accuracy limit (a pruned attention model screened after one epoch is tens of points down, and within a point after
+sixty); a screening waits for its rank (:meth:`Loop.promotable`)."""
 
 
 def results_of(measured, baseline, constraints, *, score: float, violations: tuple) -> dict:
@@ -120,6 +121,7 @@ class Loop:
         self.screenings = 0
         self.screened: list[float] = []  # accuracies of the screenings that met the size limits
         self.pairs: list[tuple[float, float]] = []  # (screened, full) accuracies of the same recipe
+        self.pool: list[tuple] = []  # (strategy, recipe, screening, log head) of sized screenings not promoted
         self.by_strategy: dict[str, list] = {name: [] for name in strategies_by_name}
         self.best = None  # (evaluation, outcome) of the best feasible full evaluation
         self.full = 0
@@ -135,13 +137,6 @@ class Loop:
         if not self.pairs:
             return 0.0
         return max(float(np.median([100.0 * (full - cheap) for cheap, full in self.pairs])), 0.0)
-
-    def ranked(self, accuracy: float) -> bool:
-        """Whether ``accuracy`` (already in :attr:`screened`) is in the top ``1 / RANK_ETA`` of the screenings."""
-        n = len(self.screened)
-        if n < RANK_ETA:
-            return False
-        return accuracy >= sorted(self.screened, reverse=True)[n // RANK_ETA - 1]
 
     def pick(self):
         names = list(self.strategies)
@@ -191,12 +186,39 @@ class Loop:
         else:
             self.evaluator.discard(outcome)
 
+    def promotable(self):
+        """The best waiting screening (met the size limits, not promoted) in the top ``1 / RANK_ETA`` of them all.
+
+        While screenings last, the top ``floor(n / RANK_ETA)`` of the ``n`` sized screenings count (none before
+        ``RANK_ETA`` of them); once they are spent, the top ``ceil(n / RANK_ETA)``, so the best screened candidate
+        gets its full evaluation before unscreened proposals do. ``None`` when no waiting screening qualifies.
+        """
+        if not self.pool:
+            return None
+        n = len(self.screened)
+        top = n // RANK_ETA if self.screenings < self.screen_limit else -(-n // RANK_ETA)
+        if top < 1:
+            return None
+        bar = sorted(self.screened, reverse=True)[top - 1]
+        best = max(self.pool, key=lambda entry: entry[2].measured.accuracy)
+        return best if best[2].measured.accuracy >= bar else None
+
     def step(self, index: int) -> None:
+        base = self.evaluator.baseline().measured
+        waiting = self.promotable()
+        if waiting is not None:  # an earlier screening now ranks high enough: its full evaluation comes first
+            self.pool.remove(waiting)
+            name, recipe, screened, _ = waiting
+            head = (
+                f"[{index}] {name}'s {summary(recipe)}, screened earlier ({describe(screened.measured, base)}): "
+                f"promoted by rank (top 1/{RANK_ETA} of {len(self.screened)} screenings)"
+            )
+            self.full_evaluation(name, recipe, screened, head)
+            return
         name = self.pick()
         strategy = self.strategies[name]
         recipe = strategy.propose(self.history)
         reason = getattr(strategy, "last_reason", "") or "no reason given"
-        base = self.evaluator.baseline().measured
         head = f"[{index}] {name} proposes {summary(recipe)}: {reason}"
         screened = None
         if self.screenings < self.screen_limit:
@@ -212,12 +234,18 @@ class Loop:
             how = "promoted" if recovery == 0 else f"promoted (full evaluations won back {recovery:.1f} pt so far)"
             if sized(screened.measured, base, self.constraints):
                 self.screened.append(screened.measured.accuracy)
-                if not promote and self.ranked(screened.measured.accuracy):
-                    promote, how = True, f"promoted by rank (top 1/{RANK_ETA} of {len(self.screened)} screenings)"
+                if not promote:
+                    self.pool.append((name, recipe, screened, head))
+                    why += "; waits for its rank among the screenings"
             if not promote:
                 self.say(f"{head} -> cheap: {cheap_text}; rejected without a full evaluation: {why}")
                 return
             head += f" -> cheap: {cheap_text}; {how}"
+        self.full_evaluation(name, recipe, screened, head)
+
+    def full_evaluation(self, name: str, recipe, screened, head: str) -> None:
+        """Run ``recipe`` in full, learn from its screening (if any), say the result and keep the best."""
+        base = self.evaluator.baseline().measured
         evaluation, outcome = self.evaluate(name, recipe, "full")
         self.full += 1
         if screened is not None and outcome is not None:

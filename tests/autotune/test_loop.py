@@ -140,17 +140,33 @@ def test_a_screening_in_the_top_third_of_those_meeting_the_size_limits_is_promot
     assert loop.RANK_ETA == 3
     table = {
         "a": {"cheap": _measured(30.0, 3000)},
-        "b": {"cheap": _measured(25.0, 3000)},
-        "e": {"cheap": _measured(0.1, 5000)},  # accurate but too large: neither counted nor promoted
-        "c": {"cheap": _measured(40.0, 3000)},  # third of three sized screenings, not the best
+        "b": {"cheap": _measured(25.0, 3000), "full": _measured(24.0, 3000, 1.0)},  # wins back only 1 point
+        "e": {"cheap": _measured(0.1, 5000)},  # accurate but too large: neither counted nor waiting
+        "c": {"cheap": _measured(40.0, 3000)},  # the third sized screening: now the best of three (b) goes first
         "d": {"cheap": _measured(20.0, 3000), "full": _measured(0.9, 3000, 1.0)},  # best of four: top 4 // 3
     }
     state, evaluator, _, lines = _loop(table, "abecd")
-    _steps(state, 5)
-    assert [r for r in evaluator.runs if r[1] == "full"] == [("d", "full")]
+    _steps(state, 7)
+    assert [r for r in evaluator.runs if r[1] == "full"] == [("b", "full"), ("d", "full")]
     assert state.screened == pytest.approx([0.6, 0.65, 0.5, 0.7])
-    assert "promoted by rank (top 1/3 of 4 screenings)" in lines[4] and "feasible" in lines[4]
-    assert "min_size_reduction" in lines[2]
+    assert "waits for its rank" in lines[0] and "min_size_reduction" in lines[2] and "waits" not in lines[2]
+    assert lines[4].startswith("[5] fake's quantize() > export(")
+    assert "screened earlier" in lines[4] and "promoted by rank (top 1/3 of 3 screenings)" in lines[4]
+    assert "promoted by rank (top 1/3 of 4 screenings)" in lines[6] and "feasible" in lines[6]
+    assert [entry[1].name for entry in state.pool] == ["a", "c"]
+    with pytest.raises(strategies.Exhausted):  # every proposal made; a and c wait below the bar
+        state.step(8)
+
+
+def test_once_screenings_are_spent_the_best_waiting_one_goes_before_new_proposals():
+    table = {
+        "a": {"cheap": _measured(30.0, 3000), "full": _measured(0.5, 3000, 1.0)},
+        "b": {"full": _measured(0.2, 3000, 1.0)},
+    }
+    state, evaluator, _, lines = _loop(table, "ab", screen_limit=1)
+    _steps(state, 3)
+    assert evaluator.runs == [("a", "cheap"), ("a", "full"), ("b", "full")]  # ceil(1 / 3) = the top one
+    assert "screened earlier" in lines[1] and "feasible" in lines[1]
 
 
 def test_keep_holds_only_the_best_feasible_full_evaluation_and_discards_the_rest():
