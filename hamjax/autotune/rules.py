@@ -42,7 +42,7 @@ from hamjax import recipes
 from hamjax.autotune import space as space_mod
 from hamjax.autotune.space import Decision, RecipeSpace
 
-__all__ = ["RULES", "Priors", "Suggestion", "priors_for", "shrinks", "suggestions"]
+__all__ = ["RULES", "Priors", "Suggestion", "neighbour_priority", "priors_for", "shrinks", "suggestions"]
 
 _Q = {"steps.quantize": True, "steps.precision": True}  # int8 where the space quantizes, else bfloat16
 _STATIC, _DYNAMIC = {**_Q, "quantize.method": "static"}, {**_Q, "quantize.method": "dynamic"}
@@ -369,3 +369,42 @@ def priors_for(space: RecipeSpace, priors: Sequence[tuple] | None = None) -> Pri
       True
     """
     return Priors([(space.fields(s.recipe), s.weight) for s in suggestions(space, priors)])
+
+
+def neighbour_priority(name: str, old, new, violations: Sequence[str]) -> int:
+    """How soon the rules strategy tries changing decision ``name`` from ``old`` to ``new`` (lower: sooner).
+
+    The change follows what the evaluation lacks: short of accuracy alone, a
+    longer finetune first, then a gentler cut, then the other rate, then
+    keeping a sensitive layer in float; short of size, a deeper cut, then
+    another cutting step; feasible, a deeper cut or fewer kept singular
+    values (more score), then the other fields; step toggles come last.
+
+    Examples:
+      >>> from hamjax.autotune import rules
+      >>> rules.neighbour_priority("prune.finetune_epochs", 3, 10, ("max_accuracy_drop: dropped 3 points > 1 allowed",))
+      0
+      >>> rules.neighbour_priority("prune.sparsity", 0.5, 0.58, ())
+      0
+      >>> rules.neighbour_priority("steps.lowrank", False, True, ())
+      6
+    """
+    short = {v.split(":", 1)[0] for v in violations}
+    field = name.split(".", 1)[-1]
+    up = isinstance(new, int | float) and not isinstance(new, bool) and new > old
+    if short == {"max_accuracy_drop"}:
+        table = {"finetune_epochs": 0 if up else 5, "sparsity": 1 if not up else 5, "learning_rate": 2}
+        table["skip"] = 3 if len(str(new)) > len(str(old)) else 5
+        return table.get(field, 6 if name.startswith("steps.") else 4)
+    if short & {"min_size_reduction", "max_size_bytes"}:
+        cut = {"steps.prune", "steps.lowrank", "steps.distill"}
+        if field == "sparsity":
+            return 0 if up else 5
+        if name in cut and new is True:
+            return 1
+        return 2 if field == "skip" and len(str(new)) < len(str(old)) else (6 if name.startswith("steps.") else 4)
+    if not short:
+        if (field == "sparsity" and up) or (field == "energy" and not up):
+            return 0
+        return 6 if name.startswith("steps.") else 3
+    return 6 if name.startswith("steps.") else 3

@@ -217,7 +217,7 @@ class RulesStrategy(Strategy):
         return None
 
     def _neighbours(self, best: Evaluation):
-        """Recipes one decision away from ``best``, continuous ones first (a tenth of the range each way)."""
+        """Recipes one decision away from ``best``, in the order :func:`rules.neighbour_priority` gives for its violations."""
         path = self.space.fields(best.recipe)
         found = []
         for i, (name, value) in enumerate(path):
@@ -229,8 +229,11 @@ class RulesStrategy(Strategy):
                 values = [c for c in decision.choices if c != value]
             for v in values:
                 given = {**dict(path), name: v}
-                found.append((self.space.build(self.space.complete(given)), f"{name} {value!r} -> {v!r}"))
-        return found
+                rank = rules.neighbour_priority(name, value, v, best.violations)
+                found.append(
+                    (rank, len(found), self.space.build(self.space.complete(given)), f"{name} {value!r} -> {v!r}")
+                )
+        return [(recipe, change) for _, _, recipe, change in sorted(found, key=lambda item: item[:2])]
 
     def propose(self, history):
         rule = self._next_rule(self._taken(history))

@@ -160,3 +160,23 @@ def test_optuna_follows_choices_that_depend_on_earlier_decisions():
             strategy.observe(evaluation)
     assert len(history.keys()) == 60
     assert any(s.kind == "merge" for e in history for s in e.recipe.steps)
+
+
+def test_refinement_follows_what_the_best_evaluation_lacks():
+    space = RecipeSpace("mlp", steps=("prune", "quantize"))
+    strategy = strategies.make("rules", space, None, CONSTRAINTS, WEIGHTS, seed=0)
+    raw = {"steps.prune": True, "prune.method": "groups", "prune.sparsity": 0.5, "prune.finetune_epochs": 3}
+    recipe = space.build(space.complete(raw))
+    m = measure(recipe)
+    short = strategies.Evaluation(recipe, m, 0.0, ("max_accuracy_drop: dropped 3 points > 1 allowed",), "full", 0, "x")
+    changes = [change for _, change in strategy._neighbours(short)]
+    assert changes[:4] == [
+        "prune.finetune_epochs 3 -> 10",
+        "prune.finetune_epochs 3 -> 30",
+        "prune.finetune_epochs 3 -> 60",
+        "prune.sparsity 0.5 -> 0.42",
+    ]
+    feasible = strategies.Evaluation(recipe, m, 0.5, (), "full", 0, "x")
+    assert next(change for _, change in strategy._neighbours(feasible)) == "prune.sparsity 0.5 -> 0.58"
+    small = strategies.Evaluation(recipe, m, 0.0, ("min_size_reduction: 3x smaller < 4x",), "full", 0, "x")
+    assert next(change for _, change in strategy._neighbours(small)) == "prune.sparsity 0.5 -> 0.58"
