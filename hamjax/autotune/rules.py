@@ -379,13 +379,14 @@ def neighbour_priority(name: str, old, new, violations: Sequence[str]) -> int:
     longer finetune first, then a gentler cut, then the other rate, then
     keeping a sensitive layer in float; short of size, a deeper cut, then
     another cutting step; feasible, a deeper cut or fewer kept singular
-    values (more score), then the other fields; step toggles come last.
+    values (more score: the bold move halfway to the range's end before the
+    small step), then the other fields; step toggles come last.
 
     Examples:
       >>> from hamjax.autotune import rules
       >>> rules.neighbour_priority("prune.finetune_epochs", 3, 10, ("max_accuracy_drop: dropped 3 points > 1 allowed",))
       0
-      >>> rules.neighbour_priority("prune.sparsity", 0.5, 0.58, ())
+      >>> rules.neighbour_priority("prune.sparsity", 0.5, 0.7, ())
       0
       >>> rules.neighbour_priority("steps.lowrank", False, True, ())
       6
@@ -406,6 +407,6 @@ def neighbour_priority(name: str, old, new, violations: Sequence[str]) -> int:
         return 2 if field == "skip" and len(str(new)) < len(str(old)) else (6 if name.startswith("steps.") else 4)
     if not short:
         if (field == "sparsity" and up) or (field == "energy" and not up):
-            return 0
+            return 0 if abs(new - old) > 0.1 else 1  # the bold move halfway to the end first, then the small step
         return 6 if name.startswith("steps.") else 3
     return 6 if name.startswith("steps.") else 3

@@ -225,6 +225,9 @@ class RulesStrategy(Strategy):
             if decision.continuous:
                 step = (decision.high - decision.low) / 10
                 values = [decision.clip(value + step), decision.clip(value - step)]
+                if best.feasible:  # room to spare may allow a bold move: halfway to either end of the range
+                    values += [decision.clip((value + decision.high) / 2), decision.clip((value + decision.low) / 2)]
+                values = list(dict.fromkeys(v for v in values if v != value))
             else:
                 values = [c for c in decision.choices if c != value]
             for v in values:
