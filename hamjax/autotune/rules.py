@@ -223,7 +223,12 @@ def shrinks(decisions: dict) -> bool:
 
 
 def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None, constraints: Any = None) -> list[Suggestion]:
-    """The recipes to try first: the knowledge base's suggestions by weight, then the family's rules in order.
+    """The recipes to try first: the knowledge base's suggestions by weight, taking turns with the family's rules.
+
+    The base's best suggestion comes first, then the first rule, the base's
+    second, the second rule, and so on: a base whose records are wrong (or
+    from models less alike than they look) delays the rules by one
+    evaluation in two, never skips them.
 
     Under a size limit (``constraints`` with ``max_size_bytes`` or
     ``min_size_reduction``) the rules that cut parameters (:func:`shrinks`)
@@ -256,15 +261,8 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None, const
       >>> found[0].source, found[0].reason
       ('knowledge', 'knowledge base: 3 similar models: feasible')
     """
-    found: list[Suggestion] = []
-    seen: set[str] = set()
-
-    def add(taken, weight, reason, source):
-        recipe = space.build(taken, description=reason)
-        key = space_mod.key(recipe)
-        if key not in seen:
-            seen.add(key)
-            found.append(Suggestion(recipe, float(weight), reason, source))
+    known: list[tuple] = []
+    ruled: list[tuple] = []
 
     for raw, weight, reason in sorted(priors or (), key=lambda p: -float(p[1])):
         try:
@@ -273,7 +271,7 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None, const
             continue
         taken = space.project(recipe)
         fits = "" if space.contains(recipe) else " (projected onto this model's space)"
-        add(taken, weight, f"knowledge base: {reason}{fits}", "knowledge")
+        known.append((taken, weight, f"knowledge base: {reason}{fits}", "knowledge"))
     table = RULES[space.family]
     if constraints is not None and (constraints.max_size_bytes or constraints.min_size_reduction):
         table = sorted(table, key=lambda rule: not shrinks(rule["decisions"]))
@@ -299,7 +297,16 @@ def suggestions(space: RecipeSpace, priors: Sequence[tuple] | None = None, const
         if rule["decisions"].get("steps.quantize") and not values.get("steps.quantize"):
             instead = "bfloat16 in place of int8" if values.get("steps.precision") else "without int8"
             note += f" ({instead}: this space exports fp32)"
-        add(taken, rule["weight"], rule["reason"] + note, "rules")
+        ruled.append((taken, rule["weight"], rule["reason"] + note, "rules"))
+    found: list[Suggestion] = []
+    seen: set[str] = set()
+    for i in range(max(len(known), len(ruled))):
+        for taken, weight, reason, source in known[i : i + 1] + ruled[i : i + 1]:
+            recipe = space.build(taken, description=reason)
+            key = space_mod.key(recipe)
+            if key not in seen:
+                seen.add(key)
+                found.append(Suggestion(recipe, float(weight), reason, source))
     return found
 
 

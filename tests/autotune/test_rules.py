@@ -41,15 +41,16 @@ def test_first_rules_per_family():
     assert all("ToMe" not in s.reason for s in rules.suggestions(RecipeSpace("vit")))
 
 
-def test_knowledge_comes_first_by_weight_and_bad_entries_are_skipped():
+def test_knowledge_comes_first_by_weight_taking_turns_with_the_rules_and_bad_entries_are_skipped():
     low = {"name": "a", "steps": [{"kind": "quantize", "method": "weight_only"}, EXPORT]}
     high = {"name": "b", "steps": [{"kind": "prune", "method": "groups", "sparsity": 0.8, "shrink": True}, EXPORT]}
     broken = {"name": "c", "steps": [{"kind": "prune", "sparsity": 2.0}]}
     found = rules.suggestions(RecipeSpace("mlp"), [(low, 0.2, "low"), (broken, 5.0, "bad"), (high, 0.9, "high")])
-    assert [s.source for s in found[:2]] == ["knowledge", "knowledge"]
+    assert [s.source for s in found[:4]] == ["knowledge", "rules", "knowledge", "rules"]
     assert found[0].reason.startswith("knowledge base: high") and "projected" in found[0].reason  # no quantize
     assert found[0].recipe.steps[0].params["sparsity"] == 0.8
-    assert found[1].reason == "knowledge base: low"
+    assert found[1].reason == rules.suggestions(RecipeSpace("mlp"))[0].reason
+    assert found[2].reason == "knowledge base: low"
     assert all("bad" not in s.reason for s in found)
 
 
