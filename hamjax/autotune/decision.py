@@ -15,7 +15,7 @@ import numpy as np
 
 from hamjax import recipes
 
-__all__ = ["Decision", "key"]
+__all__ = ["TRAINING_FIELDS", "Decision", "key", "storage_key"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,4 +78,47 @@ def key(recipe: recipes.Recipe) -> str:
       True
     """
     steps = [{"kind": s.kind, **{k: v for k, v in s.params.items() if v is not None}} for s in recipe.steps]
+    return json.dumps(steps, sort_keys=True, separators=(",", ":"))
+
+
+TRAINING_FIELDS = frozenset(
+    {
+        "finetune_epochs",
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "temperature",
+        "alpha",
+        "stage",
+        "schedule",
+        "cycles",
+        "calibration_method",
+        "percentile",
+        "calibration_batches",
+    }
+)
+"""Step fields that change how a model is trained or calibrated, not what it stores."""
+
+
+def storage_key(recipe: recipes.Recipe) -> str:
+    """:func:`key` without the fields that leave the stored weights' size alone (:data:`TRAINING_FIELDS`, and the
+    quantize step's ``method`` and ``act_bits``: activation ranges are a few floats).
+
+    Two recipes with one storage key store weights of the same size (to a few activation scales), so a size limit
+    one of them broke, the other breaks too.
+
+    Examples:
+      >>> from hamjax import recipes
+      >>> from hamjax.autotune.decision import storage_key
+      >>> a = recipes.validate({"name": "a", "steps": [{"kind": "prune", "finetune_epochs": 1}, {"kind": "quantize"}]})
+      >>> b = recipes.validate(
+      ...     {"name": "b", "steps": [{"kind": "prune", "finetune_epochs": 9}, {"kind": "quantize", "method": "dynamic"}]}
+      ... )
+      >>> storage_key(a) == storage_key(b), storage_key(a) == key(a)
+      (True, False)
+    """
+    steps = []
+    for step in recipe.steps:
+        drop = TRAINING_FIELDS | ({"method", "act_bits"} if step.kind == "quantize" else set())
+        steps.append({"kind": step.kind, **{k: v for k, v in step.params.items() if v is not None and k not in drop}})
     return json.dumps(steps, sort_keys=True, separators=(",", ":"))

@@ -45,6 +45,7 @@ from hamjax import recipes
 from hamjax._checks import check_choice, check_int
 from hamjax.autotune import objective, rules
 from hamjax.autotune import space as space_mod
+from hamjax.autotune.decision import storage_key
 from hamjax.autotune.mcts import MCTS
 from hamjax.autotune.space import RecipeSpace
 
@@ -260,6 +261,13 @@ class RulesStrategy(Strategy):
         return None
 
 
+SIZE_LIMITS = ("min_size_reduction", "max_size_bytes")
+"""The violations a recipe's storage decides (:func:`hamjax.autotune.decision.storage_key`)."""
+
+SIZE_SKIPS = 16
+"""Tree proposals a search may pass over per call because a recipe of the same stored size broke a size limit."""
+
+
 class MCTSStrategy(Strategy):
     """Tree search (:class:`hamjax.autotune.mcts.MCTS`): UCT without priors; the hybrid gives it priors."""
 
@@ -273,10 +281,19 @@ class MCTSStrategy(Strategy):
         self.search.observe(evaluation.recipe, reward(evaluation))
 
     def propose(self, history):
-        found = self.search.propose(self._taken(history))
-        if found is None:
-            return self._random(history, f"{self.name}: the tree kept finding evaluated recipes; a random sample")
-        return self._give(*found)
+        too_large = {storage_key(e.recipe): e for e in history if any(v.startswith(SIZE_LIMITS) for v in e.violations)}
+        excluded = set(self._taken(history))
+        for _ in range(SIZE_SKIPS):
+            found = self.search.propose(excluded)
+            if found is None:
+                break
+            twin = too_large.get(storage_key(found[0]))
+            if twin is None:
+                return self._give(*found)
+            # the same stored size as a recipe that broke a size limit: learnt without running it
+            excluded.add(space_mod.key(found[0]))
+            self.search.observe(found[0], reward(twin))
+        return self._random(history, f"{self.name}: the tree kept finding evaluated recipes; a random sample")
 
 
 class HybridStrategy(MCTSStrategy):

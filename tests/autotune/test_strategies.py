@@ -3,6 +3,7 @@ import pytest
 
 from hamjax import recipes
 from hamjax.autotune import objective, strategies
+from hamjax.autotune.decision import storage_key
 from hamjax.autotune.space import RecipeSpace
 
 BASE = objective.Measured(accuracy=0.95, latency_ms=2.0, size_bytes=40000, params=10000)
@@ -181,3 +182,23 @@ def test_refinement_follows_what_the_best_evaluation_lacks():
     assert (bold, small) == ("prune.sparsity 0.5 -> 0.7", "prune.sparsity 0.5 -> 0.58")
     small = strategies.Evaluation(recipe, m, 0.0, ("min_size_reduction: 3x smaller < 4x",), "full", 0, "x")
     assert next(change for _, change in strategy._neighbours(small)) == "prune.sparsity 0.5 -> 0.58"
+
+
+def test_the_tree_passes_over_recipes_stored_like_one_that_broke_a_size_limit():
+    space = RecipeSpace("mlp", steps=("prune", "quantize"))
+    history = strategies.History()
+    for method in ("static",):  # int8 alone: 4x exactly, and a size limit of 5x
+        recipe = space.build(space.complete({"steps.prune": False, "quantize.method": method}))
+        m = measure(recipe)
+        history.append(strategies.Evaluation(recipe, m, 0.1, ("min_size_reduction: 4x smaller < 5x",), "full", 0, "x"))
+    for name in ("mcts", "hybrid"):
+        strategy = strategies.make(name, space, None, CONSTRAINTS, WEIGHTS, seed=0)
+        for e in history:
+            strategy.observe(e)
+        proposed = [strategy.propose(history) for _ in range(6)]
+        for recipe in proposed:
+            history_like = [e for e in history if storage_key(e.recipe) == storage_key(recipe)]
+            assert not history_like, (
+                name,
+                [s.kind for s in recipe.steps],
+            )  # dynamic or weight-only int8 alone: skipped
