@@ -182,8 +182,10 @@ class _Routes:
             if y.dtype.kind == "f" and not np.isfinite(y).all():
                 raise Refusal(500, "the model produced NaN or infinite outputs")
             latency_ms = (time.perf_counter() - started) * 1000
-            if variant in state.monitors or state.ab is not None:
-                background.add_task(self.after, rid, variant, x, y, latency_ms)
+            if state.ab is not None:  # before the answer, so feedback sent right after it finds the request
+                self.record(rid, variant, y, latency_ms)
+            if variant in state.monitors:
+                background.add_task(self.after, rid, variant, x)
             payload = {"outputs": y.tolist(), "request_id": rid, "variant": variant, "model_version": model.version}
             response = JSONResponse(payload, headers={"X-Request-Id": rid})
         except Refusal as err:
@@ -236,18 +238,23 @@ class _Routes:
             state.cache.put(key, y)
         return y, False
 
-    def after(self, rid: str, variant: str, x: np.ndarray, y: np.ndarray, latency_ms: float) -> None:
-        """After the answer is sent (in a worker thread): feed the drift monitor, record the A/B request."""
+    def record(self, rid: str, variant: str, y: np.ndarray, latency_ms: float) -> None:
+        """Record the answered request in the A/B test (tens of microseconds: one SQLite insert)."""
         state = self.state
         try:
-            monitor = state.monitors.get(variant)
-            if monitor is not None:
-                monitor.observe(x)
             predictions = _predictions(y)
-            if state.ab is not None and predictions is not None:
+            if predictions is not None:
                 state.ab.record(rid, variant, latency_ms, predictions)
-        except Exception:  # the client has its answer; a failed record is logged, never raised into the server
+        except Exception:  # the client gets its answer; a failed record is logged, never raised into the server
             state.log.exception("recording the request failed", extra={"request_id": rid, "variant": variant})
+
+    def after(self, rid: str, variant: str, x: np.ndarray) -> None:
+        """After the answer is sent (in a worker thread): feed the drift monitor."""
+        state = self.state
+        try:
+            state.monitors[variant].observe(x)
+        except Exception:  # the client has its answer; a failed observation is logged, never raised into the server
+            state.log.exception("observing the request failed", extra={"request_id": rid, "variant": variant})
 
     async def feedback(self, request: Request) -> Response:
         self.check_token(request)
@@ -330,6 +337,20 @@ class _Routes:
         del request
         return JSONResponse({"status": "ok"})
 
+    def warm_request_path(self, variant: str) -> None:
+        """Run once what a request does besides the model, so the first requests after ``/readyz`` do not pay for
+        it: the worker threads background tasks use, the metric series, the response encoding, a scratch drift
+        monitor (never the real one: warm-up inputs are not traffic)."""
+        state, model = self.state, self.state.models[variant]
+        y = np.zeros((1, 10), np.float32)  # the model itself was warmed by its batcher
+        JSONResponse({"outputs": y.tolist(), "request_id": "warm-up", "variant": variant})
+        _predictions(y)
+        for code in ("200", "422", "503"):
+            state.metrics.requests.labels(variant=variant, code=code)
+        state.metrics.latency.labels(variant=variant)
+        if variant in state.monitors:
+            DriftMonitor(model.reference).observe(np.zeros((1, *model.input_shape), model.input_dtype))
+
     async def warm(self) -> None:
         """Warm every variant in its own worker thread; then answer ready."""
         state = self.state
@@ -337,6 +358,7 @@ class _Routes:
             for name, batcher in state.batchers.items():
                 t0 = time.perf_counter()
                 sizes = await batcher.warm()
+                await run_in_threadpool(self.warm_request_path, name)
                 state.log.info(f"warmed {name}: batch sizes {sizes} in {time.perf_counter() - t0:.2f} s")
         except Exception as err:
             state.failure = f"warming the models failed: {type(err).__name__}: {err}"

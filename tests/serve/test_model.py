@@ -164,3 +164,8 @@ def test_an_integer_model_takes_integers_in_range(tmp_path):
     for bad, match in [(np.array([[1.5, 2.0]]), "takes integers"), (np.array([[1, 300]]), "outside int8's range")]:
         with pytest.raises(BadInput, match=match):
             model.validate(bad)
+
+
+def test_onnxruntime_threads_sleep_between_calls(model):
+    # a spinning intra-op pool burns the CPU quota the event loop and the other requests need
+    assert model._runner._config["session.intra_op.allow_spinning"] == "0"
