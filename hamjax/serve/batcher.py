@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,10 @@ class Draining(RuntimeError):
     """The batcher is draining for shutdown and takes no new requests."""
 
 
+GAP_WEIGHT = 0.2
+"""The weight of the newest gap in the mean gap between arrivals (about the last five arrivals count)."""
+
+
 class Batcher:
     """Gather concurrent requests into batches for one model, run them in one worker thread, split the results.
 
@@ -47,7 +52,9 @@ class Batcher:
         ``max_batch`` rows, returning one output row per input row), and
         optionally ``warm()`` and ``name``.
       max_batch: most rows in one ``predict`` call; a request with more is refused.
-      max_wait_ms: how long a batch waits for more rows after its first request arrived.
+      max_wait_ms: how long a batch may wait for more rows after its first request arrived. It waits only
+        while requests arrive faster than that (the mean gap between arrivals, an exponentially weighted
+        average, is below ``max_wait_ms``): a lone request under light load runs at once.
       max_queue: most rows waiting (not yet in a running batch); beyond it :class:`QueueFull`.
       on_batch: ``on_batch(rows, seconds)`` after each batch (rows without padding), e.g. for metrics.
 
@@ -88,6 +95,8 @@ class Batcher:
         self._owner: asyncio.Task | None = None
         self._closed = False
         self.batches = 0
+        self.gap = math.inf  # the exponentially weighted mean seconds between arrivals
+        self._last_arrival: float | None = None
 
     @property
     def depth(self) -> int:
@@ -133,7 +142,12 @@ class Batcher:
             raise QueueFull(f"{self._rows} rows are queued (max_queue={self.max_queue}); retry shortly")
         self._start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((x, future, time.perf_counter()))
+        now = time.perf_counter()
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self.gap = gap if math.isinf(self.gap) else (1 - GAP_WEIGHT) * self.gap + GAP_WEIGHT * gap
+        self._last_arrival = now
+        self._queue.append((x, future, now))
         self._rows += rows
         self._wake.set()
         return await future
@@ -156,8 +170,8 @@ class Batcher:
                 rows += batch[-1][0].shape[0]
                 continue
             left = deadline - time.perf_counter()
-            if left <= 0 or self._closed:
-                break
+            if left <= 0 or self._closed or self.gap > self.max_wait:
+                break  # no time left, or followers are not expected within the wait
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), left)

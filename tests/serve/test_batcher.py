@@ -85,6 +85,26 @@ def test_max_wait_bounds_how_long_a_lone_request_waits():
     assert run(one(0.0)) < 0.05
 
 
+def test_a_trickle_of_requests_runs_at_once_and_a_burst_waits_for_followers():
+    model = Recorder()
+
+    async def trickle():
+        batcher = Batcher(model, max_batch=8, max_wait_ms=30.0, max_queue=64)
+        times = []
+        for _ in range(4):  # arrivals 60 ms apart: no follower is expected within the 30 ms wait
+            await asyncio.sleep(0.06)
+            started = time.perf_counter()
+            await batcher.submit(np.ones((1, 1)))
+            times.append(time.perf_counter() - started)
+        burst = await asyncio.gather(*(batcher.submit(np.ones((1, 1))) for _ in range(6)))
+        await batcher.drain()
+        return times, batcher.gap, len(burst)
+
+    times, gap, answered = run(trickle())
+    assert max(times[1:]) < 0.02 and answered == 6  # the first sets no gap yet and waits its 30 ms at most
+    assert gap < 0.03 and model.sizes[-1] > 1  # the burst pulled the mean gap down: its requests were batched
+
+
 def test_a_full_batch_runs_without_waiting():
     async def main():
         batcher = Batcher(Recorder(), max_batch=4, max_wait_ms=2000.0, max_queue=64)
