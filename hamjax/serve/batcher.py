@@ -53,8 +53,10 @@ class Batcher:
         optionally ``warm()`` and ``name``.
       max_batch: most rows in one ``predict`` call; a request with more is refused.
       max_wait_ms: how long a batch may wait for more rows after its first request arrived. It waits only
-        while requests arrive faster than that (the mean gap between arrivals, an exponentially weighted
-        average, is below ``max_wait_ms``): a lone request under light load runs at once.
+        while requests arrive fast enough that a follower is likely within it (the mean gap between arrivals,
+        an exponentially weighted average, is below half of ``max_wait_ms``: for Poisson arrivals, a follower
+        within the wait is then more than 86% likely): a lone request under light load, or from a client that
+        waits for each answer, runs at once.
       max_queue: most rows waiting (not yet in a running batch); beyond it :class:`QueueFull`.
       on_batch: ``on_batch(rows, seconds)`` after each batch (rows without padding), e.g. for metrics.
 
@@ -170,8 +172,8 @@ class Batcher:
                 rows += batch[-1][0].shape[0]
                 continue
             left = deadline - time.perf_counter()
-            if left <= 0 or self._closed or self.gap > self.max_wait:
-                break  # no time left, or followers are not expected within the wait
+            if left <= 0 or self._closed or self.gap > self.max_wait / 2:
+                break  # no time left, or a follower is not likely within the wait
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
