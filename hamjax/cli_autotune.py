@@ -60,7 +60,7 @@ def add_parser(sub, common: argparse.ArgumentParser, model_arg, data_arg) -> arg
     cmd.add_argument("--data", type=data_arg, default="digits", metavar="DATA", help="(default: digits)")
     cmd.add_argument("--max-drop", type=float, default=1.0, help="max accuracy drop in points (default: 1.0)")
     cmd.add_argument("--max-latency-ms", type=float, default=None, help="max latency at batch 1 in onnxruntime")
-    cmd.add_argument("--max-size-bytes", type=int, default=None, help="max bytes of the stored model")
+    cmd.add_argument("--max-size-bytes", type=int, default=None, help="max bytes of the stored weights (int storage)")
     cmd.add_argument("--min-size-reduction", type=float, default=None, help="at least this many times smaller")
     cmd.add_argument("--min-speedup", type=float, default=None, help="at least this many times faster")
     cmd.add_argument("--weights", type=_weights, default={}, help="speed=W,memory=W,accuracy=W (default: 1 each)")
